@@ -1,0 +1,19 @@
+//! The Proxy-Wasm ABI as plain data: status codes and enums, ABI version detection, the header-map
+//! wire format and property encodings. It must never do I/O or know about wasmtime: both the host
+//! and the tools (`sluice inspect`) read the ABI through this crate.
+
+#![forbid(unsafe_code)]
+
+mod enums;
+mod headers;
+mod properties;
+mod version;
+
+pub use enums::{
+    Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType, wasi_errno,
+};
+pub use headers::{
+    DecodeError, HeaderMap, MAX_DECODED_PAIRS, MAX_DECODED_SIZE, decode_pairs, encode_pairs,
+};
+pub use properties::{PropertyPath, PropertyValue};
+pub use version::{AbiVersion, CALLBACKS, VERSION_MARKER_PREFIX};

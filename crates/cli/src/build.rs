@@ -1,0 +1,95 @@
+//! `sluice build`: builds a Rust plugin project for wasm32-wasip1 and inspects the result.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, bail};
+
+const TARGET: &str = "wasm32-wasip1";
+
+pub fn run(dir: &Path, debug: bool) -> anyhow::Result<ExitCode> {
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!(
+            "{}: no Cargo.toml: `sluice build` builds a Rust plugin project (see `sluice new`)",
+            dir.display()
+        );
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .args([
+            "build",
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(&manifest);
+    if !debug {
+        command.arg("--release");
+    }
+    let output = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!("`{cargo}` not found: install Rust with rustup (https://rustup.rs), then `rustup target add {TARGET}`"),
+            _ => anyhow::anyhow!("cannot run `{cargo}`: {e}"),
+        })?;
+    let artifacts = wasm_artifacts(&output.stdout);
+    if !output.status.success() {
+        if !target_installed() {
+            bail!("the {TARGET} target is not installed: run `rustup target add {TARGET}`");
+        }
+        bail!(
+            "cargo build failed for {} (see the compiler output above)",
+            manifest.display()
+        );
+    }
+    let Some(wasm) = artifacts.last() else {
+        bail!(
+            "{}: the build produced no .wasm: the plugin crate needs `[lib] crate-type = [\"cdylib\"]`",
+            manifest.display()
+        );
+    };
+    let bytes = std::fs::read(wasm)
+        .with_context(|| format!("{}: cannot read the built module", wasm.display()))?;
+    let engine = crate::engine()?;
+    let (info, problem) = engine.inspect(&bytes)?;
+    crate::inspect::print_text(
+        wasm,
+        &info,
+        problem.as_ref().map(ToString::to_string).as_deref(),
+    );
+    Ok(if problem.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The `.wasm` files cargo reports in its JSON messages.
+fn wasm_artifacts(stdout: &[u8]) -> Vec<PathBuf> {
+    stdout
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .filter(|f| f.extension().is_some_and(|e| e == "wasm"))
+        .collect()
+}
+
+fn target_installed() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
+        // Without rustup the target may come from elsewhere; do not claim it is missing.
+        .unwrap_or(true)
+}

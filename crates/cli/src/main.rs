@@ -1,0 +1,90 @@
+//! The `sluice` binary: parses arguments and calls into the library crates. It must hold no logic
+//! of its own beyond presenting results and mapping errors to exit codes.
+
+#![forbid(unsafe_code)]
+
+mod build;
+mod inspect;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice: a Proxy-Wasm gateway and plugin toolkit.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    /// Log filter for sluice's own diagnostics on stderr (tracing syntax, e.g. `info` or
+    /// `sluice_host=debug`); plugin logs have the target `plugin`.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG",
+        default_value = "warn,plugin=off"
+    )]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files against the real plugin, with no proxy and no network (docs/scenarios.md)
+    Test {
+        /// Scenario files (YAML)
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Print one JSON report on stdout instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a .wasm module: ABI version, SDK, callbacks, imports sluice cannot provide, sha256
+    Inspect {
+        /// The .wasm file
+        wasm: PathBuf,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a Rust plugin project for wasm32-wasip1 (release) and inspect the result
+    Build {
+        /// The plugin project (a directory with Cargo.toml); defaults to the current directory
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Build without optimizations (debug profile)
+        #[arg(long)]
+        debug: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Test { scenarios, json } => test::run(&scenarios, json),
+        Command::Inspect { wasm, json } => inspect::run(&wasm, json),
+        Command::Build { dir, debug } => build::run(&dir, debug),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The engine every command uses, with the compiled-module cache in its usual place.
+fn engine() -> anyhow::Result<sluice_host::Engine> {
+    let options = sluice_host::EngineOptions {
+        cache_dir: sluice_host::EngineOptions::default_cache_dir(),
+    };
+    Ok(sluice_host::Engine::new(options)?)
+}

@@ -1,0 +1,16 @@
+//! The sans-I/O Proxy-Wasm chain engine: runs an ordered chain of plugins over the events of one
+//! HTTP stream with Envoy's semantics, and the scenario runner behind `sluice test`. It must never
+//! touch a socket, a file descriptor or a clock of its own: the embedder feeds events in and
+//! executes the steps that come out.
+
+#![forbid(unsafe_code)]
+
+mod chain;
+pub mod scenario;
+mod stream;
+
+pub use chain::{
+    Chain, ChainError, DEFAULT_BUFFER_LIMIT, PluginSpec, RELOAD_BACKOFF_BASE, RELOAD_BACKOFF_MAX,
+    RootCall,
+};
+pub use stream::{Step, Stream};

@@ -1,0 +1,927 @@
+//! One HTTP stream through a chain: Envoy's filter-manager semantics for Proxy-Wasm plugins,
+//! without I/O. The embedder feeds request and response events in and executes the [`Step`]s that
+//! come out (forward upstream, answer downstream, make callouts).
+//!
+//! Rules, as in Envoy:
+//! - Requests run through the plugins in order, responses in reverse order.
+//! - A paused headers callback stops everything: that plugin and the ones after it see no body or
+//!   trailers until it continues; data arriving meanwhile waits in front of it, bounded.
+//! - A paused body callback buffers: the plugin is called again with the growing buffer for each
+//!   chunk, and nothing passes it until it continues (or returns Continue on a later chunk).
+//!   Over the buffer bound, requests get 413 and responses 500 (or a reset once the response began).
+//! - A local reply sent before the response began replaces the upstream; when sent from the
+//!   request path it runs through every plugin's response callbacks, from the response path it is
+//!   sent directly.
+//! - A failing plugin is skipped under FAIL_OPEN; otherwise the stream gets 503 (FAIL_RELOAD also
+//!   gives the next stream a fresh instance).
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use sluice_abi::{Action, HeaderMap, StreamType};
+use sluice_config::FailStrategy;
+use sluice_host::{
+    CallResponse, Effect, GrpcCallRequest, GrpcEvent, HttpCallRequest, HttpStream, LocalResponse,
+    PluginFailure, SharedStream,
+};
+
+use crate::chain::Chain;
+
+/// What the embedder must do next for this stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send the request head upstream; route on these headers (plugins may have rewritten them).
+    RequestHeaders {
+        headers: HeaderMap,
+        end_of_stream: bool,
+    },
+    RequestData {
+        data: Vec<u8>,
+        end_of_stream: bool,
+    },
+    RequestTrailers {
+        trailers: HeaderMap,
+    },
+    /// Send the response head downstream.
+    ResponseHeaders {
+        headers: HeaderMap,
+        end_of_stream: bool,
+    },
+    ResponseData {
+        data: Vec<u8>,
+        end_of_stream: bool,
+    },
+    ResponseTrailers {
+        trailers: HeaderMap,
+    },
+    /// Make a callout; answer with [`Stream::http_call_response`].
+    HttpCall {
+        plugin: usize,
+        token: u32,
+        request: HttpCallRequest,
+    },
+    /// Start a gRPC call or stream; answer with [`Stream::grpc_event`].
+    GrpcCall {
+        plugin: usize,
+        token: u32,
+        request: GrpcCallRequest,
+    },
+    GrpcSend {
+        plugin: usize,
+        token: u32,
+        message: Vec<u8>,
+        end_of_stream: bool,
+    },
+    GrpcCancel {
+        plugin: usize,
+        token: u32,
+    },
+    GrpcClose {
+        plugin: usize,
+        token: u32,
+    },
+    /// Abandon the upstream request: a local reply answered the client instead.
+    ResetUpstream,
+    /// Reset the client's stream: something failed after the response head was sent.
+    ResetDownstream {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Headers { end_of_stream: bool },
+    Data { data: Vec<u8>, end_of_stream: bool },
+    Trailers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocked {
+    Headers { end_of_stream: bool },
+    BodyEnd,
+    Trailers,
+}
+
+/// Per-direction iteration state: position `p` is the p-th plugin in this direction's order;
+/// `queues[n]` is what leaves the chain.
+#[derive(Default)]
+struct Flow {
+    queues: Vec<VecDeque<Event>>,
+    blocked: Vec<Option<Blocked>>,
+    buffers: Vec<Vec<u8>>,
+    closed: bool,
+}
+
+impl Flow {
+    fn new(plugins: usize) -> Self {
+        Self {
+            queues: vec![VecDeque::new(); plugins + 1],
+            blocked: vec![None; plugins],
+            buffers: vec![Vec::new(); plugins],
+            closed: false,
+        }
+    }
+
+    /// Queues an event at a position, merging consecutive data so a plugin that resumes gets the
+    /// data that waited for it in one callback, as Envoy does.
+    fn push(&mut self, position: usize, event: Event) {
+        let queue = &mut self.queues[position];
+        if let (
+            Event::Data {
+                data,
+                end_of_stream,
+            },
+            Some(Event::Data {
+                data: last,
+                end_of_stream: last_end,
+            }),
+        ) = (&event, queue.back_mut())
+        {
+            last.extend_from_slice(data);
+            *last_end |= *end_of_stream;
+            return;
+        }
+        queue.push_back(event);
+    }
+
+    fn waiting_bytes(&self, position: usize) -> usize {
+        let queued: usize = self.queues[position]
+            .iter()
+            .map(|e| {
+                if let Event::Data { data, .. } = e {
+                    data.len()
+                } else {
+                    0
+                }
+            })
+            .sum();
+        queued + self.buffers.get(position).map_or(0, Vec::len)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ctx {
+    context: u32,
+    generation: u64,
+}
+
+/// One request/response exchange running through a [`Chain`].
+pub struct Stream {
+    chain: Rc<Chain>,
+    data: SharedStream,
+    contexts: Vec<Option<Ctx>>,
+    request: Flow,
+    response: Flow,
+    steps: VecDeque<Step>,
+    upstream_started: bool,
+    response_started: bool,
+    response_complete: bool,
+    finished: bool,
+    failures: Vec<PluginFailure>,
+}
+
+impl Stream {
+    /// Starts a stream: creates a context in every plugin (Envoy creates the filter contexts up
+    /// front). `info` carries the properties the embedder knows (addresses, route, ...).
+    pub fn new(chain: Rc<Chain>, info: HttpStream) -> Self {
+        let data = info.shared();
+        let n = chain.len();
+        let mut stream = Self {
+            chain: chain.clone(),
+            data: data.clone(),
+            contexts: vec![None; n],
+            request: Flow::new(n),
+            response: Flow::new(n),
+            steps: VecDeque::new(),
+            upstream_started: false,
+            response_started: false,
+            response_complete: false,
+            finished: false,
+            failures: Vec::new(),
+        };
+        for index in 0..n {
+            if !chain.prepare_plugin(index) {
+                stream.fail_unavailable(index);
+                continue;
+            }
+            let plugin = &chain.plugins[index];
+            let result = {
+                let mut vm = plugin.vm.borrow_mut();
+                let root = vm.root_context(plugin.root);
+                let generation = vm.generation;
+                vm.vm()
+                    .create_stream(root, data.clone())
+                    .map(|context| Ctx {
+                        context,
+                        generation,
+                    })
+            };
+            match result {
+                Ok(ctx) => stream.contexts[index] = Some(ctx),
+                Err(failure) => stream.plugin_failed(index, failure, None),
+            }
+        }
+        stream
+    }
+
+    /// A plugin whose VM is down (failed, waiting for its reload backoff) before this stream began.
+    fn fail_unavailable(&mut self, index: usize) {
+        if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
+            let name = self.chain.plugins[index].name.clone();
+            self.fail_stream(&name, Direction::Request);
+        }
+    }
+
+    /// Takes the steps produced so far, in order.
+    pub fn take_steps(&mut self) -> Vec<Step> {
+        self.steps.drain(..).collect()
+    }
+
+    /// Plugin failures this stream ran into.
+    pub fn failures(&self) -> &[PluginFailure] {
+        &self.failures
+    }
+
+    /// The stream's shared data (headers as the plugins left them, properties).
+    pub fn data(&self) -> &SharedStream {
+        &self.data
+    }
+
+    /// True once the response has been fully sent downstream (or reset).
+    pub fn is_complete(&self) -> bool {
+        self.response_complete
+    }
+
+    pub fn request_headers(&mut self, headers: HeaderMap, end_of_stream: bool) {
+        self.data.borrow_mut().request_headers = headers;
+        self.feed(Direction::Request, Event::Headers { end_of_stream });
+    }
+
+    pub fn request_data(&mut self, data: Vec<u8>, end_of_stream: bool) {
+        self.feed(
+            Direction::Request,
+            Event::Data {
+                data,
+                end_of_stream,
+            },
+        );
+    }
+
+    pub fn request_trailers(&mut self, trailers: HeaderMap) {
+        self.data.borrow_mut().request_trailers = trailers;
+        self.feed(Direction::Request, Event::Trailers);
+    }
+
+    pub fn response_headers(&mut self, headers: HeaderMap, end_of_stream: bool) {
+        if self.response.closed {
+            return;
+        }
+        self.data.borrow_mut().response_headers = headers;
+        self.feed(Direction::Response, Event::Headers { end_of_stream });
+    }
+
+    pub fn response_data(&mut self, data: Vec<u8>, end_of_stream: bool) {
+        self.feed(
+            Direction::Response,
+            Event::Data {
+                data,
+                end_of_stream,
+            },
+        );
+    }
+
+    pub fn response_trailers(&mut self, trailers: HeaderMap) {
+        if self.response.closed {
+            return;
+        }
+        self.data.borrow_mut().response_trailers = trailers;
+        self.feed(Direction::Response, Event::Trailers);
+    }
+
+    /// Delivers a callout answer (`None`: the call failed or timed out) to the plugin that made it.
+    pub fn http_call_response(
+        &mut self,
+        plugin: usize,
+        token: u32,
+        response: Option<CallResponse>,
+    ) {
+        self.root_callback(plugin, |vm, root| {
+            vm.http_call_response(root, token, response)
+        });
+    }
+
+    pub fn grpc_event(&mut self, plugin: usize, token: u32, event: GrpcEvent) {
+        self.root_callback(plugin, |vm, root| vm.grpc_event(root, token, event));
+    }
+
+    /// Ends the stream (response done, client gone or upstream failed): `proxy_on_done`,
+    /// `proxy_on_log` and `proxy_on_delete` for every plugin context, once.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for index in 0..self.contexts.len() {
+            let Some(ctx) = self.live_context(index) else {
+                continue;
+            };
+            let plugin = &self.chain.plugins[index];
+            let result = {
+                let mut vm = plugin.vm.borrow_mut();
+                let vm = vm.vm();
+                let result = vm.done(ctx).and_then(|_| vm.log(ctx));
+                let deleted = vm.delete(ctx);
+                let _ = vm.take_effects();
+                result.and(deleted)
+            };
+            if let Err(failure) = result {
+                self.failures.push(failure.clone());
+                self.chain.record_failure(failure);
+            }
+            self.contexts[index] = None;
+        }
+    }
+
+    fn flow(&mut self, direction: Direction) -> &mut Flow {
+        match direction {
+            Direction::Request => &mut self.request,
+            Direction::Response => &mut self.response,
+        }
+    }
+
+    /// The plugin at `position` in `direction`'s order.
+    fn plugin_at(&self, direction: Direction, position: usize) -> usize {
+        match direction {
+            Direction::Request => position,
+            Direction::Response => self.contexts.len() - 1 - position,
+        }
+    }
+
+    fn position_of(&self, direction: Direction, plugin: usize) -> usize {
+        self.plugin_at(direction, plugin)
+    }
+
+    /// The plugin's context, if the plugin still takes part in this stream.
+    fn live_context(&self, index: usize) -> Option<u32> {
+        let ctx = self.contexts[index]?;
+        let vm = self.chain.plugins[index].vm.borrow();
+        (vm.generation == ctx.generation).then_some(ctx.context)
+    }
+
+    fn feed(&mut self, direction: Direction, event: Event) {
+        if self.flow(direction).closed {
+            return;
+        }
+        self.flow(direction).push(0, event);
+        self.pump(direction);
+    }
+
+    /// Moves events through the plugins until every queue is empty or blocked.
+    fn pump(&mut self, direction: Direction) {
+        let n = self.contexts.len();
+        for position in 0..=n {
+            loop {
+                if self.flow(direction).closed {
+                    return;
+                }
+                if position < n && self.flow(direction).blocked[position].is_some() {
+                    // Data waits in front of a stopped plugin; the wait is bounded like a buffer.
+                    if self.flow(direction).waiting_bytes(position) > self.chain.buffer_limit {
+                        self.buffer_overflow(direction);
+                    }
+                    break;
+                }
+                let Some(event) = self.flow(direction).queues[position].pop_front() else {
+                    break;
+                };
+                if position == n {
+                    self.emit(direction, event);
+                } else {
+                    self.run_event(direction, position, event);
+                }
+            }
+        }
+    }
+
+    fn run_event(&mut self, direction: Direction, position: usize, event: Event) {
+        let index = self.plugin_at(direction, position);
+        let Some(context) = self.live_context(index) else {
+            self.flow(direction).push(position + 1, event);
+            return;
+        };
+        let request = direction == Direction::Request;
+        match event {
+            Event::Headers { end_of_stream } => {
+                let count = {
+                    let data = self.data.borrow();
+                    if request {
+                        data.request_headers.len()
+                    } else {
+                        data.response_headers.len()
+                    }
+                } as u32;
+                let result = self.call(index, |vm| {
+                    if request {
+                        vm.request_headers(context, count, end_of_stream)
+                    } else {
+                        vm.response_headers(context, count, end_of_stream)
+                    }
+                });
+                match result {
+                    Some(Action::Pause) => {
+                        self.flow(direction).blocked[position] =
+                            Some(Blocked::Headers { end_of_stream });
+                    }
+                    Some(Action::Continue) => self
+                        .flow(direction)
+                        .push(position + 1, Event::Headers { end_of_stream }),
+                    None => {
+                        self.after_failure(direction, position, Event::Headers { end_of_stream });
+                    }
+                }
+            }
+            Event::Data {
+                data,
+                end_of_stream,
+            } => {
+                let mut buffer = std::mem::take(&mut self.flow(direction).buffers[position]);
+                buffer.extend_from_slice(&data);
+                let size = buffer.len() as u32;
+                self.set_body(request, buffer);
+                let result = self.call(index, |vm| {
+                    if request {
+                        vm.request_body(context, size, end_of_stream)
+                    } else {
+                        vm.response_body(context, size, end_of_stream)
+                    }
+                });
+                let buffer = self.take_body(request);
+                match result {
+                    Some(Action::Continue) => self.flow(direction).push(
+                        position + 1,
+                        Event::Data {
+                            data: buffer,
+                            end_of_stream,
+                        },
+                    ),
+                    Some(Action::Pause) => {
+                        let limit = self.chain.buffer_limit;
+                        let flow = self.flow(direction);
+                        flow.buffers[position] = buffer;
+                        if end_of_stream {
+                            flow.blocked[position] = Some(Blocked::BodyEnd);
+                        } else if flow.buffers[position].len() > limit {
+                            self.buffer_overflow(direction);
+                        }
+                    }
+                    None => self.after_failure(
+                        direction,
+                        position,
+                        Event::Data {
+                            data: buffer,
+                            end_of_stream,
+                        },
+                    ),
+                }
+            }
+            Event::Trailers => {
+                let count = {
+                    let data = self.data.borrow();
+                    if request {
+                        data.request_trailers.len()
+                    } else {
+                        data.response_trailers.len()
+                    }
+                } as u32;
+                let result = self.call(index, |vm| {
+                    if request {
+                        vm.request_trailers(context, count)
+                    } else {
+                        vm.response_trailers(context, count)
+                    }
+                });
+                match result {
+                    Some(Action::Pause) => {
+                        self.flow(direction).blocked[position] = Some(Blocked::Trailers);
+                    }
+                    Some(Action::Continue) => self.pass_trailers(direction, position),
+                    None => self.after_failure(direction, position, Event::Trailers),
+                }
+            }
+        }
+    }
+
+    /// Trailers leave a plugin after whatever body it still held.
+    fn pass_trailers(&mut self, direction: Direction, position: usize) {
+        let flow = self.flow(direction);
+        let held = std::mem::take(&mut flow.buffers[position]);
+        if !held.is_empty() {
+            flow.push(
+                position + 1,
+                Event::Data {
+                    data: held,
+                    end_of_stream: false,
+                },
+            );
+        }
+        flow.push(position + 1, Event::Trailers);
+    }
+
+    fn set_body(&mut self, request: bool, body: Vec<u8>) {
+        let mut data = self.data.borrow_mut();
+        if request {
+            data.request_body = body;
+        } else {
+            data.response_body = body;
+        }
+    }
+
+    fn take_body(&mut self, request: bool) -> Vec<u8> {
+        let mut data = self.data.borrow_mut();
+        std::mem::take(if request {
+            &mut data.request_body
+        } else {
+            &mut data.response_body
+        })
+    }
+
+    /// Calls into plugin `index`'s VM, then applies the effects it recorded. `None` when the
+    /// plugin failed (the failure has been handled).
+    fn call<R>(
+        &mut self,
+        index: usize,
+        f: impl FnOnce(&mut sluice_host::Vm) -> Result<R, PluginFailure>,
+    ) -> Option<R> {
+        let (result, effects) = {
+            let mut vm = self.chain.plugins[index].vm.borrow_mut();
+            let result = f(vm.vm());
+            (result, vm.vm().take_effects())
+        };
+        match result {
+            Ok(value) => {
+                self.apply_effects(index, effects);
+                Some(value)
+            }
+            Err(failure) => {
+                self.plugin_failed(index, failure, None);
+                None
+            }
+        }
+    }
+
+    fn root_callback(
+        &mut self,
+        index: usize,
+        f: impl FnOnce(&mut sluice_host::Vm, u32) -> Result<(), PluginFailure>,
+    ) {
+        if self.live_context(index).is_none() {
+            return;
+        }
+        let plugin = &self.chain.plugins[index];
+        let root = plugin.vm.borrow().root_context(plugin.root);
+        if self.call(index, |vm| f(vm, root)).is_some() {
+            self.pump(Direction::Request);
+            self.pump(Direction::Response);
+        }
+    }
+
+    /// Applies effects of a call into plugin `index`'s VM. Effects name contexts; the ones that
+    /// belong to this stream act on it, callouts become steps, anything else is the chain's.
+    fn apply_effects(&mut self, index: usize, effects: Vec<Effect>) {
+        let vm = self.chain.plugins[index].vm.clone();
+        let owner = |stream: &Self, context: u32| {
+            (0..stream.contexts.len()).find(|&i| {
+                Rc::ptr_eq(&stream.chain.plugins[i].vm, &vm)
+                    && stream.live_context(i) == Some(context)
+            })
+        };
+        for effect in effects {
+            match effect {
+                Effect::ContinueStream { context, stream } => {
+                    if let Some(plugin) = owner(self, context) {
+                        let direction = if stream == StreamType::HttpResponse {
+                            Direction::Response
+                        } else {
+                            Direction::Request
+                        };
+                        self.resume(direction, plugin);
+                    }
+                }
+                Effect::CloseStream { context, .. } => {
+                    if owner(self, context).is_some() {
+                        self.reset("a plugin closed the stream");
+                    }
+                }
+                Effect::LocalResponse { context, response } => {
+                    if let Some(plugin) = owner(self, context) {
+                        let from_response = self.response_started
+                            || self.data.borrow().response_headers.get(":status").is_some();
+                        self.local_reply(response, from_response, Some(plugin));
+                    }
+                }
+                Effect::HttpCall { token, request, .. } => self.steps.push_back(Step::HttpCall {
+                    plugin: index,
+                    token,
+                    request,
+                }),
+                Effect::GrpcCall { token, request, .. } => self.steps.push_back(Step::GrpcCall {
+                    plugin: index,
+                    token,
+                    request,
+                }),
+                Effect::GrpcSend {
+                    token,
+                    message,
+                    end_of_stream,
+                } => {
+                    self.steps.push_back(Step::GrpcSend {
+                        plugin: index,
+                        token,
+                        message,
+                        end_of_stream,
+                    });
+                }
+                Effect::GrpcCancel { token } => self.steps.push_back(Step::GrpcCancel {
+                    plugin: index,
+                    token,
+                }),
+                Effect::GrpcClose { token } => self.steps.push_back(Step::GrpcClose {
+                    plugin: index,
+                    token,
+                }),
+                Effect::Done { .. } | Effect::ClearRouteCache { .. } => {}
+            }
+        }
+    }
+
+    /// `proxy_continue_stream` from `plugin`: whatever it held moves on.
+    fn resume(&mut self, direction: Direction, plugin: usize) {
+        let position = self.position_of(direction, plugin);
+        let flow = self.flow(direction);
+        if flow.closed {
+            return;
+        }
+        match flow.blocked[position].take() {
+            Some(Blocked::Headers { end_of_stream }) => {
+                flow.queues[position + 1].push_front(Event::Headers { end_of_stream });
+            }
+            Some(Blocked::BodyEnd) => {
+                let data = std::mem::take(&mut flow.buffers[position]);
+                flow.push(
+                    position + 1,
+                    Event::Data {
+                        data,
+                        end_of_stream: true,
+                    },
+                );
+            }
+            Some(Blocked::Trailers) => self.pass_trailers(direction, position),
+            None => {
+                let data = std::mem::take(&mut flow.buffers[position]);
+                if !data.is_empty() {
+                    flow.push(
+                        position + 1,
+                        Event::Data {
+                            data,
+                            end_of_stream: false,
+                        },
+                    );
+                }
+            }
+        }
+        self.pump(direction);
+    }
+
+    /// What leaves the chain becomes a step.
+    fn emit(&mut self, direction: Direction, event: Event) {
+        let step = match (direction, event) {
+            (Direction::Request, Event::Headers { end_of_stream }) => {
+                self.upstream_started = true;
+                Step::RequestHeaders {
+                    headers: self.data.borrow().request_headers.clone(),
+                    end_of_stream,
+                }
+            }
+            (
+                Direction::Request,
+                Event::Data {
+                    data,
+                    end_of_stream,
+                },
+            ) => {
+                // Trailers a plugin added in the last body callback follow the body.
+                let added = end_of_stream && !self.data.borrow().request_trailers.is_empty();
+                self.steps.push_back(Step::RequestData {
+                    data,
+                    end_of_stream: end_of_stream && !added,
+                });
+                if added {
+                    Step::RequestTrailers {
+                        trailers: self.data.borrow().request_trailers.clone(),
+                    }
+                } else {
+                    return;
+                }
+            }
+            (Direction::Request, Event::Trailers) => Step::RequestTrailers {
+                trailers: self.data.borrow().request_trailers.clone(),
+            },
+            (Direction::Response, Event::Headers { end_of_stream }) => {
+                self.response_started = true;
+                self.response_complete = end_of_stream;
+                Step::ResponseHeaders {
+                    headers: self.data.borrow().response_headers.clone(),
+                    end_of_stream,
+                }
+            }
+            (
+                Direction::Response,
+                Event::Data {
+                    data,
+                    end_of_stream,
+                },
+            ) => {
+                let added = end_of_stream && !self.data.borrow().response_trailers.is_empty();
+                self.steps.push_back(Step::ResponseData {
+                    data,
+                    end_of_stream: end_of_stream && !added,
+                });
+                self.response_complete |= end_of_stream;
+                if added {
+                    Step::ResponseTrailers {
+                        trailers: self.data.borrow().response_trailers.clone(),
+                    }
+                } else {
+                    return;
+                }
+            }
+            (Direction::Response, Event::Trailers) => {
+                self.response_complete = true;
+                Step::ResponseTrailers {
+                    trailers: self.data.borrow().response_trailers.clone(),
+                }
+            }
+        };
+        self.steps.push_back(step);
+    }
+
+    /// Answers the client instead of (or instead of the rest of) the upstream response.
+    fn local_reply(
+        &mut self,
+        reply: LocalResponse,
+        from_response_path: bool,
+        _sender: Option<usize>,
+    ) {
+        if self.response_started {
+            self.reset("local reply after the response began");
+            return;
+        }
+        self.request.closed = true;
+        if self.upstream_started {
+            self.steps.push_back(Step::ResetUpstream);
+        }
+        let mut headers = HeaderMap::new();
+        headers.add(":status", reply.status.to_string());
+        let grpc = self
+            .data
+            .borrow()
+            .request_headers
+            .get("content-type")
+            .is_some_and(|t| t.starts_with(b"application/grpc"));
+        let mut body = reply.body;
+        if let (true, Some(status)) = (grpc, reply.grpc_status) {
+            // A gRPC client gets a trailers-only response carrying the status, as Envoy sends it.
+            headers = HeaderMap::new();
+            headers.add(":status", "200");
+            headers.add("content-type", "application/grpc");
+            headers.add("grpc-status", status.to_string());
+            if !body.is_empty() {
+                headers.add("grpc-message", String::from_utf8_lossy(&body).as_ref());
+            }
+            body = Vec::new();
+        }
+        for (name, value) in reply.headers.iter() {
+            headers.add(name, value);
+        }
+        if !body.is_empty() && headers.get("content-type").is_none() {
+            headers.add("content-type", "text/plain");
+        }
+        headers.replace("content-length", body.len().to_string());
+        {
+            let mut data = self.data.borrow_mut();
+            data.response_headers = headers;
+            data.response_trailers = HeaderMap::new();
+            data.properties
+                .insert("response.code_details".into(), reply.details.clone().into());
+        }
+        let n = self.contexts.len();
+        self.response = Flow::new(n);
+        let end_of_stream = body.is_empty();
+        if from_response_path {
+            self.response.closed = true;
+            self.emit(Direction::Response, Event::Headers { end_of_stream });
+            if !end_of_stream {
+                self.emit(
+                    Direction::Response,
+                    Event::Data {
+                        data: body,
+                        end_of_stream: true,
+                    },
+                );
+            }
+        } else {
+            self.response.push(0, Event::Headers { end_of_stream });
+            if !end_of_stream {
+                self.response.push(
+                    0,
+                    Event::Data {
+                        data: body,
+                        end_of_stream: true,
+                    },
+                );
+            }
+            self.pump(Direction::Response);
+            // Nothing from the upstream may follow the local reply.
+            self.response.closed = true;
+            let leftover: Vec<Event> = self.response.queues[n].drain(..).collect();
+            for event in leftover {
+                self.emit(Direction::Response, event);
+            }
+        }
+    }
+
+    fn reset(&mut self, reason: &str) {
+        self.request.closed = true;
+        self.response.closed = true;
+        if self.upstream_started {
+            self.steps.push_back(Step::ResetUpstream);
+        }
+        self.steps.push_back(Step::ResetDownstream {
+            reason: reason.to_string(),
+        });
+        self.response_complete = true;
+    }
+
+    fn buffer_overflow(&mut self, direction: Direction) {
+        let (status, details, body) = match direction {
+            Direction::Request => (413, "request_payload_too_large", "Payload Too Large"),
+            Direction::Response => (500, "response_payload_too_large", "Internal Server Error"),
+        };
+        let reply = LocalResponse {
+            status,
+            details: details.into(),
+            body: body.as_bytes().to_vec(),
+            headers: HeaderMap::new(),
+            grpc_status: None,
+        };
+        self.local_reply(reply, direction == Direction::Response, None);
+    }
+
+    /// The stream's reaction to a plugin failure, by its failStrategy.
+    fn plugin_failed(&mut self, index: usize, failure: PluginFailure, _position: Option<usize>) {
+        tracing::warn!(plugin = %failure.plugin, "{failure}");
+        self.failures.push(failure.clone());
+        self.chain.record_failure(failure);
+        self.contexts[index] = None;
+        if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
+            let name = self.chain.plugins[index].name.clone();
+            let direction = if self.data.borrow().response_headers.get(":status").is_some() {
+                Direction::Response
+            } else {
+                Direction::Request
+            };
+            self.fail_stream(&name, direction);
+        }
+    }
+
+    /// After a failed callback: a FAIL_OPEN plugin is skipped, so its event moves on.
+    fn after_failure(&mut self, direction: Direction, position: usize, event: Event) {
+        if !self.flow(direction).closed {
+            self.flow(direction).push(position + 1, event);
+        }
+    }
+
+    /// 503 for the client (Envoy's `wasm_fail_stream`), or a reset once the response began.
+    fn fail_stream(&mut self, plugin: &str, direction: Direction) {
+        let reply = LocalResponse {
+            status: 503,
+            details: "wasm_fail_stream".into(),
+            body: format!("plugin '{plugin}' failed\n").into_bytes(),
+            headers: HeaderMap::new(),
+            grpc_status: Some(14),
+        };
+        self.local_reply(reply, direction == Direction::Response, None);
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,217 @@
+//! The process-wide engine: wasmtime configuration, the linker with every host function, the
+//! compiled-module cache, the epoch ticker behind CPU deadlines, and the state VMs share.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{InstancePre, Linker, Module};
+
+use crate::error::LoadError;
+use crate::imports::{self, Registrar};
+use crate::inspect::ModuleInfo;
+use crate::metrics::Metrics;
+use crate::shared::{SharedData, SharedQueues};
+use crate::state::HostState;
+
+/// How often the epoch advances: the resolution of every CPU deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Where compiled modules are cached (`<sha256>-<engine hash>.cwasm`); `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl EngineOptions {
+    /// `$SLUICE_CACHE_DIR/compiled`, else `$XDG_CACHE_HOME/sluice/compiled`, else
+    /// `~/.cache/sluice/compiled`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("SLUICE_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sluice")))
+            .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/sluice")))?;
+        Some(base.join("compiled"))
+    }
+}
+
+/// Everything VMs of one engine share across threads.
+#[derive(Default)]
+pub struct Shared {
+    pub data: SharedData,
+    pub queues: SharedQueues,
+    pub metrics: Metrics,
+}
+
+/// A compiled plugin, shareable across threads; [`crate::Vm::new`] instantiates it.
+#[derive(Clone)]
+pub struct PluginCode {
+    pub(crate) pre: InstancePre<HostState>,
+    pub info: Arc<ModuleInfo>,
+}
+
+impl PluginCode {
+    pub fn module(&self) -> &Module {
+        self.pre.module()
+    }
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub wasmtime: wasmtime::Engine,
+    pub linker: Linker<HostState>,
+    pub provided: BTreeSet<(String, String)>,
+    pub shared: Arc<Shared>,
+    cache_dir: Option<PathBuf>,
+    compatibility: String,
+}
+
+impl Engine {
+    pub fn new(options: EngineOptions) -> Result<Self, LoadError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let wasmtime =
+            wasmtime::Engine::new(&config).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let mut linker = Linker::new(&wasmtime);
+        let mut registrar = Registrar::new(&mut linker);
+        imports::register(&mut registrar);
+        let provided = registrar.names;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        wasmtime.precompile_compatibility_hash().hash(&mut hasher);
+        let compatibility = format!("{:016x}", hasher.finish());
+        let inner = Arc::new(EngineInner {
+            wasmtime,
+            linker,
+            provided,
+            shared: Arc::default(),
+            cache_dir: options.cache_dir,
+            compatibility,
+        });
+        spawn_epoch_ticker(Arc::downgrade(&inner));
+        Ok(Self { inner })
+    }
+
+    /// The host functions this engine provides, as `(module, name)`.
+    pub fn provided_imports(&self) -> &BTreeSet<(String, String)> {
+        &self.inner.provided
+    }
+
+    pub fn shared_data(&self) -> &SharedData {
+        &self.inner.shared.data
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.shared.metrics
+    }
+
+    pub fn load_file(&self, path: &Path) -> Result<PluginCode, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.compile(&bytes)
+    }
+
+    /// Validates and compiles a module (or loads it from the compiled cache), checks that it is a
+    /// Proxy-Wasm plugin sluice can run, and links it.
+    pub fn compile(&self, bytes: &[u8]) -> Result<PluginCode, LoadError> {
+        let (module, info) = self.analyze(bytes)?;
+        info.loadable()?;
+        let pre = self.link(&module)?;
+        Ok(PluginCode {
+            pre,
+            info: Arc::new(info),
+        })
+    }
+
+    /// Describes a module for `sluice inspect`, with the reason it cannot be loaded, if any. Fails
+    /// only for bytes that are not a valid WebAssembly module.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<(ModuleInfo, Option<LoadError>), LoadError> {
+        let (module, info) = self.analyze(bytes)?;
+        let problem = info.loadable().err().or_else(|| self.link(&module).err());
+        Ok((info, problem))
+    }
+
+    fn analyze(&self, bytes: &[u8]) -> Result<(Module, ModuleInfo), LoadError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm(
+                "the file does not start with the WebAssembly magic bytes".into(),
+            ));
+        }
+        let sha256 = hex(&Sha256::digest(bytes));
+        let module = self.cached_module(bytes, &sha256)?;
+        let info = ModuleInfo::new(&module, bytes, sha256, &self.inner.provided);
+        Ok((module, info))
+    }
+
+    fn link(&self, module: &Module) -> Result<InstancePre<HostState>, LoadError> {
+        self.inner
+            .linker
+            .instantiate_pre(module)
+            .map_err(|e| LoadError::Instantiate(format!("{e:#}")))
+    }
+
+    fn cached_module(&self, bytes: &[u8], sha256: &str) -> Result<Module, LoadError> {
+        let compile = || {
+            Module::new(&self.inner.wasmtime, bytes)
+                .map_err(|e| LoadError::Compile(format!("{e:#}")))
+        };
+        let Some(dir) = &self.inner.cache_dir else {
+            return compile();
+        };
+        let path = dir.join(format!("{sha256}-{}.cwasm", self.inner.compatibility));
+        if path.is_file() {
+            // SAFETY: deserializing runs machine code from the file, so only artifacts this host wrote
+            // are read: the name is derived from the module's sha256 and this engine's compatibility
+            // hash, in sluice's own cache directory, and the file was produced by `Module::serialize`
+            // below (written to a temporary name and renamed, so it is never partial).
+            match unsafe { Module::deserialize_file(&self.inner.wasmtime, &path) } {
+                Ok(module) => return Ok(module),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unreadable compiled module: {e:#}");
+                }
+            }
+        }
+        let module = compile()?;
+        if let Err(e) = write_cache(dir, &path, &module) {
+            tracing::debug!(path = %path.display(), "cannot cache compiled module: {e:#}");
+        }
+        Ok(module)
+    }
+}
+
+fn write_cache(dir: &Path, path: &Path, module: &Module) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = module
+        .serialize()
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Advances the epoch every [`EPOCH_TICK`] while the engine lives.
+fn spawn_epoch_ticker(engine: Weak<EngineInner>) {
+    std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.wasmtime.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}

@@ -1,0 +1,130 @@
+//! Body, callout, gRPC and configuration buffers.
+
+use sluice_abi::{BufferType, Status};
+
+use super::{Caller, HostResult, Registrar, finish, parts, read, return_bytes};
+use crate::state::HostState;
+
+pub(super) fn register(r: &mut Registrar<'_>) {
+    r.func(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: Caller<'_>, kind: u32, start: u32, max: u32, ptr: u32, len: u32| {
+            finish(get_bytes(&mut c, kind, start, max, ptr, len))
+        },
+    );
+    r.func(
+        "env",
+        "proxy_get_buffer_status",
+        |mut c: Caller<'_>, kind: u32, len_ptr: u32, flags_ptr: u32| {
+            finish(get_status(&mut c, kind, len_ptr, flags_ptr))
+        },
+    );
+    r.func(
+        "env",
+        "proxy_set_buffer_bytes",
+        |mut c: Caller<'_>, kind: u32, start: u32, size: u32, ptr: u32, len: u32| {
+            finish(set_bytes(&mut c, kind, start, size, ptr, len))
+        },
+    );
+}
+
+/// Runs `f` on the buffer `raw` names, if it exists for the effective context right now.
+fn with_buffer<R>(
+    state: &mut HostState,
+    raw: u32,
+    f: impl FnOnce(&mut Vec<u8>) -> R,
+) -> Result<R, Status> {
+    let kind = BufferType::from_raw(raw).ok_or(Status::BadArgument)?;
+    let scoped = match kind {
+        BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
+            let stream = state.effective_stream().ok_or(Status::NotFound)?;
+            let mut stream = stream.borrow_mut();
+            let body = if kind == BufferType::HttpRequestBody {
+                &mut stream.request_body
+            } else {
+                &mut stream.response_body
+            };
+            return Ok(f(body));
+        }
+        BufferType::HttpCallResponseBody => &mut state.scope.call_body,
+        BufferType::GrpcCallMessage => &mut state.scope.grpc_message,
+        BufferType::VmConfiguration => &mut state.scope.vm_configuration,
+        BufferType::PluginConfiguration => &mut state.scope.plugin_configuration,
+        // L4 filters and foreign functions are not offered by sluice: nothing is ever in scope.
+        BufferType::DownstreamData
+        | BufferType::UpstreamData
+        | BufferType::ForeignFunctionArguments => {
+            return Err(Status::NotFound);
+        }
+    };
+    scoped.as_mut().map(f).ok_or(Status::NotFound)
+}
+
+fn get_bytes(
+    c: &mut Caller<'_>,
+    kind: u32,
+    start: u32,
+    max: u32,
+    ptr: u32,
+    len: u32,
+) -> HostResult {
+    // `start + max` cannot overflow here: both are 32-bit and the sum is computed in `usize`
+    // (the SDKs pass `max = u32::MAX` to mean "everything").
+    let slice = with_buffer(c.data_mut(), kind, |buffer| {
+        let start = (start as usize).min(buffer.len());
+        let end = start.saturating_add(max as usize).min(buffer.len());
+        buffer[start..end].to_vec()
+    })?;
+    if slice.is_empty() {
+        // As proxy-wasm-cpp-host: nothing to return leaves the return slots untouched, which the
+        // SDKs read as "no data".
+        let (memory, _) = parts(c)?;
+        memory.check(ptr, 4)?;
+        memory.check(len, 4)?;
+        return Ok(());
+    }
+    return_bytes(c, &slice, ptr, len)
+}
+
+fn get_status(c: &mut Caller<'_>, kind: u32, len_ptr: u32, flags_ptr: u32) -> HostResult {
+    let size = with_buffer(c.data_mut(), kind, |buffer| buffer.len())?;
+    let (mut memory, _) = parts(c)?;
+    memory.check(flags_ptr, 4)?;
+    memory.write_u32(len_ptr, size as u32)?;
+    memory.write_u32(flags_ptr, 0)?;
+    Ok(())
+}
+
+/// Envoy's `Buffer::copyFrom`: `start == 0` replaces the first `size` bytes (prepends when 0),
+/// `start >= len` appends, anything else is a bad argument.
+fn set_bytes(
+    c: &mut Caller<'_>,
+    kind: u32,
+    start: u32,
+    size: u32,
+    ptr: u32,
+    len: u32,
+) -> HostResult {
+    let data = read(c, ptr, len)?;
+    let kind_known = BufferType::from_raw(kind).ok_or(Status::BadArgument)?;
+    if !matches!(
+        kind_known,
+        BufferType::HttpRequestBody | BufferType::HttpResponseBody
+    ) {
+        return Err(Status::NotFound.into());
+    }
+    with_buffer(c.data_mut(), kind, |buffer| {
+        let (start, size) = (start as usize, size as usize);
+        if start == 0 {
+            buffer.splice(..size.min(buffer.len()), data);
+            Ok(())
+        } else if start >= buffer.len() {
+            buffer.extend_from_slice(&data);
+            Ok(())
+        } else {
+            Err(Status::BadArgument)
+        }
+    })??;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Header and metadata maps.
+
+use sluice_abi::{HeaderMap, MapType, Status, decode_pairs};
+
+use super::{Caller, HostResult, Registrar, finish, read, return_bytes};
+use crate::state::HostState;
+
+pub(super) fn register(r: &mut Registrar<'_>) {
+    r.func(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: Caller<'_>, map: u32, ptr: u32, len: u32| finish(get_pairs(&mut c, map, ptr, len)),
+    );
+    r.func(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: Caller<'_>, map: u32, ptr: u32, len: u32| finish(set_pairs(&mut c, map, ptr, len)),
+    );
+    r.func(
+        "env",
+        "proxy_get_header_map_size",
+        |mut c: Caller<'_>, map: u32, size_ptr: u32| finish(get_size(&mut c, map, size_ptr)),
+    );
+    r.func(
+        "env",
+        "proxy_get_header_map_value",
+        |mut c: Caller<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            finish(get_value(&mut c, map, (kp, kl), vp, vl))
+        },
+    );
+    r.func(
+        "env",
+        "proxy_add_header_map_value",
+        |mut c: Caller<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            finish(modify(&mut c, map, (kp, kl), Some((vp, vl)), |m, k, v| {
+                m.add(k, v);
+            }))
+        },
+    );
+    r.func(
+        "env",
+        "proxy_replace_header_map_value",
+        |mut c: Caller<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            finish(modify(&mut c, map, (kp, kl), Some((vp, vl)), |m, k, v| {
+                m.replace(k, v);
+            }))
+        },
+    );
+    r.func(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: Caller<'_>, map: u32, kp: u32, kl: u32| {
+            finish(modify(&mut c, map, (kp, kl), None, |m, k, _| m.remove(k)))
+        },
+    );
+}
+
+/// Runs `f` on the map `raw` names, if it exists for the effective context right now.
+pub(crate) fn with_map<R>(
+    state: &mut HostState,
+    raw: u32,
+    f: impl FnOnce(&mut HeaderMap) -> R,
+) -> Result<R, Status> {
+    let map = MapType::from_raw(raw).ok_or(Status::BadArgument)?;
+    let scoped = match map {
+        MapType::GrpcCallInitialMetadata => &mut state.scope.grpc_initial_metadata,
+        MapType::GrpcCallTrailingMetadata => &mut state.scope.grpc_trailing_metadata,
+        MapType::HttpCallResponseHeaders => &mut state.scope.call_headers,
+        MapType::HttpCallResponseTrailers => &mut state.scope.call_trailers,
+        MapType::HttpRequestHeaders
+        | MapType::HttpRequestTrailers
+        | MapType::HttpResponseHeaders
+        | MapType::HttpResponseTrailers => {
+            let stream = state.effective_stream().ok_or(Status::NotFound)?;
+            let mut stream = stream.borrow_mut();
+            let target = match map {
+                MapType::HttpRequestHeaders => &mut stream.request_headers,
+                MapType::HttpRequestTrailers => &mut stream.request_trailers,
+                MapType::HttpResponseHeaders => &mut stream.response_headers,
+                _ => &mut stream.response_trailers,
+            };
+            return Ok(f(target));
+        }
+    };
+    scoped.as_mut().map(f).ok_or(Status::NotFound)
+}
+
+fn get_pairs(c: &mut Caller<'_>, map: u32, ptr: u32, len: u32) -> HostResult {
+    let encoded = with_map(c.data_mut(), map, |m| m.encode())?;
+    return_bytes(c, &encoded, ptr, len)
+}
+
+fn set_pairs(c: &mut Caller<'_>, map: u32, ptr: u32, len: u32) -> HostResult {
+    let raw = read(c, ptr, len)?;
+    let pairs = decode_pairs(&raw).map_err(|_| Status::BadArgument)?;
+    let replacement = HeaderMap::from_pairs(pairs);
+    with_map(c.data_mut(), map, |m| *m = replacement)?;
+    Ok(())
+}
+
+fn get_size(c: &mut Caller<'_>, map: u32, size_ptr: u32) -> HostResult {
+    let size = with_map(c.data_mut(), map, |m| m.encoded_len())?;
+    super::write_u32(c, size_ptr, size as u32)?;
+    Ok(())
+}
+
+fn get_value(c: &mut Caller<'_>, map: u32, key: (u32, u32), ptr: u32, len: u32) -> HostResult {
+    let key = read(c, key.0, key.1)?;
+    let value = with_map(c.data_mut(), map, |m| m.get(&key).map(<[u8]>::to_vec))?;
+    match value {
+        Some(value) => return_bytes(c, &value, ptr, len),
+        // ABI 0.1.0 reported a missing header as an empty value.
+        None if !c.data().abi.missing_header_is_not_found() => return_bytes(c, &[], ptr, len),
+        None => Err(Status::NotFound.into()),
+    }
+}
+
+fn modify(
+    c: &mut Caller<'_>,
+    map: u32,
+    key: (u32, u32),
+    value: Option<(u32, u32)>,
+    f: impl FnOnce(&mut HeaderMap, &[u8], &[u8]),
+) -> HostResult {
+    let key = read(c, key.0, key.1)?;
+    let value = match value {
+        Some((ptr, len)) => read(c, ptr, len)?,
+        None => Vec::new(),
+    };
+    with_map(c.data_mut(), map, |m| f(m, &key, &value))?;
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! Runs Proxy-Wasm plugins on wasmtime: module loading and ABI detection, every `proxy_*` host
+//! call, the WASI subset, per-plugin memory caps and CPU deadlines. It must never perform I/O or
+//! wait: host calls whose effect is I/O are validated and recorded as [`Effect`]s for the caller.
+
+mod effects;
+mod engine;
+mod error;
+mod imports;
+mod inspect;
+mod memory;
+mod metrics;
+mod shared;
+mod state;
+mod stream;
+mod vm;
+mod wasi;
+
+pub use effects::{Effect, GrpcCallRequest, HttpCallRequest, LocalResponse};
+pub use engine::{Engine, EngineOptions, PluginCode};
+pub use error::{FailureKind, LoadError, PluginFailure};
+pub use inspect::{ImportInfo, ModuleInfo};
+pub use metrics::{HISTOGRAM_BOUNDS, Metric, Metrics};
+pub use shared::{MAX_QUEUE_ITEMS, QueueInbox, SharedData, SharedQueues};
+pub use state::{Clock, ClusterCheck, LogRecord};
+pub use stream::{HttpStream, SharedStream};
+pub use vm::{CallResponse, GrpcEvent, Limits, Vm, VmConfig};

@@ -1,0 +1,162 @@
+//! Process-wide state shared by every VM of an engine: shared data with compare-and-swap and
+//! shared queues, both scoped by vm_id as in Envoy.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sluice_abi::Status;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps half-updated (every update is one
+    // insert or push), so a poisoned lock is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Key-value store with optimistic concurrency: every write gets a fresh CAS token.
+#[derive(Default)]
+pub struct SharedData {
+    inner: Mutex<SharedDataInner>,
+}
+
+#[derive(Default)]
+struct SharedDataInner {
+    next_cas: u32,
+    entries: HashMap<(String, Vec<u8>), (Vec<u8>, u32)>,
+}
+
+impl SharedData {
+    pub fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+        lock(&self.inner)
+            .entries
+            .get(&(vm_id.to_string(), key.to_vec()))
+            .cloned()
+    }
+
+    /// Sets `key`; a non-zero `cas` must equal the current token (a missing key accepts any).
+    pub fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
+        let mut inner = lock(&self.inner);
+        inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
+        let token = inner.next_cas;
+        let slot = (vm_id.to_string(), key.to_vec());
+        if let Some((_, current)) = inner.entries.get(&slot)
+            && cas != 0
+            && cas != *current
+        {
+            return Err(Status::CasMismatch);
+        }
+        inner.entries.insert(slot, (value.to_vec(), token));
+        Ok(())
+    }
+
+    /// Every entry of one vm_id, for tests and the admin API.
+    pub fn snapshot(&self, vm_id: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let inner = lock(&self.inner);
+        let mut entries: Vec<_> = inner
+            .entries
+            .iter()
+            .filter(|((vm, _), _)| vm == vm_id)
+            .map(|((_, key), (value, _))| (key.clone(), value.clone()))
+            .collect();
+        entries.sort();
+        entries
+    }
+}
+
+/// Where `proxy_on_queue_ready` for a queue must be delivered: the VM that registered it last, on
+/// its own thread. The engine only records the event; the VM's owner drains it.
+#[derive(Clone, Default)]
+pub struct QueueInbox {
+    events: Arc<Mutex<Vec<(u32, u32)>>>,
+    waker: Arc<Mutex<Option<Arc<dyn Fn() + Send + Sync>>>>,
+}
+
+impl QueueInbox {
+    fn push(&self, root_context: u32, queue_id: u32) {
+        lock(&self.events).push((root_context, queue_id));
+        if let Some(wake) = lock(&self.waker).as_ref() {
+            wake();
+        }
+    }
+
+    /// Takes the pending `(root_context, queue_id)` notifications.
+    pub fn take(&self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut *lock(&self.events))
+    }
+
+    /// Called (from any thread) after each enqueue to a queue owned by this inbox.
+    pub fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *lock(&self.waker) = Some(wake);
+    }
+}
+
+struct Queue {
+    vm_id: String,
+    name: Vec<u8>,
+    items: VecDeque<Vec<u8>>,
+    owner: QueueInbox,
+    owner_root: u32,
+}
+
+/// Shared queues: registered by one VM, enqueued to by any.
+#[derive(Default)]
+pub struct SharedQueues {
+    queues: Mutex<Vec<Queue>>,
+}
+
+/// Bound on the items one queue holds: an enqueue beyond it drops the oldest item, so a plugin that
+/// never dequeues cannot grow the process without limit.
+pub const MAX_QUEUE_ITEMS: usize = 10_000;
+
+impl SharedQueues {
+    pub fn register(&self, vm_id: &str, name: &[u8], owner: &QueueInbox, owner_root: u32) -> u32 {
+        let mut queues = lock(&self.queues);
+        if let Some(index) = queues
+            .iter()
+            .position(|q| q.vm_id == vm_id && q.name == name)
+        {
+            queues[index].owner = owner.clone();
+            queues[index].owner_root = owner_root;
+            return index as u32 + 1;
+        }
+        queues.push(Queue {
+            vm_id: vm_id.to_string(),
+            name: name.to_vec(),
+            items: VecDeque::new(),
+            owner: owner.clone(),
+            owner_root,
+        });
+        queues.len() as u32
+    }
+
+    pub fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32> {
+        lock(&self.queues)
+            .iter()
+            .position(|q| q.vm_id == vm_id && q.name == name)
+            .map(|index| index as u32 + 1)
+    }
+
+    pub fn enqueue(&self, id: u32, value: &[u8]) -> Result<(), Status> {
+        let mut queues = lock(&self.queues);
+        let queue = queues
+            .get_mut((id as usize).wrapping_sub(1))
+            .ok_or(Status::NotFound)?;
+        if queue.items.len() >= MAX_QUEUE_ITEMS {
+            queue.items.pop_front();
+        }
+        queue.items.push_back(value.to_vec());
+        let (owner, root) = (queue.owner.clone(), queue.owner_root);
+        drop(queues);
+        owner.push(root, id);
+        Ok(())
+    }
+
+    pub fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
+        let mut queues = lock(&self.queues);
+        let queue = queues
+            .get_mut((id as usize).wrapping_sub(1))
+            .ok_or(Status::NotFound)?;
+        queue.items.pop_front().ok_or(Status::Empty)
+    }
+}

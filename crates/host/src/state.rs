@@ -1,0 +1,215 @@
+//! The per-VM host state that host functions read and write (wasmtime's store data).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sluice_abi::{AbiVersion, HeaderMap, LogLevel, PropertyValue};
+use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+
+use crate::effects::Effect;
+use crate::engine::Shared;
+use crate::shared::QueueInbox;
+use crate::stream::SharedStream;
+
+/// A log line a plugin wrote with `proxy_log` or to stdout/stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub plugin: String,
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// Wall and monotonic time as plugins see it: the system clock, or a manual clock that
+/// `sluice test` advances step by step.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    manual_nanos: Option<Arc<AtomicU64>>,
+    started: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Self {
+            manual_nanos: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// A clock that stands still until [`Clock::advance`] moves it.
+    pub fn manual(start_unix_nanos: u64) -> Self {
+        Self {
+            manual_nanos: Some(Arc::new(AtomicU64::new(start_unix_nanos))),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn advance(&self, nanos: u64) {
+        if let Some(manual) = &self.manual_nanos {
+            manual.fetch_add(nanos, Ordering::SeqCst);
+        }
+    }
+
+    pub fn now_unix_nanos(&self) -> u64 {
+        match &self.manual_nanos {
+            Some(manual) => manual.load(Ordering::SeqCst),
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        }
+    }
+
+    pub fn monotonic_nanos(&self) -> u64 {
+        match &self.manual_nanos {
+            Some(manual) => manual.load(Ordering::SeqCst),
+            None => self.started.elapsed().as_nanos() as u64,
+        }
+    }
+}
+
+/// Decides whether a callout target names a known cluster (`proxy_http_call` and `proxy_grpc_*`
+/// return an error status for unknown ones, as in Envoy).
+pub type ClusterCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+pub(crate) enum Context {
+    Root { root_id: String },
+    Stream { root: u32, stream: SharedStream },
+}
+
+/// Data that only exists while one callback runs (the access windows of spec v0.2.1).
+#[derive(Default)]
+pub(crate) struct CallbackScope {
+    pub vm_configuration: Option<Vec<u8>>,
+    pub plugin_configuration: Option<Vec<u8>>,
+    pub call_headers: Option<HeaderMap>,
+    pub call_body: Option<Vec<u8>>,
+    pub call_trailers: Option<HeaderMap>,
+    pub grpc_initial_metadata: Option<HeaderMap>,
+    pub grpc_trailing_metadata: Option<HeaderMap>,
+    pub grpc_message: Option<Vec<u8>>,
+    pub status: Option<(u32, Vec<u8>)>,
+}
+
+/// Linear-memory cap of one instance; remembers that it refused a grow so a following trap is
+/// reported as a memory-limit failure.
+pub(crate) struct MemoryCap {
+    pub max_bytes: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_bytes;
+        if !allowed {
+            self.hit = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+pub(crate) struct HostState {
+    pub plugin_name: String,
+    pub vm_id: String,
+    pub abi: AbiVersion,
+    pub shared: Arc<Shared>,
+    pub memory: Option<Memory>,
+    pub allocate: Option<TypedFunc<u32, u32>>,
+    pub limiter: MemoryCap,
+    pub contexts: HashMap<u32, Context>,
+    /// The context host calls act on: the one being called back, or the one chosen with
+    /// `proxy_set_effective_context`.
+    pub effective_context: u32,
+    pub effects: Vec<Effect>,
+    pub scope: CallbackScope,
+    pub log_level: Arc<AtomicU32>,
+    pub captured_logs: Option<Vec<LogRecord>>,
+    /// The last error-level line of the current call: a Rust SDK panic message, for failure reports.
+    pub last_error_log: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub clock: Clock,
+    pub clusters: ClusterCheck,
+    pub properties: HashMap<String, PropertyValue>,
+    pub next_token: u32,
+    pub grpc_tokens: HashSet<u32>,
+    /// Tick period (ms) per root context, and the monotonic time it was set: ticks fall due at
+    /// whole periods from then.
+    pub tick_periods: HashMap<u32, (u32, u64)>,
+    pub pending_done: HashSet<u32>,
+    pub queue_inbox: QueueInbox,
+}
+
+impl HostState {
+    /// The root context of the effective context (itself when it is a root).
+    pub fn effective_root(&self) -> u32 {
+        match self.contexts.get(&self.effective_context) {
+            Some(Context::Stream { root, .. }) => *root,
+            _ => self.effective_context,
+        }
+    }
+
+    pub fn effective_stream(&self) -> Option<&SharedStream> {
+        match self.contexts.get(&self.effective_context) {
+            Some(Context::Stream { stream, .. }) => Some(stream),
+            _ => None,
+        }
+    }
+
+    pub fn root_id(&self, root: u32) -> &str {
+        match self.contexts.get(&root) {
+            Some(Context::Root { root_id }) => root_id,
+            _ => "",
+        }
+    }
+
+    pub fn next_token(&mut self) -> u32 {
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        self.next_token
+    }
+
+    pub fn log(&mut self, level: LogLevel, message: String) {
+        if (level as u32) < self.log_level.load(Ordering::Relaxed) {
+            return;
+        }
+        let plugin = self.plugin_name.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
+            LogLevel::Info => tracing::info!(target: "plugin", plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
+            LogLevel::Error | LogLevel::Critical => {
+                tracing::error!(target: "plugin", plugin, "{message}");
+            }
+        }
+        if level >= LogLevel::Error {
+            self.last_error_log = Some(message.clone());
+        }
+        if let Some(logs) = &mut self.captured_logs {
+            logs.push(LogRecord {
+                plugin: self.plugin_name.clone(),
+                level,
+                message,
+            });
+        }
+    }
+}

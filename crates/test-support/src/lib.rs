@@ -1,0 +1,63 @@
+//! Test helpers shared by the crates' integration tests: builds the `plugins/` workspace once per
+//! test process and loads WAT fixtures. It must never be a dependency of shipped code.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// Builds every plugin in `plugins/` (release, wasm32-wasip1) once per process, and returns the
+/// directory holding the `.wasm` files. Cargo makes this a no-op when nothing changed.
+pub fn plugins_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let plugins = repo_root().join("plugins");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1"])
+            .current_dir(&plugins)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .expect("running cargo to build plugins/");
+        assert!(status.success(), "building plugins/ failed: is the wasm32-wasip1 target installed (rustup target add wasm32-wasip1)?");
+        plugins.join("target/wasm32-wasip1/release")
+    })
+}
+
+/// Path of a built plugin, by crate name (`add_header`).
+pub fn plugin_wasm(crate_name: &str) -> PathBuf {
+    let path = plugins_dir().join(format!("{crate_name}.wasm"));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// Bytes of a built plugin.
+pub fn plugin_bytes(crate_name: &str) -> Vec<u8> {
+    std::fs::read(plugin_wasm(crate_name)).expect("reading plugin")
+}
+
+/// A `fixtures/wat/NAME.wat` module, assembled.
+pub fn wat_fixture(name: &str) -> Vec<u8> {
+    let path = repo_root().join("fixtures/wat").join(format!("{name}.wat"));
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Assembles WAT text written inline in a test.
+pub fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap_or_else(|e| panic!("bad inline WAT: {e}"))
+}
+
+/// A fresh compiled-module cache directory shared by the tests of one process, so each plugin is
+/// compiled once per test binary rather than once per test.
+pub fn cache_dir() -> PathBuf {
+    repo_root().join("target/test-compiled-cache")
+}

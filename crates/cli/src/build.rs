@@ -11,7 +11,7 @@ pub fn run(dir: &Path, debug: bool) -> anyhow::Result<ExitCode> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(
-            "{}: no Cargo.toml: `sluice build` builds a Rust plugin project (see `sluice new`)",
+            "{}: no Cargo.toml: `sluice build` builds a Rust plugin project (a cdylib crate using the proxy-wasm SDK)",
             dir.display()
         );
     }

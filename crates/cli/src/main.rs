@@ -12,9 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Sluice: a Proxy-Wasm gateway and plugin toolkit.
 #[derive(Parser)]
-#[command(name = "sluice", version, about, long_about = None)]
+#[command(name = "sluice", version, about = "Sluice: a Proxy-Wasm gateway and plugin toolkit", long_about = None)]
 struct Cli {
     /// Log filter for sluice's own diagnostics on stderr (tracing syntax, e.g. `info` or
     /// `sluice_host=debug`); plugin logs have the target `plugin`.

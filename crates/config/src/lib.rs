@@ -1,6 +1,7 @@
-//! Sluice's configuration model: the parts of Istio's `WasmPlugin` a plugin needs to run
-//! (failStrategy, pluginConfig, vmConfig.env, phase and priority), with their Istio spellings and
-//! semantics. It must never do I/O beyond what its caller hands it, nor know about wasmtime.
+//! Sluice's configuration model. Today: the parts of Istio's `WasmPlugin` a plugin needs to run
+//! (failStrategy, pluginConfig, vmConfig.env) with their Istio spellings and semantics; listeners,
+//! routes, clusters and ordering come with `sluice run`. It must never do I/O, nor know about
+//! wasmtime.
 
 #![forbid(unsafe_code)]
 

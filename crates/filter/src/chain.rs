@@ -325,57 +325,99 @@ impl Chain {
         vms
     }
 
-    /// The first plugin index whose VM is `vm` (callouts made by root contexts are reported
-    /// against it).
-    fn plugin_of(&self, vm: &SharedVm) -> usize {
-        self.plugins
-            .iter()
-            .position(|p| Rc::ptr_eq(&p.vm, vm))
+    /// The plugin whose root context `root_context` is in `vm`, so answers to a root-level callout go
+    /// back to the configuration that made it; the VM's first plugin when no root matches.
+    fn plugin_of(&self, vm: &SharedVm, root_context: Option<u32>) -> usize {
+        let in_vm = |p: &&ChainPlugin| Rc::ptr_eq(&p.vm, vm);
+        let matching = root_context.and_then(|root| {
+            let plugin_vm = vm.borrow();
+            self.plugins
+                .iter()
+                .position(|p| Rc::ptr_eq(&p.vm, vm) && plugin_vm.roots[p.root].context == root)
+        });
+        matching
+            .or_else(|| self.plugins.iter().position(|p| in_vm(&p)))
             .unwrap_or(0)
     }
 
-    /// Collects effects produced outside any stream: callouts become [`RootCall`]s; stream effects
-    /// cannot arise here (no stream context is effective) and are dropped with a log line.
+    /// Collects effects of start-up calls.
     pub(crate) fn absorb_root_effects(&self) {
         for vm in self.distinct_vms() {
-            let plugin = self.plugin_of(&vm);
             let effects = vm.borrow_mut().vm.take_effects();
-            self.absorb(plugin, effects);
+            self.absorb(&vm, effects);
         }
     }
 
-    pub(crate) fn absorb(&self, plugin: usize, effects: Vec<Effect>) {
-        let mut calls = self.root_calls.borrow_mut();
+    /// Handles effects recorded outside any stream: callouts become [`RootCall`]s, `proxy_done`
+    /// finishes a deferred context; stream effects cannot arise here (no stream context is
+    /// effective) and are dropped with a log line.
+    pub(crate) fn absorb(&self, vm: &SharedVm, effects: Vec<Effect>) {
         for effect in effects {
-            match effect {
-                Effect::HttpCall { token, request, .. } => calls.push(RootCall::Http {
-                    plugin,
+            let call = match effect {
+                Effect::HttpCall {
                     token,
                     request,
-                }),
-                Effect::GrpcCall { token, request, .. } => calls.push(RootCall::Grpc {
-                    plugin,
+                    root_context,
+                    ..
+                } => RootCall::Http {
+                    plugin: self.plugin_of(vm, Some(root_context)),
                     token,
                     request,
-                }),
+                },
+                Effect::GrpcCall {
+                    token,
+                    request,
+                    root_context,
+                    ..
+                } => RootCall::Grpc {
+                    plugin: self.plugin_of(vm, Some(root_context)),
+                    token,
+                    request,
+                },
                 Effect::GrpcSend {
                     token,
                     message,
                     end_of_stream,
-                } => {
-                    calls.push(RootCall::GrpcSend {
-                        plugin,
-                        token,
-                        message,
-                        end_of_stream,
-                    });
+                } => RootCall::GrpcSend {
+                    plugin: self.plugin_of(vm, None),
+                    token,
+                    message,
+                    end_of_stream,
+                },
+                Effect::GrpcCancel { token } => RootCall::GrpcCancel {
+                    plugin: self.plugin_of(vm, None),
+                    token,
+                },
+                Effect::GrpcClose { token } => RootCall::GrpcClose {
+                    plugin: self.plugin_of(vm, None),
+                    token,
+                },
+                Effect::Done { context } => {
+                    self.finalize(vm, context);
+                    continue;
                 }
-                Effect::GrpcCancel { token } => calls.push(RootCall::GrpcCancel { plugin, token }),
-                Effect::GrpcClose { token } => calls.push(RootCall::GrpcClose { plugin, token }),
                 other => {
-                    tracing::debug!(plugin = %self.plugins[plugin].name, ?other, "effect outside a live stream ignored");
+                    tracing::debug!(?other, "effect outside a live stream ignored");
+                    continue;
                 }
-            }
+            };
+            self.root_calls.borrow_mut().push(call);
+        }
+    }
+
+    /// `proxy_on_log` and `proxy_on_delete` for a stream context whose `proxy_on_done` returned
+    /// false, once the plugin called `proxy_done`.
+    pub(crate) fn finalize(&self, vm: &SharedVm, context: u32) {
+        let result = {
+            let mut plugin_vm = vm.borrow_mut();
+            let result = plugin_vm.vm.log(context);
+            let deleted = plugin_vm.vm.delete(context);
+            // A finished context can no longer act on its stream.
+            drop(plugin_vm.vm.take_effects());
+            result.and(deleted)
+        };
+        if let Err(failure) = result {
+            self.record_failure(failure);
         }
     }
 
@@ -384,40 +426,37 @@ impl Chain {
         std::mem::take(&mut self.root_calls.borrow_mut())
     }
 
-    fn with_root<R>(
+    /// Calls into a VM outside any stream and handles what the call recorded.
+    fn run_root<R>(
         &self,
-        plugin: usize,
-        f: impl FnOnce(&mut Vm, u32) -> Result<R, PluginFailure>,
+        vm: &SharedVm,
+        f: impl FnOnce(&mut PluginVm) -> Result<R, PluginFailure>,
     ) -> Option<R> {
-        let entry = &self.plugins[plugin];
-        let result = {
-            let mut vm = entry.vm.borrow_mut();
-            let root = vm.roots[entry.root].context;
-            let result = f(&mut vm.vm, root);
-            let effects = vm.vm.take_effects();
-            drop(vm);
-            self.absorb(plugin, effects);
-            result
+        let (result, effects) = {
+            let mut plugin_vm = vm.borrow_mut();
+            let result = f(&mut plugin_vm);
+            (result, plugin_vm.vm.take_effects())
         };
-        match result {
-            Ok(value) => Some(value),
-            Err(failure) => {
-                self.record_failure(failure);
-                None
-            }
-        }
+        self.absorb(vm, effects);
+        result.map_err(|failure| self.record_failure(failure)).ok()
     }
 
     /// Delivers the answer to a root-level HTTP callout.
     pub fn http_call_response(&self, plugin: usize, token: u32, response: Option<CallResponse>) {
-        self.with_root(plugin, |vm, root| {
-            vm.http_call_response(root, token, response)
+        let entry = &self.plugins[plugin];
+        self.run_root(&entry.vm, |vm| {
+            let root = vm.roots[entry.root].context;
+            vm.vm.http_call_response(root, token, response)
         });
     }
 
     /// Delivers an event of a root-level gRPC call.
     pub fn grpc_event(&self, plugin: usize, token: u32, event: GrpcEvent) {
-        self.with_root(plugin, |vm, root| vm.grpc_event(root, token, event));
+        let entry = &self.plugins[plugin];
+        self.run_root(&entry.vm, |vm| {
+            let root = vm.roots[entry.root].context;
+            vm.vm.grpc_event(root, token, event)
+        });
     }
 
     /// Fires every tick that is due at the clock's current time; returns how many fired.
@@ -425,7 +464,6 @@ impl Chain {
         let now = self.clock.monotonic_nanos();
         let mut fired = 0;
         for vm in self.distinct_vms() {
-            let plugin = self.plugin_of(&vm);
             let due: Vec<u32> = {
                 let mut plugin_vm = vm.borrow_mut();
                 let periods: Vec<_> = plugin_vm
@@ -454,17 +492,7 @@ impl Chain {
             };
             for root in due {
                 fired += 1;
-                let result = {
-                    let mut plugin_vm = vm.borrow_mut();
-                    let result = plugin_vm.vm.tick(root);
-                    let effects = plugin_vm.vm.take_effects();
-                    drop(plugin_vm);
-                    self.absorb(plugin, effects);
-                    result
-                };
-                if let Err(failure) = result {
-                    self.record_failure(failure);
-                }
+                self.run_root(&vm, |plugin_vm| plugin_vm.vm.tick(root));
             }
         }
         fired
@@ -489,21 +517,10 @@ impl Chain {
     pub fn deliver_queue_events(&self) -> usize {
         let mut delivered = 0;
         for vm in self.distinct_vms() {
-            let plugin = self.plugin_of(&vm);
             let events = vm.borrow().vm.queue_inbox().take();
             for (root, queue) in events {
                 delivered += 1;
-                let result = {
-                    let mut plugin_vm = vm.borrow_mut();
-                    let result = plugin_vm.vm.queue_ready(root, queue);
-                    let effects = plugin_vm.vm.take_effects();
-                    drop(plugin_vm);
-                    self.absorb(plugin, effects);
-                    result
-                };
-                if let Err(failure) = result {
-                    self.record_failure(failure);
-                }
+                self.run_root(&vm, |plugin_vm| plugin_vm.vm.queue_ready(root, queue));
             }
         }
         delivered

@@ -1,7 +1,8 @@
 //! The sans-I/O Proxy-Wasm chain engine: runs an ordered chain of plugins over the events of one
-//! HTTP stream with Envoy's semantics, and the scenario runner behind `sluice test`. It must never
-//! touch a socket, a file descriptor or a clock of its own: the embedder feeds events in and
-//! executes the steps that come out.
+//! HTTP stream with Envoy's semantics, plus the scenario runner behind `sluice test`. The engine
+//! (`chain`, `stream`) must never touch a socket, a file or a clock of its own: the embedder feeds
+//! events in and executes the steps that come out. Only `scenario` reads files: the scenario and
+//! the plugins it names.
 
 #![forbid(unsafe_code)]
 

@@ -331,20 +331,24 @@ impl Stream {
             let Some(ctx) = self.live_context(index) else {
                 continue;
             };
-            let plugin = &self.chain.plugins[index];
-            let result = {
-                let mut vm = plugin.vm.borrow_mut();
-                let vm = vm.vm();
-                let result = vm.done(ctx).and_then(|_| vm.log(ctx));
-                let deleted = vm.delete(ctx);
-                let _ = vm.take_effects();
-                result.and(deleted)
-            };
-            if let Err(failure) = result {
-                self.failures.push(failure.clone());
-                self.chain.record_failure(failure);
-            }
             self.contexts[index] = None;
+            let vm = self.chain.plugins[index].vm.clone();
+            let done = {
+                let mut plugin_vm = vm.borrow_mut();
+                let done = plugin_vm.vm().done(ctx);
+                drop(plugin_vm.vm().take_effects());
+                done
+            };
+            match done {
+                // `false`: the plugin calls `proxy_done` later; the chain finishes the context then.
+                Ok(false) => {}
+                Ok(true) => self.chain.finalize(&vm, ctx),
+                Err(failure) => {
+                    self.failures.push(failure.clone());
+                    self.chain.record_failure(failure);
+                    self.chain.finalize(&vm, ctx);
+                }
+            }
         }
     }
 
@@ -575,6 +579,8 @@ impl Stream {
         }
     }
 
+    /// A callback on `index`'s root context (a callout answer) that may act on this stream: the
+    /// body the plugin holds is in place for it to read or rewrite, as while it is paused.
     fn root_callback(
         &mut self,
         index: usize,
@@ -583,11 +589,29 @@ impl Stream {
         if self.live_context(index).is_none() {
             return;
         }
-        let plugin = &self.chain.plugins[index];
-        let root = plugin.vm.borrow().root_context(plugin.root);
-        if self.call(index, |vm| f(vm, root)).is_some() {
-            self.pump(Direction::Request);
-            self.pump(Direction::Response);
+        let (request_at, response_at) = (
+            self.position_of(Direction::Request, index),
+            self.position_of(Direction::Response, index),
+        );
+        let held_request = std::mem::take(&mut self.request.buffers[request_at]);
+        let held_response = std::mem::take(&mut self.response.buffers[response_at]);
+        self.set_body(true, held_request);
+        self.set_body(false, held_response);
+        let (result, effects) = {
+            let mut vm = self.chain.plugins[index].vm.borrow_mut();
+            let root = vm.root_context(self.chain.plugins[index].root);
+            let result = f(vm.vm(), root);
+            (result, vm.vm().take_effects())
+        };
+        self.request.buffers[request_at] = self.take_body(true);
+        self.response.buffers[response_at] = self.take_body(false);
+        match result {
+            Ok(()) => {
+                self.apply_effects(index, effects);
+                self.pump(Direction::Request);
+                self.pump(Direction::Response);
+            }
+            Err(failure) => self.plugin_failed(index, failure, None),
         }
     }
 
@@ -625,13 +649,23 @@ impl Stream {
                         self.local_reply(response, from_response, Some(plugin));
                     }
                 }
-                Effect::HttpCall { token, request, .. } => self.steps.push_back(Step::HttpCall {
-                    plugin: index,
+                Effect::HttpCall {
+                    context,
+                    token,
+                    request,
+                    ..
+                } => self.steps.push_back(Step::HttpCall {
+                    plugin: owner(self, context).unwrap_or(index),
                     token,
                     request,
                 }),
-                Effect::GrpcCall { token, request, .. } => self.steps.push_back(Step::GrpcCall {
-                    plugin: index,
+                Effect::GrpcCall {
+                    context,
+                    token,
+                    request,
+                    ..
+                } => self.steps.push_back(Step::GrpcCall {
+                    plugin: owner(self, context).unwrap_or(index),
                     token,
                     request,
                 }),
@@ -655,7 +689,8 @@ impl Stream {
                     plugin: index,
                     token,
                 }),
-                Effect::Done { .. } | Effect::ClearRouteCache { .. } => {}
+                Effect::Done { context } => self.chain.finalize(&vm, context),
+                Effect::ClearRouteCache { .. } => {}
             }
         }
     }

@@ -121,7 +121,8 @@ impl Metrics {
         let metric = self.get(id)?;
         match metric.kind {
             MetricType::Counter | MetricType::Gauge => Ok(metric.value() as u64),
-            MetricType::Histogram => Err(Status::BadArgument),
+            // A histogram has no single value to read back.
+            MetricType::Histogram => Err(Status::NotFound),
         }
     }
 

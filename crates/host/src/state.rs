@@ -94,7 +94,6 @@ pub(crate) struct CallbackScope {
     pub grpc_initial_metadata: Option<HeaderMap>,
     pub grpc_trailing_metadata: Option<HeaderMap>,
     pub grpc_message: Option<Vec<u8>>,
-    pub status: Option<(u32, Vec<u8>)>,
 }
 
 /// Linear-memory cap of one instance; remembers that it refused a grow so a following trap is
@@ -142,6 +141,10 @@ pub(crate) struct HostState {
     pub effective_context: u32,
     pub effects: Vec<Effect>,
     pub scope: CallbackScope,
+    /// Passed to every `proxy_on_vm_start` (one per root context).
+    pub vm_configuration: Vec<u8>,
+    /// Status of the last callout or gRPC call delivered, for `proxy_get_status`.
+    pub last_status: (u32, Vec<u8>),
     pub log_level: Arc<AtomicU32>,
     pub captured_logs: Option<Vec<LogRecord>>,
     /// The last error-level line of the current call: a Rust SDK panic message, for failure reports.

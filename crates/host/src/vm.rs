@@ -128,6 +128,9 @@ struct Callbacks {
 }
 
 pub struct Vm {
+    /// Keeps the engine's epoch ticker running for as long as this VM may run guest code: its CPU
+    /// deadlines depend on it.
+    _engine: Engine,
     store: Store<HostState>,
     callbacks: Callbacks,
     failure: Option<PluginFailure>,
@@ -301,10 +304,9 @@ impl Vm {
             contexts: HashMap::new(),
             effective_context: 0,
             effects: Vec::new(),
-            scope: CallbackScope {
-                vm_configuration: Some(config.vm_configuration),
-                ..CallbackScope::default()
-            },
+            scope: CallbackScope::default(),
+            vm_configuration: config.vm_configuration,
+            last_status: (0, Vec::new()),
             log_level: config.log_level,
             captured_logs: config.capture_logs.then(Vec::new),
             last_error_log: None,
@@ -350,6 +352,7 @@ impl Vm {
         store.data_mut().allocate = Some(allocate);
         let callbacks = Callbacks::find(&instance, &mut store)?;
         let mut vm = Self {
+            _engine: engine.clone(),
             store,
             callbacks,
             failure: None,
@@ -419,6 +422,7 @@ impl Vm {
         let state = self.store.data_mut();
         state.effective_context = context;
         state.last_error_log = None;
+        state.limiter.hit = false;
         let result = call(&mut self.store);
         self.store.data_mut().scope = CallbackScope::default();
         result.map_err(|error| {
@@ -455,13 +459,7 @@ impl Vm {
             })?;
         }
         if let Some(vm_start) = self.callbacks.vm_start.clone() {
-            let vm_configuration = self
-                .store
-                .data()
-                .scope
-                .vm_configuration
-                .clone()
-                .unwrap_or_default();
+            let vm_configuration = self.store.data().vm_configuration.clone();
             let size = vm_configuration.len() as u32;
             let ok = self.run("proxy_on_vm_start", root, deadline, |s| {
                 s.data_mut().scope.vm_configuration = Some(vm_configuration);
@@ -719,10 +717,10 @@ impl Vm {
         let status = response
             .headers
             .get(":status")
-            .map(|s| (String::from_utf8_lossy(s).parse().unwrap_or(0), Vec::new()));
+            .map_or(0, |s| String::from_utf8_lossy(s).parse().unwrap_or(0));
         self.run("proxy_on_http_call_response", root, deadline, |s| {
+            s.data_mut().last_status = (status, Vec::new());
             let scope = &mut s.data_mut().scope;
-            scope.status = status;
             scope.call_headers = Some(response.headers);
             scope.call_body = Some(response.body);
             scope.call_trailers = Some(response.trailers);
@@ -764,12 +762,12 @@ impl Vm {
         }
         let Some(f) = f else { return Ok(()) };
         self.run(name, root, deadline, |s| {
-            let scope = &mut s.data_mut().scope;
+            let state = s.data_mut();
             match event {
-                GrpcEvent::InitialMetadata(m) => scope.grpc_initial_metadata = Some(m),
-                GrpcEvent::Message(m) => scope.grpc_message = Some(m),
-                GrpcEvent::TrailingMetadata(m) => scope.grpc_trailing_metadata = Some(m),
-                GrpcEvent::Close { status, message } => scope.status = Some((status, message)),
+                GrpcEvent::InitialMetadata(m) => state.scope.grpc_initial_metadata = Some(m),
+                GrpcEvent::Message(m) => state.scope.grpc_message = Some(m),
+                GrpcEvent::TrailingMetadata(m) => state.scope.grpc_trailing_metadata = Some(m),
+                GrpcEvent::Close { status, message } => state.last_status = (status, message),
             }
             f.call(s, (root, token, arg))
         })

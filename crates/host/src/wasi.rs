@@ -84,7 +84,7 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) {
             let now = match id {
                 0 => clock.now_unix_nanos(),
                 1..=3 => clock.monotonic_nanos(),
-                _ => return wasi_errno::INVAL,
+                _ => return wasi_errno::NOTSUP,
             };
             errno(
                 parts(&mut c)
@@ -98,7 +98,7 @@ pub(crate) fn register(r: &mut Registrar<'_>, module: &str) {
         "clock_res_get",
         |mut c: Caller<'_>, id: u32, res_ptr: u32| {
             if id > 3 {
-                return wasi_errno::INVAL;
+                return wasi_errno::NOTSUP;
             }
             errno(
                 parts(&mut c)

@@ -39,7 +39,9 @@ fn with_buffer<R>(
     let scoped = match kind {
         BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
             let stream = state.effective_stream().ok_or(Status::NotFound)?;
-            let mut stream = stream.borrow_mut();
+            // The embedder never holds the stream across a guest call; if it did, fail the call
+            // rather than the process.
+            let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
             let body = if kind == BufferType::HttpRequestBody {
                 &mut stream.request_body
             } else {

@@ -105,11 +105,17 @@ pub(super) fn register(r: &mut Registrar<'_>) {
     );
 }
 
-fn read_map(c: &mut Caller<'_>, ptr: u32, len: u32) -> Result<HeaderMap, Status> {
+/// Reads a serialized map; an undecodable one is `malformed` (the status each call's spec allows).
+fn read_map(
+    c: &mut Caller<'_>,
+    ptr: u32,
+    len: u32,
+    malformed: Status,
+) -> Result<HeaderMap, Status> {
     let raw = read(c, ptr, len)?;
     decode_pairs(&raw)
         .map(HeaderMap::from_pairs)
-        .map_err(|_| Status::BadArgument)
+        .map_err(|_| malformed)
 }
 
 fn http_call(
@@ -122,9 +128,9 @@ fn http_call(
     token_ptr: u32,
 ) -> HostResult {
     let upstream = read_string(c, upstream.0, upstream.1)?;
-    let headers = read_map(c, headers.0, headers.1)?;
+    let headers = read_map(c, headers.0, headers.1, Status::BadArgument)?;
     let body = read(c, body.0, body.1)?;
-    let trailers = read_map(c, trailers.0, trailers.1)?;
+    let trailers = read_map(c, trailers.0, trailers.1, Status::BadArgument)?;
     parts(c)?.0.check(token_ptr, 4)?;
     // Envoy refuses a callout it could not route: unknown cluster, or no :path/:method/:authority.
     let routable = [":path", ":method", ":authority"]
@@ -216,7 +222,7 @@ fn grpc_open(
     let upstream = read(c, upstream.0, upstream.1)?;
     let service = read_string(c, service.0, service.1)?;
     let method = read_string(c, method.0, method.1)?;
-    let initial_metadata = read_map(c, metadata.0, metadata.1)?;
+    let initial_metadata = read_map(c, metadata.0, metadata.1, Status::ParseFailure)?;
     let message = match message {
         Some((ptr, len)) => Some(read(c, ptr, len)?),
         None => None,

@@ -113,19 +113,27 @@ pub(super) fn register(r: &mut Registrar<'_>) {
 }
 
 fn log(c: &mut Caller<'_>, level: u32, ptr: u32, len: u32) -> HostResult {
-    let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
     let message = read(c, ptr, len)?;
+    let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
     c.data_mut()
         .log(level, String::from_utf8_lossy(&message).into_owned());
     Ok(())
 }
 
+/// `proxy_continue_stream` / `proxy_close_stream`. Only HTTP streams exist in sluice: resuming
+/// anything else is `UNIMPLEMENTED` (the spec's "not supported"), closing it a bad argument.
 pub(super) fn stream_control(c: &mut Caller<'_>, stream: u32, resume: bool) -> HostResult {
     let stream = StreamType::from_raw(stream).ok_or(Status::BadArgument)?;
     let state = c.data_mut();
     let context = state.effective_context;
-    if !matches!(state.contexts.get(&context), Some(Context::Stream { .. })) {
-        return Err(Status::NotFound.into());
+    let http = matches!(stream, StreamType::HttpRequest | StreamType::HttpResponse);
+    if !http || !matches!(state.contexts.get(&context), Some(Context::Stream { .. })) {
+        return Err(if resume {
+            Status::Unimplemented
+        } else {
+            Status::BadArgument
+        }
+        .into());
     }
     state.effects.push(if resume {
         Effect::ContinueStream { context, stream }
@@ -135,8 +143,9 @@ pub(super) fn stream_control(c: &mut Caller<'_>, stream: u32, resume: bool) -> H
     Ok(())
 }
 
+/// The status of the last callout or gRPC call delivered (code 0 and no message before any).
 fn get_status(c: &mut Caller<'_>, code_ptr: u32, msg_ptr: u32, msg_len: u32) -> HostResult {
-    let (code, message) = c.data().scope.status.clone().ok_or(Status::NotFound)?;
+    let (code, message) = c.data().last_status.clone();
     parts(c)?.0.check(code_ptr, 4)?;
     return_bytes(c, &message, msg_ptr, msg_len)?;
     super::write_u32(c, code_ptr, code)?;

@@ -55,7 +55,8 @@ pub(super) fn register(r: &mut Registrar<'_>) {
     );
 }
 
-/// Runs `f` on the map `raw` names, if it exists for the effective context right now.
+/// Runs `f` on the map `raw` names, if it exists for the effective context right now. A map that is
+/// not available now is a bad argument, as in Envoy: the spec allows no other status.
 pub(crate) fn with_map<R>(
     state: &mut HostState,
     raw: u32,
@@ -71,8 +72,10 @@ pub(crate) fn with_map<R>(
         | MapType::HttpRequestTrailers
         | MapType::HttpResponseHeaders
         | MapType::HttpResponseTrailers => {
-            let stream = state.effective_stream().ok_or(Status::NotFound)?;
-            let mut stream = stream.borrow_mut();
+            let stream = state.effective_stream().ok_or(Status::BadArgument)?;
+            // The embedder never holds the stream across a guest call; if it did, fail the call
+            // rather than the process.
+            let mut stream = stream.try_borrow_mut().map_err(|_| Status::BadArgument)?;
             let target = match map {
                 MapType::HttpRequestHeaders => &mut stream.request_headers,
                 MapType::HttpRequestTrailers => &mut stream.request_trailers,
@@ -82,7 +85,7 @@ pub(crate) fn with_map<R>(
             return Ok(f(target));
         }
     };
-    scoped.as_mut().map(f).ok_or(Status::NotFound)
+    scoped.as_mut().map(f).ok_or(Status::BadArgument)
 }
 
 fn get_pairs(c: &mut Caller<'_>, map: u32, ptr: u32, len: u32) -> HostResult {

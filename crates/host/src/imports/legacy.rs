@@ -33,6 +33,51 @@ pub(super) fn register(r: &mut Registrar<'_>) {
         "pthread_equal",
         |_: Caller<'_>, left: u32, right: u32| u32::from(left == right),
     );
+    // AssemblyScript's runtime: `abort` ends the call as a trap naming the source position, `seed`
+    // seeds Math.random.
+    r.func(
+        "env",
+        "abort",
+        |mut c: Caller<'_>,
+         message: u32,
+         file: u32,
+         line: u32,
+         column: u32|
+         -> wasmtime::Result<()> {
+            let message = assemblyscript_string(&mut c, message);
+            let file = assemblyscript_string(&mut c, file);
+            Err(wasmtime::Error::msg(format!(
+                "AssemblyScript abort: {message} at {file}:{line}:{column}"
+            )))
+        },
+    );
+    r.func("env", "seed", |_: Caller<'_>| -> f64 {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_or(0.0, |()| (u64::from_le_bytes(bytes) >> 11) as f64)
+    });
+}
+
+/// An AssemblyScript string (UTF-16, its byte length stored just before it), or `?`.
+fn assemblyscript_string(c: &mut Caller<'_>, ptr: u32) -> String {
+    let Ok((memory, _)) = super::parts(c) else {
+        return "?".into();
+    };
+    let Some(len_at) = ptr.checked_sub(4) else {
+        return "?".into();
+    };
+    match memory
+        .read_u32(len_at)
+        .and_then(|len| memory.read(ptr, len.min(4096)))
+    {
+        Ok(bytes) => {
+            let units: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|p| u16::from_le_bytes([p[0], p[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
+        Err(_) => "?".into(),
+    }
 }
 
 /// 0.1.0's single configuration call: the VM configuration in `proxy_on_vm_start`, the plugin

@@ -46,9 +46,10 @@ pub(super) fn register(r: &mut Registrar<'_>) {
 }
 
 fn define(c: &mut Caller<'_>, kind: u32, name: (u32, u32), id_ptr: u32) -> HostResult {
-    let kind = MetricType::from_raw(kind).ok_or(Status::BadArgument)?;
-    let name = String::from_utf8(read(c, name.0, name.1)?).map_err(|_| Status::BadArgument)?;
+    let name = read(c, name.0, name.1)?;
     parts(c)?.0.check(id_ptr, 4)?;
+    let kind = MetricType::from_raw(kind).ok_or(Status::BadArgument)?;
+    let name = String::from_utf8(name).map_err(|_| Status::BadArgument)?;
     let id = c.data().shared.metrics.define(kind, &name)?;
     super::write_u32(c, id_ptr, id)?;
     Ok(())

@@ -43,7 +43,7 @@ pub(crate) fn resolve(state: &HostState, path: &PropertyPath) -> Option<Vec<u8>>
         return Some(value.into_bytes());
     }
     if let Some(stream) = state.effective_stream()
-        && let Some(value) = stream.borrow().property(path.segments())
+        && let Some(value) = stream.try_borrow().ok()?.property(path.segments())
     {
         return Some(value);
     }
@@ -65,7 +65,11 @@ fn set_property(c: &mut Caller<'_>, path: (u32, u32), value: (u32, u32)) -> Host
     let state = c.data_mut();
     match state.effective_stream() {
         Some(stream) => {
-            stream.borrow_mut().properties.insert(path.dotted(), value);
+            stream
+                .try_borrow_mut()
+                .map_err(|_| Status::NotFound)?
+                .properties
+                .insert(path.dotted(), value);
         }
         None => {
             state.properties.insert(path.dotted(), value);

@@ -1,0 +1,181 @@
+//! Black-box runs of the `sluice` binary: exit codes and what users read.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sluice(args: &[&str]) -> Output {
+    sluice_test_support::plugins_dir();
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(sluice_test_support::repo_root())
+        .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
+        .env_remove("SLUICE_LOG")
+        .output()
+        .expect("running sluice")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn test_passes_every_plugin_scenario() {
+    let mut args = vec!["test".to_string()];
+    for plugin in [
+        "add-header",
+        "auth",
+        "body-rewrite",
+        "http-callout",
+        "rate-limit",
+    ] {
+        let dir = sluice_test_support::repo_root()
+            .join("plugins")
+            .join(plugin)
+            .join("tests");
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            args.push(entry.path().display().to_string());
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = sluice(&args);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains(&format!("scenarios: {} passed, 0 failed", args.len() - 1)),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn test_reports_a_wrong_expectation_with_a_diff_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("wrong.yaml");
+    let wasm = sluice_test_support::plugin_wasm("auth");
+    std::fs::write(
+        &scenario,
+        format!(
+            "plugins:\n  - name: auth\n    wasm: {}\n    pluginConfig: {{tokens: {{t: alice}}}}\nsteps:\n  - name: no token\n    request: {{path: /}}\n    expect:\n      response: {{status: 403}}\n",
+            wasm.display()
+        ),
+    )
+    .unwrap();
+    let path = scenario.display().to_string();
+    let output = sluice(&["test", &path]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("step 1 \"no token\": expect.response.status"),
+        "{text}"
+    );
+    assert!(
+        text.contains("expected: \"403\"") && text.contains("actual:   \"401\""),
+        "{text}"
+    );
+
+    let output = sluice(&["test", "--json", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["failed"], 1);
+    assert_eq!(
+        report["reports"][0]["mismatches"][0]["field"],
+        "expect.response.status"
+    );
+}
+
+#[test]
+fn test_exits_2_on_a_file_it_cannot_run() {
+    let output = sluice(&["test", "no/such/scenario.yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stdout(&output).contains("no/such/scenario.yaml: cannot read"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn inspect_describes_a_plugin() {
+    let wasm = sluice_test_support::plugin_wasm("add_header")
+        .display()
+        .to_string();
+    let output = sluice(&["inspect", &wasm, "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(info["abi"], "0.2.1");
+    assert_eq!(info["loadable"], true);
+    assert_eq!(info["allocator"], "proxy_on_memory_allocate");
+    assert!(info["sdk"].as_str().unwrap().starts_with("Rust"));
+    assert_eq!(info["sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        info["callbacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "proxy_on_request_headers")
+    );
+
+    let text = stdout(&sluice(&["inspect", &wasm]));
+    assert!(
+        text.contains("abi:          0.2.1") && text.contains("loadable:     yes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn inspect_names_what_makes_a_module_unloadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("missing_import.wasm");
+    std::fs::write(&module, sluice_test_support::wat_fixture("missing_import")).unwrap();
+    let output = sluice(&["inspect", &module.display().to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains("env::proxy_does_not_exist"),
+        "{}",
+        stdout(&output)
+    );
+
+    let not_wasm = dir.path().join("notes.txt");
+    std::fs::write(&not_wasm, "hello").unwrap();
+    let output = sluice(&["inspect", &not_wasm.display().to_string()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("magic bytes"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn build_compiles_a_plugin_project_and_inspects_it() {
+    let project = sluice_test_support::repo_root().join("plugins/add-header");
+    let output = sluice(&["build", &project.display().to_string()]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("add_header.wasm")
+            && stdout(&output).contains("loadable:     yes"),
+        "{}",
+        stdout(&output)
+    );
+
+    let output = sluice(&["build", Path::new("crates/cli/tests").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no Cargo.toml"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -1,5 +1,6 @@
-//! An ordered chain of plugins on one worker, the VMs behind it, and what happens outside any
-//! stream: ticks, queue notifications, root-context callouts and FAIL_RELOAD.
+//! The plugin VMs of one worker ([`VmPool`]), the ordered chains of plugins built on them (one per
+//! route), and what happens outside any stream: ticks, queue notifications, root-context callouts
+//! and FAIL_RELOAD.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -73,16 +74,31 @@ pub(crate) struct PluginVm {
 }
 
 impl PluginVm {
-    fn start(engine: &Engine, code: &PluginCode, config: &VmConfig) -> Result<Vm, LoadError> {
-        Vm::new(engine, code, config.clone())
-    }
-
     pub(crate) fn vm(&mut self) -> &mut Vm {
         &mut self.vm
     }
 
     pub(crate) fn root_context(&self, root: usize) -> u32 {
         self.roots[root].context
+    }
+
+    /// The VM's root context for a configuration, started on first use.
+    fn root(&mut self, root_id: &str, configuration: &[u8]) -> Result<usize, LoadError> {
+        if let Some(index) = self
+            .roots
+            .iter()
+            .position(|r| r.root_id == root_id && r.configuration == configuration)
+        {
+            return Ok(index);
+        }
+        let context = self.vm.start_root(root_id, configuration)?;
+        self.roots.push(Root {
+            root_id: root_id.to_string(),
+            configuration: configuration.to_vec(),
+            context,
+            next_tick: None,
+        });
+        Ok(self.roots.len() - 1)
     }
 
     /// Replaces a failed VM with a fresh instance once its backoff has passed. Returns whether
@@ -102,7 +118,7 @@ impl PluginVm {
             .min(RELOAD_BACKOFF_MAX);
         self.next_reload_nanos = now + backoff.as_nanos() as u64;
         self.reloads += 1;
-        let result = Self::start(&self.engine, &self.code, &self.config).and_then(|mut vm| {
+        let result = Vm::new(&self.engine, &self.code, self.config.clone()).and_then(|mut vm| {
             let contexts = self
                 .roots
                 .iter()
@@ -141,115 +157,117 @@ pub(crate) struct ChainPlugin {
 
 /// A callout made outside any stream (from `proxy_on_tick`, `proxy_on_queue_ready`, or a root
 /// context's own callout callback), for the embedder to execute and answer through
-/// [`Chain::http_call_response`] or [`Chain::grpc_event`].
+/// [`VmPool::http_call_response`] or [`VmPool::grpc_event`] with the same `vm` and `root_context`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RootCall {
     Http {
-        plugin: usize,
+        vm: usize,
+        root_context: u32,
         token: u32,
         request: HttpCallRequest,
     },
     Grpc {
-        plugin: usize,
+        vm: usize,
+        root_context: u32,
         token: u32,
         request: GrpcCallRequest,
     },
     GrpcSend {
-        plugin: usize,
+        vm: usize,
         token: u32,
         message: Vec<u8>,
         end_of_stream: bool,
     },
     GrpcCancel {
-        plugin: usize,
+        vm: usize,
         token: u32,
     },
     GrpcClose {
-        plugin: usize,
+        vm: usize,
         token: u32,
     },
 }
 
-/// The ordered plugins of one route on one worker.
-pub struct Chain {
-    pub(crate) plugins: Vec<ChainPlugin>,
-    pub(crate) buffer_limit: usize,
-    pub(crate) clock: Clock,
+/// The plugin VMs of one worker, shared by every chain built from it. A plugin with the same code,
+/// vm_id, VM configuration and environment runs in one VM however many routes use it; each
+/// distinct plugin configuration (a per-route override) is one more root context in that VM, as
+/// in Envoy.
+pub struct VmPool {
+    engine: Engine,
+    clock: Clock,
+    vms: RefCell<Vec<SharedVm>>,
     root_calls: RefCell<Vec<RootCall>>,
     failures: RefCell<Vec<PluginFailure>>,
+}
+
+/// The ordered plugins of one route on one worker.
+pub struct Chain {
+    pub(crate) pool: Rc<VmPool>,
+    pub(crate) plugins: Vec<ChainPlugin>,
+    pub(crate) buffer_limit: usize,
 }
 
 /// Default bound on the body data buffered per direction of a stream (Envoy's default
 /// per-connection buffer limit).
 pub const DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 
-impl Chain {
-    /// Instantiates the plugins. Plugins with the same code, vm_id and VM configuration share one
-    /// VM, each with its own root context, as in Envoy.
-    pub fn build(
-        engine: &Engine,
+impl VmPool {
+    pub fn new(engine: &Engine, clock: Clock) -> Rc<Self> {
+        Rc::new(Self {
+            engine: engine.clone(),
+            clock,
+            vms: RefCell::default(),
+            root_calls: RefCell::default(),
+            failures: RefCell::default(),
+        })
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// How many VMs the pool runs.
+    pub fn vm_count(&self) -> usize {
+        self.vms.borrow().len()
+    }
+
+    /// How many root contexts (distinct plugin configurations) the pool runs.
+    pub fn root_count(&self) -> usize {
+        self.vms
+            .borrow()
+            .iter()
+            .map(|vm| vm.borrow().roots.len())
+            .sum()
+    }
+
+    /// Builds a chain, starting whatever VMs and root contexts it needs that the pool lacks.
+    pub fn chain(
+        self: &Rc<Self>,
         specs: Vec<PluginSpec>,
         buffer_limit: usize,
-        clock: Clock,
-    ) -> Result<Self, ChainError> {
-        let mut vms: Vec<SharedVm> = Vec::new();
+    ) -> Result<Chain, ChainError> {
         let mut plugins = Vec::new();
-        let now = clock.monotonic_nanos();
         for spec in specs {
-            let fail = |source| ChainError {
+            let error = |source, logs| ChainError {
                 plugin: spec.name.clone(),
                 source,
-                logs: Vec::new(),
+                logs,
             };
-            let shared = vms.iter().find(|vm| {
-                let vm = vm.borrow();
-                vm.code.info.sha256 == spec.code.info.sha256
-                    && vm.config.vm_id == spec.vm.vm_id
-                    && vm.config.vm_configuration == spec.vm.vm_configuration
-                    && vm.config.env == spec.vm.env
-            });
-            let vm = match shared {
-                Some(vm) => vm.clone(),
-                None => {
-                    let vm = PluginVm::start(engine, &spec.code, &spec.vm).map_err(fail)?;
-                    let vm = Rc::new(RefCell::new(PluginVm {
-                        engine: engine.clone(),
-                        code: spec.code.clone(),
-                        config: spec.vm.clone(),
-                        vm,
-                        roots: Vec::new(),
-                        generation: 0,
-                        reloads: 0,
-                        next_reload_nanos: 0,
-                        started_nanos: now,
-                    }));
-                    vms.push(vm.clone());
-                    vm
-                }
-            };
+            let vm = self
+                .vm_for(&spec)
+                .map_err(|source| error(source, Vec::new()))?;
             let root = {
                 let mut plugin_vm = vm.borrow_mut();
-                let context = match plugin_vm
-                    .vm
-                    .start_root(&spec.root_id, &spec.plugin_configuration)
-                {
-                    Ok(context) => context,
+                match plugin_vm.root(&spec.root_id, &spec.plugin_configuration) {
+                    Ok(root) => root,
                     Err(source) => {
-                        return Err(ChainError {
-                            plugin: spec.name,
-                            source,
-                            logs: plugin_vm.vm.take_logs(),
-                        });
+                        let logs = plugin_vm.vm.take_logs();
+                        return Err(error(source, logs));
                     }
-                };
-                plugin_vm.roots.push(Root {
-                    root_id: spec.root_id.clone(),
-                    configuration: spec.plugin_configuration.clone(),
-                    context,
-                    next_tick: None,
-                });
-                plugin_vm.roots.len() - 1
+                }
             };
+            let effects = vm.borrow_mut().vm.take_effects();
+            self.absorb(&vm, effects);
             plugins.push(ChainPlugin {
                 name: spec.name,
                 vm,
@@ -257,44 +275,42 @@ impl Chain {
                 fail_strategy: spec.fail_strategy,
             });
         }
-        let chain = Self {
+        Ok(Chain {
+            pool: self.clone(),
             plugins,
             buffer_limit,
-            clock,
-            root_calls: RefCell::default(),
-            failures: RefCell::default(),
-        };
-        chain.absorb_root_effects();
-        Ok(chain)
+        })
     }
 
-    pub fn len(&self) -> usize {
-        self.plugins.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
-    }
-
-    pub fn plugin_name(&self, index: usize) -> &str {
-        &self.plugins[index].name
-    }
-
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    /// Makes sure a FAIL_RELOAD plugin whose VM failed gets a fresh one when its backoff allows;
-    /// called before each new stream.
-    pub(crate) fn prepare_plugin(&self, index: usize) -> bool {
-        let plugin = &self.plugins[index];
-        let now = self.clock.monotonic_nanos();
-        let mut vm = plugin.vm.borrow_mut();
-        if plugin.fail_strategy == FailStrategy::FailReload {
-            vm.reload_if_due(now)
-        } else {
-            vm.vm.failure().is_none()
+    fn vm_for(&self, spec: &PluginSpec) -> Result<SharedVm, LoadError> {
+        let existing = self
+            .vms
+            .borrow()
+            .iter()
+            .find(|vm| {
+                let vm = vm.borrow();
+                vm.code.info.sha256 == spec.code.info.sha256
+                    && vm.config.vm_id == spec.vm.vm_id
+                    && vm.config.vm_configuration == spec.vm.vm_configuration
+                    && vm.config.env == spec.vm.env
+            })
+            .cloned();
+        if let Some(vm) = existing {
+            return Ok(vm);
         }
+        let vm = Rc::new(RefCell::new(PluginVm {
+            engine: self.engine.clone(),
+            code: spec.code.clone(),
+            config: spec.vm.clone(),
+            vm: Vm::new(&self.engine, &spec.code, spec.vm.clone())?,
+            roots: Vec::new(),
+            generation: 0,
+            reloads: 0,
+            next_reload_nanos: 0,
+            started_nanos: self.clock.monotonic_nanos(),
+        }));
+        self.vms.borrow_mut().push(vm.clone());
+        Ok(vm)
     }
 
     pub(crate) fn record_failure(&self, failure: PluginFailure) {
@@ -308,50 +324,26 @@ impl Chain {
 
     /// Captured plugin logs of every VM since the last call.
     pub fn take_logs(&self) -> Vec<sluice_host::LogRecord> {
-        let mut logs = Vec::new();
-        for vm in self.distinct_vms() {
-            logs.extend(vm.borrow_mut().vm.take_logs());
-        }
-        logs
+        self.vms
+            .borrow()
+            .iter()
+            .flat_map(|vm| vm.borrow_mut().vm.take_logs())
+            .collect()
     }
 
-    fn distinct_vms(&self) -> Vec<SharedVm> {
-        let mut vms: Vec<SharedVm> = Vec::new();
-        for plugin in &self.plugins {
-            if !vms.iter().any(|vm| Rc::ptr_eq(vm, &plugin.vm)) {
-                vms.push(plugin.vm.clone());
-            }
-        }
-        vms
-    }
-
-    /// The plugin whose root context `root_context` is in `vm`, so answers to a root-level callout go
-    /// back to the configuration that made it; the VM's first plugin when no root matches.
-    fn plugin_of(&self, vm: &SharedVm, root_context: Option<u32>) -> usize {
-        let in_vm = |p: &&ChainPlugin| Rc::ptr_eq(&p.vm, vm);
-        let matching = root_context.and_then(|root| {
-            let plugin_vm = vm.borrow();
-            self.plugins
-                .iter()
-                .position(|p| Rc::ptr_eq(&p.vm, vm) && plugin_vm.roots[p.root].context == root)
-        });
-        matching
-            .or_else(|| self.plugins.iter().position(|p| in_vm(&p)))
-            .unwrap_or(0)
-    }
-
-    /// Collects effects of start-up calls.
-    pub(crate) fn absorb_root_effects(&self) {
-        for vm in self.distinct_vms() {
-            let effects = vm.borrow_mut().vm.take_effects();
-            self.absorb(&vm, effects);
-        }
+    fn index_of(&self, vm: &SharedVm) -> usize {
+        self.vms
+            .borrow()
+            .iter()
+            .position(|v| Rc::ptr_eq(v, vm))
+            .unwrap_or(usize::MAX)
     }
 
     /// Handles effects recorded outside any stream: callouts become [`RootCall`]s, `proxy_done`
     /// finishes a deferred context; stream effects cannot arise here (no stream context is
     /// effective) and are dropped with a log line.
     pub(crate) fn absorb(&self, vm: &SharedVm, effects: Vec<Effect>) {
+        let index = self.index_of(vm);
         for effect in effects {
             let call = match effect {
                 Effect::HttpCall {
@@ -360,7 +352,8 @@ impl Chain {
                     root_context,
                     ..
                 } => RootCall::Http {
-                    plugin: self.plugin_of(vm, Some(root_context)),
+                    vm: index,
+                    root_context,
                     token,
                     request,
                 },
@@ -370,7 +363,8 @@ impl Chain {
                     root_context,
                     ..
                 } => RootCall::Grpc {
-                    plugin: self.plugin_of(vm, Some(root_context)),
+                    vm: index,
+                    root_context,
                     token,
                     request,
                 },
@@ -379,19 +373,13 @@ impl Chain {
                     message,
                     end_of_stream,
                 } => RootCall::GrpcSend {
-                    plugin: self.plugin_of(vm, None),
+                    vm: index,
                     token,
                     message,
                     end_of_stream,
                 },
-                Effect::GrpcCancel { token } => RootCall::GrpcCancel {
-                    plugin: self.plugin_of(vm, None),
-                    token,
-                },
-                Effect::GrpcClose { token } => RootCall::GrpcClose {
-                    plugin: self.plugin_of(vm, None),
-                    token,
-                },
+                Effect::GrpcCancel { token } => RootCall::GrpcCancel { vm: index, token },
+                Effect::GrpcClose { token } => RootCall::GrpcClose { vm: index, token },
                 Effect::Done { context } => {
                     self.finalize(vm, context);
                     continue;
@@ -406,7 +394,7 @@ impl Chain {
     }
 
     /// `proxy_on_log` and `proxy_on_delete` for a stream context whose `proxy_on_done` returned
-    /// false, once the plugin called `proxy_done`.
+    /// false, once the plugin called `proxy_done` (or at once when it returned true).
     pub(crate) fn finalize(&self, vm: &SharedVm, context: u32) {
         let result = {
             let mut plugin_vm = vm.borrow_mut();
@@ -441,29 +429,42 @@ impl Chain {
         result.map_err(|failure| self.record_failure(failure)).ok()
     }
 
+    fn vm_at(&self, index: usize) -> Option<SharedVm> {
+        self.vms.borrow().get(index).cloned()
+    }
+
     /// Delivers the answer to a root-level HTTP callout.
-    pub fn http_call_response(&self, plugin: usize, token: u32, response: Option<CallResponse>) {
-        let entry = &self.plugins[plugin];
-        self.run_root(&entry.vm, |vm| {
-            let root = vm.roots[entry.root].context;
-            vm.vm.http_call_response(root, token, response)
-        });
+    pub fn http_call_response(
+        &self,
+        vm: usize,
+        root_context: u32,
+        token: u32,
+        response: Option<CallResponse>,
+    ) {
+        if let Some(vm) = self.vm_at(vm) {
+            self.run_root(&vm, |plugin_vm| {
+                plugin_vm
+                    .vm
+                    .http_call_response(root_context, token, response)
+            });
+        }
     }
 
     /// Delivers an event of a root-level gRPC call.
-    pub fn grpc_event(&self, plugin: usize, token: u32, event: GrpcEvent) {
-        let entry = &self.plugins[plugin];
-        self.run_root(&entry.vm, |vm| {
-            let root = vm.roots[entry.root].context;
-            vm.vm.grpc_event(root, token, event)
-        });
+    pub fn grpc_event(&self, vm: usize, root_context: u32, token: u32, event: GrpcEvent) {
+        if let Some(vm) = self.vm_at(vm) {
+            self.run_root(&vm, |plugin_vm| {
+                plugin_vm.vm.grpc_event(root_context, token, event)
+            });
+        }
     }
 
     /// Fires every tick that is due at the clock's current time; returns how many fired.
     pub fn fire_due_ticks(&self) -> usize {
         let now = self.clock.monotonic_nanos();
         let mut fired = 0;
-        for vm in self.distinct_vms() {
+        let vms: Vec<SharedVm> = self.vms.borrow().clone();
+        for vm in vms {
             let due: Vec<u32> = {
                 let mut plugin_vm = vm.borrow_mut();
                 let periods: Vec<_> = plugin_vm
@@ -500,7 +501,8 @@ impl Chain {
 
     /// The earliest time (monotonic nanoseconds) a tick is due, if any root asked for ticks.
     pub fn next_tick_nanos(&self) -> Option<u64> {
-        self.distinct_vms()
+        self.vms
+            .borrow()
             .iter()
             .flat_map(|vm| {
                 let vm = vm.borrow();
@@ -516,7 +518,8 @@ impl Chain {
     /// queues; returns how many were delivered.
     pub fn deliver_queue_events(&self) -> usize {
         let mut delivered = 0;
-        for vm in self.distinct_vms() {
+        let vms: Vec<SharedVm> = self.vms.borrow().clone();
+        for vm in vms {
             let events = vm.borrow().vm.queue_inbox().take();
             for (root, queue) in events {
                 delivered += 1;
@@ -524,5 +527,36 @@ impl Chain {
             }
         }
         delivered
+    }
+}
+
+impl Chain {
+    pub fn len(&self) -> usize {
+        self.plugins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    pub fn plugin_name(&self, index: usize) -> &str {
+        &self.plugins[index].name
+    }
+
+    pub fn pool(&self) -> &Rc<VmPool> {
+        &self.pool
+    }
+
+    /// Makes sure a FAIL_RELOAD plugin whose VM failed gets a fresh one when its backoff allows;
+    /// called before each new stream. Returns whether the plugin is usable.
+    pub(crate) fn prepare_plugin(&self, index: usize) -> bool {
+        let plugin = &self.plugins[index];
+        let now = self.pool.clock.monotonic_nanos();
+        let mut vm = plugin.vm.borrow_mut();
+        if plugin.fail_strategy == FailStrategy::FailReload {
+            vm.reload_if_due(now)
+        } else {
+            vm.vm.failure().is_none()
+        }
     }
 }

@@ -12,6 +12,6 @@ mod stream;
 
 pub use chain::{
     Chain, ChainError, DEFAULT_BUFFER_LIMIT, PluginSpec, RELOAD_BACKOFF_BASE, RELOAD_BACKOFF_MAX,
-    RootCall,
+    RootCall, VmPool,
 };
 pub use stream::{Step, Stream};

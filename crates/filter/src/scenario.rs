@@ -17,7 +17,7 @@ use sluice_host::{
     HttpStream, Limits, LogRecord, VmConfig,
 };
 
-use crate::chain::{Chain, DEFAULT_BUFFER_LIMIT, PluginSpec, RootCall};
+use crate::chain::{Chain, DEFAULT_BUFFER_LIMIT, PluginSpec, RootCall, VmPool};
 use crate::stream::{Step, Stream};
 
 /// Why a scenario file could not be run at all (as opposed to an expectation that failed).
@@ -457,7 +457,8 @@ pub fn run_file(path: &Path, cache_dir: Option<PathBuf>) -> Result<Report, Scena
     }
     let mut mismatches = Vec::new();
     let buffer_limit = scenario.limits.buffer_bytes.unwrap_or(DEFAULT_BUFFER_LIMIT);
-    let chain = match Chain::build(&engine, specs, buffer_limit, clock.clone()) {
+    let pool = VmPool::new(&engine, clock.clone());
+    let chain = match pool.chain(specs, buffer_limit) {
         Ok(chain) => chain,
         Err(error) if scenario.expect.configured == Some(false) => {
             check_logs(
@@ -505,7 +506,7 @@ pub fn run_file(path: &Path, cache_dir: Option<PathBuf>) -> Result<Report, Scena
     }
     check_logs(
         &scenario.expect.logs,
-        &chain.take_logs(),
+        &pool.take_logs(),
         0,
         "",
         "expect.logs",
@@ -885,26 +886,30 @@ impl Runner<'_> {
     /// then collects logs and failures.
     fn settle(&mut self, outcome: &mut Outcome) -> Result<(), ScenarioError> {
         for _ in 0..1000 {
-            let delivered = self.chain.deliver_queue_events();
-            let calls = self.chain.take_root_calls();
+            let delivered = self.chain.pool().deliver_queue_events();
+            let calls = self.chain.pool().take_root_calls();
             if delivered == 0 && calls.is_empty() {
                 break;
             }
             for call in calls {
                 match call {
                     RootCall::Http {
-                        plugin,
+                        vm,
+                        root_context,
                         token,
                         request,
                     } => {
                         let answer = self.answer(&request.upstream, request.timeout, false)?;
                         outcome.http_calls.push((request.upstream.clone(), request));
                         if let Answer::Http(response) = answer {
-                            self.chain.http_call_response(plugin, token, response);
+                            self.chain
+                                .pool()
+                                .http_call_response(vm, root_context, token, response);
                         }
                     }
                     RootCall::Grpc {
-                        plugin,
+                        vm,
+                        root_context,
                         token,
                         request,
                     } => {
@@ -913,7 +918,7 @@ impl Runner<'_> {
                         outcome.grpc_calls.push(request);
                         if let (true, Answer::Grpc(events)) = (unary, answer) {
                             for event in events {
-                                self.chain.grpc_event(plugin, token, event);
+                                self.chain.pool().grpc_event(vm, root_context, token, event);
                             }
                         }
                     }
@@ -923,10 +928,14 @@ impl Runner<'_> {
                 }
             }
         }
-        outcome.logs.extend(self.chain.take_logs());
-        outcome
-            .failures
-            .extend(self.chain.take_failures().iter().map(ToString::to_string));
+        outcome.logs.extend(self.chain.pool().take_logs());
+        outcome.failures.extend(
+            self.chain
+                .pool()
+                .take_failures()
+                .iter()
+                .map(ToString::to_string),
+        );
         outcome.failures.dedup();
         Ok(())
     }
@@ -937,10 +946,10 @@ impl Runner<'_> {
         let target = self.clock.monotonic_nanos() + nanos;
         loop {
             let now = self.clock.monotonic_nanos();
-            match self.chain.next_tick_nanos() {
+            match self.chain.pool().next_tick_nanos() {
                 Some(due) if due <= target => {
                     self.clock.advance(due.saturating_sub(now));
-                    self.chain.fire_due_ticks();
+                    self.chain.pool().fire_due_ticks();
                     self.settle(&mut outcome)?;
                 }
                 _ => {
@@ -949,7 +958,7 @@ impl Runner<'_> {
                 }
             }
         }
-        self.chain.fire_due_ticks();
+        self.chain.pool().fire_due_ticks();
         self.settle(&mut outcome)?;
         Ok(outcome)
     }

@@ -342,11 +342,11 @@ impl Stream {
             match done {
                 // `false`: the plugin calls `proxy_done` later; the chain finishes the context then.
                 Ok(false) => {}
-                Ok(true) => self.chain.finalize(&vm, ctx),
+                Ok(true) => self.chain.pool.finalize(&vm, ctx),
                 Err(failure) => {
                     self.failures.push(failure.clone());
-                    self.chain.record_failure(failure);
-                    self.chain.finalize(&vm, ctx);
+                    self.chain.pool.record_failure(failure);
+                    self.chain.pool.finalize(&vm, ctx);
                 }
             }
         }
@@ -689,7 +689,7 @@ impl Stream {
                     plugin: index,
                     token,
                 }),
-                Effect::Done { context } => self.chain.finalize(&vm, context),
+                Effect::Done { context } => self.chain.pool.finalize(&vm, context),
                 Effect::ClearRouteCache { .. } => {}
             }
         }
@@ -922,7 +922,7 @@ impl Stream {
     fn plugin_failed(&mut self, index: usize, failure: PluginFailure, _position: Option<usize>) {
         tracing::warn!(plugin = %failure.plugin, "{failure}");
         self.failures.push(failure.clone());
-        self.chain.record_failure(failure);
+        self.chain.pool.record_failure(failure);
         self.contexts[index] = None;
         if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
             let name = self.chain.plugins[index].name.clone();

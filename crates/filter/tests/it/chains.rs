@@ -95,3 +95,68 @@ steps:
     );
     assert_passes(&report);
 }
+
+#[test]
+fn routes_share_one_vm_and_per_route_overrides_are_extra_root_contexts() {
+    use sluice_config::FailStrategy;
+    use sluice_filter::{DEFAULT_BUFFER_LIMIT, PluginSpec, Step, Stream, VmPool};
+    use sluice_host::{Clock, Engine, EngineOptions, HttpStream, VmConfig};
+
+    let engine = Engine::new(EngineOptions {
+        cache_dir: Some(sluice_test_support::cache_dir()),
+    })
+    .unwrap();
+    let code = engine
+        .load_file(&sluice_test_support::plugin_wasm("add_header"))
+        .unwrap();
+    let spec = |value: &str| PluginSpec {
+        name: "add-header".into(),
+        root_id: "add-header".into(),
+        code: code.clone(),
+        plugin_configuration: format!(r#"{{"response": {{"set": {{"x-route": "{value}"}}}}}}"#)
+            .into_bytes(),
+        vm: VmConfig::new("add-header"),
+        fail_strategy: FailStrategy::FailClose,
+    };
+    let pool = VmPool::new(&engine, Clock::system());
+    let default_route = std::rc::Rc::new(
+        pool.chain(vec![spec("default")], DEFAULT_BUFFER_LIMIT)
+            .unwrap(),
+    );
+    let override_route = std::rc::Rc::new(
+        pool.chain(vec![spec("override")], DEFAULT_BUFFER_LIMIT)
+            .unwrap(),
+    );
+    let same_as_default = pool
+        .chain(vec![spec("default")], DEFAULT_BUFFER_LIMIT)
+        .unwrap();
+    assert_eq!(pool.vm_count(), 1, "one VM per plugin code and VM config");
+    assert_eq!(
+        pool.root_count(),
+        2,
+        "one root context per distinct plugin configuration"
+    );
+    drop(same_as_default);
+
+    let route_header = |chain: &std::rc::Rc<sluice_filter::Chain>| {
+        let mut stream = Stream::new(chain.clone(), HttpStream::default());
+        stream.request_headers(
+            sluice_abi::HeaderMap::from_pairs([(":method", "GET"), (":path", "/")]),
+            true,
+        );
+        stream.response_headers(
+            sluice_abi::HeaderMap::from_pairs([(":status", "200")]),
+            true,
+        );
+        stream
+            .take_steps()
+            .into_iter()
+            .find_map(|step| match step {
+                Step::ResponseHeaders { headers, .. } => headers.get_str("x-route"),
+                _ => None,
+            })
+            .expect("a response")
+    };
+    assert_eq!(route_header(&default_route), "default");
+    assert_eq!(route_header(&override_route), "override");
+}

@@ -1016,25 +1016,13 @@ impl Runner<'_> {
                                 );
                             }
                         }
-                        compare_headers(
-                            "expect.upstream.headers",
-                            spec.headers.as_ref(),
-                            &seen.headers,
-                            &mut miss,
-                        )?;
-                        compare_headers(
-                            "expect.upstream.trailers",
-                            spec.trailers.as_ref(),
-                            &seen.trailers,
-                            &mut miss,
-                        )?;
-                        compare_body(
+                        compare_message(
                             "expect.upstream",
-                            spec.body.as_deref(),
-                            spec.body_contains.as_deref(),
-                            &seen.body,
+                            (spec.headers.as_ref(), spec.trailers.as_ref()),
+                            (spec.body.as_deref(), spec.body_contains.as_deref()),
+                            (&seen.headers, &seen.trailers, &seen.body),
                             &mut miss,
-                        );
+                        )?;
                     }
                 }
             }
@@ -1074,25 +1062,13 @@ impl Runner<'_> {
                             &mut miss,
                         );
                     }
-                    compare_headers(
-                        "expect.response.headers",
-                        response.headers.as_ref(),
-                        &headers,
-                        &mut miss,
-                    )?;
-                    compare_headers(
-                        "expect.response.trailers",
-                        response.trailers.as_ref(),
-                        &client.trailers,
-                        &mut miss,
-                    )?;
-                    compare_body(
+                    compare_message(
                         "expect.response",
-                        response.body.as_deref(),
-                        response.body_contains.as_deref(),
-                        &client.body,
+                        (response.headers.as_ref(), response.trailers.as_ref()),
+                        (response.body.as_deref(), response.body_contains.as_deref()),
+                        (&headers, &client.trailers, &client.body),
                         &mut miss,
-                    );
+                    )?;
                 }
             }
         }
@@ -1306,6 +1282,20 @@ fn compare_headers(
             ),
         }
     }
+    Ok(())
+}
+
+/// Headers, trailers and body of a request or response against their expectations.
+fn compare_message(
+    field: &str,
+    (headers, trailers): (Option<&yaml_serde::Value>, Option<&yaml_serde::Value>),
+    (body, body_contains): (Option<&str>, Option<&str>),
+    (seen_headers, seen_trailers, seen_body): (&HeaderMap, &HeaderMap, &[u8]),
+    miss: &mut impl FnMut(String, String, String),
+) -> Result<(), String> {
+    compare_headers(&format!("{field}.headers"), headers, seen_headers, miss)?;
+    compare_headers(&format!("{field}.trailers"), trailers, seen_trailers, miss)?;
+    compare_body(field, body, body_contains, seen_body, miss);
     Ok(())
 }
 

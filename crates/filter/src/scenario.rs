@@ -670,17 +670,18 @@ impl Runner<'_> {
                 (Some(text), None) => text.as_bytes().to_vec(),
                 (None, None) => Vec::new(),
             };
+            // As Envoy answers a unary call: the message alone on success, the close alone
+            // (with the status) otherwise; metadata callbacks belong to streams.
             let status = answer.grpc_status.unwrap_or(0);
-            let mut events = vec![GrpcEvent::InitialMetadata(headers)];
-            if status == 0 {
-                events.push(GrpcEvent::Message(message));
-            }
-            events.push(GrpcEvent::TrailingMetadata(trailers));
-            events.push(GrpcEvent::Close {
-                status,
-                message: Vec::new(),
-            });
-            return Ok(Answer::Grpc(events));
+            let event = if status == 0 {
+                GrpcEvent::Message(message)
+            } else {
+                GrpcEvent::Close {
+                    status,
+                    message: Vec::new(),
+                }
+            };
+            return Ok(Answer::Grpc(vec![event]));
         }
         let mut with_status = HeaderMap::new();
         with_status.add(":status", answer.status.unwrap_or(200).to_string());

@@ -154,7 +154,8 @@ pub(crate) struct HostState {
     pub clusters: ClusterCheck,
     pub properties: HashMap<String, PropertyValue>,
     pub next_token: u32,
-    pub grpc_tokens: HashSet<u32>,
+    /// Open gRPC calls and streams, and whether each is a unary call (ended by its message).
+    pub grpc_tokens: HashMap<u32, bool>,
     /// Tick period (ms) per root context, and the monotonic time it was set: ticks fall due at
     /// whole periods from then.
     pub tick_periods: HashMap<u32, (u32, u64)>,

@@ -315,7 +315,7 @@ impl Vm {
             clusters: config.clusters,
             properties: config.properties,
             next_token: 0,
-            grpc_tokens: HashSet::new(),
+            grpc_tokens: HashMap::new(),
             tick_periods: HashMap::new(),
             pending_done: HashSet::new(),
             queue_inbox: QueueInbox::default(),
@@ -757,8 +757,12 @@ impl Vm {
                 ("proxy_on_grpc_close", c.grpc_close.clone(), *status)
             }
         };
-        if matches!(event, GrpcEvent::Close { .. }) {
-            self.store.data_mut().grpc_tokens.remove(&token);
+        let tokens = &mut self.store.data_mut().grpc_tokens;
+        let unary = tokens.get(&token).copied().unwrap_or(false);
+        if matches!(event, GrpcEvent::Close { .. })
+            || (unary && matches!(event, GrpcEvent::Message(_)))
+        {
+            tokens.remove(&token);
         }
         let Some(f) = f else { return Ok(()) };
         self.run(name, root, deadline, |s| {

@@ -61,3 +61,36 @@ pub fn wat(text: &str) -> Vec<u8> {
 pub fn cache_dir() -> PathBuf {
     repo_root().join("target/test-compiled-cache")
 }
+
+/// The example plugin projects under `plugins/` (directories with a Cargo.toml), sorted.
+pub fn plugin_projects() -> Vec<PathBuf> {
+    let mut projects: Vec<PathBuf> = std::fs::read_dir(repo_root().join("plugins"))
+        .expect("plugins/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .collect();
+    projects.sort();
+    projects
+}
+
+/// The crate name of a plugin project (`add-header` builds `add_header.wasm`).
+pub fn plugin_crate_name(project: &Path) -> String {
+    project
+        .file_name()
+        .expect("project directory")
+        .to_string_lossy()
+        .replace('-', "_")
+}
+
+/// Every scenario file the example plugins ship (`plugins/*/tests/*.yaml`), sorted.
+pub fn plugin_scenarios() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = plugin_projects()
+        .iter()
+        .filter_map(|p| std::fs::read_dir(p.join("tests")).ok())
+        .flat_map(|dir| dir.flatten().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}

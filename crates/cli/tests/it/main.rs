@@ -25,21 +25,11 @@ fn stderr(output: &Output) -> String {
 #[test]
 fn test_passes_every_plugin_scenario() {
     let mut args = vec!["test".to_string()];
-    for plugin in [
-        "add-header",
-        "auth",
-        "body-rewrite",
-        "http-callout",
-        "rate-limit",
-    ] {
-        let dir = sluice_test_support::repo_root()
-            .join("plugins")
-            .join(plugin)
-            .join("tests");
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            args.push(entry.path().display().to_string());
-        }
-    }
+    args.extend(
+        sluice_test_support::plugin_scenarios()
+            .iter()
+            .map(|p| p.display().to_string()),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = sluice(&args);
     assert!(

@@ -5,7 +5,7 @@ mod chains;
 mod failures;
 mod scenarios;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sluice_filter::scenario::{self, Report};
 
@@ -54,19 +54,4 @@ impl Drop for Scratch {
 
 pub fn assert_passes(report: &Report) {
     assert!(report.passed(), "{report}");
-}
-
-pub fn repo_path(relative: &str) -> PathBuf {
-    sluice_test_support::repo_root().join(relative)
-}
-
-pub fn scenario_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
 }

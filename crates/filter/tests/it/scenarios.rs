@@ -2,25 +2,17 @@
 
 use sluice_filter::scenario::{self, ScenarioError};
 
-use crate::{Scratch, assert_passes, repo_path, scenario_files};
+use crate::{Scratch, assert_passes};
 
 #[test]
 fn every_example_plugin_passes_its_scenarios() {
     sluice_test_support::plugins_dir();
     let mut ran = 0;
-    for plugin in [
-        "add-header",
-        "auth",
-        "body-rewrite",
-        "http-callout",
-        "rate-limit",
-    ] {
-        for file in scenario_files(&repo_path(&format!("plugins/{plugin}/tests"))) {
-            let report = scenario::run_file(&file, Some(sluice_test_support::cache_dir()))
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert_passes(&report);
-            ran += 1;
-        }
+    for file in sluice_test_support::plugin_scenarios() {
+        let report = scenario::run_file(&file, Some(sluice_test_support::cache_dir()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_passes(&report);
+        ran += 1;
     }
     assert!(ran >= 20, "only {ran} scenario files found");
 }

@@ -231,7 +231,7 @@ fn grpc_open(
     let upstream = grpc_cluster(&upstream, &*c.data().clusters).ok_or(Status::ParseFailure)?;
     let state = c.data_mut();
     let token = state.next_token();
-    state.grpc_tokens.insert(token);
+    state.grpc_tokens.insert(token, message.is_some());
     let (context, root_context) = (state.effective_context, state.effective_root());
     let timeout = Duration::from_millis(timeout_ms.into());
     let request = GrpcCallRequest {
@@ -260,7 +260,7 @@ fn grpc_send(
 ) -> HostResult {
     let message = read(c, message.0, message.1)?;
     let state = c.data_mut();
-    if !state.grpc_tokens.contains(&token) {
+    if !state.grpc_tokens.contains_key(&token) {
         return Err(Status::NotFound.into());
     }
     state.effects.push(Effect::GrpcSend {
@@ -273,7 +273,7 @@ fn grpc_send(
 
 fn grpc_end(c: &mut Caller<'_>, token: u32, cancel: bool) -> HostResult {
     let state = c.data_mut();
-    if !state.grpc_tokens.remove(&token) {
+    if state.grpc_tokens.remove(&token).is_none() {
         return Err(Status::NotFound.into());
     }
     state.effects.push(if cancel {

@@ -7,13 +7,11 @@ use crate::{GET, Guest, config, engine, headers};
 #[test]
 fn rust_sdk_plugins_are_recognised_and_loadable() {
     let engine = engine();
-    for name in [
-        "add_header",
-        "auth",
-        "body_rewrite",
-        "http_callout",
-        "rate_limit",
-    ] {
+    let projects = sluice_test_support::plugin_projects();
+    assert!(projects.len() >= 6, "{projects:?}");
+    for project in projects {
+        let name = sluice_test_support::plugin_crate_name(&project);
+        let name = name.as_str();
         let code = engine
             .load_file(&sluice_test_support::plugin_wasm(name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -262,6 +262,12 @@ impl VmPool {
                     Ok(root) => root,
                     Err(source) => {
                         let logs = plugin_vm.vm.take_logs();
+                        let unused = plugin_vm.roots.is_empty();
+                        drop(plugin_vm);
+                        if unused {
+                            // A VM started for this chain alone must not outlive the failed build.
+                            self.vms.borrow_mut().retain(|v| !Rc::ptr_eq(v, &vm));
+                        }
                         return Err(error(source, logs));
                     }
                 }
@@ -398,7 +404,11 @@ impl VmPool {
     pub(crate) fn finalize(&self, vm: &SharedVm, context: u32) {
         let result = {
             let mut plugin_vm = vm.borrow_mut();
-            let result = plugin_vm.vm.log(context);
+            // A failed VM only forgets the context: its failure is already on record.
+            let result = match plugin_vm.vm.failure() {
+                None => plugin_vm.vm.log(context),
+                Some(_) => Ok(()),
+            };
             let deleted = plugin_vm.vm.delete(context);
             // A finished context can no longer act on its stream.
             drop(plugin_vm.vm.take_effects());

@@ -159,4 +159,29 @@ fn routes_share_one_vm_and_per_route_overrides_are_extra_root_contexts() {
     };
     assert_eq!(route_header(&default_route), "default");
     assert_eq!(route_header(&override_route), "override");
+
+    // A configuration the plugin rejects fails the build and leaves the pool as it was.
+    let mut rejected = spec("x");
+    rejected.plugin_configuration = b"not json".to_vec();
+    rejected.vm.vm_id = "separate".into();
+    rejected.vm.capture_logs = true;
+    let error = pool
+        .chain(vec![rejected], DEFAULT_BUFFER_LIMIT)
+        .err()
+        .expect("rejected configuration");
+    assert!(
+        error
+            .to_string()
+            .contains("proxy_on_configure returned false"),
+        "{error}"
+    );
+    assert!(
+        error
+            .logs
+            .iter()
+            .any(|l| l.message.contains("invalid pluginConfig")),
+        "{:?}",
+        error.logs
+    );
+    assert_eq!((pool.vm_count(), pool.root_count()), (1, 2));
 }

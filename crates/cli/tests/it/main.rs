@@ -22,6 +22,12 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts the exit code and that `text` (stdout or stderr) says `needle`.
+fn assert_exit(output: &Output, code: i32, text: String, needle: &str) {
+    assert_eq!(output.status.code(), Some(code), "{text}");
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
 #[test]
 fn test_passes_every_plugin_scenario() {
     let mut args = vec!["test".to_string()];
@@ -84,11 +90,11 @@ fn test_reports_a_wrong_expectation_with_a_diff_and_exit_1() {
 #[test]
 fn test_exits_2_on_a_file_it_cannot_run() {
     let output = sluice(&["test", "no/such/scenario.yaml"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stdout(&output).contains("no/such/scenario.yaml: cannot read"),
-        "{}",
-        stdout(&output)
+    assert_exit(
+        &output,
+        2,
+        stdout(&output),
+        "no/such/scenario.yaml: cannot read",
     );
 }
 
@@ -126,22 +132,12 @@ fn inspect_names_what_makes_a_module_unloadable() {
     let module = dir.path().join("missing_import.wasm");
     std::fs::write(&module, sluice_test_support::wat_fixture("missing_import")).unwrap();
     let output = sluice(&["inspect", &module.display().to_string()]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stdout(&output).contains("env::proxy_does_not_exist"),
-        "{}",
-        stdout(&output)
-    );
+    assert_exit(&output, 1, stdout(&output), "env::proxy_does_not_exist");
 
     let not_wasm = dir.path().join("notes.txt");
     std::fs::write(&not_wasm, "hello").unwrap();
     let output = sluice(&["inspect", &not_wasm.display().to_string()]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("magic bytes"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 2, stderr(&output), "magic bytes");
 }
 
 #[test]
@@ -162,10 +158,5 @@ fn build_compiles_a_plugin_project_and_inspects_it() {
     );
 
     let output = sluice(&["build", Path::new("crates/cli/tests").to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("no Cargo.toml"),
-        "{}",
-        stderr(&output)
-    );
+    assert_exit(&output, 2, stderr(&output), "no Cargo.toml");
 }

@@ -8,6 +8,25 @@ use anyhow::{Context, bail};
 const TARGET: &str = "wasm32-wasip1";
 
 pub fn run(dir: &Path, debug: bool) -> anyhow::Result<ExitCode> {
+    let wasm = build(dir, debug)?;
+    let bytes = std::fs::read(&wasm)
+        .with_context(|| format!("{}: cannot read the built module", wasm.display()))?;
+    let engine = crate::engine()?;
+    let (info, problem) = engine.inspect(&bytes)?;
+    crate::inspect::print_text(
+        &wasm,
+        &info,
+        problem.as_ref().map(ToString::to_string).as_deref(),
+    );
+    Ok(if problem.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Builds a plugin project and returns the path of its `.wasm`.
+pub fn build(dir: &Path, debug: bool) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(
@@ -53,20 +72,7 @@ pub fn run(dir: &Path, debug: bool) -> anyhow::Result<ExitCode> {
             manifest.display()
         );
     };
-    let bytes = std::fs::read(wasm)
-        .with_context(|| format!("{}: cannot read the built module", wasm.display()))?;
-    let engine = crate::engine()?;
-    let (info, problem) = engine.inspect(&bytes)?;
-    crate::inspect::print_text(
-        wasm,
-        &info,
-        problem.as_ref().map(ToString::to_string).as_deref(),
-    );
-    Ok(if problem.is_some() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(wasm.clone())
 }
 
 /// The `.wasm` files cargo reports in its JSON messages.

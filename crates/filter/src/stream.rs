@@ -320,6 +320,25 @@ impl Stream {
         self.root_callback(plugin, |vm, root| vm.grpc_event(root, token, event));
     }
 
+    /// Answers the client on the proxy's own behalf (upstream unreachable, upstream reset before
+    /// its response head), as Envoy's router does: through every plugin's response callbacks when
+    /// the response has not begun, a reset of the client's stream otherwise.
+    pub fn local_reply_from_proxy(&mut self, status: u32, details: &str, body: &str) {
+        let reply = LocalResponse {
+            status,
+            details: details.to_string(),
+            body: body.as_bytes().to_vec(),
+            headers: HeaderMap::new(),
+            grpc_status: None,
+        };
+        self.local_reply(reply, false, None);
+    }
+
+    /// Resets the client's stream (the upstream failed after the response began).
+    pub fn reset_downstream(&mut self, reason: &str) {
+        self.reset(reason);
+    }
+
     /// Ends the stream (response done, client gone or upstream failed): `proxy_on_done`,
     /// `proxy_on_log` and `proxy_on_delete` for every plugin context, once.
     pub fn finish(&mut self) {

@@ -1,0 +1,454 @@
+//! One request through the chain: reads the client's frames, feeds the sans-I/O stream, and
+//! executes its steps (upstream request and body, response to the client, callouts) as they come.
+//! Bodies stream frame by frame with bounded channels; nothing is buffered unless a plugin pauses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sluice_abi::{HeaderMap, PropertyValue};
+use sluice_filter::{Chain, Step, Stream};
+use sluice_host::{CallResponse, GrpcEvent, HttpCallRequest, HttpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::{self, BodyReset, ChannelBody, FrameResult};
+use crate::headers::{fields_map, request_map, response_map, status, to_fields};
+use crate::{Clusters, Upstream, client, echo};
+
+/// A stream with nothing happening for this long is answered (or reset) and ended.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a worker gives every request.
+pub struct WorkerContext {
+    pub chain: Rc<Chain>,
+    pub upstream: Upstream,
+    pub clusters: Clusters,
+    pub local: SocketAddr,
+}
+
+enum UpstreamEvent {
+    Head(http::response::Parts, bool),
+    Frame(Frame<Bytes>),
+    End,
+    Failed(String),
+}
+
+struct Callout {
+    plugin: usize,
+    token: u32,
+    response: Option<CallResponse>,
+}
+
+/// The hyper service: starts the driver and waits for the response head it produces.
+pub async fn handle(
+    request: http::Request<Incoming>,
+    context: Rc<WorkerContext>,
+    peer: SocketAddr,
+    protocol: &'static str,
+) -> Result<http::Response<ChannelBody>, Infallible> {
+    let (head, head_rx) = oneshot::channel();
+    tokio::task::spawn_local(drive(request, context, peer, protocol, head));
+    Ok(head_rx.await.unwrap_or_else(|_| {
+        let mut response = http::Response::new(body::empty());
+        *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+        response
+    }))
+}
+
+fn stream_info(context: &WorkerContext, peer: SocketAddr, protocol: &str) -> HttpStream {
+    let mut info = HttpStream::default();
+    let local = context.local;
+    let values: [(&str, PropertyValue); 7] = [
+        ("source.address", peer.to_string().into()),
+        ("source.port", PropertyValue::Int(peer.port().into())),
+        ("destination.address", local.to_string().into()),
+        ("destination.port", PropertyValue::Int(local.port().into())),
+        ("request.protocol", protocol.into()),
+        ("route_name", "default".into()),
+        (
+            "cluster_name",
+            match &context.upstream {
+                Upstream::Echo => "echo".into(),
+                Upstream::Http { authority, .. } => authority.clone().into(),
+            },
+        ),
+    ];
+    for (key, value) in values {
+        info.properties.insert(key.to_string(), value);
+    }
+    info
+}
+
+/// A random UUID v4, for `x-request-id`.
+fn request_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).unwrap_or_default();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+struct Driver {
+    context: Rc<WorkerContext>,
+    stream: Stream,
+    head: Option<oneshot::Sender<http::Response<ChannelBody>>>,
+    response_body: Option<mpsc::Sender<FrameResult>>,
+    upstream_body: Option<mpsc::Sender<FrameResult>>,
+    upstream_events: Option<mpsc::Receiver<UpstreamEvent>>,
+    upstream_task: Option<tokio::task::JoinHandle<()>>,
+    upstream_head_seen: bool,
+    upstream_finished: bool,
+    echo: Option<(HeaderMap, Vec<u8>, HeaderMap)>,
+    callouts: mpsc::UnboundedSender<Callout>,
+}
+
+async fn drive(
+    request: http::Request<Incoming>,
+    context: Rc<WorkerContext>,
+    peer: SocketAddr,
+    protocol: &'static str,
+    head: oneshot::Sender<http::Response<ChannelBody>>,
+) {
+    let (parts, mut body) = request.into_parts();
+    let (callouts, mut callout_answers) = mpsc::unbounded_channel();
+    let mut driver = Driver {
+        stream: Stream::new(context.chain.clone(), stream_info(&context, peer, protocol)),
+        context,
+        head: Some(head),
+        response_body: None,
+        upstream_body: None,
+        upstream_events: None,
+        upstream_task: None,
+        upstream_head_seen: false,
+        upstream_finished: false,
+        echo: None,
+        callouts,
+    };
+    let mut headers = request_map(&parts);
+    if headers.get("x-request-id").is_none() {
+        headers.add("x-request-id", request_id());
+    }
+    let mut downstream_open = !body.is_end_stream();
+    driver.stream.request_headers(headers, !downstream_open);
+    loop {
+        driver.apply_steps().await;
+        if driver.stream.is_complete() {
+            break;
+        }
+        let upstream_open = driver.upstream_events.is_some();
+        tokio::select! {
+            frame = body.frame(), if downstream_open => match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        downstream_open = !body.is_end_stream();
+                        driver.stream.request_data(data.to_vec(), !downstream_open);
+                    }
+                    Err(frame) => {
+                        downstream_open = false;
+                        if let Ok(trailers) = frame.into_trailers() {
+                            driver.stream.request_trailers(fields_map(&trailers));
+                        }
+                    }
+                },
+                None => {
+                    downstream_open = false;
+                    driver.stream.request_data(Vec::new(), true);
+                }
+                Some(Err(error)) => {
+                    tracing::debug!("client went away: {error}");
+                    break;
+                }
+            },
+            event = async { driver.upstream_events.as_mut().expect("guarded").recv().await }, if upstream_open => {
+                driver.upstream_event(event);
+            }
+            Some(answer) = callout_answers.recv() => {
+                driver.stream.http_call_response(answer.plugin, answer.token, answer.response);
+            }
+            () = tokio::time::sleep(STREAM_IDLE_TIMEOUT) => {
+                driver.stream.local_reply_from_proxy(504, "stream_idle_timeout", "stream timeout");
+                driver.apply_steps().await;
+                break;
+            }
+        }
+    }
+    if let Some(task) = driver.upstream_task.take() {
+        task.abort();
+    }
+    driver.stream.finish();
+}
+
+impl Driver {
+    async fn apply_steps(&mut self) {
+        loop {
+            let steps = self.stream.take_steps();
+            if steps.is_empty() {
+                return;
+            }
+            for step in steps {
+                self.apply(step).await;
+            }
+        }
+    }
+
+    async fn apply(&mut self, step: Step) {
+        match step {
+            Step::RequestHeaders {
+                headers,
+                end_of_stream,
+            } => self.start_upstream(headers, end_of_stream),
+            Step::RequestData {
+                data,
+                end_of_stream,
+            } => {
+                if let Some((_, body, _)) = &mut self.echo {
+                    body.extend_from_slice(&data);
+                } else if let Some(sender) = &self.upstream_body
+                    && !data.is_empty()
+                {
+                    // A failed send means the upstream request ended; its task reports why.
+                    let _ = sender.send(Ok(Frame::data(Bytes::from(data)))).await;
+                }
+                if end_of_stream {
+                    self.end_upstream_request();
+                }
+            }
+            Step::RequestTrailers { trailers } => {
+                if let Some((_, _, echo_trailers)) = &mut self.echo {
+                    *echo_trailers = trailers;
+                } else if let Some(sender) = &self.upstream_body {
+                    let _ = sender.send(Ok(Frame::trailers(to_fields(&trailers)))).await;
+                }
+                self.end_upstream_request();
+            }
+            Step::ResponseHeaders {
+                headers,
+                end_of_stream,
+            } => self.respond(&headers, end_of_stream),
+            Step::ResponseData {
+                data,
+                end_of_stream,
+            } => {
+                if !data.is_empty() {
+                    self.send_response_frame(Frame::data(Bytes::from(data)))
+                        .await;
+                }
+                if end_of_stream {
+                    self.response_body = None;
+                }
+            }
+            Step::ResponseTrailers { trailers } => {
+                self.send_response_frame(Frame::trailers(to_fields(&trailers)))
+                    .await;
+                self.response_body = None;
+            }
+            Step::HttpCall {
+                plugin,
+                token,
+                request,
+            } => self.spawn_callout(plugin, token, request),
+            Step::GrpcCall {
+                plugin,
+                token,
+                request,
+            } => {
+                tracing::warn!(cluster = %request.upstream, "gRPC callouts are not served by `sluice run` yet");
+                let message = b"gRPC callouts are not implemented by this proxy yet".to_vec();
+                self.stream.grpc_event(
+                    plugin,
+                    token,
+                    GrpcEvent::Close {
+                        status: 12,
+                        message,
+                    },
+                );
+            }
+            Step::GrpcSend { .. } | Step::GrpcCancel { .. } | Step::GrpcClose { .. } => {}
+            Step::ResetUpstream => {
+                if let Some(task) = self.upstream_task.take() {
+                    task.abort();
+                }
+                self.upstream_body = None;
+                self.upstream_events = None;
+                self.echo = None;
+            }
+            Step::ResetDownstream { reason } => {
+                if let Some(sender) = self.response_body.take() {
+                    let _ = sender.send(Err(BodyReset(reason))).await;
+                }
+            }
+        }
+    }
+
+    fn start_upstream(&mut self, headers: HeaderMap, end_of_stream: bool) {
+        let (address, authority) = match &self.context.upstream {
+            Upstream::Echo => {
+                self.echo = Some((headers, Vec::new(), HeaderMap::new()));
+                if end_of_stream {
+                    self.end_upstream_request();
+                }
+                return;
+            }
+            Upstream::Http { address, authority } => (*address, authority.clone()),
+        };
+        let body = if end_of_stream {
+            body::empty()
+        } else {
+            let (sender, body) = body::channel();
+            self.upstream_body = Some(sender);
+            body
+        };
+        let request = match client::upstream_request(&headers, &authority, body) {
+            Ok(request) => request,
+            Err(message) => {
+                self.stream.local_reply_from_proxy(
+                    400,
+                    "invalid_request_after_plugins",
+                    &format!("bad request: {message}"),
+                );
+                return;
+            }
+        };
+        let (events, receiver) = mpsc::channel(16);
+        self.upstream_events = Some(receiver);
+        let target = client::target_for(address, &authority);
+        self.upstream_task = Some(tokio::task::spawn_local(async move {
+            let response = match client::send(&target, request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
+                    return;
+                }
+            };
+            let (parts, mut body) = response.into_parts();
+            let end = body.is_end_stream();
+            if events.send(UpstreamEvent::Head(parts, end)).await.is_err() || end {
+                return;
+            }
+            while let Some(frame) = body.frame().await {
+                let event = match frame {
+                    Ok(frame) => UpstreamEvent::Frame(frame),
+                    Err(error) => UpstreamEvent::Failed(error.to_string()),
+                };
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+            let _ = events.send(UpstreamEvent::End).await;
+        }));
+    }
+
+    /// The whole request reached the upstream; the echo upstream answers now.
+    fn end_upstream_request(&mut self) {
+        self.upstream_body = None;
+        if let Some((headers, body, trailers)) = self.echo.take() {
+            let (answer, answer_body) = echo::answer(&headers, &body, &trailers);
+            self.stream.response_headers(answer, false);
+            self.stream.response_data(answer_body, true);
+        }
+    }
+
+    fn upstream_event(&mut self, event: Option<UpstreamEvent>) {
+        match event {
+            Some(UpstreamEvent::Head(parts, end_of_stream)) => {
+                self.upstream_head_seen = true;
+                self.upstream_finished = end_of_stream;
+                self.stream
+                    .response_headers(response_map(&parts), end_of_stream);
+            }
+            Some(UpstreamEvent::Frame(frame)) => match frame.into_data() {
+                Ok(data) => self.stream.response_data(data.to_vec(), false),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.upstream_finished = true;
+                        self.stream.response_trailers(fields_map(&trailers));
+                    }
+                }
+            },
+            Some(UpstreamEvent::End) | None => {
+                self.upstream_events = None;
+                if !self.upstream_finished {
+                    self.upstream_finished = true;
+                    self.stream.response_data(Vec::new(), true);
+                }
+            }
+            Some(UpstreamEvent::Failed(reason)) => {
+                self.upstream_events = None;
+                if self.upstream_head_seen {
+                    self.stream
+                        .reset_downstream(&format!("upstream reset: {reason}"));
+                } else {
+                    tracing::warn!("upstream failed: {reason}");
+                    let body = format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+                    );
+                    self.stream.local_reply_from_proxy(
+                        503,
+                        "upstream_reset_before_response_started",
+                        &body,
+                    );
+                }
+            }
+        }
+    }
+
+    fn respond(&mut self, headers: &HeaderMap, end_of_stream: bool) {
+        let body = if end_of_stream {
+            body::empty()
+        } else {
+            let (sender, body) = body::channel();
+            self.response_body = Some(sender);
+            body
+        };
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status(headers);
+        *response.headers_mut() = to_fields(headers);
+        if let Some(head) = self.head.take()
+            && head.send(response).is_err()
+        {
+            self.response_body = None;
+        }
+    }
+
+    async fn send_response_frame(&mut self, frame: Frame<Bytes>) {
+        if let Some(sender) = &self.response_body
+            && sender.send(Ok(frame)).await.is_err()
+        {
+            // The client went away; what is left of the response goes nowhere.
+            self.response_body = None;
+        }
+    }
+
+    fn spawn_callout(&mut self, plugin: usize, token: u32, request: HttpCallRequest) {
+        let clusters = self.context.clusters.clone();
+        let answers = self.callouts.clone();
+        tokio::task::spawn_local(async move {
+            let upstream = request.upstream.clone();
+            let response = match client::callout(clusters, request).await {
+                Ok(response) => Some(response),
+                Err(error) => {
+                    tracing::warn!(cluster = %upstream, "callout failed: {error}");
+                    None
+                }
+            };
+            let _ = answers.send(Callout {
+                plugin,
+                token,
+                response,
+            });
+        });
+    }
+}

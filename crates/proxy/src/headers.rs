@@ -1,0 +1,96 @@
+//! Conversions between hyper's messages and the plugin-facing header maps (pseudo-headers
+//! included, as Envoy presents them).
+
+use http::header::{HeaderName, HeaderValue};
+use sluice_abi::HeaderMap;
+
+/// Headers that describe one connection and never cross the proxy (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "trailer",
+    "proxy-authenticate",
+];
+
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The request as plugins see it: `:method`, `:path`, `:authority`, `:scheme`, then the headers.
+pub fn request_map(parts: &http::request::Parts) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.add(":method", parts.method.as_str());
+    map.add(
+        ":path",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+    );
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    map.add(":authority", authority);
+    map.add(":scheme", parts.uri.scheme_str().unwrap_or("http"));
+    add_fields(&mut map, &parts.headers);
+    map
+}
+
+pub fn response_map(parts: &http::response::Parts) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.add(":status", parts.status.as_str());
+    add_fields(&mut map, &parts.headers);
+    map
+}
+
+pub fn fields_map(fields: &http::HeaderMap) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    add_fields(&mut map, fields);
+    map
+}
+
+fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap) {
+    for (name, value) in fields {
+        if name != http::header::HOST && !is_hop_by_hop(name.as_str().as_bytes()) {
+            map.add(name.as_str(), value.as_bytes());
+        }
+    }
+}
+
+/// Regular headers of a map (pseudo-headers and hop-by-hop headers left out). Names or values a
+/// plugin made invalid for HTTP are dropped with a log line rather than failing the request.
+pub fn to_fields(map: &HeaderMap) -> http::HeaderMap {
+    let mut fields = http::HeaderMap::with_capacity(map.len());
+    for (name, value) in map.iter() {
+        if name.starts_with(b":") || is_hop_by_hop(name) {
+            continue;
+        }
+        match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            (Ok(name), Ok(value)) => {
+                fields.append(name, value);
+            }
+            _ => {
+                tracing::warn!(name = %String::from_utf8_lossy(name), "dropping a header that is not valid HTTP");
+            }
+        }
+    }
+    fields
+}
+
+pub fn status(map: &HeaderMap) -> http::StatusCode {
+    map.get(":status")
+        .and_then(|s| http::StatusCode::from_bytes(s).ok())
+        .unwrap_or(http::StatusCode::BAD_GATEWAY)
+}

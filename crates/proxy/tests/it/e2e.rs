@@ -1,0 +1,234 @@
+//! The proxy end to end.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use sluice_config::FailStrategy;
+use sluice_proxy::Upstream;
+
+use crate::{built, engine, get, origin, plugin, request, start};
+
+const ADD_HEADER: &str = r#"{"request": {"set": {"x-hello": "from-sluice"}}, "response": {"set": {"x-plugin": "add-header"}}}"#;
+
+#[test]
+fn a_plugin_in_front_of_the_echo_upstream_over_http1_and_h2c() {
+    let engine = engine();
+    let proxy = start(
+        engine.clone(),
+        vec![built(&engine, "add_header", ADD_HEADER)],
+        Upstream::Echo,
+        HashMap::new(),
+        2,
+    );
+    for http2 in [false, true] {
+        let request_body = http::Request::post("http://example.com/hello?x=1")
+            .body(Full::new(Bytes::from("ping")))
+            .unwrap();
+        let answer = request(proxy.address, request_body, http2);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.header("x-plugin"), Some("add-header"));
+        let echo: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(echo["path"], "/hello?x=1");
+        assert_eq!(echo["body"], "ping");
+        let headers = echo["headers"].as_array().unwrap();
+        assert!(
+            headers
+                .iter()
+                .any(|h| h[0] == "x-hello" && h[1] == "from-sluice"),
+            "{echo}"
+        );
+        assert!(
+            headers.iter().any(|h| h[0] == "x-request-id"),
+            "a request id is added: {echo}"
+        );
+    }
+    proxy.stop();
+}
+
+#[test]
+fn local_replies_reach_the_client_and_the_upstream_never_sees_the_request() {
+    let engine = engine();
+    let auth = built(&engine, "auth", r#"{"tokens": {"secret": "alice"}}"#);
+    let proxy = start(engine, vec![auth], Upstream::Echo, HashMap::new(), 1);
+    let denied = get(proxy.address, "/private", &[]);
+    assert_eq!(denied.status, 401);
+    assert_eq!(
+        denied.header("www-authenticate"),
+        Some(r#"Bearer realm="sluice""#)
+    );
+    assert_eq!(denied.text(), "missing credentials");
+    let allowed = get(
+        proxy.address,
+        "/private",
+        &[("authorization", "Bearer secret")],
+    );
+    assert_eq!(allowed.status, 200);
+    assert!(allowed.text().contains(r#""alice""#), "{}", allowed.text());
+    proxy.stop();
+}
+
+#[test]
+fn requests_reach_a_real_upstream_after_a_callout_to_a_cluster() {
+    let authz = origin(|parts, _| {
+        let allowed = parts.uri.path() == "/check";
+        http::Response::builder()
+            .status(if allowed { 200 } else { 404 })
+            .header("x-user", "bob")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    });
+    let app = origin(|parts, body| {
+        let seen = format!(
+            "{} {} user={:?} len={}",
+            parts.method,
+            parts.uri,
+            parts.headers.get("x-user"),
+            body.len()
+        );
+        http::Response::builder()
+            .header("x-origin", "app")
+            .body(Full::new(Bytes::from(seen)))
+            .unwrap()
+    });
+    let engine = engine();
+    let callout = built(
+        &engine,
+        "http_callout",
+        r#"{"cluster": "authz", "timeoutMs": 2000}"#,
+    );
+    let clusters = HashMap::from([("authz".to_string(), authz)]);
+    let upstream = Upstream::Http {
+        address: app,
+        authority: app.to_string(),
+    };
+    let proxy = start(engine, vec![callout], upstream, clusters, 2);
+    let answer = request(
+        proxy.address,
+        http::Request::post("/orders")
+            .header("host", "shop")
+            .body(Full::new(Bytes::from("order")))
+            .unwrap(),
+        false,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.header("x-origin"), Some("app"));
+    assert_eq!(answer.text(), r#"POST /orders user=Some("bob") len=5"#);
+    proxy.stop();
+}
+
+#[test]
+fn a_large_body_streams_through_intact() {
+    let app = origin(|_, body| {
+        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+        http::Response::new(Full::new(Bytes::from(format!("{} {sum}", body.len()))))
+    });
+    let engine = engine();
+    let upstream = Upstream::Http {
+        address: app,
+        authority: app.to_string(),
+    };
+    let proxy = start(
+        engine.clone(),
+        vec![built(&engine, "add_header", ADD_HEADER)],
+        upstream,
+        HashMap::new(),
+        1,
+    );
+    let body: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+    let answer = request(
+        proxy.address,
+        http::Request::put("/upload")
+            .header("host", "x")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap(),
+        false,
+    );
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), format!("{} {sum}", 16 << 20));
+    proxy.stop();
+}
+
+#[test]
+fn shared_data_limits_requests_across_two_workers() {
+    let engine = engine();
+    let limiter = built(
+        &engine,
+        "rate_limit",
+        r#"{"requestsPerWindow": 3, "windowMs": 60000}"#,
+    );
+    let proxy = start(engine, vec![limiter], Upstream::Echo, HashMap::new(), 2);
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| get(proxy.address, &format!("/r{i}"), &[]).status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        3,
+        "{statuses:?}"
+    );
+    proxy.stop();
+}
+
+#[test]
+fn fail_strategies_with_a_trapping_plugin() {
+    let engine = engine();
+    let code = engine
+        .compile(&sluice_test_support::wat_fixture("trap"))
+        .unwrap();
+    let closed = start(
+        engine.clone(),
+        vec![plugin(code.clone(), "trap", "", FailStrategy::FailClose)],
+        Upstream::Echo,
+        HashMap::new(),
+        1,
+    );
+    let answer = get(closed.address, "/", &[]);
+    assert_eq!(answer.status, 503);
+    assert!(
+        answer.text().contains("plugin 'trap' failed"),
+        "{}",
+        answer.text()
+    );
+    closed.stop();
+    let open = start(
+        engine,
+        vec![plugin(code, "trap", "", FailStrategy::FailOpen)],
+        Upstream::Echo,
+        HashMap::new(),
+        1,
+    );
+    assert_eq!(get(open.address, "/", &[]).status, 200);
+    open.stop();
+}
+
+#[test]
+fn an_unreachable_upstream_is_a_503_that_says_why() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = start(
+        engine(),
+        Vec::new(),
+        Upstream::Http {
+            address: closed,
+            authority: closed.to_string(),
+        },
+        HashMap::new(),
+        1,
+    );
+    let answer = get(proxy.address, "/", &[]);
+    assert_eq!(answer.status, 503);
+    assert!(
+        answer.text().contains("upstream connect error"),
+        "{}",
+        answer.text()
+    );
+    proxy.stop();
+}

@@ -113,9 +113,9 @@ impl Engine {
     }
 
     pub fn load_file(&self, path: &Path) -> Result<PluginCode, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         self.compile(&bytes)
     }

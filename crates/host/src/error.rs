@@ -5,11 +5,9 @@ use std::fmt;
 /// Why a module could not become a running plugin VM. Every variant names what was wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: cannot read plugin: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // `error`, not `source`: the message carries it, and error chains would print it twice.
+    #[error("{path}: cannot read plugin: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("not a WebAssembly module: {0}")]
     NotWasm(String),
     #[error(

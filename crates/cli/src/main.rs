@@ -49,29 +49,7 @@ enum Command {
         json: bool,
     },
     /// Run the proxy: plugins in order in front of an upstream (the built-in echo upstream by default)
-    Run {
-        /// Address to listen on
-        #[arg(long, default_value = "127.0.0.1:10000")]
-        listen: std::net::SocketAddr,
-        /// Where requests go after the plugins (http://HOST:PORT); the built-in echo upstream when absent
-        #[arg(long)]
-        upstream: Option<String>,
-        /// A plugin: a .wasm file, or a plugin project directory (built first); repeat for a chain
-        #[arg(long = "plugin")]
-        plugins: Vec<PathBuf>,
-        /// Configuration of the --plugin at the same position (JSON, or any text)
-        #[arg(long = "plugin-config")]
-        plugin_configs: Vec<String>,
-        /// A cluster plugins may call: NAME=HOST:PORT (repeatable; outbound|PORT||HOST needs none)
-        #[arg(long = "cluster")]
-        clusters: Vec<String>,
-        /// Worker threads, each with its own listener and plugin instances
-        #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
-        workers: usize,
-        /// What happens to requests when a plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
-        #[arg(long, default_value = "FAIL_CLOSE", value_parser = parse_fail_strategy)]
-        fail_strategy: sluice_config::FailStrategy,
-    },
+    Run(run::RunArgs),
     /// Build a Rust plugin project for wasm32-wasip1 (release) and inspect the result
     Build {
         /// The plugin project (a directory with Cargo.toml); defaults to the current directory
@@ -95,23 +73,7 @@ fn main() -> ExitCode {
         Command::Test { scenarios, json } => test::run(&scenarios, json),
         Command::Inspect { wasm, json } => inspect::run(&wasm, json),
         Command::Build { dir, debug } => build::run(&dir, debug),
-        Command::Run {
-            listen,
-            upstream,
-            plugins,
-            plugin_configs,
-            clusters,
-            workers,
-            fail_strategy,
-        } => run::run(run::RunArgs {
-            listen,
-            upstream,
-            plugins,
-            plugin_configs,
-            clusters,
-            workers,
-            fail_strategy,
-        }),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,
@@ -120,11 +82,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn parse_fail_strategy(text: &str) -> Result<sluice_config::FailStrategy, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| format!("`{text}`: expected FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD"))
 }
 
 /// The engine every command uses, with the compiled-module cache in its usual place.

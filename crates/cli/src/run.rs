@@ -10,14 +10,34 @@ use sluice_config::FailStrategy;
 use sluice_host::Limits;
 use sluice_proxy::{PluginConfig, ProxyConfig, Upstream};
 
+#[derive(clap::Args)]
 pub struct RunArgs {
-    pub listen: SocketAddr,
-    pub upstream: Option<String>,
-    pub plugins: Vec<PathBuf>,
-    pub plugin_configs: Vec<String>,
-    pub clusters: Vec<String>,
-    pub workers: usize,
-    pub fail_strategy: FailStrategy,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    listen: SocketAddr,
+    /// Where requests go after the plugins (http://HOST:PORT); the built-in echo upstream when absent
+    #[arg(long)]
+    upstream: Option<String>,
+    /// A plugin: a .wasm file, or a plugin project directory (built first); repeat for a chain
+    #[arg(long = "plugin")]
+    plugins: Vec<PathBuf>,
+    /// Configuration of the --plugin at the same position (JSON, or any text)
+    #[arg(long = "plugin-config")]
+    plugin_configs: Vec<String>,
+    /// A cluster plugins may call: NAME=HOST:PORT (repeatable; outbound|PORT||HOST needs none)
+    #[arg(long = "cluster")]
+    clusters: Vec<String>,
+    /// Worker threads, each with its own listener and plugin instances
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+    workers: usize,
+    /// What happens to requests when a plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
+    #[arg(long, default_value = "FAIL_CLOSE", value_parser = parse_fail_strategy)]
+    fail_strategy: FailStrategy,
+}
+
+fn parse_fail_strategy(text: &str) -> Result<FailStrategy, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("`{text}`: expected FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD"))
 }
 
 fn address(text: &str, what: &str) -> anyhow::Result<SocketAddr> {

@@ -224,7 +224,7 @@ impl Stream {
             };
             match result {
                 Ok(ctx) => stream.contexts[index] = Some(ctx),
-                Err(failure) => stream.plugin_failed(index, failure, None),
+                Err(failure) => stream.plugin_failed(index, failure),
             }
         }
         stream
@@ -324,14 +324,7 @@ impl Stream {
     /// its response head), as Envoy's router does: through every plugin's response callbacks when
     /// the response has not begun, a reset of the client's stream otherwise.
     pub fn local_reply_from_proxy(&mut self, status: u32, details: &str, body: &str) {
-        let reply = LocalResponse {
-            status,
-            details: details.to_string(),
-            body: body.as_bytes().to_vec(),
-            headers: HeaderMap::new(),
-            grpc_status: None,
-        };
-        self.local_reply(reply, false, None);
+        self.local_reply(own_reply(status, details, body, None), false);
     }
 
     /// Resets the client's stream (the upstream failed after the response began).
@@ -592,7 +585,7 @@ impl Stream {
                 Some(value)
             }
             Err(failure) => {
-                self.plugin_failed(index, failure, None);
+                self.plugin_failed(index, failure);
                 None
             }
         }
@@ -630,7 +623,7 @@ impl Stream {
                 self.pump(Direction::Request);
                 self.pump(Direction::Response);
             }
-            Err(failure) => self.plugin_failed(index, failure, None),
+            Err(failure) => self.plugin_failed(index, failure),
         }
     }
 
@@ -662,10 +655,10 @@ impl Stream {
                     }
                 }
                 Effect::LocalResponse { context, response } => {
-                    if let Some(plugin) = owner(self, context) {
+                    if owner(self, context).is_some() {
                         let from_response = self.response_started
                             || self.data.borrow().response_headers.get(":status").is_some();
-                        self.local_reply(response, from_response, Some(plugin));
+                        self.local_reply(response, from_response);
                     }
                 }
                 Effect::HttpCall {
@@ -826,12 +819,7 @@ impl Stream {
     }
 
     /// Answers the client instead of (or instead of the rest of) the upstream response.
-    fn local_reply(
-        &mut self,
-        reply: LocalResponse,
-        from_response_path: bool,
-        _sender: Option<usize>,
-    ) {
+    fn local_reply(&mut self, reply: LocalResponse, from_response_path: bool) {
         if self.response_started {
             self.reset("local reply after the response began");
             return;
@@ -927,18 +915,14 @@ impl Stream {
             Direction::Request => (413, "request_payload_too_large", "Payload Too Large"),
             Direction::Response => (500, "response_payload_too_large", "Internal Server Error"),
         };
-        let reply = LocalResponse {
-            status,
-            details: details.into(),
-            body: body.as_bytes().to_vec(),
-            headers: HeaderMap::new(),
-            grpc_status: None,
-        };
-        self.local_reply(reply, direction == Direction::Response, None);
+        self.local_reply(
+            own_reply(status, details, body, None),
+            direction == Direction::Response,
+        );
     }
 
     /// The stream's reaction to a plugin failure, by its failStrategy.
-    fn plugin_failed(&mut self, index: usize, failure: PluginFailure, _position: Option<usize>) {
+    fn plugin_failed(&mut self, index: usize, failure: PluginFailure) {
         tracing::warn!(plugin = %failure.plugin, "{failure}");
         self.failures.push(failure.clone());
         self.chain.pool.record_failure(failure);
@@ -963,19 +947,27 @@ impl Stream {
 
     /// 503 for the client (Envoy's `wasm_fail_stream`), or a reset once the response began.
     fn fail_stream(&mut self, plugin: &str, direction: Direction) {
-        let reply = LocalResponse {
-            status: 503,
-            details: "wasm_fail_stream".into(),
-            body: format!("plugin '{plugin}' failed\n").into_bytes(),
-            headers: HeaderMap::new(),
-            grpc_status: Some(14),
-        };
-        self.local_reply(reply, direction == Direction::Response, None);
+        let body = format!("plugin '{plugin}' failed\n");
+        self.local_reply(
+            own_reply(503, "wasm_fail_stream", &body, Some(14)),
+            direction == Direction::Response,
+        );
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// A reply sluice itself sends (buffer overflow, plugin failure, upstream failure).
+fn own_reply(status: u32, details: &str, body: &str, grpc_status: Option<u32>) -> LocalResponse {
+    LocalResponse {
+        status,
+        details: details.to_string(),
+        body: body.as_bytes().to_vec(),
+        headers: HeaderMap::new(),
+        grpc_status,
     }
 }

@@ -46,7 +46,31 @@ async fn connect(target: &ClusterTarget) -> Result<tokio::net::TcpStream, Client
     Ok(stream)
 }
 
-/// Sends one request on a fresh HTTP/1.1 connection; the connection is driven by a local task.
+/// Opens an HTTP/1.1 connection; the connection itself is driven by a local task.
+async fn handshake<B>(
+    target: &ClusterTarget,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, ClientError>
+where
+    B: http_body::Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(connect(target).await?);
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|source| ClientError::Http {
+                target: target.host.clone(),
+                source,
+            })?;
+    tokio::task::spawn_local(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!("upstream connection ended: {error}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection (callouts).
 pub async fn send<B>(
     target: &ClusterTarget,
     request: http::Request<B>,
@@ -55,20 +79,71 @@ where
     B: http_body::Body<Data = Bytes> + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let io = TokioIo::new(connect(target).await?);
-    let http = |source| ClientError::Http {
-        target: target.host.clone(),
-        source,
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+    let mut sender = handshake(target).await?;
+    sender
+        .send_request(request)
         .await
-        .map_err(http)?;
-    tokio::task::spawn_local(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!("upstream connection ended: {error}");
+        .map_err(|source| ClientError::Http {
+            target: target.host.clone(),
+            source,
+        })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<ChannelBody>;
+
+/// Most idle upstream connections one worker keeps.
+pub const MAX_IDLE_CONNECTIONS: usize = 128;
+
+/// A worker's idle keep-alive connections to its upstream.
+#[derive(Default)]
+pub struct Pool {
+    idle: std::cell::RefCell<Vec<Sender>>,
+}
+
+impl Pool {
+    fn idle_sender(&self) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some(sender) = idle.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
         }
-    });
-    sender.send_request(request).await.map_err(http)
+        None
+    }
+
+    /// Sends a request on an idle connection, or a new one. A request the reused connection never
+    /// began to send (the upstream closed it meanwhile) is sent again on a new connection.
+    pub async fn send(
+        &self,
+        target: &ClusterTarget,
+        request: http::Request<ChannelBody>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Sender), ClientError> {
+        let http = |source| ClientError::Http {
+            target: target.host.clone(),
+            source,
+        };
+        let mut request = request;
+        if let Some(mut sender) = self.idle_sender() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(http(error.into_error())),
+                },
+            }
+        }
+        let mut sender = handshake(target).await?;
+        let response = sender.send_request(request).await.map_err(http)?;
+        Ok((response, sender))
+    }
+
+    /// Returns a connection whose exchange finished, for the next request.
+    pub fn put_back(&self, sender: Sender) {
+        let mut idle = self.idle.borrow_mut();
+        if !sender.is_closed() && idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(sender);
+        }
+    }
 }
 
 /// Builds the upstream request from the head the plugins left.

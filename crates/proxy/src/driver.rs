@@ -26,6 +26,7 @@ pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// What a worker gives every request.
 pub struct WorkerContext {
     pub chain: Rc<Chain>,
+    pub pool: Rc<client::Pool>,
     pub upstream: Upstream,
     pub clusters: Clusters,
     pub local: SocketAddr,
@@ -325,9 +326,10 @@ impl Driver {
         let (events, receiver) = mpsc::channel(16);
         self.upstream_events = Some(receiver);
         let target = client::target_for(address, &authority);
+        let pool = self.context.pool.clone();
         self.upstream_task = Some(tokio::task::spawn_local(async move {
-            let response = match client::send(&target, request).await {
-                Ok(response) => response,
+            let (response, connection) = match pool.send(&target, request).await {
+                Ok(exchange) => exchange,
                 Err(error) => {
                     let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
                     return;
@@ -335,19 +337,26 @@ impl Driver {
             };
             let (parts, mut body) = response.into_parts();
             let end = body.is_end_stream();
-            if events.send(UpstreamEvent::Head(parts, end)).await.is_err() || end {
+            if events.send(UpstreamEvent::Head(parts, end)).await.is_err() {
                 return;
             }
-            while let Some(frame) = body.frame().await {
-                let event = match frame {
-                    Ok(frame) => UpstreamEvent::Frame(frame),
-                    Err(error) => UpstreamEvent::Failed(error.to_string()),
-                };
-                if events.send(event).await.is_err() {
-                    return;
+            if !end {
+                while let Some(frame) = body.frame().await {
+                    let event = match frame {
+                        Ok(frame) => UpstreamEvent::Frame(frame),
+                        Err(error) => {
+                            let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
+                            return;
+                        }
+                    };
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
                 }
+                let _ = events.send(UpstreamEvent::End).await;
             }
-            let _ = events.send(UpstreamEvent::End).await;
+            // The exchange is complete: the connection can carry the next request.
+            pool.put_back(connection);
         }));
     }
 

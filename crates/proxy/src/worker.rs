@@ -194,6 +194,7 @@ fn run_worker(
         let local_address = listener.local_addr().unwrap_or(config.listen);
         let context = Rc::new(WorkerContext {
             chain,
+            pool: Rc::default(),
             upstream: config.upstream.clone(),
             clusters: clusters.clone(),
             local: local_address,

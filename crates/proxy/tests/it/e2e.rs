@@ -7,7 +7,7 @@ use http_body_util::Full;
 use sluice_config::FailStrategy;
 use sluice_proxy::Upstream;
 
-use crate::{built, engine, get, origin, plugin, request, start};
+use crate::{built, counting_origin, engine, get, origin, plugin, request, start};
 
 const ADD_HEADER: &str = r#"{"request": {"set": {"x-hello": "from-sluice"}}, "response": {"set": {"x-plugin": "add-header"}}}"#;
 
@@ -229,6 +229,33 @@ fn an_unreachable_upstream_is_a_503_that_says_why() {
         answer.text().contains("upstream connect error"),
         "{}",
         answer.text()
+    );
+    proxy.stop();
+}
+
+#[test]
+fn upstream_connections_are_kept_alive_and_reused() {
+    let (app, connections) = counting_origin(|parts, _| {
+        http::Response::new(Full::new(Bytes::from(parts.uri.path().to_string())))
+    });
+    let proxy = start(
+        engine(),
+        Vec::new(),
+        Upstream::Http {
+            address: app,
+            authority: app.to_string(),
+        },
+        HashMap::new(),
+        1,
+    );
+    for i in 0..5 {
+        let answer = get(proxy.address, &format!("/n{i}"), &[]);
+        assert_eq!(answer.text(), format!("/n{i}"));
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one upstream connection served every request"
     );
     proxy.stop();
 }

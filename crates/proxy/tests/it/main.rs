@@ -137,6 +137,15 @@ type Handler =
 pub fn origin(
     handler: impl Fn(http::request::Parts, Bytes) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
 ) -> SocketAddr {
+    counting_origin(handler).0
+}
+
+/// [`origin`], also counting the connections it accepted.
+pub fn counting_origin(
+    handler: impl Fn(http::request::Parts, Bytes) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
     let handler: Handler = Arc::new(handler);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -152,6 +161,7 @@ pub fn origin(
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
@@ -171,5 +181,5 @@ pub fn origin(
             }
         });
     });
-    address
+    (address, connections)
 }

@@ -27,12 +27,24 @@ pub struct RunArgs {
     /// A cluster plugins may call: NAME=HOST:PORT (repeatable; outbound|PORT||HOST needs none)
     #[arg(long = "cluster")]
     clusters: Vec<String>,
+    /// Where the admin API listens (/ready, /stats in Prometheus text, /plugins); `off` disables it
+    #[arg(long, default_value = "127.0.0.1:9901", value_parser = parse_admin)]
+    admin: Option<SocketAddr>,
     /// Worker threads, each with its own listener and plugin instances
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     workers: usize,
     /// What happens to requests when a plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
     #[arg(long, default_value = "FAIL_CLOSE", value_parser = parse_fail_strategy)]
     fail_strategy: FailStrategy,
+}
+
+fn parse_admin(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("`{text}`: expected an IP:PORT address or `off`"))
 }
 
 fn parse_fail_strategy(text: &str) -> Result<FailStrategy, String> {
@@ -126,6 +138,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         plugins,
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         engine,
+        admin: args.admin,
     })?;
     let upstream = match upstream {
         Upstream::Echo => "the built-in echo upstream".to_string(),
@@ -142,6 +155,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.workers,
         started.elapsed()
     );
+    if let Some(admin) = proxy.admin_address {
+        eprintln!("admin API on http://{admin} (/ready, /stats, /plugins)");
+    }
     println!("try: curl -i http://{}/hello", proxy.address);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

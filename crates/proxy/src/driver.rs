@@ -5,7 +5,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -26,6 +27,7 @@ pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// What a worker gives every request.
 pub struct WorkerContext {
     pub chain: Rc<Chain>,
+    pub stats: Arc<crate::stats::Stats>,
     pub pool: Rc<client::Pool>,
     pub upstream: Upstream,
     pub clusters: Clusters,
@@ -114,6 +116,8 @@ struct Driver {
     upstream_finished: bool,
     echo: Option<(HeaderMap, Vec<u8>, HeaderMap)>,
     callouts: mpsc::UnboundedSender<Callout>,
+    /// The status the client got, for the stats; `None` until a head was sent or after a reset.
+    status: Option<u16>,
 }
 
 async fn drive(
@@ -123,6 +127,8 @@ async fn drive(
     protocol: &'static str,
     head: oneshot::Sender<http::Response<ChannelBody>>,
 ) {
+    let started = Instant::now();
+    context.stats.request_started();
     let (parts, mut body) = request.into_parts();
     let (callouts, mut callout_answers) = mpsc::unbounded_channel();
     let mut driver = Driver {
@@ -137,6 +143,7 @@ async fn drive(
         upstream_finished: false,
         echo: None,
         callouts,
+        status: None,
     };
     let mut headers = request_map(&parts);
     if headers.get("x-request-id").is_none() {
@@ -190,6 +197,9 @@ async fn drive(
         task.abort();
     }
     driver.stream.finish();
+    let stats = &driver.context.stats;
+    stats.plugin_failures(driver.stream.failures().len());
+    stats.request_finished(driver.status, started.elapsed());
 }
 
 impl Driver {
@@ -287,6 +297,7 @@ impl Driver {
                 self.echo = None;
             }
             Step::ResetDownstream { reason } => {
+                self.status = None;
                 if let Some(sender) = self.response_body.take() {
                     let _ = sender.send(Err(BodyReset(reason))).await;
                 }
@@ -396,6 +407,7 @@ impl Driver {
             }
             Some(UpstreamEvent::Failed(reason)) => {
                 self.upstream_events = None;
+                self.context.stats.upstream_error();
                 if self.upstream_head_seen {
                     self.stream
                         .reset_downstream(&format!("upstream reset: {reason}"));
@@ -424,6 +436,7 @@ impl Driver {
         };
         let mut response = http::Response::new(body);
         *response.status_mut() = status(headers);
+        self.status = Some(response.status().as_u16());
         *response.headers_mut() = to_fields(headers);
         if let Some(head) = self.head.take()
             && head.send(response).is_err()

@@ -2,11 +2,13 @@
 //! connections each), the HTTP server, upstreams and callouts, timers, all driving the sans-I/O
 //! chain engine. It must never hold a plugin instance on more than one thread.
 
+mod admin;
 mod body;
 mod client;
 mod driver;
 mod echo;
 mod headers;
+mod stats;
 mod worker;
 
 use std::collections::HashMap;
@@ -55,6 +57,8 @@ pub struct ProxyConfig {
     pub plugins: Vec<PluginConfig>,
     pub buffer_limit: usize,
     pub engine: Engine,
+    /// Where the admin API listens (`/ready`, `/stats`, `/plugins`); `None` disables it.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Why the proxy could not start.

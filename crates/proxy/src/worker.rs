@@ -13,7 +13,11 @@ use sluice_host::{Clock, VmConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::Notify;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::admin::Admin;
 use crate::driver::{WorkerContext, handle};
+use crate::stats::Stats;
 use crate::{ProxyConfig, StartError, client, resolve_cluster};
 
 /// How long a stopping worker lets in-flight connections finish.
@@ -22,6 +26,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A started proxy: where it listens, and how to stop it.
 pub struct RunningProxy {
     pub address: SocketAddr,
+    /// Where the admin API listens, if enabled.
+    pub admin_address: Option<SocketAddr>,
     stop: Arc<Notify>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -75,6 +81,15 @@ pub fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         source,
     })?;
     let stop = Arc::new(Notify::new());
+    let stats = Arc::new(Stats::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = match config.admin {
+        Some(admin_address) => {
+            let admin = Admin::new(&config, stats.clone(), ready.clone());
+            Some(crate::admin::start(admin_address, admin, stop.clone())?)
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let mut workers = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -84,10 +99,15 @@ pub fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             Some(socket) => socket,
             None => listener(address).map_err(|source| StartError::Listen { address, source })?,
         };
-        let (config, stop, ready) = (config.clone(), stop.clone(), ready_tx.clone());
+        let (config, stop, ready, stats) = (
+            config.clone(),
+            stop.clone(),
+            ready_tx.clone(),
+            stats.clone(),
+        );
         let worker = std::thread::Builder::new()
             .name(format!("sluice-worker-{index}"))
-            .spawn(move || run_worker(index, socket, &config, &stop, &ready))
+            .spawn(move || run_worker(index, socket, &config, &stop, &ready, stats))
             .map_err(|e| StartError::Worker {
                 worker: index,
                 message: e.to_string(),
@@ -110,8 +130,14 @@ pub fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             }
         }
     }
+    ready.store(true, Ordering::Relaxed);
+    let admin_address = admin.map(|(admin_address, thread)| {
+        workers.push(thread);
+        admin_address
+    });
     Ok(RunningProxy {
         address,
+        admin_address,
         stop,
         workers,
     })
@@ -132,6 +158,7 @@ fn run_worker(
     config: &ProxyConfig,
     stop: &Notify,
     ready: &std::sync::mpsc::Sender<Result<(), StartError>>,
+    stats: Arc<Stats>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -195,11 +222,12 @@ fn run_worker(
         let context = Rc::new(WorkerContext {
             chain,
             pool: Rc::default(),
+            stats: stats.clone(),
             upstream: config.upstream.clone(),
             clusters: clusters.clone(),
             local: local_address,
         });
-        tokio::task::spawn_local(timers(pool, clusters));
+        tokio::task::spawn_local(timers(pool, clusters, stats));
         let _ = ready.send(Ok(()));
         let active = Rc::new(Cell::new(0usize));
         let stopping = stop.notified();
@@ -249,7 +277,7 @@ async fn serve(socket: tokio::net::TcpStream, peer: SocketAddr, context: Rc<Work
 }
 
 /// Ticks, queue notifications and callouts made outside any stream, for this worker's VMs.
-async fn timers(pool: Rc<VmPool>, clusters: crate::Clusters) {
+async fn timers(pool: Rc<VmPool>, clusters: crate::Clusters, stats: Arc<Stats>) {
     const IDLE_POLL: Duration = Duration::from_millis(20);
     loop {
         let now = pool.clock().monotonic_nanos();
@@ -259,6 +287,7 @@ async fn timers(pool: Rc<VmPool>, clusters: crate::Clusters) {
         tokio::time::sleep(wait).await;
         pool.fire_due_ticks();
         pool.deliver_queue_events();
+        stats.plugin_failures(pool.take_failures().len());
         for call in pool.take_root_calls() {
             if let RootCall::Http {
                 vm,

@@ -259,3 +259,43 @@ fn upstream_connections_are_kept_alive_and_reused() {
     );
     proxy.stop();
 }
+
+#[test]
+fn the_admin_api_reports_readiness_stats_and_plugins() {
+    let engine = engine();
+    let plugins = vec![
+        built(&engine, "auth", r#"{"tokens": {"secret": "alice"}}"#),
+        built(&engine, "rate_limit", r#"{"requestsPerWindow": 100}"#),
+    ];
+    let proxy = start(engine, plugins, Upstream::Echo, HashMap::new(), 2);
+    let admin = proxy.admin_address.expect("admin enabled");
+    assert_eq!(get(admin, "/ready", &[]).text(), "LIVE\n");
+    assert_eq!(get(proxy.address, "/", &[]).status, 401);
+    assert_eq!(
+        get(proxy.address, "/", &[("authorization", "Bearer secret")]).status,
+        200
+    );
+    // A request is counted when its stream ends, a moment after the client has its answer.
+    let wanted = "sluice_request_duration_seconds_count 2";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut stats = get(admin, "/stats", &[]).text();
+    while !stats.contains(wanted) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        stats = get(admin, "/stats", &[]).text();
+    }
+    for line in [
+        "sluice_requests_total 2",
+        "sluice_responses_total{class=\"2xx\"} 1",
+        "sluice_responses_total{class=\"4xx\"} 1",
+        "sluice_request_duration_seconds_count 2",
+        "sluice_plugin_rate_limit_allowed_total 1",
+    ] {
+        assert!(stats.contains(line), "missing {line:?} in:\n{stats}");
+    }
+    let plugins: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/plugins", &[]).body).unwrap();
+    assert_eq!(plugins[0]["name"], "auth");
+    assert_eq!(plugins[1]["abi"], "0.2.1");
+    assert_eq!(get(admin, "/nope", &[]).status, 404);
+    proxy.stop();
+}

@@ -64,6 +64,7 @@ pub fn start(
         plugins,
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         engine,
+        admin: Some("127.0.0.1:0".parse().unwrap()),
     })
     .expect("proxy starts")
 }

@@ -1,0 +1,194 @@
+//! The proxy's own counters, shared by every worker (atomics), and the Prometheus text rendering
+//! of them together with the plugins' own metrics.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sluice_abi::MetricType;
+use sluice_host::{HISTOGRAM_BOUNDS, Metrics};
+
+/// Upper bounds of the request latency histogram, in milliseconds.
+const LATENCY_BOUNDS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
+
+#[derive(Default)]
+pub struct Stats {
+    requests: AtomicU64,
+    responses_by_class: [AtomicU64; 5],
+    resets: AtomicU64,
+    upstream_errors: AtomicU64,
+    plugin_failures: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+impl Stats {
+    pub fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A finished request: the status the client got (`None` for a reset) and how long it took.
+    pub fn request_finished(&self, status: Option<u16>, elapsed: Duration) {
+        match status {
+            Some(code @ 100..=599) => {
+                self.responses_by_class[usize::from(code / 100 - 1)]
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.resets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let ms = elapsed.as_millis() as u64;
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn upstream_error(&self) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn plugin_failures(&self, count: usize) {
+        self.plugin_failures
+            .fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition of these counters and the plugins' metrics.
+    pub fn render(&self, plugin_metrics: &Metrics) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP sluice_requests_total Requests received from clients.\n# TYPE sluice_requests_total counter"
+        );
+        let _ = writeln!(out, "sluice_requests_total {}", load(&self.requests));
+        let _ = writeln!(
+            out,
+            "# HELP sluice_responses_total Responses sent to clients, by status class.\n# TYPE sluice_responses_total counter"
+        );
+        for (i, class) in self.responses_by_class.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sluice_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                load(class)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_resets_total Client streams reset instead of answered.\n# TYPE sluice_resets_total counter"
+        );
+        let _ = writeln!(out, "sluice_resets_total {}", load(&self.resets));
+        let _ = writeln!(
+            out,
+            "# HELP sluice_upstream_errors_total Upstream connect or protocol failures.\n# TYPE sluice_upstream_errors_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "sluice_upstream_errors_total {}",
+            load(&self.upstream_errors)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_plugin_failures_total Plugin traps, deadline overruns and memory-limit hits.\n# TYPE sluice_plugin_failures_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "sluice_plugin_failures_total {}",
+            load(&self.plugin_failures)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_request_duration_seconds Time from request head to stream end.\n# TYPE sluice_request_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (i, bucket) in self.latency_buckets.iter().enumerate() {
+            cumulative += load(bucket);
+            let le = LATENCY_BOUNDS_MS
+                .get(i)
+                .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            let _ = writeln!(
+                out,
+                "sluice_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "sluice_request_duration_seconds_sum {}",
+            load(&self.latency_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(out, "sluice_request_duration_seconds_count {cumulative}");
+        for metric in plugin_metrics.all() {
+            let name = format!("sluice_plugin_{}", sanitize(&metric.name));
+            let _ = writeln!(out, "# TYPE {name} {}", metric.kind.as_str());
+            match metric.kind {
+                MetricType::Counter | MetricType::Gauge => {
+                    let _ = writeln!(out, "{name} {}", metric.value());
+                }
+                MetricType::Histogram => {
+                    let (sum, buckets) = metric.histogram();
+                    let mut cumulative = 0;
+                    for (i, count) in buckets.iter().enumerate() {
+                        cumulative += count;
+                        let le = HISTOGRAM_BOUNDS
+                            .get(i)
+                            .map_or("+Inf".to_string(), u64::to_string);
+                        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                    }
+                    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A plugin metric name as a Prometheus metric name: `[a-zA-Z0-9_:]`, everything else `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_classes_latency_and_plugin_metrics() {
+        let stats = Stats::default();
+        stats.request_started();
+        stats.request_finished(Some(404), Duration::from_millis(3));
+        stats.request_finished(None, Duration::from_millis(2000));
+        let metrics = Metrics::default();
+        let id = metrics
+            .define(MetricType::Counter, "my.plugin/hits")
+            .unwrap();
+        metrics.increment(id, 2).unwrap();
+        let text = stats.render(&metrics);
+        assert!(
+            text.contains("sluice_responses_total{class=\"4xx\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_resets_total 1"), "{text}");
+        assert!(
+            text.contains("sluice_request_duration_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_request_duration_seconds_count 2"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_plugin_my_plugin_hits 2"), "{text}");
+    }
+}

@@ -28,8 +28,8 @@ pub struct RunArgs {
     #[arg(long = "cluster")]
     clusters: Vec<String>,
     /// Where the admin API listens (/ready, /stats in Prometheus text, /plugins); `off` disables it
-    #[arg(long, default_value = "127.0.0.1:9901", value_parser = parse_admin)]
-    admin: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
     /// Worker threads, each with its own listener and plugin instances
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     workers: usize,
@@ -38,13 +38,14 @@ pub struct RunArgs {
     fail_strategy: FailStrategy,
 }
 
-fn parse_admin(text: &str) -> Result<Option<SocketAddr>, String> {
+fn admin_address(text: &str) -> anyhow::Result<Option<SocketAddr>> {
     if text == "off" {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|_| format!("`{text}`: expected an IP:PORT address or `off`"))
+    let address = text
+        .parse()
+        .with_context(|| format!("--admin `{text}`: expected an IP:PORT address or `off`"))?;
+    Ok(Some(address))
 }
 
 fn parse_fail_strategy(text: &str) -> Result<FailStrategy, String> {
@@ -138,7 +139,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         plugins,
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         engine,
-        admin: args.admin,
+        admin: admin_address(&args.admin)?,
     })?;
     let upstream = match upstream {
         Upstream::Echo => "the built-in echo upstream".to_string(),

@@ -160,3 +160,78 @@ fn build_compiles_a_plugin_project_and_inspects_it() {
     let output = sluice(&["build", Path::new("crates/cli/tests").to_str().unwrap()]);
     assert_exit(&output, 2, stderr(&output), "no Cargo.toml");
 }
+
+#[test]
+fn run_serves_a_plugin_in_front_of_the_echo_upstream_until_interrupted() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let wasm = sluice_test_support::plugin_wasm("add_header")
+        .display()
+        .to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--plugin",
+            &wasm,
+        ])
+        .args([
+            "--plugin-config",
+            r#"{"response": {"set": {"x-plugin": "add-header"}}}"#,
+        ])
+        .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting sluice run");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("try: curl -i ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let address = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    socket
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-plugin: add-header"), "{answer}");
+    assert!(answer.contains("\"path\": \"/hello\""), "{answer}");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "sluice run exits cleanly on SIGINT: {exit:?}"
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("sluice listening on http://") && stderr.contains("admin API on http://"),
+        "{stderr}"
+    );
+}

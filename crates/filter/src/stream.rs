@@ -248,11 +248,6 @@ impl Stream {
         &self.failures
     }
 
-    /// The stream's shared data (headers as the plugins left them, properties).
-    pub fn data(&self) -> &SharedStream {
-        &self.data
-    }
-
     /// True once the response has been fully sent downstream (or reset).
     pub fn is_complete(&self) -> bool {
         self.response_complete

@@ -99,11 +99,6 @@ impl Engine {
         Ok(Self { inner })
     }
 
-    /// The host functions this engine provides, as `(module, name)`.
-    pub fn provided_imports(&self) -> &BTreeSet<(String, String)> {
-        &self.inner.provided
-    }
-
     pub fn shared_data(&self) -> &SharedData {
         &self.inner.shared.data
     }

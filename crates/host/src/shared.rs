@@ -49,19 +49,6 @@ impl SharedData {
         inner.entries.insert(slot, (value.to_vec(), token));
         Ok(())
     }
-
-    /// Every entry of one vm_id, for tests and the admin API.
-    pub fn snapshot(&self, vm_id: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let inner = lock(&self.inner);
-        let mut entries: Vec<_> = inner
-            .entries
-            .iter()
-            .filter(|((vm, _), _)| vm == vm_id)
-            .map(|((_, key), (value, _))| (key.clone(), value.clone()))
-            .collect();
-        entries.sort();
-        entries
-    }
 }
 
 /// Where `proxy_on_queue_ready` for a queue must be delivered: the VM that registered it last, on

@@ -41,17 +41,6 @@ impl RunningProxy {
             let _ = worker.join();
         }
     }
-
-    /// Waits until the workers exit (after [`RunningProxy::stop`] from another handle, or never).
-    pub fn stopper(&self) -> Arc<Notify> {
-        self.stop.clone()
-    }
-
-    pub fn join(self) {
-        for worker in self.workers {
-            let _ = worker.join();
-        }
-    }
 }
 
 fn listener(address: SocketAddr) -> std::io::Result<TcpListener> {

@@ -61,11 +61,18 @@ impl Stats {
     pub fn render(&self, plugin_metrics: &Metrics) -> String {
         let mut out = String::new();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP sluice_requests_total Requests received from clients.\n# TYPE sluice_requests_total counter"
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            &mut out,
+            "sluice_requests_total",
+            "Requests received from clients.",
+            load(&self.requests),
         );
-        let _ = writeln!(out, "sluice_requests_total {}", load(&self.requests));
         let _ = writeln!(
             out,
             "# HELP sluice_responses_total Responses sent to clients, by status class.\n# TYPE sluice_responses_total counter"
@@ -78,73 +85,74 @@ impl Stats {
                 load(class)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_resets_total Client streams reset instead of answered.\n# TYPE sluice_resets_total counter"
+        counter(
+            &mut out,
+            "sluice_resets_total",
+            "Client streams reset instead of answered.",
+            load(&self.resets),
         );
-        let _ = writeln!(out, "sluice_resets_total {}", load(&self.resets));
-        let _ = writeln!(
-            out,
-            "# HELP sluice_upstream_errors_total Upstream connect or protocol failures.\n# TYPE sluice_upstream_errors_total counter"
+        counter(
+            &mut out,
+            "sluice_upstream_errors_total",
+            "Upstream connect or protocol failures.",
+            load(&self.upstream_errors),
         );
-        let _ = writeln!(
-            out,
-            "sluice_upstream_errors_total {}",
-            load(&self.upstream_errors)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sluice_plugin_failures_total Plugin traps, deadline overruns and memory-limit hits.\n# TYPE sluice_plugin_failures_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "sluice_plugin_failures_total {}",
-            load(&self.plugin_failures)
+        counter(
+            &mut out,
+            "sluice_plugin_failures_total",
+            "Plugin traps, deadline overruns and memory-limit hits.",
+            load(&self.plugin_failures),
         );
         let _ = writeln!(
             out,
-            "# HELP sluice_request_duration_seconds Time from request head to stream end.\n# TYPE sluice_request_duration_seconds histogram"
+            "# HELP sluice_request_duration_seconds Time from request head to stream end."
         );
-        let mut cumulative = 0;
-        for (i, bucket) in self.latency_buckets.iter().enumerate() {
-            cumulative += load(bucket);
-            let le = LATENCY_BOUNDS_MS
-                .get(i)
-                .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
-            let _ = writeln!(
-                out,
-                "sluice_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "sluice_request_duration_seconds_sum {}",
-            load(&self.latency_sum_us) as f64 / 1e6
+        let bounds: Vec<String> = LATENCY_BOUNDS_MS
+            .iter()
+            .map(|ms| (*ms as f64 / 1000.0).to_string())
+            .collect();
+        let buckets: Vec<u64> = self.latency_buckets.iter().map(load).collect();
+        let sum = load(&self.latency_sum_us) as f64 / 1e6;
+        histogram(
+            &mut out,
+            "sluice_request_duration_seconds",
+            &bounds,
+            &buckets,
+            &sum.to_string(),
         );
-        let _ = writeln!(out, "sluice_request_duration_seconds_count {cumulative}");
+        let plugin_bounds: Vec<String> = HISTOGRAM_BOUNDS.iter().map(u64::to_string).collect();
         for metric in plugin_metrics.all() {
             let name = format!("sluice_plugin_{}", sanitize(&metric.name));
-            let _ = writeln!(out, "# TYPE {name} {}", metric.kind.as_str());
             match metric.kind {
                 MetricType::Counter | MetricType::Gauge => {
-                    let _ = writeln!(out, "{name} {}", metric.value());
+                    let _ = writeln!(
+                        out,
+                        "# TYPE {name} {}\n{name} {}",
+                        metric.kind.as_str(),
+                        metric.value()
+                    );
                 }
                 MetricType::Histogram => {
                     let (sum, buckets) = metric.histogram();
-                    let mut cumulative = 0;
-                    for (i, count) in buckets.iter().enumerate() {
-                        cumulative += count;
-                        let le = HISTOGRAM_BOUNDS
-                            .get(i)
-                            .map_or("+Inf".to_string(), u64::to_string);
-                        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-                    }
-                    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+                    histogram(&mut out, &name, &plugin_bounds, &buckets, &sum.to_string());
                 }
             }
         }
         out
     }
+}
+
+/// A histogram in Prometheus text: `buckets` holds per-bucket counts for `bounds` and a last +Inf
+/// bucket; the exposition wants them cumulative.
+fn histogram(out: &mut String, name: &str, bounds: &[String], buckets: &[u64], sum: &str) {
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, count) in buckets.iter().enumerate() {
+        cumulative += count;
+        let le = bounds.get(i).map_or("+Inf", String::as_str);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
 }
 
 /// A plugin metric name as a Prometheus metric name: `[a-zA-Z0-9_:]`, everything else `_`.

@@ -234,7 +234,7 @@ impl Stream {
     fn fail_unavailable(&mut self, index: usize) {
         if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
             let name = self.chain.plugins[index].name.clone();
-            self.fail_stream(&name, Direction::Request);
+            self.fail_stream(&name);
         }
     }
 
@@ -651,8 +651,7 @@ impl Stream {
                 }
                 Effect::LocalResponse { context, response } => {
                     if owner(self, context).is_some() {
-                        let from_response = self.response_started
-                            || self.data.borrow().response_headers.get(":status").is_some();
+                        let from_response = self.on_response_path();
                         self.local_reply(response, from_response);
                     }
                 }
@@ -924,12 +923,7 @@ impl Stream {
         self.contexts[index] = None;
         if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
             let name = self.chain.plugins[index].name.clone();
-            let direction = if self.data.borrow().response_headers.get(":status").is_some() {
-                Direction::Response
-            } else {
-                Direction::Request
-            };
-            self.fail_stream(&name, direction);
+            self.fail_stream(&name);
         }
     }
 
@@ -941,12 +935,19 @@ impl Stream {
     }
 
     /// 503 for the client (Envoy's `wasm_fail_stream`), or a reset once the response began.
-    fn fail_stream(&mut self, plugin: &str, direction: Direction) {
+    fn fail_stream(&mut self, plugin: &str) {
         let body = format!("plugin '{plugin}' failed\n");
+        let from_response = self.on_response_path();
         self.local_reply(
             own_reply(503, "wasm_fail_stream", &body, Some(14)),
-            direction == Direction::Response,
+            from_response,
         );
+    }
+
+    /// Whether a response head exists (from the upstream or a local reply): a local reply now
+    /// replaces it directly instead of running through the response callbacks, as in Envoy.
+    fn on_response_path(&self) -> bool {
+        self.data.borrow().response_headers.get(":status").is_some()
     }
 }
 

@@ -22,6 +22,16 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts success, showing both streams otherwise.
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
 /// Asserts the exit code and that `text` (stdout or stderr) says `needle`.
 fn assert_exit(output: &Output, code: i32, text: String, needle: &str) {
     assert_eq!(output.status.code(), Some(code), "{text}");
@@ -38,12 +48,7 @@ fn test_passes_every_plugin_scenario() {
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = sluice(&args);
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    assert_success(&output);
     assert!(
         stdout(&output).contains(&format!("scenarios: {} passed, 0 failed", args.len() - 1)),
         "{}",
@@ -144,12 +149,7 @@ fn inspect_names_what_makes_a_module_unloadable() {
 fn build_compiles_a_plugin_project_and_inspects_it() {
     let project = sluice_test_support::repo_root().join("plugins/add-header");
     let output = sluice(&["build", &project.display().to_string()]);
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    assert_success(&output);
     assert!(
         stdout(&output).contains("add_header.wasm")
             && stdout(&output).contains("loadable:     yes"),

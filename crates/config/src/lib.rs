@@ -1,9 +1,19 @@
-//! Sluice's configuration model. Today: the parts of Istio's `WasmPlugin` a plugin needs to run
-//! (failStrategy, pluginConfig, vmConfig.env) with their Istio spellings and semantics; listeners,
-//! routes, clusters and ordering come with `sluice run`. It must never do I/O, nor know about
+//! Sluice's configuration model: Istio `WasmPlugin` documents with their Istio spellings and
+//! semantics, sluice's own `Proxy` document (listeners, routes, clusters), validation that names
+//! every error's place, plugin ordering and route matching. It must never do I/O, nor know about
 //! wasmtime.
 
 #![forbid(unsafe_code)]
+
+mod model;
+mod parse;
+
+pub use model::{
+    ChainEntry, Cluster, ClusterKind, Config, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_TIMEOUT, HeaderMatch, HostMatch, Listener, Notice, PathMatch, Phase,
+    Plugin, PluginOverride, Route, RouteMatch,
+};
+pub use parse::{ConfigError, PROXY_API, WASM_PLUGIN_API, parse, parse_duration};
 
 use std::fmt;
 

@@ -1,0 +1,319 @@
+//! The validated configuration: what `sluice run` serves, whichever way it was written (a config
+//! file or command-line flags).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::{FailStrategy, VmConfig};
+
+/// Envoy's default cluster connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default route timeout: the whole upstream response must arrive within it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Where the admin API listens unless told otherwise.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Where the proxy listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10000";
+
+/// Everything `sluice run` serves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where the admin API listens; `None` turns it off.
+    pub admin: Option<SocketAddr>,
+    /// Worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+    /// In execution order (phase, then priority, then name).
+    pub plugins: Vec<Plugin>,
+    /// Fields that were accepted but mean nothing to sluice, with where they were.
+    pub notices: Vec<Notice>,
+}
+
+/// A field sluice accepted and ignores (Kubernetes-only fields of a WasmPlugin, say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub place: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.place, self.message)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Tried in order; the first that matches routes the request.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    /// The cluster requests on this route go to.
+    pub cluster: String,
+    /// Per-route changes to plugins, by plugin name.
+    pub overrides: BTreeMap<String, PluginOverride>,
+}
+
+/// What a route changes about one plugin (Envoy's per-route `typed_per_filter_config`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PluginOverride {
+    /// The plugin does not run on this route.
+    Disabled,
+    /// The plugin runs with this `pluginConfig` instead of its own.
+    Configuration(serde_json::Value),
+}
+
+/// Which requests a route takes. Every part given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: PathMatch,
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A match on the request's host (`:authority` without its port), case-insensitive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com`.
+    Suffix(String),
+}
+
+/// A match on `:path`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PathMatch {
+    #[default]
+    Any,
+    /// The path starts with this (query string included, as in Envoy).
+    Prefix(String),
+    /// The path without its query string is exactly this.
+    Exact(String),
+}
+
+/// A match on a request header: present, or with exactly this value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lowercase.
+    pub name: String,
+    pub value: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub kind: ClusterKind,
+    pub connect_timeout: Duration,
+    /// How long the whole upstream response may take.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterKind {
+    /// The built-in echo upstream: answers with the request it received, as JSON.
+    Echo,
+    /// HTTP/1.1 endpoints (`host:port`), used round-robin.
+    Static { endpoints: Vec<String> },
+}
+
+/// The stages of Istio's filter chain a plugin can be inserted before, in execution order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Authn,
+    Authz,
+    Stats,
+    /// Last, just before the router.
+    #[default]
+    Unspecified,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authn => "AUTHN",
+            Self::Authz => "AUTHZ",
+            Self::Stats => "STATS",
+            Self::Unspecified => "UNSPECIFIED_PHASE",
+        }
+    }
+}
+
+/// One plugin, as an Istio `WasmPlugin` (or a `--plugin` flag) describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plugin {
+    /// Unique; the WasmPlugin's `metadata.name`.
+    pub name: String,
+    /// Where the module is: a path (relative to the config file) or `file://` URL.
+    pub url: String,
+    /// Lowercase hex, when given: the module must have this digest.
+    pub sha256: Option<String>,
+    /// Istio's `pluginName`, Envoy's `root_id`.
+    pub root_id: String,
+    /// Istio's `pluginConfig`.
+    pub configuration: Option<serde_json::Value>,
+    pub phase: Phase,
+    pub priority: i64,
+    pub vm: VmConfig,
+    pub fail_strategy: FailStrategy,
+    /// Listener ports the plugin runs on (Istio `match[].ports`); empty means every listener.
+    pub ports: Vec<u16>,
+}
+
+impl Plugin {
+    pub fn applies_to(&self, listener: &Listener) -> bool {
+        self.ports.is_empty() || self.ports.contains(&listener.address.port())
+    }
+}
+
+/// A plugin of the chain for one route, with the configuration it runs with there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainEntry<'a> {
+    pub plugin: &'a Plugin,
+    pub configuration: Option<&'a serde_json::Value>,
+}
+
+impl Config {
+    /// The plugins a request on `route` of `listener` runs through, in order. Without a route
+    /// (nothing matched), every plugin of the listener runs with its own configuration.
+    pub fn chain<'a>(
+        &'a self,
+        listener: &Listener,
+        route: Option<&'a Route>,
+    ) -> Vec<ChainEntry<'a>> {
+        self.plugins
+            .iter()
+            .filter(|plugin| plugin.applies_to(listener))
+            .filter_map(|plugin| {
+                let configuration = match route.and_then(|r| r.overrides.get(&plugin.name)) {
+                    Some(PluginOverride::Disabled) => return None,
+                    Some(PluginOverride::Configuration(value)) => Some(value),
+                    None => plugin.configuration.as_ref(),
+                };
+                Some(ChainEntry {
+                    plugin,
+                    configuration,
+                })
+            })
+            .collect()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+impl Listener {
+    /// The first route matching a request, given its `:authority`, `:path` and a header lookup.
+    pub fn route<'h>(
+        &self,
+        authority: &str,
+        path: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| route.matcher.matches(authority, path, &header))
+    }
+}
+
+impl RouteMatch {
+    pub fn matches<'h>(
+        &self,
+        authority: &str,
+        path: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> bool {
+        let host_matches = match &self.host {
+            None => true,
+            Some(expected) => {
+                let host = host_of(authority);
+                match expected {
+                    HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
+                    HostMatch::Suffix(suffix) => {
+                        host.len() > suffix.len()
+                            && host
+                                .get(host.len() - suffix.len()..)
+                                .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+                    }
+                }
+            }
+        };
+        let path_matches = match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path.split('?').next() == Some(exact.as_str()),
+        };
+        host_matches
+            && path_matches
+            && self
+                .headers
+                .iter()
+                .all(|m| match (header(&m.name), &m.value) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(actual), Some(expected)) => actual == expected.as_bytes(),
+                })
+    }
+}
+
+/// `:authority` without its port (`[::1]:80` → `[::1]`).
+fn host_of(authority: &str) -> &str {
+    match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => &authority[..colon],
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(matcher: RouteMatch) -> Route {
+        Route {
+            name: "r".into(),
+            matcher,
+            cluster: "c".into(),
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn routes_match_host_path_and_headers() {
+        let header = |name: &str| (name == "x-env").then_some(&b"canary"[..]);
+        let api = RouteMatch {
+            host: Some(HostMatch::Suffix(".example.com".into())),
+            path: PathMatch::Prefix("/api".into()),
+            headers: vec![HeaderMatch {
+                name: "x-env".into(),
+                value: Some("canary".into()),
+            }],
+        };
+        assert!(api.matches("API.example.com:8080", "/api/v1?q", header));
+        assert!(!api.matches("example.com", "/api", header));
+        assert!(!api.matches("a.example.com", "/other", header));
+        assert!(!api.matches("a.example.com", "/api", |_| None));
+        let exact = RouteMatch {
+            host: Some(HostMatch::Exact("[::1]".into())),
+            path: PathMatch::Exact("/health".into()),
+            headers: Vec::new(),
+        };
+        assert!(exact.matches("[::1]:80", "/health?verbose", |_| None));
+        assert!(!exact.matches("[::1]", "/health/x", |_| None));
+        let listener = Listener {
+            name: "l".into(),
+            address: "127.0.0.1:80".parse().unwrap(),
+            routes: vec![route(exact), route(RouteMatch::default())],
+        };
+        assert!(std::ptr::eq(
+            listener.route("x", "/", |_| None).unwrap(),
+            &listener.routes[1]
+        ));
+    }
+}

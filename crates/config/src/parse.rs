@@ -1,0 +1,977 @@
+//! Reading a config file: one YAML stream of Istio `WasmPlugin` documents and at most one sluice
+//! `Proxy` document, checked as a whole so that every error is reported with its place.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{
+    Cluster, ClusterKind, Config, HeaderMatch, HostMatch, Listener, Notice, PathMatch, Phase,
+    Plugin, PluginOverride, Route, RouteMatch,
+};
+use crate::{FailStrategy, VmConfig};
+
+pub const WASM_PLUGIN_API: &str = "extensions.istio.io/v1alpha1";
+pub const PROXY_API: &str = "sluice.dev/v1alpha1";
+
+/// One thing wrong with a config, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: {message}")]
+pub struct ConfigError {
+    /// The document and field, e.g. `document 2 (WasmPlugin auth) spec.phase`.
+    pub place: String,
+    pub message: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(flatten)]
+    kubernetes: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Document<S> {
+    #[allow(dead_code, reason = "read before the document is deserialized")]
+    api_version: String,
+    #[allow(dead_code, reason = "read before the document is deserialized")]
+    kind: String,
+    #[serde(default)]
+    metadata: Metadata,
+    spec: S,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
+}
+
+/// Istio's `WasmPlugin` spec, with Istio's field names.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WasmPluginSpec {
+    url: String,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    image_pull_policy: Option<String>,
+    #[serde(default)]
+    image_pull_secret: Option<String>,
+    #[serde(default)]
+    plugin_config: Option<serde_json::Value>,
+    #[serde(default)]
+    plugin_name: Option<String>,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    vm_config: Option<VmConfig>,
+    #[serde(default, rename = "match")]
+    traffic: Vec<TrafficSelector>,
+    #[serde(default)]
+    fail_strategy: Option<FailStrategy>,
+    #[serde(default, rename = "type")]
+    plugin_type: Option<String>,
+    #[serde(default)]
+    selector: Option<serde_json::Value>,
+    #[serde(default)]
+    target_ref: Option<serde_json::Value>,
+    #[serde(default)]
+    target_refs: Option<serde_json::Value>,
+    #[serde(default)]
+    verification_key: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TrafficSelector {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    ports: Vec<PortSelector>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortSelector {
+    number: u32,
+}
+
+/// Sluice's own `Proxy` spec.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProxySpec {
+    #[serde(default)]
+    admin: Option<String>,
+    #[serde(default)]
+    workers: Option<usize>,
+    listeners: Vec<ListenerSpec>,
+    #[serde(default)]
+    clusters: Vec<ClusterSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListenerSpec {
+    #[serde(default)]
+    name: Option<String>,
+    address: String,
+    routes: Vec<RouteSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RouteSpec {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, rename = "match")]
+    matcher: MatchSpec,
+    cluster: String,
+    #[serde(default)]
+    plugins: BTreeMap<String, OverrideSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MatchSpec {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    headers: Vec<HeaderMatchSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HeaderMatchSpec {
+    name: String,
+    #[serde(default)]
+    exact: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OverrideSpec {
+    #[serde(default)]
+    disabled: bool,
+    #[serde(default)]
+    plugin_config: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClusterSpec {
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// Collects errors and notices for one document.
+struct Checker<'a> {
+    document: String,
+    errors: &'a mut Vec<ConfigError>,
+    notices: &'a mut Vec<Notice>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            place: format!("{} {field}", self.document),
+            message: message.into(),
+        });
+    }
+
+    fn notice(&mut self, field: &str, message: impl Into<String>) {
+        self.notices.push(Notice {
+            place: format!("{} {field}", self.document),
+            message: message.into(),
+        });
+    }
+}
+
+/// Reads a config file's text. `base` supplies what the file leaves out: without a `Proxy`
+/// document, its listeners, clusters, admin address and workers are kept (the command-line
+/// flags); the file's WasmPlugins come after `base`'s plugins, then all are put in Istio order.
+pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut notices = base.notices.clone();
+    let mut config = base;
+    let mut proxy_seen: Option<usize> = None;
+    let mut plugins = std::mem::take(&mut config.plugins);
+    let mut values = Vec::new();
+    for document in yaml_serde::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(document);
+        let failed = value.is_err();
+        values.push(value);
+        // A syntax error ends the stream: the parser cannot find the next document.
+        if failed {
+            break;
+        }
+    }
+    let mut documents = yaml_serde::Deserializer::from_str(text);
+    for (index, value) in values.into_iter().enumerate() {
+        let number = index + 1;
+        let document = documents.next();
+        let value = match value {
+            Ok(serde_json::Value::Null) => continue,
+            Ok(value) => value,
+            Err(error) => {
+                errors.push(ConfigError {
+                    place: format!("document {number}"),
+                    message: format!("not valid YAML: {error}"),
+                });
+                continue;
+            }
+        };
+        let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
+        let (api_version, kind) = (field("apiVersion"), field("kind"));
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let label = match &name {
+            Some(name) => format!("document {number} ({kind} {name})"),
+            None => format!("document {number} ({kind})"),
+        };
+        let mut checker = Checker {
+            document: label.clone(),
+            errors: &mut errors,
+            notices: &mut notices,
+        };
+        let Some(document) = document else { break };
+        match (api_version, kind) {
+            (WASM_PLUGIN_API, "WasmPlugin") => {
+                if let Some(document) = typed::<WasmPluginSpec>(document, &mut checker) {
+                    if let Some(plugin) = wasm_plugin(document, &mut checker) {
+                        plugins.push(plugin);
+                    }
+                }
+            }
+            (PROXY_API, "Proxy") => {
+                if let Some(first) = proxy_seen {
+                    checker.error(
+                        "",
+                        format!("a second Proxy document (the first is document {first}); put every listener and cluster in one"),
+                    );
+                    continue;
+                }
+                proxy_seen = Some(number);
+                if let Some(document) = typed::<ProxySpec>(document, &mut checker) {
+                    proxy(document, &mut checker, &mut config);
+                }
+            }
+            _ => checker.error(
+                "apiVersion/kind",
+                format!(
+                    "`{api_version}`/`{kind}` is not a document sluice reads; expected apiVersion {WASM_PLUGIN_API} with kind WasmPlugin, or apiVersion {PROXY_API} with kind Proxy"
+                ),
+            ),
+        }
+    }
+    check_plugins(&mut plugins, &mut errors);
+    check_references(&config, &plugins, &mut errors);
+    order(&mut plugins);
+    config.plugins = plugins;
+    config.notices = notices;
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Deserializes one document, naming the failing field.
+fn typed<S: DeserializeOwned>(
+    document: yaml_serde::Deserializer<'_>,
+    checker: &mut Checker<'_>,
+) -> Option<Document<S>> {
+    match serde_path_to_error::deserialize::<_, Document<S>>(document) {
+        Ok(document) => {
+            for key in document.metadata.kubernetes.keys() {
+                checker.notice(
+                    &format!("metadata.{key}"),
+                    "ignored: it only means something inside Kubernetes",
+                );
+            }
+            if document.status.is_some() {
+                checker.notice("status", "ignored: written by Kubernetes, not by users");
+            }
+            Some(document)
+        }
+        Err(error) => {
+            let path = error.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let message = error.into_inner().to_string();
+            // The YAML error names the enclosing map itself; the path above is more precise.
+            let message = match message.split_once(": ") {
+                Some((place, rest)) if !place.contains(' ') && path.starts_with(place) => {
+                    rest.to_string()
+                }
+                _ => message,
+            };
+            checker.error(&path, message);
+            None
+        }
+    }
+}
+
+fn wasm_plugin(document: Document<WasmPluginSpec>, checker: &mut Checker<'_>) -> Option<Plugin> {
+    let spec = document.spec;
+    let Some(name) = document.metadata.name.filter(|n| !n.is_empty()) else {
+        checker.error("metadata.name", "missing: every WasmPlugin needs a name");
+        return None;
+    };
+    let local = !spec.url.contains("://") || spec.url.starts_with("file://");
+    if spec.url.is_empty() {
+        checker.error(
+            "spec.url",
+            "missing: where the .wasm module is (a path or file:// URL)",
+        );
+    } else if !local {
+        checker.error(
+            "spec.url",
+            format!(
+                "`{}`: only local files (a path or file:// URL) can be loaded so far; http(s):// and oci:// come with plugin fetching",
+                spec.url
+            ),
+        );
+    }
+    let sha256 = spec.sha256.map(|digest| digest.to_ascii_lowercase());
+    if let Some(digest) = &sha256
+        && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        checker.error(
+            "spec.sha256",
+            format!("`{digest}` is not a sha256 digest (64 hex digits)"),
+        );
+    }
+    if let Some(policy) = &spec.image_pull_policy {
+        if !["UNSPECIFIED_POLICY", "IfNotPresent", "Always"].contains(&policy.as_str()) {
+            checker.error(
+                "spec.imagePullPolicy",
+                format!("`{policy}`: expected IfNotPresent or Always"),
+            );
+        } else if local {
+            checker.notice(
+                "spec.imagePullPolicy",
+                "ignored: it applies to oci:// URLs only",
+            );
+        }
+    }
+    if spec.image_pull_secret.is_some() && local {
+        checker.notice(
+            "spec.imagePullSecret",
+            "ignored: it applies to oci:// URLs only",
+        );
+    }
+    let phase = match spec.phase.as_deref() {
+        None | Some("UNSPECIFIED_PHASE") => Phase::Unspecified,
+        Some("AUTHN") => Phase::Authn,
+        Some("AUTHZ") => Phase::Authz,
+        Some("STATS") => Phase::Stats,
+        Some(other) => {
+            checker.error(
+                "spec.phase",
+                format!("`{other}`: expected AUTHN, AUTHZ, STATS or UNSPECIFIED_PHASE"),
+            );
+            Phase::Unspecified
+        }
+    };
+    match spec.plugin_type.as_deref() {
+        None | Some("HTTP" | "UNSPECIFIED_PLUGIN_TYPE") => {}
+        Some("NETWORK") => checker.error(
+            "spec.type",
+            "NETWORK plugins (L4 filters) are not supported; sluice runs HTTP plugins",
+        ),
+        Some(other) => checker.error("spec.type", format!("`{other}`: expected HTTP")),
+    }
+    let mut ports = Vec::new();
+    for (index, selector) in spec.traffic.iter().enumerate() {
+        match selector.mode.as_deref() {
+            None | Some("UNDEFINED" | "CLIENT" | "SERVER" | "CLIENT_AND_SERVER") => {}
+            Some(other) => checker.error(
+                &format!("spec.match[{index}].mode"),
+                format!("`{other}`: expected CLIENT, SERVER, CLIENT_AND_SERVER or UNDEFINED"),
+            ),
+        }
+        if selector.mode.is_some() {
+            checker.notice(
+                &format!("spec.match[{index}].mode"),
+                "ignored: sluice's listeners are not split into inbound and outbound; ports still select",
+            );
+        }
+        if selector.ports.is_empty() {
+            // A selector without ports selects every port, so the plugin runs on every listener.
+            ports.clear();
+            break;
+        }
+        for (port_index, port) in selector.ports.iter().enumerate() {
+            match u16::try_from(port.number) {
+                Ok(number) if number > 0 => ports.push(number),
+                _ => checker.error(
+                    &format!("spec.match[{index}].ports[{port_index}].number"),
+                    format!("{} is not a port (1-65535)", port.number),
+                ),
+            }
+        }
+    }
+    for (field, value) in [
+        ("spec.selector", spec.selector.is_some()),
+        ("spec.targetRef", spec.target_ref.is_some()),
+        ("spec.targetRefs", spec.target_refs.is_some()),
+    ] {
+        if value {
+            checker.notice(
+                field,
+                "ignored: it selects Kubernetes workloads; in sluice the plugin applies to every listener its `match` allows",
+            );
+        }
+    }
+    if spec.verification_key.is_some() {
+        checker.notice("spec.verificationKey", "ignored: deprecated in Istio");
+    }
+    let vm = spec.vm_config.unwrap_or_default();
+    if let Err(error) = vm.environment(|_| None) {
+        checker.error("spec", error.to_string());
+    }
+    Some(Plugin {
+        root_id: spec.plugin_name.unwrap_or_default(),
+        name,
+        url: spec.url,
+        sha256,
+        configuration: spec.plugin_config,
+        phase,
+        priority: spec.priority.unwrap_or(0),
+        vm,
+        fail_strategy: spec.fail_strategy.unwrap_or_default(),
+        ports,
+    })
+}
+
+fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut Config) {
+    let spec = document.spec;
+    config.admin = match spec.admin.as_deref() {
+        None => config.admin,
+        Some("off") => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                checker.error(
+                    "spec.admin",
+                    format!("`{text}`: expected an IP:PORT address or `off`"),
+                );
+                None
+            }
+        },
+    };
+    if let Some(workers) = spec.workers {
+        if workers == 0 {
+            checker.error(
+                "spec.workers",
+                "must be at least 1 (leave it out for one per core)",
+            );
+        }
+        config.workers = Some(workers);
+    }
+    config.clusters = spec
+        .clusters
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, cluster)| {
+            cluster_of(cluster, &format!("spec.clusters[{index}]"), checker)
+        })
+        .collect();
+    let mut names = HashSet::new();
+    for cluster in &config.clusters {
+        if !names.insert(cluster.name.clone()) {
+            checker.error(
+                "spec.clusters",
+                format!("two clusters are named `{}`", cluster.name),
+            );
+        }
+    }
+    if spec.listeners.is_empty() {
+        checker.error(
+            "spec.listeners",
+            "empty: sluice needs at least one listener",
+        );
+    }
+    config.listeners = spec
+        .listeners
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, listener)| {
+            listener_of(
+                listener,
+                index,
+                &format!("spec.listeners[{index}]"),
+                checker,
+            )
+        })
+        .collect();
+    let mut addresses = HashSet::new();
+    for listener in &config.listeners {
+        if !addresses.insert(listener.address) {
+            checker.error(
+                "spec.listeners",
+                format!("two listeners use {}", listener.address),
+            );
+        }
+    }
+}
+
+fn cluster_of(spec: ClusterSpec, field: &str, checker: &mut Checker<'_>) -> Option<Cluster> {
+    if spec.name.is_empty() {
+        checker.error(&format!("{field}.name"), "missing");
+        return None;
+    }
+    let kind = match spec.kind.as_deref() {
+        None | Some("STATIC") => {
+            if spec.endpoints.is_empty() {
+                checker.error(
+                    &format!("{field}.endpoints"),
+                    format!("cluster `{}` has no endpoints (HOST:PORT)", spec.name),
+                );
+            }
+            for (index, endpoint) in spec.endpoints.iter().enumerate() {
+                let valid = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+                if !valid {
+                    checker.error(
+                        &format!("{field}.endpoints[{index}]"),
+                        format!("`{endpoint}` is not HOST:PORT"),
+                    );
+                }
+            }
+            ClusterKind::Static {
+                endpoints: spec.endpoints,
+            }
+        }
+        Some("ECHO") => {
+            if !spec.endpoints.is_empty() {
+                checker.error(
+                    &format!("{field}.endpoints"),
+                    "an ECHO cluster is the built-in echo upstream and takes no endpoints",
+                );
+            }
+            ClusterKind::Echo
+        }
+        Some(other) => {
+            checker.error(
+                &format!("{field}.type"),
+                format!(
+                    "`{other}`: expected STATIC (endpoints) or ECHO (the built-in echo upstream)"
+                ),
+            );
+            return None;
+        }
+    };
+    let mut timeout = |name: &str, value: Option<String>, default: Duration| match value {
+        None => default,
+        Some(text) => parse_duration(&text).unwrap_or_else(|message| {
+            checker.error(&format!("{field}.{name}"), format!("`{text}`: {message}"));
+            default
+        }),
+    };
+    Some(Cluster {
+        connect_timeout: timeout(
+            "connectTimeout",
+            spec.connect_timeout,
+            crate::model::DEFAULT_CONNECT_TIMEOUT,
+        ),
+        timeout: timeout("timeout", spec.timeout, crate::model::DEFAULT_TIMEOUT),
+        name: spec.name,
+        kind,
+    })
+}
+
+fn listener_of(
+    spec: ListenerSpec,
+    index: usize,
+    field: &str,
+    checker: &mut Checker<'_>,
+) -> Option<Listener> {
+    let address = match spec.address.parse::<SocketAddr>() {
+        Ok(address) => address,
+        Err(_) => {
+            checker.error(
+                &format!("{field}.address"),
+                format!("`{}` is not an IP:PORT address", spec.address),
+            );
+            return None;
+        }
+    };
+    if spec.routes.is_empty() {
+        checker.error(
+            &format!("{field}.routes"),
+            "empty: a listener needs at least one route (a route without `match` takes everything)",
+        );
+    }
+    let routes = spec
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(index, route)| route_of(route, index, &format!("{field}.routes[{index}]"), checker))
+        .collect();
+    Some(Listener {
+        name: spec.name.unwrap_or_else(|| format!("listener-{index}")),
+        address,
+        routes,
+    })
+}
+
+fn route_of(spec: RouteSpec, index: usize, field: &str, checker: &mut Checker<'_>) -> Route {
+    let matcher = spec.matcher;
+    let path = match (matcher.prefix, matcher.path) {
+        (Some(_), Some(_)) => {
+            checker.error(
+                &format!("{field}.match"),
+                "both `prefix` and `path`: give one (path is exact, prefix matches the start)",
+            );
+            PathMatch::Any
+        }
+        (Some(prefix), None) => PathMatch::Prefix(prefix),
+        (None, Some(path)) => PathMatch::Exact(path),
+        (None, None) => PathMatch::Any,
+    };
+    if let PathMatch::Prefix(text) | PathMatch::Exact(text) = &path
+        && !text.starts_with('/')
+    {
+        checker.error(
+            &format!("{field}.match"),
+            format!("`{text}` must start with `/`"),
+        );
+    }
+    let host = matcher.host.map(|host| match host.strip_prefix('*') {
+        Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase()),
+        None => HostMatch::Exact(host.to_ascii_lowercase()),
+    });
+    let headers = matcher
+        .headers
+        .into_iter()
+        .map(|header| HeaderMatch {
+            name: header.name.to_ascii_lowercase(),
+            value: header.exact,
+        })
+        .collect();
+    let mut overrides = BTreeMap::new();
+    for (plugin, change) in spec.plugins {
+        let change = match (change.disabled, change.plugin_config) {
+            (true, Some(_)) => {
+                checker.error(
+                    &format!("{field}.plugins.{plugin}"),
+                    "both `disabled` and `pluginConfig`: a disabled plugin takes no configuration",
+                );
+                continue;
+            }
+            (true, None) => PluginOverride::Disabled,
+            (false, Some(value)) => PluginOverride::Configuration(value),
+            (false, None) => {
+                checker.error(
+                    &format!("{field}.plugins.{plugin}"),
+                    "says nothing: give `disabled: true` or a `pluginConfig`",
+                );
+                continue;
+            }
+        };
+        overrides.insert(plugin, change);
+    }
+    Route {
+        name: spec.name.unwrap_or_else(|| format!("route-{index}")),
+        matcher: RouteMatch {
+            host,
+            path,
+            headers,
+        },
+        cluster: spec.cluster,
+        overrides,
+    }
+}
+
+/// Plugin names are unique.
+fn check_plugins(plugins: &mut [Plugin], errors: &mut Vec<ConfigError>) {
+    let mut names = HashSet::new();
+    for plugin in plugins.iter() {
+        if !names.insert(plugin.name.as_str()) {
+            errors.push(ConfigError {
+                place: format!("WasmPlugin {}", plugin.name),
+                message: "two plugins have this name; names must be unique".into(),
+            });
+        }
+    }
+}
+
+/// Routes name clusters and plugins that exist.
+fn check_references(config: &Config, plugins: &[Plugin], errors: &mut Vec<ConfigError>) {
+    for listener in &config.listeners {
+        for route in &listener.routes {
+            let place = format!("listener {} route {}", listener.name, route.name);
+            if config.cluster(&route.cluster).is_none() {
+                let known: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+                errors.push(ConfigError {
+                    place: place.clone(),
+                    message: format!(
+                        "cluster `{}` is not declared (clusters: {})",
+                        route.cluster,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                });
+            }
+            for name in route.overrides.keys() {
+                if !plugins.iter().any(|p| &p.name == name) {
+                    errors.push(ConfigError {
+                        place: format!("{place} plugins.{name}"),
+                        message: format!("no WasmPlugin is named `{name}`"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Istio's order: phase (AUTHN, AUTHZ, STATS, then unspecified), priority (higher first), name.
+fn order(plugins: &mut [Plugin]) {
+    plugins.sort_by(|a, b| {
+        (a.phase, std::cmp::Reverse(a.priority), &a.name).cmp(&(
+            b.phase,
+            std::cmp::Reverse(b.priority),
+            &b.name,
+        ))
+    });
+}
+
+/// A protobuf-style duration: `15s`, `0.25s`, `250ms`, `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, ""), |at| text.split_at(at));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| "expected a duration such as 15s, 0.5s or 250ms".to_string())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err("expected a unit: ms, s or m (e.g. 15s)".into()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        Config {
+            admin: crate::DEFAULT_ADMIN.parse().ok(),
+            workers: None,
+            listeners: Vec::new(),
+            clusters: Vec::new(),
+            plugins: Vec::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    const FULL: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  admin: "off"
+  workers: 2
+  listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    routes:
+    - name: health
+      match: {path: /health}
+      cluster: echo
+      plugins:
+        auth: {disabled: true}
+    - match: {prefix: /api, host: "*.example.com", headers: [{name: X-Env, exact: canary}]}
+      cluster: backend
+      plugins:
+        headers: {pluginConfig: {request: {set: {x-route: api}}}}
+    - cluster: backend
+  clusters:
+  - {name: echo, type: ECHO}
+  - {name: backend, endpoints: ["127.0.0.1:9000", "localhost:9001"], connectTimeout: 250ms, timeout: 2s}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: headers, namespace: istio-system, labels: {app: x}}
+spec:
+  url: file:///plugins/add_header.wasm
+  pluginConfig: {request: {set: {x-hello: world}}}
+  priority: 10
+  selector: {matchLabels: {istio: ingressgateway}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: auth}
+spec:
+  url: auth.wasm
+  phase: AUTHN
+  pluginName: auth_root
+  failStrategy: FAIL_OPEN
+  sha256: ABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCD
+  vmConfig: {env: [{name: MODE, value: strict}]}
+  match: [{ports: [{number: 8080}]}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: audit}
+spec: {url: audit.wasm, priority: 100}
+"#;
+
+    #[test]
+    fn a_full_config_is_read_ordered_and_routed() {
+        let config = parse(FULL, base()).unwrap();
+        assert_eq!(config.admin, None);
+        assert_eq!(config.workers, Some(2));
+        let order: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            order,
+            ["auth", "audit", "headers"],
+            "AUTHN first, then priority"
+        );
+        let auth = &config.plugins[0];
+        assert_eq!(auth.root_id, "auth_root");
+        assert_eq!(auth.fail_strategy, FailStrategy::FailOpen);
+        assert_eq!(auth.ports, [8080]);
+        assert_eq!(auth.sha256.as_deref().map(str::len), Some(64));
+        assert!(auth.sha256.as_deref().unwrap().starts_with("abcdef"));
+        let backend = config.cluster("backend").unwrap();
+        assert_eq!(backend.connect_timeout, Duration::from_millis(250));
+        assert_eq!(backend.timeout, Duration::from_secs(2));
+        assert_eq!(config.cluster("echo").unwrap().kind, ClusterKind::Echo);
+
+        let listener = &config.listeners[0];
+        let health = listener.route("a", "/health", |_| None).unwrap();
+        let names: Vec<&str> = config
+            .chain(listener, Some(health))
+            .iter()
+            .map(|e| e.plugin.name.as_str())
+            .collect();
+        assert_eq!(names, ["audit", "headers"], "auth disabled on /health");
+        let canary = |name: &str| (name == "x-env").then_some(&b"canary"[..]);
+        let api = listener.route("x.example.com", "/api/v1", canary).unwrap();
+        assert_eq!(api.name, "route-1");
+        let chain = config.chain(listener, Some(api));
+        assert_eq!(
+            chain[2].configuration,
+            Some(&serde_json::json!({"request": {"set": {"x-route": "api"}}}))
+        );
+        let fallback = listener
+            .route("x.example.com", "/api/v1", |_| None)
+            .unwrap();
+        assert_eq!(fallback.name, "route-2");
+
+        let notices: Vec<String> = config.notices.iter().map(ToString::to_string).collect();
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.starts_with("document 2 (WasmPlugin headers) spec.selector: ignored")),
+            "{notices:#?}"
+        );
+        assert!(notices.iter().any(|n| n.contains("metadata.namespace")));
+        assert!(notices.iter().any(|n| n.contains("metadata.labels")));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_place() {
+        let text = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  listeners:
+  - address: 127.0.0.1:8080
+    routes:
+    - {cluster: nowhere, match: {prefix: api}, plugins: {ghost: {disabled: true}}}
+  clusters:
+  - {name: b, endpoints: ["no-port"], timeout: 5 seconds}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: p}
+spec: {url: "oci://ghcr.io/x/y:1", phase: LATE, sha256: abc}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: q}
+spec: {url: q.wasm, pluginConfg: {}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+"#;
+        let errors: Vec<String> = parse(text, base())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let expect = [
+            "document 1 (Proxy) spec.clusters[0].endpoints[0]: `no-port` is not HOST:PORT",
+            "document 1 (Proxy) spec.clusters[0].timeout: `5 seconds`: expected a unit",
+            "document 1 (Proxy) spec.listeners[0].routes[0].match: `api` must start with `/`",
+            "document 2 (WasmPlugin p) spec.url: `oci://ghcr.io/x/y:1`: only local files",
+            "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",
+            "document 2 (WasmPlugin p) spec.phase: `LATE`: expected AUTHN",
+            "document 3 (WasmPlugin q) spec.pluginConfg: unknown field `pluginConfg`",
+            "document 4 (VirtualService) apiVersion/kind: `networking.istio.io/v1`/`VirtualService` is not a document sluice reads",
+            "listener listener-0 route route-0: cluster `nowhere` is not declared (clusters: b)",
+            "listener listener-0 route route-0 plugins.ghost: no WasmPlugin is named `ghost`",
+        ];
+        for expected in expect {
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "missing {expected:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn without_a_proxy_document_the_base_listeners_stay() {
+        let mut start = base();
+        start.listeners.push(Listener {
+            name: "flags".into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            routes: Vec::new(),
+        });
+        let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec: {url: a.wasm}\n";
+        let config = parse(text, start).unwrap();
+        assert_eq!(config.listeners[0].name, "flags");
+        assert_eq!(config.plugins[0].name, "a");
+        let bad = parse("a: [unclosed", base()).unwrap_err();
+        assert!(
+            bad[0].to_string().starts_with("document 1: not valid YAML"),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn durations_read_like_protobuf() {
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -50,6 +50,11 @@ enum Command {
     },
     /// Run the proxy: plugins in order in front of an upstream (the built-in echo upstream by default)
     Run(run::RunArgs),
+    /// Validate a config file: every error with its place, then load and start its plugins once
+    Check {
+        /// The config file (WasmPlugin and Proxy documents)
+        file: PathBuf,
+    },
     /// Build a Rust plugin project for wasm32-wasip1 (release) and inspect the result
     Build {
         /// The plugin project (a directory with Cargo.toml); defaults to the current directory
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Command::Inspect { wasm, json } => inspect::run(&wasm, json),
         Command::Build { dir, debug } => build::run(&dir, debug),
         Command::Run(args) => run::run(args),
+        Command::Check { file } => run::check(&file),
     };
     match result {
         Ok(code) => code,

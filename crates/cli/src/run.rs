@@ -1,44 +1,61 @@
-//! `sluice run`: the proxy, from command-line flags.
+//! `sluice run` (the proxy, from flags and/or a config file, with reload on SIGHUP and `--watch`)
+//! and `sluice check` (the same config path up to the canary, without serving).
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sluice_config::FailStrategy;
+use sluice_config::{Cluster, ClusterKind, Config, FailStrategy, Plugin};
 use sluice_host::Limits;
-use sluice_proxy::{PluginConfig, ProxyConfig, Upstream};
+use sluice_proxy::{Reloader, Source};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Address to listen on
-    #[arg(long, default_value = "127.0.0.1:10000")]
-    listen: SocketAddr,
+    /// Config file: Istio WasmPlugin documents and optionally a sluice Proxy document
+    /// (listeners, routes, clusters); see docs/config.md
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:10000] (without a Proxy document)
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Where requests go after the plugins (http://HOST:PORT); the built-in echo upstream when absent
     #[arg(long)]
     upstream: Option<String>,
-    /// A plugin: a .wasm file, or a plugin project directory (built first); repeat for a chain
+    /// A plugin: a .wasm file (path or file:// URL), or a plugin project directory (built first);
+    /// repeat for a chain, which runs in the order given
     #[arg(long = "plugin")]
-    plugins: Vec<PathBuf>,
+    plugins: Vec<String>,
     /// Configuration of the --plugin at the same position (JSON, or any text)
     #[arg(long = "plugin-config")]
     plugin_configs: Vec<String>,
     /// A cluster plugins may call: NAME=HOST:PORT (repeatable; outbound|PORT||HOST needs none)
     #[arg(long = "cluster")]
     clusters: Vec<String>,
-    /// Where the admin API listens (/ready, /stats in Prometheus text, /plugins); `off` disables it
-    #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: String,
-    /// Worker threads, each with its own listener and plugin instances
-    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
-    workers: usize,
-    /// What happens to requests when a plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
+    /// Where the admin API listens (/ready, /stats, /plugins, /config_dump, POST /reload);
+    /// `off` disables it [default: 127.0.0.1:9901]
+    #[arg(long)]
+    admin: Option<String>,
+    /// Worker threads, each with its own listeners and plugin instances [default: one per core]
+    #[arg(long)]
+    workers: Option<usize>,
+    /// What happens to requests when a --plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
     #[arg(long, default_value = "FAIL_CLOSE", value_parser = parse_fail_strategy)]
     fail_strategy: FailStrategy,
+    /// Reload when the config file or a plugin's .wasm changes (also on SIGHUP and POST /reload)
+    #[arg(long)]
+    watch: bool,
 }
 
-fn admin_address(text: &str) -> anyhow::Result<Option<SocketAddr>> {
+fn parse_fail_strategy(text: &str) -> Result<FailStrategy, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("`{text}`: expected FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD"))
+}
+
+fn admin_address(text: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
+    let text = text.unwrap_or(sluice_config::DEFAULT_ADMIN);
     if text == "off" {
         return Ok(None);
     }
@@ -48,40 +65,27 @@ fn admin_address(text: &str) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(address))
 }
 
-fn parse_fail_strategy(text: &str) -> Result<FailStrategy, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| format!("`{text}`: expected FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD"))
-}
-
-fn address(text: &str, what: &str) -> anyhow::Result<SocketAddr> {
-    text.to_socket_addrs()
-        .with_context(|| format!("{what} `{text}`: not a host:port"))?
-        .next()
-        .with_context(|| format!("{what} `{text}`: resolves to no address"))
-}
-
-fn upstream(url: Option<&str>) -> anyhow::Result<Upstream> {
-    let Some(url) = url else {
-        return Ok(Upstream::Echo);
-    };
+/// The `host:port` of an `http://` upstream URL.
+fn upstream_endpoint(url: &str) -> anyhow::Result<String> {
     let Some(rest) = url.strip_prefix("http://") else {
         bail!(
-            "--upstream `{url}`: only http:// upstreams are supported so far (TLS upstreams come with the config file)"
+            "--upstream `{url}`: only http:// upstreams are supported (TLS upstreams are not implemented yet)"
         );
     };
     let authority = rest.split('/').next().unwrap_or_default();
-    let authority = if authority.contains(':') {
+    if authority.is_empty() {
+        bail!("--upstream `{url}`: no host");
+    }
+    Ok(if authority.contains(':') {
         authority.to_string()
     } else {
         format!("{authority}:80")
-    };
-    Ok(Upstream::Http {
-        address: address(&authority, "--upstream")?,
-        authority,
     })
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// The config the flags describe: one listener whose one route goes to `--upstream` (or the echo
+/// upstream), the `--cluster`s, and the `--plugin`s in the order given.
+fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
     if args.plugin_configs.len() > args.plugins.len() {
         bail!(
             "{} --plugin-config given for {} --plugin: each --plugin-config belongs to the --plugin at the same position",
@@ -89,90 +93,295 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             args.plugins.len()
         );
     }
-    let engine = crate::engine()?;
-    let mut plugins = Vec::new();
-    for (index, path) in args.plugins.iter().enumerate() {
-        let wasm = if path.is_dir() {
-            crate::build::build(path, false)?
-        } else {
-            path.clone()
-        };
-        let code = engine
-            .load_file(&wasm)
-            .with_context(|| format!("--plugin {}", path.display()))?;
-        let name = wasm.file_stem().map_or_else(
-            || format!("plugin-{index}"),
-            |s| s.to_string_lossy().replace('_', "-"),
-        );
-        let configuration = args.plugin_configs.get(index).map(|text| {
-            match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(json) => sluice_config::plugin_configuration_bytes(Some(&json)),
-                Err(_) => text.as_bytes().to_vec(),
-            }
-        });
-        plugins.push(PluginConfig {
-            root_id: name.clone(),
-            name,
-            code,
-            configuration: configuration.unwrap_or_default(),
-            vm_id: String::new(),
-            env: Vec::new(),
-            fail_strategy: args.fail_strategy,
-            limits: Limits::default(),
-        });
-    }
-    let mut clusters = HashMap::new();
+    let upstream = args
+        .upstream
+        .as_deref()
+        .map(upstream_endpoint)
+        .transpose()?;
+    let listen = args
+        .listen
+        .unwrap_or_else(|| sluice_config::DEFAULT_LISTEN.parse().expect("valid"));
+    let mut config = Config::single_route(listen, upstream, admin_address(args.admin.as_deref())?);
+    config.workers = args.workers;
     for cluster in &args.clusters {
         let Some((name, target)) = cluster.split_once('=') else {
             bail!("--cluster `{cluster}`: expected NAME=HOST:PORT");
         };
-        clusters.insert(name.to_string(), address(target, "--cluster")?);
+        if config.cluster(name).is_some() {
+            bail!("--cluster `{cluster}`: the name `{name}` is already taken");
+        }
+        config
+            .clusters
+            .push(Cluster::endpoint(name, target.to_string()));
     }
-    let upstream = upstream(args.upstream.as_deref())?;
-    let names: Vec<String> = plugins.iter().map(|p| p.name.clone()).collect();
-    let started = std::time::Instant::now();
-    let proxy = sluice_proxy::start(ProxyConfig {
-        listen: args.listen,
-        workers: args.workers,
-        upstream: upstream.clone(),
-        clusters,
-        plugins,
+    for (index, given) in args.plugins.iter().enumerate() {
+        let path = Path::new(given.strip_prefix("file://").unwrap_or(given));
+        let wasm = if path.is_dir() {
+            crate::build::build(path, false)?
+        } else {
+            path.to_path_buf()
+        };
+        let stem = wasm.file_stem().map_or_else(
+            || format!("plugin-{index}"),
+            |s| s.to_string_lossy().replace('_', "-"),
+        );
+        let name = if config.plugins.iter().any(|p| p.name == stem) {
+            format!("{stem}-{}", index + 1)
+        } else {
+            stem
+        };
+        let configuration = args.plugin_configs.get(index).map(|text| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+        });
+        config.plugins.push(Plugin::local(
+            name,
+            wasm.display().to_string(),
+            configuration,
+            args.fail_strategy,
+        ));
+    }
+    Ok(config)
+}
+
+/// Loads a source, or explains every problem.
+fn load(
+    source: &Source,
+    engine: &sluice_host::Engine,
+) -> anyhow::Result<sluice_proxy::ProxyConfig> {
+    source.load(engine).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!("the config cannot be used:\n{}", lines.join("\n"))
+    })
+}
+
+fn source(args: &RunArgs) -> anyhow::Result<Source> {
+    if args.config.is_some() && !args.plugins.is_empty() {
+        bail!(
+            "--plugin and --config together: describe the plugin in the config file as a WasmPlugin"
+        );
+    }
+    Ok(Source {
+        file: args.config.clone(),
+        base: flags_config(args)?,
+        limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
-        engine,
-        admin: admin_address(&args.admin)?,
-    })?;
-    let upstream = match upstream {
-        Upstream::Echo => "the built-in echo upstream".to_string(),
-        Upstream::Http { authority, .. } => format!("http://{authority}"),
-    };
-    let plugins = if names.is_empty() {
+    })
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let source = source(&args)?;
+    let engine = crate::engine()?;
+    let started = std::time::Instant::now();
+    let loaded = load(&source, &engine)?;
+    if args.config.is_some() && loaded.config.listeners != source.base.listeners {
+        for (flag, given) in [
+            ("--listen", args.listen.is_some()),
+            ("--upstream", args.upstream.is_some()),
+            ("--cluster", !args.clusters.is_empty()),
+        ] {
+            if given {
+                bail!(
+                    "{flag} and a config file with a Proxy document: the document's listeners, routes and clusters are used; set it there"
+                );
+            }
+        }
+    }
+    for notice in &loaded.config.notices {
+        eprintln!("note: {notice}");
+    }
+    let watched = source.watched_files(&loaded.config);
+    let proxy = sluice_proxy::start(source, engine)?;
+    let config = &loaded.config;
+    let chain: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+    let plugins = if chain.is_empty() {
         "no plugins".to_string()
     } else {
-        format!("plugins: {}", names.join(" → "))
+        format!("plugins: {}", chain.join(" → "))
+    };
+    let upstream = match config.listeners[0]
+        .routes
+        .first()
+        .and_then(|r| config.cluster(&r.cluster))
+    {
+        Some(Cluster {
+            kind: ClusterKind::Echo,
+            ..
+        }) => "the built-in echo upstream".to_string(),
+        Some(cluster) => format!("cluster {}", cluster.name),
+        None => "no route".to_string(),
     };
     eprintln!(
-        "sluice listening on http://{} ({} workers, {plugins}, upstream: {upstream}; ready in {:.1?})",
-        proxy.address,
-        args.workers,
+        "sluice listening on {} ({} workers, {plugins}, first route to {upstream}; ready in {:.1?})",
+        proxy
+            .addresses
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        loaded.workers(),
         started.elapsed()
     );
     if let Some(admin) = proxy.admin_address {
-        eprintln!("admin API on http://{admin} (/ready, /stats, /plugins)");
+        eprintln!(
+            "admin API on http://{admin} (/ready, /stats, /plugins, /config_dump, POST /reload)"
+        );
     }
     println!("try: curl -i http://{}/hello", proxy.address);
+    let reloader = proxy.reloader();
+    if args.watch {
+        watch(watched, reloader.clone())?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => {
+                    eprintln!("sluice: SIGHUP, reloading the config");
+                    let reloader = reloader.clone();
+                    report(tokio::task::spawn_blocking(move || reloader.reload()).await?);
+                }
+            }
         }
         anyhow::Ok(())
     })?;
     eprintln!("sluice: draining in-flight requests and stopping");
     proxy.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(result: Result<(), sluice_proxy::ReloadError>) {
+    match result {
+        Ok(()) => eprintln!("sluice: config reloaded"),
+        Err(error) => {
+            eprintln!("sluice: reload refused, still running the previous config: {error}")
+        }
+    }
+}
+
+/// Reloads when one of `files` changes, waiting for writes to settle (200 ms) first.
+fn watch(files: Vec<PathBuf>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
+    use notify::{RecursiveMode, Watcher};
+    let files: Vec<PathBuf> = files
+        .into_iter()
+        .map(|f| std::fs::canonicalize(&f).unwrap_or(f))
+        .collect();
+    let (events, changes) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !event.kind.is_access()
+        {
+            let _ = events.send(event.paths);
+        }
+    })
+    .context("--watch: cannot watch files")?;
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("--watch: cannot watch {}", dir.display()))?;
+    }
+    eprintln!(
+        "watching {} for changes",
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    std::thread::Builder::new()
+        .name("sluice-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            while let Ok(paths) = changes.recv() {
+                if !paths.iter().any(|p| files.contains(p)) {
+                    continue;
+                }
+                // Editors and compilers write in several steps; take the last one.
+                while changes.recv_timeout(Duration::from_millis(200)).is_ok() {}
+                eprintln!("sluice: a watched file changed, reloading the config");
+                report(reloader.reload());
+            }
+        })?;
+    Ok(())
+}
+
+/// `sluice check FILE`: everything `sluice run --config FILE` would do before serving.
+pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let engine = crate::engine()?;
+    let source = Source {
+        file: Some(file.to_path_buf()),
+        base: flags_config(&RunArgs {
+            config: None,
+            listen: None,
+            upstream: None,
+            plugins: Vec::new(),
+            plugin_configs: Vec::new(),
+            clusters: Vec::new(),
+            admin: None,
+            workers: None,
+            fail_strategy: FailStrategy::FailClose,
+            watch: false,
+        })?,
+        limits: Limits::default(),
+        buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+    };
+    let loaded = match source.load(&engine) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for error in &errors {
+                println!("error: {error}");
+            }
+            println!("{}: {} error(s)", file.display(), errors.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let config = &loaded.config;
+    for notice in &config.notices {
+        println!("note: {notice}");
+    }
+    if let Err(error) = sluice_proxy::canary(&loaded) {
+        println!("error: {error}");
+        println!("{}: 1 error(s)", file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    let routes: usize = config.listeners.iter().map(|l| l.routes.len()).sum();
+    let order: Vec<String> = config
+        .plugins
+        .iter()
+        .zip(&loaded.plugins)
+        .map(|(p, l)| {
+            format!(
+                "{} ({}, sha256 {})",
+                p.name,
+                p.phase.as_str(),
+                &l.code.info.sha256[..12]
+            )
+        })
+        .collect();
+    println!(
+        "{}: ok: {} listener(s), {routes} route(s), {} cluster(s), {} plugin(s){}",
+        file.display(),
+        config.listeners.len(),
+        config.clusters.len(),
+        config.plugins.len(),
+        if order.is_empty() {
+            String::new()
+        } else {
+            format!(" in this order: {}", order.join(" → "))
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }

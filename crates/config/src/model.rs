@@ -115,6 +115,20 @@ pub struct Cluster {
     pub timeout: Duration,
 }
 
+impl Cluster {
+    /// A cluster of one `HOST:PORT` endpoint, with Envoy's default timeouts.
+    pub fn endpoint(name: &str, endpoint: String) -> Self {
+        Self {
+            name: name.to_string(),
+            kind: ClusterKind::Static {
+                endpoints: vec![endpoint],
+            },
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClusterKind {
     /// The built-in echo upstream: answers with the request it received, as JSON.
@@ -167,6 +181,28 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// A plugin from a local module, as `--plugin` gives it: default phase and priority (the
+    /// chain keeps the order plugins are given in), every listener, `root_id` = `name`.
+    pub fn local(
+        name: String,
+        url: String,
+        configuration: Option<serde_json::Value>,
+        fail_strategy: FailStrategy,
+    ) -> Self {
+        Self {
+            root_id: name.clone(),
+            name,
+            url,
+            sha256: None,
+            configuration,
+            phase: Phase::Unspecified,
+            priority: 0,
+            vm: VmConfig::default(),
+            fail_strategy,
+            ports: Vec::new(),
+        }
+    }
+
     pub fn applies_to(&self, listener: &Listener) -> bool {
         self.ports.is_empty() || self.ports.contains(&listener.address.port())
     }
@@ -180,6 +216,40 @@ pub struct ChainEntry<'a> {
 }
 
 impl Config {
+    /// One listener whose one route takes every request to `upstream` (`HOST:PORT`, as the
+    /// cluster `upstream`) or, without one, to the built-in echo upstream (the cluster `echo`):
+    /// what `sluice run` serves without a config file.
+    pub fn single_route(
+        listen: SocketAddr,
+        upstream: Option<String>,
+        admin: Option<SocketAddr>,
+    ) -> Self {
+        let cluster = match upstream {
+            Some(endpoint) => Cluster::endpoint("upstream", endpoint),
+            None => Cluster {
+                kind: ClusterKind::Echo,
+                ..Cluster::endpoint("echo", String::new())
+            },
+        };
+        Self {
+            admin,
+            workers: None,
+            listeners: vec![Listener {
+                name: "default".into(),
+                address: listen,
+                routes: vec![Route {
+                    name: "default".into(),
+                    matcher: RouteMatch::default(),
+                    cluster: cluster.name.clone(),
+                    overrides: BTreeMap::new(),
+                }],
+            }],
+            clusters: vec![cluster],
+            plugins: Vec::new(),
+            notices: Vec::new(),
+        }
+    }
+
     /// The plugins a request on `route` of `listener` runs through, in order. Without a route
     /// (nothing matched), every plugin of the listener runs with its own configuration.
     pub fn chain<'a>(

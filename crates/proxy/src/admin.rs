@@ -1,5 +1,6 @@
-//! The admin API on its own thread: `/ready`, `/stats` (Prometheus text), `/plugins` (JSON).
-//! It reads only shared, thread-safe state: counters, plugin metrics, and the start-up config.
+//! The admin API on its own thread: `/ready`, `/stats` (Prometheus text), `/plugins` and
+//! `/config_dump` (JSON), `POST /reload`. It reads only shared, thread-safe state: counters, plugin
+//! metrics, and the config the workers currently run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,60 +9,55 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use tokio::sync::Notify;
+use serde_json::{Value, json};
+use sluice_config::{ClusterKind, HostMatch, PathMatch, PluginOverride};
+use tokio::sync::watch;
 
+use crate::reload::Reloader;
 use crate::stats::Stats;
 use crate::{ProxyConfig, StartError};
 
 pub struct Admin {
     pub stats: Arc<Stats>,
     pub ready: Arc<AtomicBool>,
-    pub plugins: serde_json::Value,
-    pub engine: sluice_host::Engine,
+    pub reloader: Arc<Reloader>,
 }
 
-impl Admin {
-    pub fn new(config: &ProxyConfig, stats: Arc<Stats>, ready: Arc<AtomicBool>) -> Self {
-        let plugins = config
-            .plugins
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "name": p.name,
-                    "rootId": p.root_id,
-                    "vmId": p.vm_id,
-                    "sha256": p.code.info.sha256,
-                    "abi": p.code.info.abi.as_ref().map(ToString::to_string).ok(),
-                    "sdk": p.code.info.sdk,
-                    "failStrategy": p.fail_strategy.to_string(),
-                })
-            })
-            .collect();
-        Self {
-            stats,
-            ready,
-            plugins,
-            engine: config.engine.clone(),
-        }
-    }
+const PATHS: &str = "GET /ready, /stats, /plugins, /config_dump; POST /reload";
 
-    fn answer(&self, path: &str) -> http::Response<Full<Bytes>> {
-        let (status, content_type, body) = match path {
-            "/ready" if self.ready.load(Ordering::Relaxed) => {
+impl Admin {
+    async fn answer(
+        self: Arc<Self>,
+        method: &http::Method,
+        path: &str,
+    ) -> http::Response<Full<Bytes>> {
+        let json = |value: Value| (200, "application/json", format!("{value:#}\n"));
+        let (status, content_type, body) = match (method.as_str(), path) {
+            ("GET", "/ready") if self.ready.load(Ordering::Relaxed) => {
                 (200, "text/plain", "LIVE\n".to_string())
             }
-            "/ready" => (503, "text/plain", "PRE_INITIALIZING\n".to_string()),
-            "/stats" | "/stats/prometheus" | "/metrics" => (
+            ("GET", "/ready") => (503, "text/plain", "PRE_INITIALIZING\n".to_string()),
+            ("GET", "/stats" | "/stats/prometheus" | "/metrics") => (
                 200,
                 "text/plain; version=0.0.4",
-                self.stats.render(self.engine.metrics()),
+                self.stats.render(self.reloader.current().engine.metrics()),
             ),
-            "/plugins" => (200, "application/json", format!("{:#}\n", self.plugins)),
-            _ => (
-                404,
+            ("GET", "/plugins") => json(plugins(&self.reloader.current())),
+            ("GET", "/config_dump") => json(self.config_dump()),
+            ("POST", "/reload") => {
+                let reloader = self.reloader.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(())) => (200, "text/plain", "reloaded\n".to_string()),
+                    Ok(Err(error)) => (400, "text/plain", format!("{error}\n")),
+                    Err(error) => (500, "text/plain", format!("reload failed: {error}\n")),
+                }
+            }
+            (_, "/ready" | "/stats" | "/plugins" | "/config_dump" | "/reload") => (
+                405,
                 "text/plain",
-                "unknown admin path; try /ready, /stats, /plugins\n".to_string(),
+                format!("wrong method for {path}; {PATHS}\n"),
             ),
+            _ => (404, "text/plain", format!("unknown admin path; {PATHS}\n")),
         };
         let mut response = http::Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
@@ -71,13 +67,87 @@ impl Admin {
         );
         response
     }
+
+    fn config_dump(&self) -> Value {
+        let current = self.reloader.current();
+        let config = &current.config;
+        let last = self.reloader.last().map(|last| {
+            json!({
+                "at": last.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "ok": last.error.is_none(),
+                "error": last.error,
+            })
+        });
+        json!({
+            "source": self.reloader.source().file.as_ref().map(|f| f.display().to_string()),
+            "lastReload": last,
+            "admin": config.admin.map(|a| a.to_string()),
+            "workers": current.workers(),
+            "listeners": config.listeners.iter().map(|listener| json!({
+                "name": listener.name,
+                "address": listener.address.to_string(),
+                "routes": listener.routes.iter().map(|route| json!({
+                    "name": route.name,
+                    "match": {
+                        "host": route.matcher.host.as_ref().map(|h| match h {
+                            HostMatch::Exact(host) => host.clone(),
+                            HostMatch::Suffix(suffix) => format!("*{suffix}"),
+                        }),
+                        "prefix": match &route.matcher.path { PathMatch::Prefix(p) => Some(p), _ => None },
+                        "path": match &route.matcher.path { PathMatch::Exact(p) => Some(p), _ => None },
+                        "headers": route.matcher.headers.iter().map(|h| json!({"name": h.name, "exact": h.value})).collect::<Vec<_>>(),
+                    },
+                    "cluster": route.cluster,
+                    "plugins": route.overrides.iter().map(|(name, change)| (name.clone(), match change {
+                        PluginOverride::Disabled => json!({"disabled": true}),
+                        PluginOverride::Configuration(value) => json!({"pluginConfig": value}),
+                    })).collect::<serde_json::Map<_, _>>(),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "clusters": config.clusters.iter().map(|cluster| json!({
+                "name": cluster.name,
+                "type": match cluster.kind { ClusterKind::Echo => "ECHO", ClusterKind::Static { .. } => "STATIC" },
+                "endpoints": current.endpoints.get(&cluster.name).map(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                "connectTimeout": format!("{}s", cluster.connect_timeout.as_secs_f64()),
+                "timeout": format!("{}s", cluster.timeout.as_secs_f64()),
+            })).collect::<Vec<_>>(),
+            "plugins": plugins(&current),
+            "notices": config.notices.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The running plugins, in chain order, with what identifies their code.
+fn plugins(current: &ProxyConfig) -> Value {
+    current
+        .config
+        .plugins
+        .iter()
+        .zip(&current.plugins)
+        .map(|(plugin, loaded)| {
+            json!({
+                "name": plugin.name,
+                "url": plugin.url,
+                "rootId": plugin.root_id,
+                "sha256": loaded.code.info.sha256,
+                "abi": loaded.code.info.abi.as_ref().map(ToString::to_string).ok(),
+                "sdk": loaded.code.info.sdk,
+                "phase": plugin.phase.as_str(),
+                "priority": plugin.priority,
+                "failStrategy": plugin.fail_strategy.to_string(),
+                "ports": plugin.ports,
+                "pluginConfig": plugin.configuration,
+                "state": "running",
+            })
+        })
+        .collect()
 }
 
 /// Binds the admin listener and serves it on a thread until `stop` fires.
 pub fn start(
     address: SocketAddr,
     admin: Admin,
-    stop: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, std::thread::JoinHandle<()>), StartError> {
     let listener = std::net::TcpListener::bind(address)
         .map_err(|source| StartError::Listen { address, source })?;
@@ -94,8 +164,6 @@ pub fn start(
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             runtime.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                let stopping = stop.notified();
-                tokio::pin!(stopping);
                 loop {
                     tokio::select! {
                         accepted = listener.accept() => {
@@ -103,13 +171,13 @@ pub fn start(
                             let admin = admin.clone();
                             tokio::spawn(async move {
                                 let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                                    let response = admin.answer(request.uri().path());
-                                    async move { Ok::<_, std::convert::Infallible>(response) }
+                                    let admin = admin.clone();
+                                    async move { Ok::<_, std::convert::Infallible>(admin.answer(request.method(), request.uri().path()).await) }
                                 });
                                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service).await;
                             });
                         }
-                        () = &mut stopping => break,
+                        _ = stop.wait_for(|stopping| *stopping) => break,
                     }
                 }
             });

@@ -1,5 +1,6 @@
 //! Outgoing HTTP/1.1: upstream requests and plugin callouts.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,7 +11,16 @@ use sluice_host::{CallResponse, HttpCallRequest};
 
 use crate::body::ChannelBody;
 use crate::headers::{fields_map, response_map, to_fields};
-use crate::{ClusterTarget, Clusters};
+use crate::{Clusters, Target};
+
+/// Where one request goes: an address when known, else a host name and port to resolve.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// For messages.
+    pub host: String,
+    pub port: u16,
+}
 
 /// An upstream or callout failure, described for logs and `response.code_details`.
 #[derive(Debug, thiserror::Error)]
@@ -27,41 +37,55 @@ pub enum ClientError {
     },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("connecting to {target} timed out after {after:?}")]
+    ConnectTimeout { target: String, after: Duration },
     #[error("unknown cluster `{0}`")]
     UnknownCluster(String),
     #[error("bad request for {target}: {message}")]
     Request { target: String, message: String },
 }
 
-async fn connect(target: &ClusterTarget) -> Result<tokio::net::TcpStream, ClientError> {
-    let connect = match target.address {
-        Some(address) => tokio::net::TcpStream::connect(address).await,
-        None => tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await,
+async fn connect(
+    address: Option<SocketAddr>,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, ClientError> {
+    let connect = async {
+        match address {
+            Some(address) => tokio::net::TcpStream::connect(address).await,
+            None => tokio::net::TcpStream::connect((host, port)).await,
+        }
     };
-    let stream = connect.map_err(|source| ClientError::Connect {
-        target: target.host.clone(),
-        source,
-    })?;
+    let stream = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| ClientError::ConnectTimeout {
+            target: host.to_string(),
+            after: timeout,
+        })?
+        .map_err(|source| ClientError::Connect {
+            target: host.to_string(),
+            source,
+        })?;
     stream.set_nodelay(true).ok();
     Ok(stream)
 }
 
 /// Opens an HTTP/1.1 connection; the connection itself is driven by a local task.
 async fn handshake<B>(
-    target: &ClusterTarget,
+    stream: tokio::net::TcpStream,
+    host: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<B>, ClientError>
 where
     B: http_body::Body<Data = Bytes> + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let io = TokioIo::new(connect(target).await?);
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|source| ClientError::Http {
-                target: target.host.clone(),
-                source,
-            })?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ClientError::Http {
+            target: host.to_string(),
+            source,
+        })?;
     tokio::task::spawn_local(async move {
         if let Err(error) = connection.await {
             tracing::debug!("upstream connection ended: {error}");
@@ -70,39 +94,21 @@ where
     Ok(sender)
 }
 
-/// Sends one request on a fresh HTTP/1.1 connection (callouts).
-pub async fn send<B>(
-    target: &ClusterTarget,
-    request: http::Request<B>,
-) -> Result<http::Response<hyper::body::Incoming>, ClientError>
-where
-    B: http_body::Body<Data = Bytes> + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut sender = handshake(target).await?;
-    sender
-        .send_request(request)
-        .await
-        .map_err(|source| ClientError::Http {
-            target: target.host.clone(),
-            source,
-        })
-}
-
 type Sender = hyper::client::conn::http1::SendRequest<ChannelBody>;
 
 /// Most idle upstream connections one worker keeps.
 pub const MAX_IDLE_CONNECTIONS: usize = 128;
 
-/// A worker's idle keep-alive connections to its upstream.
+/// A worker's idle keep-alive connections to upstream endpoints.
 #[derive(Default)]
 pub struct Pool {
-    idle: std::cell::RefCell<Vec<Sender>>,
+    idle: std::cell::RefCell<HashMap<SocketAddr, Vec<Sender>>>,
 }
 
 impl Pool {
-    fn idle_sender(&self) -> Option<Sender> {
+    fn idle_sender(&self, address: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
+        let idle = idle.get_mut(&address)?;
         while let Some(sender) = idle.pop() {
             if sender.is_ready() {
                 return Some(sender);
@@ -115,15 +121,16 @@ impl Pool {
     /// began to send (the upstream closed it meanwhile) is sent again on a new connection.
     pub async fn send(
         &self,
-        target: &ClusterTarget,
+        target: &Endpoint,
         request: http::Request<ChannelBody>,
+        connect_timeout: Duration,
     ) -> Result<(http::Response<hyper::body::Incoming>, Sender), ClientError> {
         let http = |source| ClientError::Http {
             target: target.host.clone(),
             source,
         };
         let mut request = request;
-        if let Some(mut sender) = self.idle_sender() {
+        if let Some(mut sender) = self.idle_sender(target.address) {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, sender)),
                 Err(mut error) => match error.take_message() {
@@ -132,16 +139,24 @@ impl Pool {
                 },
             }
         }
-        let mut sender = handshake(target).await?;
+        let stream = connect(
+            Some(target.address),
+            &target.host,
+            target.port,
+            connect_timeout,
+        )
+        .await?;
+        let mut sender = handshake(stream, &target.host).await?;
         let response = sender.send_request(request).await.map_err(http)?;
         Ok((response, sender))
     }
 
     /// Returns a connection whose exchange finished, for the next request.
-    pub fn put_back(&self, sender: Sender) {
+    pub fn put_back(&self, address: SocketAddr, sender: Sender) {
         let mut idle = self.idle.borrow_mut();
-        if !sender.is_closed() && idle.len() < MAX_IDLE_CONNECTIONS {
-            idle.push(sender);
+        let total: usize = idle.values().map(Vec::len).sum();
+        if !sender.is_closed() && total < MAX_IDLE_CONNECTIONS {
+            idle.entry(address).or_default().push(sender);
         }
     }
 }
@@ -172,29 +187,48 @@ pub fn upstream_request(
     Ok(request)
 }
 
-/// Executes a plugin's `proxy_http_call`: the whole answer, or `None` on failure or timeout.
+/// Executes a plugin's `proxy_http_call`: the whole answer, or an error (failure or timeout).
 pub async fn callout(
-    clusters: Clusters,
+    clusters: &Clusters,
     request: HttpCallRequest,
 ) -> Result<CallResponse, ClientError> {
-    let target = crate::resolve_cluster(&clusters, &request.upstream)
-        .ok_or_else(|| ClientError::UnknownCluster(request.upstream.clone()))?;
+    let (address, host, port) = match clusters.pick(&request.upstream) {
+        None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
+        Some(Target::Echo) => {
+            let (headers, body) =
+                crate::echo::answer(&request.headers, &request.body, &request.trailers);
+            return Ok(CallResponse {
+                headers,
+                body,
+                trailers: sluice_abi::HeaderMap::new(),
+            });
+        }
+        Some(Target::Endpoint {
+            address,
+            host,
+            port,
+        }) => (address, host, port),
+    };
+    let (connect_timeout, _) = clusters.timeouts(&request.upstream);
     let timeout = request.timeout;
     let exchange = async {
-        let mut http = upstream_request(&request.headers, &target.host, crate::body::empty())
+        let mut http = upstream_request(&request.headers, &host, crate::body::empty())
             .map_err(|message| ClientError::Request {
-                target: target.host.clone(),
+                target: host.clone(),
                 message,
             })?
             .map(|_| Full::new(Bytes::from(request.body.clone())));
         http.headers_mut()
             .insert(http::header::CONTENT_LENGTH, request.body.len().into());
-        let response = send(&target, http).await?;
-        let (parts, body) = response.into_parts();
-        let collected = body.collect().await.map_err(|source| ClientError::Http {
-            target: target.host.clone(),
+        let stream = connect(address, &host, port, connect_timeout).await?;
+        let mut sender = handshake(stream, &host).await?;
+        let http_error = |source| ClientError::Http {
+            target: host.clone(),
             source,
-        })?;
+        };
+        let response = sender.send_request(http).await.map_err(http_error)?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.map_err(http_error)?;
         let trailers = collected.trailers().map(fields_map).unwrap_or_default();
         Ok(CallResponse {
             headers: response_map(&parts),
@@ -208,12 +242,4 @@ pub async fn callout(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ClientError::Timeout(timeout))?
-}
-
-pub fn target_for(address: SocketAddr, authority: &str) -> ClusterTarget {
-    ClusterTarget {
-        host: authority.to_string(),
-        port: address.port(),
-        address: Some(address),
-    }
 }

@@ -5,7 +5,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,25 +12,25 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sluice_abi::{HeaderMap, PropertyValue};
-use sluice_filter::{Chain, Step, Stream};
+use sluice_filter::{Step, Stream};
 use sluice_host::{CallResponse, GrpcEvent, HttpCallRequest, HttpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{self, BodyReset, ChannelBody, FrameResult};
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
-use crate::{Clusters, Upstream, client, echo};
+use crate::worker::{Generation, WorkerState};
+use crate::{Target, client, echo};
 
 /// A stream with nothing happening for this long is answered (or reset) and ended.
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What a worker gives every request.
-pub struct WorkerContext {
-    pub chain: Rc<Chain>,
-    pub stats: Arc<crate::stats::Stats>,
-    pub pool: Rc<client::Pool>,
-    pub upstream: Upstream,
-    pub clusters: Clusters,
+/// One client connection: which listener took it, and the worker it runs on.
+pub struct Connection {
+    pub state: Rc<WorkerState>,
+    /// Index of the listener in the config.
+    pub listener: usize,
     pub local: SocketAddr,
+    pub peer: SocketAddr,
 }
 
 enum UpstreamEvent {
@@ -39,6 +38,8 @@ enum UpstreamEvent {
     Frame(Frame<Bytes>),
     End,
     Failed(String),
+    /// The cluster's timeout passed before the response was complete.
+    TimedOut(Duration),
 }
 
 struct Callout {
@@ -50,12 +51,10 @@ struct Callout {
 /// The hyper service: starts the driver and waits for the response head it produces.
 pub async fn handle(
     request: http::Request<Incoming>,
-    context: Rc<WorkerContext>,
-    peer: SocketAddr,
-    protocol: &'static str,
+    connection: Rc<Connection>,
 ) -> Result<http::Response<ChannelBody>, Infallible> {
     let (head, head_rx) = oneshot::channel();
-    tokio::task::spawn_local(drive(request, context, peer, protocol, head));
+    tokio::task::spawn_local(drive(request, connection, head));
     Ok(head_rx.await.unwrap_or_else(|_| {
         let mut response = http::Response::new(body::empty());
         *response.status_mut() = http::StatusCode::BAD_GATEWAY;
@@ -63,22 +62,23 @@ pub async fn handle(
     }))
 }
 
-fn stream_info(context: &WorkerContext, peer: SocketAddr, protocol: &str) -> HttpStream {
+fn stream_info(
+    connection: &Connection,
+    protocol: &str,
+    route: Option<&sluice_config::Route>,
+) -> HttpStream {
     let mut info = HttpStream::default();
-    let local = context.local;
+    let (peer, local) = (connection.peer, connection.local);
     let values: [(&str, PropertyValue); 7] = [
         ("source.address", peer.to_string().into()),
         ("source.port", PropertyValue::Int(peer.port().into())),
         ("destination.address", local.to_string().into()),
         ("destination.port", PropertyValue::Int(local.port().into())),
         ("request.protocol", protocol.into()),
-        ("route_name", "default".into()),
+        ("route_name", route.map_or("", |r| r.name.as_str()).into()),
         (
             "cluster_name",
-            match &context.upstream {
-                Upstream::Echo => "echo".into(),
-                Upstream::Http { authority, .. } => authority.clone().into(),
-            },
+            route.map_or("", |r| r.cluster.as_str()).into(),
         ),
     ];
     for (key, value) in values {
@@ -105,7 +105,8 @@ fn request_id() -> String {
 }
 
 struct Driver {
-    context: Rc<WorkerContext>,
+    connection: Rc<Connection>,
+    generation: Rc<Generation>,
     stream: Stream,
     head: Option<oneshot::Sender<http::Response<ChannelBody>>>,
     response_body: Option<mpsc::Sender<FrameResult>>,
@@ -122,18 +123,37 @@ struct Driver {
 
 async fn drive(
     request: http::Request<Incoming>,
-    context: Rc<WorkerContext>,
-    peer: SocketAddr,
-    protocol: &'static str,
+    connection: Rc<Connection>,
     head: oneshot::Sender<http::Response<ChannelBody>>,
 ) {
     let started = Instant::now();
-    context.stats.request_started();
+    let stats = connection.state.stats.clone();
+    stats.request_started();
+    let protocol = match request.version() {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
     let (parts, mut body) = request.into_parts();
+    let mut headers = request_map(&parts);
+    if headers.get("x-request-id").is_none() {
+        headers.add("x-request-id", request_id());
+    }
+    let generation = connection.state.generation.borrow().clone();
+    let listener = &generation.config.config.listeners[connection.listener];
+    let route = route_of(listener, &headers);
+    let (route_chains, unrouted) = &generation.chains[connection.listener];
+    let chain = route.map_or_else(|| unrouted.clone(), |index| route_chains[index].clone());
+    let info = stream_info(
+        &connection,
+        protocol,
+        route.map(|index| &listener.routes[index]),
+    );
     let (callouts, mut callout_answers) = mpsc::unbounded_channel();
     let mut driver = Driver {
-        stream: Stream::new(context.chain.clone(), stream_info(&context, peer, protocol)),
-        context,
+        stream: Stream::new(chain, info),
+        connection,
+        generation: generation.clone(),
         head: Some(head),
         response_body: None,
         upstream_body: None,
@@ -145,10 +165,6 @@ async fn drive(
         callouts,
         status: None,
     };
-    let mut headers = request_map(&parts);
-    if headers.get("x-request-id").is_none() {
-        headers.add("x-request-id", request_id());
-    }
     let mut downstream_open = !body.is_end_stream();
     driver.stream.request_headers(headers, !downstream_open);
     loop {
@@ -197,7 +213,6 @@ async fn drive(
         task.abort();
     }
     driver.stream.finish();
-    let stats = &driver.context.stats;
     stats.plugin_failures(driver.stream.failures().len());
     stats.request_finished(driver.status, started.elapsed());
 }
@@ -305,17 +320,43 @@ impl Driver {
         }
     }
 
+    /// Routes the request by the head the plugins left (a plugin may have rewritten `:path` or
+    /// `:authority`) and starts it towards the route's cluster.
     fn start_upstream(&mut self, headers: HeaderMap, end_of_stream: bool) {
-        let (address, authority) = match &self.context.upstream {
-            Upstream::Echo => {
+        let generation = self.generation.clone();
+        let listener = &generation.config.config.listeners[self.connection.listener];
+        let Some(route) = route_of(listener, &headers).map(|index| &listener.routes[index]) else {
+            self.stream
+                .local_reply_from_proxy(404, "route_not_found", "");
+            return;
+        };
+        let target = match generation.clusters.pick(&route.cluster) {
+            Some(Target::Echo) => {
                 self.echo = Some((headers, Vec::new(), HeaderMap::new()));
                 if end_of_stream {
                     self.end_upstream_request();
                 }
                 return;
             }
-            Upstream::Http { address, authority } => (*address, authority.clone()),
+            Some(Target::Endpoint {
+                host,
+                port,
+                address: Some(address),
+            }) => client::Endpoint {
+                address,
+                host,
+                port,
+            },
+            Some(Target::Endpoint { address: None, .. }) | None => {
+                self.stream.local_reply_from_proxy(
+                    503,
+                    "no_healthy_upstream",
+                    "no healthy upstream",
+                );
+                return;
+            }
         };
+        let (connect_timeout, timeout) = generation.clusters.timeouts(&route.cluster);
         let body = if end_of_stream {
             body::empty()
         } else {
@@ -323,7 +364,7 @@ impl Driver {
             self.upstream_body = Some(sender);
             body
         };
-        let request = match client::upstream_request(&headers, &authority, body) {
+        let request = match client::upstream_request(&headers, &target.host, body) {
             Ok(request) => request,
             Err(message) => {
                 self.stream.local_reply_from_proxy(
@@ -336,38 +377,43 @@ impl Driver {
         };
         let (events, receiver) = mpsc::channel(16);
         self.upstream_events = Some(receiver);
-        let target = client::target_for(address, &authority);
-        let pool = self.context.pool.clone();
+        let pool = self.connection.state.upstreams.clone();
         self.upstream_task = Some(tokio::task::spawn_local(async move {
-            let (response, connection) = match pool.send(&target, request).await {
-                Ok(exchange) => exchange,
-                Err(error) => {
-                    let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
-                    return;
-                }
-            };
-            let (parts, mut body) = response.into_parts();
-            let end = body.is_end_stream();
-            if events.send(UpstreamEvent::Head(parts, end)).await.is_err() {
-                return;
-            }
-            if !end {
-                while let Some(frame) = body.frame().await {
-                    let event = match frame {
-                        Ok(frame) => UpstreamEvent::Frame(frame),
+            let exchange = async {
+                let (response, connection) =
+                    match pool.send(&target, request, connect_timeout).await {
+                        Ok(exchange) => exchange,
                         Err(error) => {
                             let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
                             return;
                         }
                     };
-                    if events.send(event).await.is_err() {
-                        return;
-                    }
+                let (parts, mut body) = response.into_parts();
+                let end = body.is_end_stream();
+                if events.send(UpstreamEvent::Head(parts, end)).await.is_err() {
+                    return;
                 }
-                let _ = events.send(UpstreamEvent::End).await;
+                if !end {
+                    while let Some(frame) = body.frame().await {
+                        let event = match frame {
+                            Ok(frame) => UpstreamEvent::Frame(frame),
+                            Err(error) => {
+                                let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
+                                return;
+                            }
+                        };
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = events.send(UpstreamEvent::End).await;
+                }
+                // The exchange is complete: the connection can carry the next request.
+                pool.put_back(target.address, connection);
+            };
+            if tokio::time::timeout(timeout, exchange).await.is_err() {
+                let _ = events.send(UpstreamEvent::TimedOut(timeout)).await;
             }
-            // The exchange is complete: the connection can carry the next request.
-            pool.put_back(connection);
         }));
     }
 
@@ -405,9 +451,25 @@ impl Driver {
                     self.stream.response_data(Vec::new(), true);
                 }
             }
+            Some(UpstreamEvent::TimedOut(after)) => {
+                self.upstream_events = None;
+                self.connection.state.stats.upstream_error();
+                if self.upstream_head_seen {
+                    self.stream.reset_downstream(&format!(
+                        "upstream response not complete within the cluster timeout ({after:?})"
+                    ));
+                } else {
+                    tracing::warn!("upstream timed out after {after:?}");
+                    self.stream.local_reply_from_proxy(
+                        504,
+                        "upstream_response_timeout",
+                        "upstream request timeout",
+                    );
+                }
+            }
             Some(UpstreamEvent::Failed(reason)) => {
                 self.upstream_events = None;
-                self.context.stats.upstream_error();
+                self.connection.state.stats.upstream_error();
                 if self.upstream_head_seen {
                     self.stream
                         .reset_downstream(&format!("upstream reset: {reason}"));
@@ -455,11 +517,11 @@ impl Driver {
     }
 
     fn spawn_callout(&mut self, plugin: usize, token: u32, request: HttpCallRequest) {
-        let clusters = self.context.clusters.clone();
+        let clusters = self.generation.clusters.clone();
         let answers = self.callouts.clone();
         tokio::task::spawn_local(async move {
             let upstream = request.upstream.clone();
-            let response = match client::callout(clusters, request).await {
+            let response = match client::callout(&clusters, request).await {
                 Ok(response) => Some(response),
                 Err(error) => {
                     tracing::warn!(cluster = %upstream, "callout failed: {error}");
@@ -473,4 +535,15 @@ impl Driver {
             });
         });
     }
+}
+
+/// The index of the first route of `listener` that takes a request with this head.
+fn route_of(listener: &sluice_config::Listener, headers: &HeaderMap) -> Option<usize> {
+    let authority = headers.get_str(":authority").unwrap_or_default();
+    let path = headers.get_str(":path").unwrap_or_default();
+    listener.routes.iter().position(|route| {
+        route
+            .matcher
+            .matches(&authority, &path, |name| headers.get(name))
+    })
 }

@@ -8,57 +8,48 @@ mod client;
 mod driver;
 mod echo;
 mod headers;
+mod load;
+mod reload;
 mod stats;
 mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use sluice_config::FailStrategy;
+use sluice_config::{ClusterKind, Config};
 use sluice_host::{Engine, Limits, PluginCode};
 
+pub use load::{Source, load};
+pub use reload::{LastReload, ReloadError, Reloader, canary};
 pub use worker::{RunningProxy, start};
 
-/// Where requests go after the plugins.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Upstream {
-    /// The built-in echo upstream: answers with the request it received, as JSON.
-    Echo,
-    /// An HTTP/1.1 origin.
-    Http {
-        address: SocketAddr,
-        authority: String,
-    },
-}
-
-/// One plugin of the chain.
+/// A plugin of the config, ready to instantiate.
 #[derive(Clone)]
-pub struct PluginConfig {
-    pub name: String,
-    pub root_id: String,
+pub struct LoadedPlugin {
     pub code: PluginCode,
-    pub configuration: Vec<u8>,
-    pub vm_id: String,
+    /// `vmConfig.env`, resolved.
     pub env: Vec<(String, String)>,
-    pub fail_strategy: FailStrategy,
     pub limits: Limits,
 }
 
-/// Everything a proxy needs to start.
+/// Everything a proxy needs to start, or to swap in on a reload.
 #[derive(Clone)]
 pub struct ProxyConfig {
-    pub listen: SocketAddr,
-    pub workers: usize,
-    pub upstream: Upstream,
-    /// Named clusters plugins can call with `dispatch_http_call` (Istio-style
-    /// `outbound|PORT||HOST` names need no entry).
-    pub clusters: HashMap<String, SocketAddr>,
-    pub plugins: Vec<PluginConfig>,
+    pub config: Config,
+    /// The module of each of `config.plugins`, in the same order.
+    pub plugins: Vec<LoadedPlugin>,
+    /// The resolved addresses of each STATIC cluster's endpoints.
+    pub endpoints: HashMap<String, Vec<SocketAddr>>,
     pub buffer_limit: usize,
     pub engine: Engine,
-    /// Where the admin API listens (`/ready`, `/stats`, `/plugins`); `None` disables it.
-    pub admin: Option<SocketAddr>,
+}
+
+impl ProxyConfig {
+    pub fn workers(&self) -> usize {
+        self.config
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
 }
 
 /// Why the proxy could not start.
@@ -71,20 +62,77 @@ pub enum StartError {
     },
     #[error("worker {worker}: {message}")]
     Worker { worker: usize, message: String },
+    #[error("the config cannot be used:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<sluice_config::ConfigError>),
 }
 
-/// Resolves a cluster name: a configured cluster, or Istio's `outbound|PORT||HOST` form.
-pub(crate) fn resolve_cluster(
-    clusters: &HashMap<String, SocketAddr>,
-    name: &str,
-) -> Option<ClusterTarget> {
-    if let Some(address) = clusters.get(name) {
-        return Some(ClusterTarget {
-            host: address.to_string(),
-            port: address.port(),
-            address: Some(*address),
-        });
+/// Where a cluster name sends a request.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    /// The built-in echo upstream.
+    Echo,
+    /// An endpoint: `host` is used for error messages and, for Istio-style names, to connect.
+    Endpoint {
+        host: String,
+        port: u16,
+        address: Option<SocketAddr>,
+    },
+}
+
+/// The clusters of one config generation, with a round-robin position per cluster (per worker).
+pub(crate) struct Clusters {
+    config: std::sync::Arc<ProxyConfig>,
+    next: std::cell::RefCell<HashMap<String, usize>>,
+}
+
+impl Clusters {
+    pub fn new(config: std::sync::Arc<ProxyConfig>) -> Self {
+        Self {
+            config,
+            next: std::cell::RefCell::default(),
+        }
     }
+
+    /// The next target for a cluster name: a configured cluster (round-robin over its
+    /// endpoints), or Istio's `outbound|PORT||HOST` form.
+    pub fn pick(&self, name: &str) -> Option<Target> {
+        if let Some(cluster) = self.config.config.cluster(name) {
+            return match cluster.kind {
+                ClusterKind::Echo => Some(Target::Echo),
+                ClusterKind::Static { .. } => {
+                    let endpoints = self.config.endpoints.get(name)?;
+                    let mut next = self.next.borrow_mut();
+                    let position = next.entry(name.to_string()).or_default();
+                    let address = *endpoints.get(*position % endpoints.len().max(1))?;
+                    *position = position.wrapping_add(1);
+                    Some(Target::Endpoint {
+                        host: address.to_string(),
+                        port: address.port(),
+                        address: Some(address),
+                    })
+                }
+            };
+        }
+        outbound(name).map(|(host, port)| Target::Endpoint {
+            host: host.to_string(),
+            port,
+            address: None,
+        })
+    }
+
+    pub fn timeouts(&self, name: &str) -> (std::time::Duration, std::time::Duration) {
+        self.config.config.cluster(name).map_or(
+            (
+                sluice_config::DEFAULT_CONNECT_TIMEOUT,
+                sluice_config::DEFAULT_TIMEOUT,
+            ),
+            |c| (c.connect_timeout, c.timeout),
+        )
+    }
+}
+
+/// Istio's `outbound|PORT|SUBSET|HOST` cluster names, which need no declaration.
+pub(crate) fn outbound(name: &str) -> Option<(&str, u16)> {
     let mut parts = name.split('|');
     match (
         parts.next(),
@@ -94,25 +142,16 @@ pub(crate) fn resolve_cluster(
         parts.next(),
     ) {
         (Some("outbound"), Some(port), Some(_subset), Some(host), None) if !host.is_empty() => {
-            let port = port.parse().ok()?;
-            Some(ClusterTarget {
-                host: host.to_string(),
-                port,
-                address: None,
-            })
+            Some((host, port.parse().ok()?))
         }
         _ => None,
     }
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct ClusterTarget {
-    pub host: String,
-    pub port: u16,
-    pub address: Option<SocketAddr>,
+/// Whether a plugin may name this cluster in a callout.
+pub(crate) fn cluster_exists(config: &Config, name: &str) -> bool {
+    config.cluster(name).is_some() || outbound(name).is_some()
 }
-
-pub(crate) type Clusters = Arc<HashMap<String, SocketAddr>>;
 
 #[cfg(test)]
 mod tests {
@@ -120,15 +159,12 @@ mod tests {
 
     #[test]
     fn istio_outbound_names_resolve_without_configuration() {
-        let clusters = HashMap::from([("authz".to_string(), "127.0.0.1:9000".parse().unwrap())]);
-        assert_eq!(resolve_cluster(&clusters, "authz").unwrap().port, 9000);
-        let outbound =
-            resolve_cluster(&clusters, "outbound|8080||auth.default.svc.cluster.local").unwrap();
         assert_eq!(
-            (outbound.host.as_str(), outbound.port),
-            ("auth.default.svc.cluster.local", 8080)
+            outbound("outbound|8080||auth.default.svc.cluster.local"),
+            Some(("auth.default.svc.cluster.local", 8080))
         );
-        assert!(resolve_cluster(&clusters, "outbound|x||h").is_none());
-        assert!(resolve_cluster(&clusters, "nope").is_none());
+        assert_eq!(outbound("outbound|x||h"), None);
+        assert_eq!(outbound("outbound|80||"), None);
+        assert_eq!(outbound("nope"), None);
     }
 }

@@ -18,6 +18,8 @@ pub struct Stats {
     resets: AtomicU64,
     upstream_errors: AtomicU64,
     plugin_failures: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -50,6 +52,16 @@ impl Stats {
 
     pub fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A config reload, done or refused (a refused one changed nothing).
+    pub fn reload(&self, done: bool) {
+        let counter = if done {
+            &self.reloads
+        } else {
+            &self.reload_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn plugin_failures(&self, count: usize) {
@@ -102,6 +114,12 @@ impl Stats {
             "sluice_plugin_failures_total",
             "Plugin traps, deadline overruns and memory-limit hits.",
             load(&self.plugin_failures),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_config_reloads_total Config reloads, by outcome (a failed one changed nothing).\n# TYPE sluice_config_reloads_total counter\nsluice_config_reloads_total{{result=\"ok\"}} {}\nsluice_config_reloads_total{{result=\"failed\"}} {}",
+            load(&self.reloads),
+            load(&self.reload_failures)
         );
         let _ = writeln!(
             out,

@@ -1,49 +1,59 @@
 //! Worker threads: each runs a current-thread runtime with its own listener socket
 //! (SO_REUSEPORT), its own plugin VMs and its own upstream connections.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use sluice_filter::{RootCall, VmPool};
-use sluice_host::{Clock, VmConfig};
+use sluice_config::{Listener, Route};
+use sluice_filter::{Chain, ChainError, PluginSpec, RootCall, VmPool};
+use sluice_host::{Clock, Engine, VmConfig};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::Notify;
-
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
 
 use crate::admin::Admin;
-use crate::driver::{WorkerContext, handle};
+use crate::driver::{Connection, handle};
+use crate::reload::Reloader;
 use crate::stats::Stats;
-use crate::{ProxyConfig, StartError, client, resolve_cluster};
+use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists};
 
 /// How long a stopping worker lets in-flight connections finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A started proxy: where it listens, and how to stop it.
+/// A started proxy: where it listens, how to reload it and how to stop it.
 pub struct RunningProxy {
+    /// The first listener's address.
     pub address: SocketAddr,
+    /// Every listener's address, in config order.
+    pub addresses: Vec<SocketAddr>,
     /// Where the admin API listens, if enabled.
     pub admin_address: Option<SocketAddr>,
-    stop: Arc<Notify>,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    reloader: Arc<Reloader>,
+    stop: Arc<watch::Sender<bool>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningProxy {
+    /// Reloads the config from its source (the same path as SIGHUP and `POST /reload`).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
     /// Stops accepting, lets in-flight requests finish (bounded by [`DRAIN_TIMEOUT`]), and waits
     /// for the workers to exit.
     pub fn stop(self) {
-        self.stop.notify_waiters();
-        for worker in self.workers {
-            let _ = worker.join();
+        self.stop.send_replace(true);
+        for thread in self.threads {
+            let _ = thread.join();
         }
     }
 }
 
-fn listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
@@ -58,60 +68,171 @@ fn listener(address: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Starts `config.workers` workers and returns once every one of them has its plugins running
-/// and its listener open, or with the first error.
-pub fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
-    let first = listener(config.listen).map_err(|source| StartError::Listen {
-        address: config.listen,
-        source,
-    })?;
-    let address = first.local_addr().map_err(|source| StartError::Listen {
-        address: config.listen,
-        source,
-    })?;
-    let stop = Arc::new(Notify::new());
+/// A worker's plugins and routes for one config: in-flight requests keep the generation they
+/// started on, new ones take the newest.
+pub(crate) struct Generation {
+    pub config: Arc<ProxyConfig>,
+    pub pool: Rc<VmPool>,
+    pub clusters: Rc<Clusters>,
+    /// Per listener: the chain of each of its routes, and the chain of requests no route takes.
+    pub chains: Vec<(Vec<Rc<Chain>>, Rc<Chain>)>,
+}
+
+impl Generation {
+    /// Starts the plugins of `config` (one VM per plugin code and VM config, one root context per
+    /// configuration) and builds every route's chain. `capture_logs` keeps what plugins log (for
+    /// the canary's error messages) instead of sending it to sluice's log.
+    pub fn build(
+        config: Arc<ProxyConfig>,
+        clock: Clock,
+        capture_logs: bool,
+    ) -> Result<Self, ChainError> {
+        let pool = VmPool::new(&config.engine, clock.clone());
+        let check = config.clone();
+        let callable: sluice_host::ClusterCheck =
+            Arc::new(move |name: &str| cluster_exists(&check.config, name));
+        let chain_for = |listener: &Listener, route: Option<&Route>| {
+            let specs = config
+                .config
+                .chain(listener, route)
+                .into_iter()
+                .map(|entry| {
+                    let index = config
+                        .config
+                        .plugins
+                        .iter()
+                        .position(|p| std::ptr::eq(p, entry.plugin))
+                        .expect("chain entries are plugins of the config");
+                    let (plugin, loaded) = (entry.plugin, &config.plugins[index]);
+                    PluginSpec {
+                        name: plugin.name.clone(),
+                        root_id: plugin.root_id.clone(),
+                        code: loaded.code.clone(),
+                        plugin_configuration: sluice_config::plugin_configuration_bytes(
+                            entry.configuration,
+                        ),
+                        vm: VmConfig {
+                            env: loaded.env.clone(),
+                            limits: loaded.limits.clone(),
+                            clock: clock.clone(),
+                            clusters: callable.clone(),
+                            capture_logs,
+                            ..VmConfig::new(plugin.name.clone())
+                        },
+                        fail_strategy: plugin.fail_strategy,
+                    }
+                })
+                .collect();
+            pool.chain(specs, config.buffer_limit).map(Rc::new)
+        };
+        let mut chains = Vec::new();
+        for listener in &config.config.listeners {
+            let routes = listener
+                .routes
+                .iter()
+                .map(|route| chain_for(listener, Some(route)))
+                .collect::<Result<Vec<_>, _>>()?;
+            chains.push((routes, chain_for(listener, None)?));
+        }
+        Ok(Self {
+            clusters: Rc::new(Clusters::new(config.clone())),
+            config,
+            pool,
+            chains,
+        })
+    }
+}
+
+/// What every connection of a worker shares.
+pub(crate) struct WorkerState {
+    pub generation: RefCell<Rc<Generation>>,
+    pub stats: Arc<Stats>,
+    /// Idle keep-alive connections to upstream endpoints; they outlive config generations.
+    pub upstreams: Rc<client::Pool>,
+}
+
+/// Starts the workers and returns once every one of them has its plugins running and its
+/// listeners open, or with the first error.
+pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError> {
+    let config = source.load(&engine).map_err(StartError::Config)?;
+    let mut addresses = Vec::new();
+    let mut first_sockets = Vec::new();
+    for listener in &config.config.listeners {
+        let configured = listener.address;
+        let socket = bind(configured).map_err(|source| StartError::Listen {
+            address: configured,
+            source,
+        })?;
+        let bound = socket.local_addr().map_err(|source| StartError::Listen {
+            address: configured,
+            source,
+        })?;
+        addresses.push(bound);
+        first_sockets.push(socket);
+    }
+    let (stop, _) = watch::channel(false);
+    let stop = Arc::new(stop);
     let stats = Arc::new(Stats::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = match config.admin {
-        Some(admin_address) => {
-            let admin = Admin::new(&config, stats.clone(), ready.clone());
-            Some(crate::admin::start(admin_address, admin, stop.clone())?)
+    let workers_count = config.workers().max(1);
+    let admin_address = config.config.admin;
+    let (updates, _) = watch::channel(Arc::new(config));
+    let reloader = Arc::new(Reloader::new(source, engine, updates, stats.clone()));
+    let mut threads = Vec::new();
+    let admin = match admin_address {
+        Some(address) => {
+            let admin = Admin {
+                stats: stats.clone(),
+                ready: ready.clone(),
+                reloader: reloader.clone(),
+            };
+            let (bound, thread) = crate::admin::start(address, admin, stop.subscribe())?;
+            threads.push(thread);
+            Some(bound)
         }
         None => None,
     };
-    let config = Arc::new(config);
-    let mut workers = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let mut first = Some(first);
-    for index in 0..config.workers.max(1) {
-        let socket = match first.take() {
-            Some(socket) => socket,
-            None => listener(address).map_err(|source| StartError::Listen { address, source })?,
+    let mut first_sockets = Some(first_sockets);
+    for index in 0..workers_count {
+        let sockets = match first_sockets.take() {
+            Some(sockets) => sockets,
+            None => addresses
+                .iter()
+                .map(|&address| {
+                    bind(address).map_err(|source| StartError::Listen { address, source })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
         };
-        let (config, stop, ready, stats) = (
-            config.clone(),
-            stop.clone(),
-            ready_tx.clone(),
-            stats.clone(),
-        );
+        let updates = reloader.subscribe();
+        let (stop, ready, stats) = (stop.subscribe(), ready_tx.clone(), stats.clone());
         let worker = std::thread::Builder::new()
             .name(format!("sluice-worker-{index}"))
-            .spawn(move || run_worker(index, socket, &config, &stop, &ready, stats))
+            .spawn(move || run_worker(index, sockets, updates, stop, &ready, stats))
             .map_err(|e| StartError::Worker {
                 worker: index,
                 message: e.to_string(),
             })?;
-        workers.push(worker);
+        threads.push(worker);
     }
     drop(ready_tx);
-    for _ in 0..workers.len() {
+    let running = RunningProxy {
+        address: addresses[0],
+        addresses,
+        admin_address: admin,
+        reloader,
+        stop,
+        threads,
+    };
+    for _ in 0..workers_count {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                stop.notify_waiters();
+                running.stop();
                 return Err(error);
             }
             Err(_) => {
+                running.stop();
                 return Err(StartError::Worker {
                     worker: 0,
                     message: "a worker exited during start-up".into(),
@@ -120,16 +241,7 @@ pub fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         }
     }
     ready.store(true, Ordering::Relaxed);
-    let admin_address = admin.map(|(admin_address, thread)| {
-        workers.push(thread);
-        admin_address
-    });
-    Ok(RunningProxy {
-        address,
-        admin_address,
-        stop,
-        workers,
-    })
+    Ok(running)
 }
 
 #[derive(Clone, Copy)]
@@ -143,102 +255,72 @@ impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
 
 fn run_worker(
     index: usize,
-    socket: TcpListener,
-    config: &ProxyConfig,
-    stop: &Notify,
+    sockets: Vec<TcpListener>,
+    mut updates: watch::Receiver<Arc<ProxyConfig>>,
+    stop: watch::Receiver<bool>,
     ready: &std::sync::mpsc::Sender<Result<(), StartError>>,
     stats: Arc<Stats>,
 ) {
+    let fail = |message: String| StartError::Worker {
+        worker: index,
+        message,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            let _ = ready.send(Err(StartError::Worker {
-                worker: index,
-                message: e.to_string(),
-            }));
+            let _ = ready.send(Err(fail(e.to_string())));
             return;
         }
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let fail = |message: String| StartError::Worker {
-            worker: index,
-            message,
-        };
         let clock = Clock::system();
-        let clusters: crate::Clusters = Arc::new(config.clusters.clone());
-        let specs = config
-            .plugins
-            .iter()
-            .map(|plugin| {
-                let check = clusters.clone();
-                sluice_filter::PluginSpec {
-                    name: plugin.name.clone(),
-                    root_id: plugin.root_id.clone(),
-                    code: plugin.code.clone(),
-                    plugin_configuration: plugin.configuration.clone(),
-                    vm: VmConfig {
-                        vm_id: plugin.vm_id.clone(),
-                        env: plugin.env.clone(),
-                        limits: plugin.limits.clone(),
-                        clock: clock.clone(),
-                        clusters: Arc::new(move |name| resolve_cluster(&check, name).is_some()),
-                        ..VmConfig::new(plugin.name.clone())
-                    },
-                    fail_strategy: plugin.fail_strategy,
-                }
-            })
-            .collect();
-        let pool = VmPool::new(&config.engine, clock);
-        let chain = match pool.chain(specs, config.buffer_limit) {
-            Ok(chain) => Rc::new(chain),
+        let config = updates.borrow_and_update().clone();
+        let generation = match Generation::build(config, clock.clone(), false) {
+            Ok(generation) => Rc::new(generation),
             Err(error) => {
                 let _ = ready.send(Err(fail(error.to_string())));
                 return;
             }
         };
-        let listener = match tokio::net::TcpListener::from_std(socket) {
-            Ok(listener) => listener,
-            Err(e) => {
-                let _ = ready.send(Err(fail(e.to_string())));
-                return;
-            }
-        };
-        let local_address = listener.local_addr().unwrap_or(config.listen);
-        let context = Rc::new(WorkerContext {
-            chain,
-            pool: Rc::default(),
-            stats: stats.clone(),
-            upstream: config.upstream.clone(),
-            clusters: clusters.clone(),
-            local: local_address,
-        });
-        tokio::task::spawn_local(timers(pool, clusters, stats));
-        let _ = ready.send(Ok(()));
-        let active = Rc::new(Cell::new(0usize));
-        let stopping = stop.notified();
-        tokio::pin!(stopping);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, peer)) => {
-                        socket.set_nodelay(true).ok();
-                        let (context, active) = (context.clone(), active.clone());
-                        active.set(active.get() + 1);
-                        tokio::task::spawn_local(async move {
-                            serve(socket, peer, context).await;
-                            active.set(active.get() - 1);
-                        });
-                    }
-                    Err(error) => tracing::warn!(worker = index, "accept failed: {error}"),
-                },
-                () = &mut stopping => break,
+        let mut listeners = Vec::new();
+        for socket in sockets {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(listener) => listeners.push(listener),
+                Err(e) => {
+                    let _ = ready.send(Err(fail(e.to_string())));
+                    return;
+                }
             }
         }
-        drop(listener);
+        tokio::task::spawn_local(timers(Rc::downgrade(&generation), stats.clone()));
+        let state = Rc::new(WorkerState {
+            generation: RefCell::new(generation),
+            stats: stats.clone(),
+            upstreams: Rc::default(),
+        });
+        tokio::task::spawn_local(follow(updates, state.clone(), clock, index));
+        let active = Rc::new(Cell::new(0usize));
+        let accepting: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(listener_index, listener)| {
+                tokio::task::spawn_local(accept(
+                    listener,
+                    listener_index,
+                    state.clone(),
+                    active.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        let _ = ready.send(Ok(()));
+        for task in accepting {
+            let _ = task.await;
+        }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while active.get() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -246,15 +328,71 @@ fn run_worker(
     });
 }
 
-async fn serve(socket: tokio::net::TcpStream, peer: SocketAddr, context: Rc<WorkerContext>) {
+/// Accepts connections until the proxy stops.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    listener_index: usize,
+    state: Rc<WorkerState>,
+    active: Rc<Cell<usize>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    socket.set_nodelay(true).ok();
+                    let connection = Connection {
+                        state: state.clone(),
+                        listener: listener_index,
+                        local: local.unwrap_or(peer),
+                        peer,
+                    };
+                    let active = active.clone();
+                    active.set(active.get() + 1);
+                    tokio::task::spawn_local(async move {
+                        serve(socket, Rc::new(connection)).await;
+                        active.set(active.get() - 1);
+                    });
+                }
+                Err(error) => tracing::warn!("accept failed: {error}"),
+            },
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+    }
+}
+
+/// Builds a new generation whenever the config changes; a worker that cannot keep the old one.
+async fn follow(
+    mut updates: watch::Receiver<Arc<ProxyConfig>>,
+    state: Rc<WorkerState>,
+    clock: Clock,
+    index: usize,
+) {
+    while updates.changed().await.is_ok() {
+        let config = updates.borrow_and_update().clone();
+        match Generation::build(config, clock.clone(), false) {
+            Ok(generation) => {
+                let generation = Rc::new(generation);
+                tokio::task::spawn_local(timers(Rc::downgrade(&generation), state.stats.clone()));
+                *state.generation.borrow_mut() = generation;
+            }
+            Err(error) => {
+                tracing::error!(
+                    worker = index,
+                    "the new config does not start here; this worker keeps the previous one: {error}"
+                );
+                state.stats.reload(false);
+            }
+        }
+    }
+}
+
+async fn serve(socket: tokio::net::TcpStream, connection: Rc<Connection>) {
+    let peer = connection.peer;
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let protocol = match request.version() {
-                http::Version::HTTP_2 => "HTTP/2",
-                http::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            };
-            handle(request, context.clone(), peer, protocol)
+            handle(request, connection.clone())
         });
     let builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     if let Err(error) = builder
@@ -265,10 +403,15 @@ async fn serve(socket: tokio::net::TcpStream, peer: SocketAddr, context: Rc<Work
     }
 }
 
-/// Ticks, queue notifications and callouts made outside any stream, for this worker's VMs.
-async fn timers(pool: Rc<VmPool>, clusters: crate::Clusters, stats: Arc<Stats>) {
+/// Ticks, queue notifications and callouts made outside any stream, for one generation's VMs.
+/// It ends when the generation is gone (replaced, and its last request finished).
+async fn timers(generation: Weak<Generation>, stats: Arc<Stats>) {
     const IDLE_POLL: Duration = Duration::from_millis(20);
     loop {
+        let Some(generation) = generation.upgrade() else {
+            return;
+        };
+        let pool = generation.pool.clone();
         let now = pool.clock().monotonic_nanos();
         let wait = pool.next_tick_nanos().map_or(IDLE_POLL, |due| {
             Duration::from_nanos(due.saturating_sub(now)).min(IDLE_POLL)
@@ -285,9 +428,9 @@ async fn timers(pool: Rc<VmPool>, clusters: crate::Clusters, stats: Arc<Stats>) 
                 request,
             } = call
             {
-                let (pool, clusters) = (pool.clone(), clusters.clone());
+                let (pool, clusters) = (pool.clone(), generation.clusters.clone());
                 tokio::task::spawn_local(async move {
-                    let response = client::callout(clusters, request).await.ok();
+                    let response = client::callout(&clusters, request).await.ok();
                     pool.http_call_response(vm, root_context, token, response);
                 });
             }

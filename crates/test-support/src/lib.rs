@@ -51,6 +51,19 @@ pub fn wat_fixture(name: &str) -> Vec<u8> {
     wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A `fixtures/wat/NAME.wat` module, assembled into `target/test-fixtures/NAME.wasm`, for tests
+/// that load plugins from files.
+pub fn wat_fixture_file(name: &str) -> PathBuf {
+    let dir = repo_root().join("target/test-fixtures");
+    std::fs::create_dir_all(&dir).expect("creating target/test-fixtures");
+    let path = dir.join(format!("{name}.wasm"));
+    // Written under a unique name and renamed, so parallel tests never read a partial file.
+    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    std::fs::write(&partial, wat_fixture(name)).expect("writing a fixture");
+    std::fs::rename(&partial, &path).expect("renaming a fixture");
+    path
+}
+
 /// Assembles WAT text written inline in a test.
 pub fn wat(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap_or_else(|e| panic!("bad inline WAT: {e}"))

@@ -1,26 +1,16 @@
 //! The proxy end to end.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use sluice_config::FailStrategy;
-use sluice_proxy::Upstream;
 
-use crate::{built, counting_origin, engine, get, origin, plugin, request, start};
+use crate::{built, counting_origin, fixture, get, origin, request, start};
 
 const ADD_HEADER: &str = r#"{"request": {"set": {"x-hello": "from-sluice"}}, "response": {"set": {"x-plugin": "add-header"}}}"#;
 
 #[test]
 fn a_plugin_in_front_of_the_echo_upstream_over_http1_and_h2c() {
-    let engine = engine();
-    let proxy = start(
-        engine.clone(),
-        vec![built(&engine, "add_header", ADD_HEADER)],
-        Upstream::Echo,
-        HashMap::new(),
-        2,
-    );
+    let proxy = start(vec![built("add_header", ADD_HEADER)], None, &[], 2);
     for http2 in [false, true] {
         let request_body = http::Request::post("http://example.com/hello?x=1")
             .body(Full::new(Bytes::from("ping")))
@@ -48,9 +38,8 @@ fn a_plugin_in_front_of_the_echo_upstream_over_http1_and_h2c() {
 
 #[test]
 fn local_replies_reach_the_client_and_the_upstream_never_sees_the_request() {
-    let engine = engine();
-    let auth = built(&engine, "auth", r#"{"tokens": {"secret": "alice"}}"#);
-    let proxy = start(engine, vec![auth], Upstream::Echo, HashMap::new(), 1);
+    let auth = built("auth", r#"{"tokens": {"secret": "alice"}}"#);
+    let proxy = start(vec![auth], None, &[], 1);
     let denied = get(proxy.address, "/private", &[]);
     assert_eq!(denied.status, 401);
     assert_eq!(
@@ -91,18 +80,10 @@ fn requests_reach_a_real_upstream_after_a_callout_to_a_cluster() {
             .body(Full::new(Bytes::from(seen)))
             .unwrap()
     });
-    let engine = engine();
-    let callout = built(
-        &engine,
-        "http_callout",
-        r#"{"cluster": "authz", "timeoutMs": 2000}"#,
-    );
-    let clusters = HashMap::from([("authz".to_string(), authz)]);
-    let upstream = Upstream::Http {
-        address: app,
-        authority: app.to_string(),
-    };
-    let proxy = start(engine, vec![callout], upstream, clusters, 2);
+    let callout = built("http_callout", r#"{"cluster": "authz", "timeoutMs": 2000}"#);
+    let clusters = [("authz", authz)];
+    let upstream = Some(app);
+    let proxy = start(vec![callout], upstream, &clusters, 2);
     let answer = request(
         proxy.address,
         http::Request::post("/orders")
@@ -123,18 +104,8 @@ fn a_large_body_streams_through_intact() {
         let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
         http::Response::new(Full::new(Bytes::from(format!("{} {sum}", body.len()))))
     });
-    let engine = engine();
-    let upstream = Upstream::Http {
-        address: app,
-        authority: app.to_string(),
-    };
-    let proxy = start(
-        engine.clone(),
-        vec![built(&engine, "add_header", ADD_HEADER)],
-        upstream,
-        HashMap::new(),
-        1,
-    );
+    let upstream = Some(app);
+    let proxy = start(vec![built("add_header", ADD_HEADER)], upstream, &[], 1);
     let body: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
     let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
     let answer = request(
@@ -152,13 +123,11 @@ fn a_large_body_streams_through_intact() {
 
 #[test]
 fn shared_data_limits_requests_across_two_workers() {
-    let engine = engine();
     let limiter = built(
-        &engine,
         "rate_limit",
         r#"{"requestsPerWindow": 3, "windowMs": 60000}"#,
     );
-    let proxy = start(engine, vec![limiter], Upstream::Echo, HashMap::new(), 2);
+    let proxy = start(vec![limiter], None, &[], 2);
     let statuses: Vec<u16> = (0..6)
         .map(|i| get(proxy.address, &format!("/r{i}"), &[]).status)
         .collect();
@@ -177,17 +146,7 @@ fn shared_data_limits_requests_across_two_workers() {
 
 #[test]
 fn fail_strategies_with_a_trapping_plugin() {
-    let engine = engine();
-    let code = engine
-        .compile(&sluice_test_support::wat_fixture("trap"))
-        .unwrap();
-    let closed = start(
-        engine.clone(),
-        vec![plugin(code.clone(), "trap", "", FailStrategy::FailClose)],
-        Upstream::Echo,
-        HashMap::new(),
-        1,
-    );
+    let closed = start(vec![fixture("trap", FailStrategy::FailClose)], None, &[], 1);
     let answer = get(closed.address, "/", &[]);
     assert_eq!(answer.status, 503);
     assert!(
@@ -196,13 +155,7 @@ fn fail_strategies_with_a_trapping_plugin() {
         answer.text()
     );
     closed.stop();
-    let open = start(
-        engine,
-        vec![plugin(code, "trap", "", FailStrategy::FailOpen)],
-        Upstream::Echo,
-        HashMap::new(),
-        1,
-    );
+    let open = start(vec![fixture("trap", FailStrategy::FailOpen)], None, &[], 1);
     assert_eq!(get(open.address, "/", &[]).status, 200);
     open.stop();
 }
@@ -213,16 +166,7 @@ fn an_unreachable_upstream_is_a_503_that_says_why() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let proxy = start(
-        engine(),
-        Vec::new(),
-        Upstream::Http {
-            address: closed,
-            authority: closed.to_string(),
-        },
-        HashMap::new(),
-        1,
-    );
+    let proxy = start(Vec::new(), Some(closed), &[], 1);
     let answer = get(proxy.address, "/", &[]);
     assert_eq!(answer.status, 503);
     assert!(
@@ -238,16 +182,7 @@ fn upstream_connections_are_kept_alive_and_reused() {
     let (app, connections) = counting_origin(|parts, _| {
         http::Response::new(Full::new(Bytes::from(parts.uri.path().to_string())))
     });
-    let proxy = start(
-        engine(),
-        Vec::new(),
-        Upstream::Http {
-            address: app,
-            authority: app.to_string(),
-        },
-        HashMap::new(),
-        1,
-    );
+    let proxy = start(Vec::new(), Some(app), &[], 1);
     for i in 0..5 {
         let answer = get(proxy.address, &format!("/n{i}"), &[]);
         assert_eq!(answer.text(), format!("/n{i}"));
@@ -262,12 +197,11 @@ fn upstream_connections_are_kept_alive_and_reused() {
 
 #[test]
 fn the_admin_api_reports_readiness_stats_and_plugins() {
-    let engine = engine();
     let plugins = vec![
-        built(&engine, "auth", r#"{"tokens": {"secret": "alice"}}"#),
-        built(&engine, "rate_limit", r#"{"requestsPerWindow": 100}"#),
+        built("auth", r#"{"tokens": {"secret": "alice"}}"#),
+        built("rate_limit", r#"{"requestsPerWindow": 100}"#),
     ];
-    let proxy = start(engine, plugins, Upstream::Echo, HashMap::new(), 2);
+    let proxy = start(plugins, None, &[], 2);
     let admin = proxy.admin_address.expect("admin enabled");
     assert_eq!(get(admin, "/ready", &[]).text(), "LIVE\n");
     assert_eq!(get(proxy.address, "/", &[]).status, 401);

@@ -3,16 +3,15 @@
 
 mod e2e;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_config::FailStrategy;
-use sluice_host::{Engine, EngineOptions, Limits, PluginCode};
-use sluice_proxy::{PluginConfig, ProxyConfig, RunningProxy, Upstream};
+use sluice_config::{Cluster, Config, FailStrategy, Plugin};
+use sluice_host::{Engine, EngineOptions, Limits};
+use sluice_proxy::{RunningProxy, Source};
 
 pub fn engine() -> Engine {
     Engine::new(EngineOptions {
@@ -21,52 +20,82 @@ pub fn engine() -> Engine {
     .unwrap()
 }
 
-pub fn plugin(
-    code: PluginCode,
-    name: &str,
-    configuration: &str,
-    fail_strategy: FailStrategy,
-) -> PluginConfig {
-    PluginConfig {
-        name: name.into(),
-        root_id: name.into(),
-        code,
-        configuration: configuration.as_bytes().to_vec(),
-        vm_id: String::new(),
-        env: Vec::new(),
-        fail_strategy,
-        limits: Limits {
-            call_timeout: std::time::Duration::from_millis(200),
-            ..Limits::default()
-        },
+/// Plugins in tests get a short CPU deadline, so a looping plugin fails fast.
+pub fn limits() -> Limits {
+    Limits {
+        call_timeout: std::time::Duration::from_millis(200),
+        ..Limits::default()
     }
 }
 
-pub fn built(engine: &Engine, crate_name: &str, configuration: &str) -> PluginConfig {
-    let code = engine
-        .load_file(&sluice_test_support::plugin_wasm(crate_name))
-        .unwrap();
-    plugin(code, crate_name, configuration, FailStrategy::FailClose)
+/// An example plugin from plugins/, with a JSON configuration.
+pub fn built(crate_name: &str, configuration: &str) -> Plugin {
+    let wasm = sluice_test_support::plugin_wasm(crate_name);
+    Plugin::local(
+        crate_name.replace('_', "-"),
+        wasm.display().to_string(),
+        Some(serde_json::from_str(configuration).expect("test configurations are JSON")),
+        FailStrategy::FailClose,
+    )
 }
 
+/// A WAT fixture as a plugin.
+pub fn fixture(name: &str, fail_strategy: FailStrategy) -> Plugin {
+    let wasm = sluice_test_support::wat_fixture_file(name);
+    Plugin::local(name.into(), wasm.display().to_string(), None, fail_strategy)
+}
+
+/// What `sluice run` without a config file serves, on ephemeral ports.
+pub fn flags(upstream: Option<SocketAddr>, clusters: &[(&str, SocketAddr)]) -> Config {
+    let mut config = Config::single_route(
+        "127.0.0.1:0".parse().unwrap(),
+        upstream.map(|a| a.to_string()),
+        Some("127.0.0.1:0".parse().unwrap()),
+    );
+    for (name, address) in clusters {
+        config
+            .clusters
+            .push(Cluster::endpoint(name, address.to_string()));
+    }
+    config
+}
+
+pub fn start_source(file: Option<std::path::PathBuf>, base: Config) -> RunningProxy {
+    sluice_proxy::start(
+        Source {
+            file,
+            base,
+            limits: limits(),
+            buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+        },
+        engine(),
+    )
+    .unwrap_or_else(|error| panic!("proxy starts: {error}"))
+}
+
+/// The plugins in order in front of `upstream` (or the echo upstream), with `clusters`.
 pub fn start(
-    engine: Engine,
-    plugins: Vec<PluginConfig>,
-    upstream: Upstream,
-    clusters: HashMap<String, SocketAddr>,
+    plugins: Vec<Plugin>,
+    upstream: Option<SocketAddr>,
+    clusters: &[(&str, SocketAddr)],
     workers: usize,
 ) -> RunningProxy {
-    sluice_proxy::start(ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        workers,
-        upstream,
-        clusters,
-        plugins,
-        buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
-        engine,
-        admin: Some("127.0.0.1:0".parse().unwrap()),
-    })
-    .expect("proxy starts")
+    let mut config = flags(upstream, clusters);
+    config.plugins = plugins;
+    config.workers = Some(workers);
+    start_source(None, config)
+}
+
+/// Writes a config file into `dir`, with `{plugins}` standing for the built plugins' directory.
+pub fn config_file(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let plugins = sluice_test_support::plugin_wasm("add_header")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, text.replace("{plugins}", &plugins)).unwrap();
+    path
 }
 
 pub struct Answer {

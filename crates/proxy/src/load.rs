@@ -1,0 +1,173 @@
+//! From a config to something the proxy can run: plugin modules read, checked against their
+//! sha256 and compiled (through the engine's cache), `vmConfig.env` resolved, cluster endpoints
+//! resolved to addresses. Every problem is reported with its place, as config errors are.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use sluice_config::{ClusterKind, Config, ConfigError};
+use sluice_host::{Engine, Limits};
+
+use crate::{LoadedPlugin, ProxyConfig};
+
+/// Where a proxy's config comes from, so that a reload can read it again: an optional config
+/// file, on top of what the command line said.
+#[derive(Clone)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    /// The config the command-line flags describe; the file is read on top of it.
+    pub base: Config,
+    pub limits: Limits,
+    pub buffer_limit: usize,
+}
+
+impl Source {
+    /// Reads the file (if any), checks it and loads everything it names.
+    pub fn load(&self, engine: &Engine) -> Result<ProxyConfig, Vec<ConfigError>> {
+        let (config, base_dir) = match &self.file {
+            None => (self.base.clone(), PathBuf::from(".")),
+            Some(file) => {
+                let text = std::fs::read_to_string(file).map_err(|error| {
+                    vec![ConfigError {
+                        place: file.display().to_string(),
+                        message: format!("cannot read: {error}"),
+                    }]
+                })?;
+                let config = sluice_config::parse(&text, self.base.clone()).map_err(|errors| {
+                    errors
+                        .into_iter()
+                        .map(|e| ConfigError {
+                            place: format!("{}: {}", file.display(), e.place),
+                            message: e.message,
+                        })
+                        .collect::<Vec<_>>()
+                })?;
+                let dir = file
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+                (config, dir)
+            }
+        };
+        let mut proxy = load(config, &base_dir, engine)?;
+        for plugin in &mut proxy.plugins {
+            plugin.limits = self.limits.clone();
+        }
+        proxy.buffer_limit = self.buffer_limit;
+        Ok(proxy)
+    }
+
+    /// The local files a reload would read again: the config file and plugin modules.
+    pub fn watched_files(&self, config: &Config) -> Vec<PathBuf> {
+        let base_dir = self
+            .file
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        self.file
+            .iter()
+            .cloned()
+            .chain(
+                config
+                    .plugins
+                    .iter()
+                    .map(|plugin| local_path(&plugin.url, &base_dir)),
+            )
+            .collect()
+    }
+}
+
+/// A plugin `url` as a local path: `file://` stripped, relative paths taken from `base_dir`.
+fn local_path(url: &str, base_dir: &Path) -> PathBuf {
+    let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+/// Loads every plugin and resolves every endpoint of a checked config.
+pub fn load(
+    config: Config,
+    base_dir: &Path,
+    engine: &Engine,
+) -> Result<ProxyConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut plugins = Vec::new();
+    for plugin in &config.plugins {
+        let place = format!("WasmPlugin {} spec.url", plugin.name);
+        let path = local_path(&plugin.url, base_dir);
+        let env = match plugin.vm.environment(|name| std::env::var(name).ok()) {
+            Ok(env) => env,
+            Err(error) => {
+                errors.push(ConfigError {
+                    place: format!("WasmPlugin {} spec", plugin.name),
+                    message: error.to_string(),
+                });
+                continue;
+            }
+        };
+        match engine.load_file(&path) {
+            Ok(code) => {
+                if let Some(expected) = &plugin.sha256
+                    && *expected != code.info.sha256
+                {
+                    errors.push(ConfigError {
+                        place: format!("WasmPlugin {} spec.sha256", plugin.name),
+                        message: format!(
+                            "{} has sha256 {}, but the config expects {expected}; refusing to run it",
+                            path.display(),
+                            code.info.sha256
+                        ),
+                    });
+                    continue;
+                }
+                plugins.push(LoadedPlugin {
+                    code,
+                    env,
+                    limits: Limits::default(),
+                });
+            }
+            Err(error @ sluice_host::LoadError::Read { .. }) => errors.push(ConfigError {
+                place,
+                message: error.to_string(),
+            }),
+            Err(error) => errors.push(ConfigError {
+                place,
+                message: format!("{}: {error}", path.display()),
+            }),
+        }
+    }
+    let mut endpoints = HashMap::new();
+    for cluster in &config.clusters {
+        let ClusterKind::Static { endpoints: names } = &cluster.kind else {
+            continue;
+        };
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for name in names {
+            match name.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(address)) => addresses.push(address),
+                Ok(None) => errors.push(ConfigError {
+                    place: format!("cluster {}", cluster.name),
+                    message: format!("endpoint `{name}` resolves to no address"),
+                }),
+                Err(error) => errors.push(ConfigError {
+                    place: format!("cluster {}", cluster.name),
+                    message: format!("endpoint `{name}`: {error}"),
+                }),
+            }
+        }
+        endpoints.insert(cluster.name.clone(), addresses);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(ProxyConfig {
+        config,
+        plugins,
+        endpoints,
+        buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+        engine: engine.clone(),
+    })
+}

@@ -227,11 +227,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "admin API on http://{admin} (/ready, /stats, /plugins, /config_dump, POST /reload)"
         );
     }
-    println!("try: curl -i http://{}/hello", proxy.address);
     let reloader = proxy.reloader();
     if args.watch {
         watch(watched, reloader.clone())?;
     }
+    println!("try: curl -i http://{}/hello", proxy.address);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -261,7 +261,7 @@ fn report(result: Result<(), sluice_proxy::ReloadError>) {
     match result {
         Ok(()) => eprintln!("sluice: config reloaded"),
         Err(error) => {
-            eprintln!("sluice: reload refused, still running the previous config: {error}")
+            eprintln!("sluice: reload refused, still running the previous config: {error}");
         }
     }
 }

@@ -254,10 +254,10 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
         let Some(document) = document else { break };
         match (api_version, kind) {
             (WASM_PLUGIN_API, "WasmPlugin") => {
-                if let Some(document) = typed::<WasmPluginSpec>(document, &mut checker) {
-                    if let Some(plugin) = wasm_plugin(document, &mut checker) {
-                        plugins.push(plugin);
-                    }
+                if let Some(document) = typed::<WasmPluginSpec>(document, &mut checker)
+                    && let Some(plugin) = wasm_plugin(document, &mut checker)
+                {
+                    plugins.push(plugin);
                 }
             }
             (PROXY_API, "Proxy") => {
@@ -605,15 +605,12 @@ fn listener_of(
     field: &str,
     checker: &mut Checker<'_>,
 ) -> Option<Listener> {
-    let address = match spec.address.parse::<SocketAddr>() {
-        Ok(address) => address,
-        Err(_) => {
-            checker.error(
-                &format!("{field}.address"),
-                format!("`{}` is not an IP:PORT address", spec.address),
-            );
-            return None;
-        }
+    let Ok(address) = spec.address.parse::<SocketAddr>() else {
+        checker.error(
+            &format!("{field}.address"),
+            format!("`{}` is not an IP:PORT address", spec.address),
+        );
+        return None;
     };
     if spec.routes.is_empty() {
         checker.error(

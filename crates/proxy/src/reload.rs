@@ -91,7 +91,7 @@ impl Reloader {
         match &result {
             Ok(()) => tracing::info!("config reloaded"),
             Err(error) => {
-                tracing::error!("reload refused, the running config is unchanged: {error}")
+                tracing::error!("reload refused, the running config is unchanged: {error}");
             }
         }
         self.stats.reload(result.is_ok());

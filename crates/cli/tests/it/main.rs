@@ -235,3 +235,141 @@ fn run_serves_a_plugin_in_front_of_the_echo_upstream_until_interrupted() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_accepts_the_example_and_names_every_error_with_its_place() {
+    let good = sluice(&["check", "examples/gateway.yaml"]);
+    assert_success(&good);
+    let text = stdout(&good);
+    assert!(
+        text.contains(
+            "ok: 1 listener(s), 2 route(s), 1 cluster(s), 2 plugin(s) in this order: auth (AUTHN"
+        ) && text.contains("→ add-header (UNSPECIFIED_PHASE"),
+        "{text}"
+    );
+    assert!(
+        text.contains("note: document 2 (WasmPlugin auth) spec.selector: ignored"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let auth = sluice_test_support::plugin_wasm("auth");
+    std::fs::write(
+        &bad,
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: a}}\nspec: {{url: missing.wasm, phase: EARLY}}\n---\n\
+             apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: b}}\nspec: {{url: {}, sha256: {}}}\n",
+            auth.display(),
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let output = sluice(&["check", bad.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_exit(&output, 1, text.clone(), "bad.yaml: 1 error(s)");
+    assert!(
+        text.contains("document 1 (WasmPlugin a) spec.phase: `EARLY`: expected AUTHN"),
+        "{text}"
+    );
+
+    std::fs::write(&bad, format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: b}}\nspec: {{url: {}, sha256: {}}}\n", auth.display(), "0".repeat(64))).unwrap();
+    let output = sluice(&["check", bad.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_exit(&output, 1, text.clone(), "WasmPlugin b spec.sha256:");
+    assert!(text.contains("refusing to run it"), "{text}");
+}
+
+#[test]
+fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
+    use std::io::{BufRead, BufReader, Read};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.yaml");
+    let wasm = sluice_test_support::plugin_wasm("add_header");
+    let write = |version: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: headers}}\nspec:\n  url: {}\n  pluginConfig: {{response: {{set: {{x-version: \"{version}\"}}}}}}\n",
+                wasm.display()
+            ),
+        )
+        .unwrap();
+    };
+    write(1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config", file.to_str().unwrap(), "--watch"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--workers",
+            "1",
+        ])
+        .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting sluice run");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("try: curl -i http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let version = || {
+        use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(&address).unwrap();
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-version: ").map(str::to_string))
+    };
+    assert_eq!(version().as_deref(), Some("1"));
+    write(2);
+    // The watcher settles for 200 ms before reloading; bounded wait for the new chain.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while version().as_deref() != Some("2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload after the file changed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-HUP");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(version().as_deref(), Some("2"));
+    signal("-TERM");
+    assert!(child.wait().unwrap().success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("a watched file changed, reloading"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SIGHUP, reloading the config\nsluice: config reloaded"),
+        "{stderr}"
+    );
+}

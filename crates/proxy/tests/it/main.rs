@@ -1,6 +1,7 @@
 //! End-to-end tests through real sockets on 127.0.0.1: a client, the proxy with real plugins, and
 //! in-process origins.
 
+mod config;
 mod e2e;
 
 use std::net::SocketAddr;

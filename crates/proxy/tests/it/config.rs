@@ -1,0 +1,311 @@
+//! The proxy from a config file: routes, per-route plugin overrides, clusters, timeouts and
+//! reloads.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+
+use crate::{config_file, flags, get, origin, request, start_source};
+
+const TOKEN: (&str, &str) = ("authorization", "Bearer secret");
+
+fn named_origin(name: &'static str) -> std::net::SocketAddr {
+    origin(move |parts, _| {
+        http::Response::builder()
+            .header("x-origin", name)
+            .body(Full::new(Bytes::from(parts.uri.to_string())))
+            .unwrap()
+    })
+}
+
+#[test]
+fn routes_choose_chains_clusters_and_timeouts() {
+    let (a, b) = (named_origin("a"), named_origin("b"));
+    let slow = origin(|_, _| {
+        std::thread::sleep(Duration::from_millis(1500));
+        http::Response::new(Full::new(Bytes::from("late")))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  admin: 127.0.0.1:0
+  workers: 1
+  listeners:
+  - address: 127.0.0.1:0
+    routes:
+    - name: open
+      match: {{prefix: /open}}
+      cluster: echo
+      plugins: {{auth: {{disabled: true}}}}
+    - name: moved
+      match: {{prefix: /old}}
+      cluster: echo
+      plugins:
+        headers: {{pluginConfig: {{request: {{set: {{":path": /apps/moved}}}}}}}}
+    - name: apps
+      match: {{prefix: /apps}}
+      cluster: app
+    - name: slow
+      match: {{path: /slow}}
+      cluster: slow
+  clusters:
+  - {{name: echo, type: ECHO}}
+  - {{name: app, endpoints: ["{a}", "{b}"]}}
+  - {{name: slow, endpoints: ["{slow}"], timeout: 300ms}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: headers}}
+spec:
+  url: file://{{plugins}}/add_header.wasm
+  pluginConfig: {{response: {{set: {{x-plugin: add-header}}}}}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: auth}}
+spec:
+  url: "{{plugins}}/auth.wasm"
+  phase: AUTHN
+  pluginConfig: {{tokens: {{secret: alice}}}}
+"#
+        ),
+    );
+    let proxy = start_source(Some(file), flags(None, &[]));
+    let open = get(proxy.address, "/open/x", &[]);
+    assert_eq!(
+        open.status,
+        200,
+        "auth is disabled on /open: {}",
+        open.text()
+    );
+    assert_eq!(open.header("x-plugin"), Some("add-header"));
+    assert_eq!(get(proxy.address, "/apps/1", &[]).status, 401);
+
+    let origins: Vec<String> = (0..4)
+        .map(|i| {
+            let answer = get(proxy.address, &format!("/apps/{i}"), &[TOKEN]);
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            answer.header("x-origin").unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(origins, ["a", "b", "a", "b"], "round-robin over endpoints");
+
+    let moved = get(proxy.address, "/old/page", &[TOKEN]);
+    assert_eq!(moved.status, 200);
+    assert_eq!(
+        moved.text(),
+        "/apps/moved",
+        "routed by the path the plugin wrote"
+    );
+    assert!(moved.header("x-origin").is_some());
+
+    let started = Instant::now();
+    let late = get(proxy.address, "/slow", &[TOKEN]);
+    assert_eq!(late.status, 504);
+    assert_eq!(late.text(), "upstream request timeout");
+    assert!(started.elapsed() < Duration::from_millis(1400));
+
+    let nowhere = get(proxy.address, "/nowhere", &[TOKEN]);
+    assert_eq!(nowhere.status, 404);
+    assert_eq!(
+        get(proxy.address, "/nowhere", &[]).status,
+        401,
+        "plugins run before routing fails"
+    );
+    proxy.stop();
+}
+
+fn versioned(version: u32) -> String {
+    format!(
+        r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: headers}}
+spec:
+  url: "{{plugins}}/add_header.wasm"
+  pluginConfig: {{response: {{set: {{x-version: "{version}"}}}}}}
+"#
+    )
+}
+
+const BROKEN: &str = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: auth}
+spec:
+  url: "{plugins}/auth.wasm"
+  pluginConfig: {tokens: [not, a, map]}
+"#;
+
+fn post(address: std::net::SocketAddr, path: &str) -> crate::Answer {
+    request(
+        address,
+        http::Request::post(path)
+            .header("host", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        false,
+    )
+}
+
+#[test]
+fn a_reload_swaps_the_chain_lets_in_flight_requests_finish_and_refuses_a_bad_config() {
+    let slow = origin(|_, _| {
+        std::thread::sleep(Duration::from_millis(600));
+        http::Response::new(Full::new(Bytes::from("done")))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), &versioned(1));
+    let proxy = start_source(Some(file.clone()), flags(Some(slow), &[]));
+    let admin = proxy.admin_address.unwrap();
+    assert_eq!(get(proxy.address, "/", &[]).header("x-version"), Some("1"));
+
+    let address = proxy.address;
+    let in_flight = std::thread::spawn(move || get(address, "/in-flight", &[]));
+    std::thread::sleep(Duration::from_millis(200));
+    config_file(dir.path(), &versioned(2));
+    let reloaded = post(admin, "/reload");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let old = in_flight.join().unwrap();
+    assert_eq!(old.text(), "done");
+    assert_eq!(
+        old.header("x-version"),
+        Some("1"),
+        "a request in flight during the reload finishes on the chain it started on"
+    );
+    assert_eq!(get(proxy.address, "/", &[]).header("x-version"), Some("2"));
+
+    config_file(dir.path(), BROKEN);
+    let refused = post(admin, "/reload");
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.text().contains("proxy_on_configure returned false")
+            && refused.text().contains("invalid pluginConfig"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        get(proxy.address, "/", &[]).header("x-version"),
+        Some("2"),
+        "a refused reload changes nothing"
+    );
+    let dump: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/config_dump", &[]).body).unwrap();
+    assert_eq!(dump["lastReload"]["ok"], false);
+    assert_eq!(dump["plugins"][0]["name"], "headers");
+    assert_eq!(
+        dump["plugins"][0]["pluginConfig"]["response"]["set"]["x-version"],
+        "2"
+    );
+    let stats = get(admin, "/stats", &[]).text();
+    assert!(
+        stats.contains("sluice_config_reloads_total{result=\"ok\"} 1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("sluice_config_reloads_total{result=\"failed\"} 1"),
+        "{stats}"
+    );
+    assert_eq!(get(admin, "/reload", &[]).status, 405);
+    proxy.stop();
+}
+
+/// Clients on keep-alive connections send requests for as long as `running` says; each answer
+/// that is not a 200 with a version header counts as lost.
+fn load(
+    address: std::net::SocketAddr,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Vec<String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (mut ok, mut lost) = (0, Vec::new());
+        let connect = || async {
+            let io = hyper_util::rt::TokioIo::new(
+                tokio::net::TcpStream::connect(address).await.unwrap(),
+            );
+            let (sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            sender
+        };
+        let mut sender = connect().await;
+        // Bounded in time by `running` and in count by this limit.
+        for _ in 0..200_000 {
+            if !running.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let request = http::Request::get("/load")
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            match sender.send_request(request).await {
+                Ok(response)
+                    if response.status() == 200 && response.headers().contains_key("x-version") =>
+                {
+                    use http_body_util::BodyExt;
+                    let _ = response.into_body().collect().await;
+                    ok += 1;
+                }
+                Ok(response) => lost.push(format!("status {}", response.status())),
+                Err(error) => {
+                    lost.push(error.to_string());
+                    sender = connect().await;
+                }
+            }
+        }
+        (ok, lost)
+    })
+}
+
+#[test]
+fn twenty_reloads_under_load_lose_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), &versioned(0));
+    let mut base = flags(None, &[]);
+    base.workers = Some(2);
+    let proxy = start_source(Some(file), base);
+    let reloader = proxy.reloader();
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (address, running) = (proxy.address, running.clone());
+            std::thread::spawn(move || load(address, running))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = 0;
+    for version in 1..=20 {
+        let text = if version == 10 {
+            BROKEN.to_string()
+        } else {
+            versioned(version)
+        };
+        config_file(dir.path(), &text);
+        if reloader.reload().is_err() {
+            refused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "20 reloads within 20 s");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for client in clients {
+        let (ok, lost) = client.join().unwrap();
+        assert!(lost.is_empty(), "lost requests: {lost:?}");
+        served += ok;
+    }
+    eprintln!("{served} requests answered across 20 reloads, none lost");
+    assert_eq!(refused, 1, "only the broken config is refused");
+    assert!(served > 100, "the load kept going: {served} requests");
+    assert_eq!(get(proxy.address, "/", &[]).header("x-version"), Some("20"));
+    proxy.stop();
+}

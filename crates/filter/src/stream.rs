@@ -9,9 +9,11 @@
 //! - A paused body callback buffers: the plugin is called again with the growing buffer for each
 //!   chunk, and nothing passes it until it continues (or returns Continue on a later chunk).
 //!   Over the buffer bound, requests get 413 and responses 500 (or a reset once the response began).
-//! - A local reply sent before the response began replaces the upstream; when sent from the
-//!   request path it runs through every plugin's response callbacks, from the response path it is
-//!   sent directly.
+//! - A local reply sent before the response began replaces the upstream. A plugin's local reply
+//!   (and the 503 of a failing plugin) goes straight to the client, with no plugin's response
+//!   callbacks (as Envoy does; checked by the differential test). The proxy's own replies
+//!   (upstream failures, timeouts, no route) run through every plugin's response callbacks, as
+//!   the router's do in Envoy, unless a response head already exists.
 //! - A failing plugin is skipped under FAIL_OPEN; otherwise the stream gets 503 (FAIL_RELOAD also
 //!   gives the next stream a fresh instance).
 
@@ -319,7 +321,8 @@ impl Stream {
     /// its response head), as Envoy's router does: through every plugin's response callbacks when
     /// the response has not begun, a reset of the client's stream otherwise.
     pub fn local_reply_from_proxy(&mut self, status: u32, details: &str, body: &str) {
-        self.local_reply(own_reply(status, details, body, None), false);
+        let direct = self.on_response_path();
+        self.local_reply(own_reply(status, details, body, None), direct);
     }
 
     /// Resets the client's stream (the upstream failed after the response began).
@@ -651,8 +654,9 @@ impl Stream {
                 }
                 Effect::LocalResponse { context, response } => {
                     if owner(self, context).is_some() {
-                        let from_response = self.on_response_path();
-                        self.local_reply(response, from_response);
+                        // Envoy sends a plugin's local reply straight to the client: no plugin's
+                        // response callbacks see it (checked against Envoy by the differential test).
+                        self.local_reply(response, true);
                     }
                 }
                 Effect::HttpCall {
@@ -812,8 +816,9 @@ impl Stream {
         self.steps.push_back(step);
     }
 
-    /// Answers the client instead of (or instead of the rest of) the upstream response.
-    fn local_reply(&mut self, reply: LocalResponse, from_response_path: bool) {
+    /// Answers the client instead of (or instead of the rest of) the upstream response: `direct`ly,
+    /// or through every plugin's response callbacks.
+    fn local_reply(&mut self, reply: LocalResponse, direct: bool) {
         if self.response_started {
             self.reset("local reply after the response began");
             return;
@@ -859,7 +864,7 @@ impl Stream {
         let n = self.contexts.len();
         self.response = Flow::new(n);
         let end_of_stream = body.is_empty();
-        if from_response_path {
+        if direct {
             self.response.closed = true;
             self.emit(Direction::Response, Event::Headers { end_of_stream });
             if !end_of_stream {
@@ -937,15 +942,12 @@ impl Stream {
     /// 503 for the client (Envoy's `wasm_fail_stream`), or a reset once the response began.
     fn fail_stream(&mut self, plugin: &str) {
         let body = format!("plugin '{plugin}' failed\n");
-        let from_response = self.on_response_path();
-        self.local_reply(
-            own_reply(503, "wasm_fail_stream", &body, Some(14)),
-            from_response,
-        );
+        // Sent by the failing plugin's filter, like a plugin's own local reply.
+        self.local_reply(own_reply(503, "wasm_fail_stream", &body, Some(14)), true);
     }
 
-    /// Whether a response head exists (from the upstream or a local reply): a local reply now
-    /// replaces it directly instead of running through the response callbacks, as in Envoy.
+    /// Whether a response head exists (from the upstream or a local reply): a reply from the proxy
+    /// now replaces it directly instead of running through the response callbacks.
     fn on_response_path(&self) -> bool {
         self.data.borrow().response_headers.get(":status").is_some()
     }

@@ -45,6 +45,20 @@ pub enum ClientError {
     Request { target: String, message: String },
 }
 
+impl ClientError {
+    /// Envoy's name for this kind of upstream failure (`StreamResetReason`), which Envoy puts in
+    /// the 503 body clients see.
+    pub fn reset_reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "remote connection failure",
+            Self::ConnectTimeout { .. } => "connection timeout",
+            Self::Http { source, .. } if source.is_parse() => "protocol error",
+            Self::Http { .. } => "connection termination",
+            Self::Timeout(_) | Self::UnknownCluster(_) | Self::Request { .. } => "local reset",
+        }
+    }
+}
+
 async fn connect(
     address: Option<SocketAddr>,
     host: &str,

@@ -37,7 +37,8 @@ enum UpstreamEvent {
     Head(http::response::Parts, bool),
     Frame(Frame<Bytes>),
     End,
-    Failed(String),
+    /// Envoy's name for the kind of failure, and what exactly happened (for the log).
+    Failed(&'static str, String),
     /// The cluster's timeout passed before the response was complete.
     TimedOut(Duration),
 }
@@ -136,6 +137,10 @@ async fn drive(
     };
     let (parts, mut body) = request.into_parts();
     let mut headers = request_map(&parts);
+    // As Envoy's connection manager does before any filter runs.
+    if headers.get("x-forwarded-proto").is_none() {
+        headers.add("x-forwarded-proto", "http");
+    }
     if headers.get("x-request-id").is_none() {
         headers.add("x-request-id", request_id());
     }
@@ -384,7 +389,12 @@ impl Driver {
                     match pool.send(&target, request, connect_timeout).await {
                         Ok(exchange) => exchange,
                         Err(error) => {
-                            let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
+                            let _ = events
+                                .send(UpstreamEvent::Failed(
+                                    error.reset_reason(),
+                                    error.to_string(),
+                                ))
+                                .await;
                             return;
                         }
                     };
@@ -398,7 +408,12 @@ impl Driver {
                         let event = match frame {
                             Ok(frame) => UpstreamEvent::Frame(frame),
                             Err(error) => {
-                                let _ = events.send(UpstreamEvent::Failed(error.to_string())).await;
+                                let _ = events
+                                    .send(UpstreamEvent::Failed(
+                                        "connection termination",
+                                        error.to_string(),
+                                    ))
+                                    .await;
                                 return;
                             }
                         };
@@ -467,22 +482,23 @@ impl Driver {
                     );
                 }
             }
-            Some(UpstreamEvent::Failed(reason)) => {
+            Some(UpstreamEvent::Failed(reason, detail)) => {
                 self.upstream_events = None;
                 self.connection.state.stats.upstream_error();
                 if self.upstream_head_seen {
                     self.stream
-                        .reset_downstream(&format!("upstream reset: {reason}"));
+                        .reset_downstream(&format!("upstream reset: {detail}"));
                 } else {
-                    tracing::warn!("upstream failed: {reason}");
+                    tracing::warn!("upstream failed: {detail}");
+                    // Envoy's body and details: the kind of reset, not the socket error.
                     let body = format!(
                         "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
                     );
-                    self.stream.local_reply_from_proxy(
-                        503,
-                        "upstream_reset_before_response_started",
-                        &body,
+                    let details = format!(
+                        "upstream_reset_before_response_started{{{}}}",
+                        reason.replace(' ', "_")
                     );
+                    self.stream.local_reply_from_proxy(503, &details, &body);
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! in-process origins.
 
 mod config;
+mod differential;
 mod e2e;
 
 use std::net::SocketAddr;

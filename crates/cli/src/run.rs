@@ -21,6 +21,12 @@ pub struct RunArgs {
     /// Address to listen on [default: 127.0.0.1:10000] (without a Proxy document)
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve TLS (with ALPN h2 and http/1.1) with this PEM certificate chain (without a Proxy document)
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Where requests go after the plugins (http://HOST:PORT); the built-in echo upstream when absent
     #[arg(long)]
     upstream: Option<String>,
@@ -103,6 +109,14 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         .unwrap_or_else(|| sluice_config::DEFAULT_LISTEN.parse().expect("valid"));
     let mut config = Config::single_route(listen, upstream, admin_address(args.admin.as_deref())?);
     config.workers = args.workers;
+    if let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        // Absolute, so that a config file elsewhere does not change what they name.
+        let absolute = |path: &Path| std::path::absolute(path).map(|p| p.display().to_string());
+        config.listeners[0].tls = Some(sluice_config::TlsFiles {
+            certificate: absolute(certificate)?,
+            private_key: absolute(key)?,
+        });
+    }
     for cluster in &args.clusters {
         let Some((name, target)) = cluster.split_once('=') else {
             bail!("--cluster `{cluster}`: expected NAME=HOST:PORT");
@@ -179,6 +193,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ("--listen", args.listen.is_some()),
             ("--upstream", args.upstream.is_some()),
             ("--cluster", !args.clusters.is_empty()),
+            ("--tls-cert", args.tls_cert.is_some()),
         ] {
             if given {
                 bail!(
@@ -216,7 +231,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         proxy
             .addresses
             .iter()
-            .map(|a| format!("http://{a}"))
+            .zip(&loaded.tls)
+            .map(|(a, tls)| format!("{}://{a}", if tls.is_some() { "https" } else { "http" }))
             .collect::<Vec<_>>()
             .join(", "),
         loaded.workers(),
@@ -231,7 +247,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.watch {
         watch(watched, reloader.clone())?;
     }
-    println!("try: curl -i http://{}/hello", proxy.address);
+    let scheme = if loaded.tls[0].is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("try: curl -i {scheme}://{}/hello", proxy.address);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -326,6 +347,8 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
         base: flags_config(&RunArgs {
             config: None,
             listen: None,
+            tls_cert: None,
+            tls_key: None,
             upstream: None,
             plugins: Vec::new(),
             plugin_configs: Vec::new(),

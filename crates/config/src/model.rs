@@ -48,8 +48,17 @@ impl std::fmt::Display for Notice {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// TLS with ALPN (h2, http/1.1); `None` is cleartext (HTTP/1.1 and h2c prior knowledge).
+    pub tls: Option<TlsFiles>,
     /// Tried in order; the first that matches routes the request.
     pub routes: Vec<Route>,
+}
+
+/// A listener's certificate chain and private key, as PEM file paths (relative to the config file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: String,
+    pub private_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -237,6 +246,7 @@ impl Config {
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,
+                tls: None,
                 routes: vec![Route {
                     name: "default".into(),
                     matcher: RouteMatch::default(),
@@ -379,6 +389,7 @@ mod tests {
         let listener = Listener {
             name: "l".into(),
             address: "127.0.0.1:80".parse().unwrap(),
+            tls: None,
             routes: vec![route(exact), route(RouteMatch::default())],
         };
         assert!(std::ptr::eq(

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{
     Cluster, ClusterKind, Config, HeaderMatch, HostMatch, Listener, Notice, PathMatch, Phase,
-    Plugin, PluginOverride, Route, RouteMatch,
+    Plugin, PluginOverride, Route, RouteMatch, TlsFiles,
 };
 use crate::{FailStrategy, VmConfig};
 
@@ -120,7 +120,16 @@ struct ListenerSpec {
     #[serde(default)]
     name: Option<String>,
     address: String,
+    #[serde(default)]
+    tls: Option<TlsSpec>,
     routes: Vec<RouteSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TlsSpec {
+    certificate: String,
+    private_key: String,
 }
 
 #[derive(Deserialize)]
@@ -627,6 +636,10 @@ fn listener_of(
     Some(Listener {
         name: spec.name.unwrap_or_else(|| format!("listener-{index}")),
         address,
+        tls: spec.tls.map(|tls| TlsFiles {
+            certificate: tls.certificate,
+            private_key: tls.private_key,
+        }),
         routes,
     })
 }
@@ -796,6 +809,7 @@ spec:
   listeners:
   - name: public
     address: 127.0.0.1:8080
+    tls: {certificate: cert.pem, privateKey: key.pem}
     routes:
     - name: health
       match: {path: /health}
@@ -861,6 +875,13 @@ spec: {url: audit.wasm, priority: 100}
         assert_eq!(config.cluster("echo").unwrap().kind, ClusterKind::Echo);
 
         let listener = &config.listeners[0];
+        assert_eq!(
+            listener.tls,
+            Some(TlsFiles {
+                certificate: "cert.pem".into(),
+                private_key: "key.pem".into()
+            })
+        );
         let health = listener.route("a", "/health", |_| None).unwrap();
         let names: Vec<&str> = config
             .chain(listener, Some(health))
@@ -950,6 +971,7 @@ kind: VirtualService
         start.listeners.push(Listener {
             name: "flags".into(),
             address: "127.0.0.1:1".parse().unwrap(),
+            tls: None,
             routes: Vec::new(),
         });
         let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec: {url: a.wasm}\n";

@@ -31,6 +31,8 @@ pub struct Connection {
     pub listener: usize,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// Set on TLS listeners, once the handshake is done.
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 enum UpstreamEvent {
@@ -85,6 +87,19 @@ fn stream_info(
     for (key, value) in values {
         info.properties.insert(key.to_string(), value);
     }
+    if let Some(tls) = &connection.tls {
+        let values: [(&str, PropertyValue); 3] = [
+            ("connection.tls_version", tls.version.into()),
+            (
+                "connection.requested_server_name",
+                tls.server_name.clone().unwrap_or_default().into(),
+            ),
+            ("connection.mtls", PropertyValue::Bool(false)),
+        ];
+        for (key, value) in values {
+            info.properties.insert(key.to_string(), value);
+        }
+    }
     info
 }
 
@@ -136,10 +151,15 @@ async fn drive(
         _ => "HTTP/1.1",
     };
     let (parts, mut body) = request.into_parts();
-    let mut headers = request_map(&parts);
+    let scheme = if connection.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut headers = request_map(&parts, scheme);
     // As Envoy's connection manager does before any filter runs.
     if headers.get("x-forwarded-proto").is_none() {
-        headers.add("x-forwarded-proto", "http");
+        headers.add("x-forwarded-proto", scheme);
     }
     if headers.get("x-request-id").is_none() {
         headers.add("x-request-id", request_id());

@@ -22,8 +22,9 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// The request as plugins see it: `:method`, `:path`, `:authority`, `:scheme`, then the headers.
-pub fn request_map(parts: &http::request::Parts) -> HeaderMap {
+/// The request as plugins see it: `:method`, `:path`, `:authority`, `:scheme` (the request's own,
+/// else the connection's), then the headers.
+pub fn request_map(parts: &http::request::Parts, scheme: &str) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.add(":method", parts.method.as_str());
     map.add(
@@ -43,7 +44,7 @@ pub fn request_map(parts: &http::request::Parts) -> HeaderMap {
         })
         .unwrap_or_default();
     map.add(":authority", authority);
-    map.add(":scheme", parts.uri.scheme_str().unwrap_or("http"));
+    map.add(":scheme", parts.uri.scheme_str().unwrap_or(scheme));
     add_fields(&mut map, &parts.headers);
     map
 }

@@ -11,10 +11,12 @@ mod headers;
 mod load;
 mod reload;
 mod stats;
+mod tls;
 mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use sluice_config::{ClusterKind, Config};
 use sluice_host::{Engine, Limits, PluginCode};
@@ -40,6 +42,8 @@ pub struct ProxyConfig {
     pub plugins: Vec<LoadedPlugin>,
     /// The resolved addresses of each STATIC cluster's endpoints.
     pub endpoints: HashMap<String, Vec<SocketAddr>>,
+    /// Each listener's TLS settings (same order as `config.listeners`); `None` for cleartext.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     pub buffer_limit: usize,
     pub engine: Engine,
 }

@@ -77,7 +77,8 @@ impl Source {
     }
 }
 
-/// A plugin `url` as a local path: `file://` stripped, relative paths taken from `base_dir`.
+/// A plugin `url` (or any file the config names) as a local path: `file://` stripped, relative
+/// paths taken from `base_dir`.
 fn local_path(url: &str, base_dir: &Path) -> PathBuf {
     let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
     if path.is_absolute() {
@@ -160,6 +161,22 @@ pub fn load(
         }
         endpoints.insert(cluster.name.clone(), addresses);
     }
+    let mut tls = Vec::new();
+    for listener in &config.listeners {
+        tls.push(listener.tls.as_ref().and_then(|files| {
+            crate::tls::server_config(
+                &local_path(&files.certificate, base_dir),
+                &local_path(&files.private_key, base_dir),
+            )
+            .map_err(|message| {
+                errors.push(ConfigError {
+                    place: format!("listener {} tls", listener.name),
+                    message,
+                });
+            })
+            .ok()
+        }));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -167,6 +184,7 @@ pub fn load(
         config,
         plugins,
         endpoints,
+        tls,
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         engine: engine.clone(),
     })

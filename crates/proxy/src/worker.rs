@@ -342,16 +342,32 @@ async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     socket.set_nodelay(true).ok();
-                    let connection = Connection {
+                    let mut connection = Connection {
                         state: state.clone(),
                         listener: listener_index,
                         local: local.unwrap_or(peer),
                         peer,
+                        tls: None,
                     };
+                    // The generation's TLS settings at accept time: a reload can rotate certificates.
+                    let tls = state.generation.borrow().config.tls[listener_index].clone();
                     let active = active.clone();
                     active.set(active.get() + 1);
                     tokio::task::spawn_local(async move {
-                        serve(socket, Rc::new(connection)).await;
+                        match tls {
+                            None => serve(socket, Rc::new(connection)).await,
+                            Some(config) => {
+                                let handshake = tokio_rustls::TlsAcceptor::from(config).accept(socket);
+                                match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
+                                    Ok(Ok(stream)) => {
+                                        connection.tls = Some(crate::tls::info(stream.get_ref().1));
+                                        serve(stream, Rc::new(connection)).await;
+                                    }
+                                    Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            }
+                        }
                         active.set(active.get() - 1);
                     });
                 }
@@ -388,17 +404,17 @@ async fn follow(
     }
 }
 
-async fn serve(socket: tokio::net::TcpStream, connection: Rc<Connection>) {
+async fn serve<I>(io: I, connection: Rc<Connection>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let peer = connection.peer;
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             handle(request, connection.clone())
         });
     let builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
-    if let Err(error) = builder
-        .serve_connection(TokioIo::new(socket), service)
-        .await
-    {
+    if let Err(error) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!(%peer, "connection ended: {error}");
     }
 }

@@ -309,3 +309,116 @@ fn twenty_reloads_under_load_lose_no_request() {
     assert_eq!(get(proxy.address, "/", &[]).header("x-version"), Some("20"));
     proxy.stop();
 }
+
+/// A self-signed certificate for `localhost`, written as PEM files into `dir`.
+fn certificate(dir: &std::path::Path) -> (String, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    (cert.pem(), cert.der().clone())
+}
+
+/// One GET over TLS offering `alpn`; the protocol the server chose and the answer.
+fn tls_get(
+    address: std::net::SocketAddr,
+    root: rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> (Option<Vec<u8>>, u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        let negotiated = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let request = http::Request::get("https://localhost/secure")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = if negotiated.as_deref() == Some(b"h2") {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            sender.send_request(request).await.unwrap()
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            sender.send_request(request).await.unwrap()
+        };
+        let status = response.status().as_u16();
+        use http_body_util::BodyExt;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            negotiated,
+            status,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    })
+}
+
+#[test]
+fn a_tls_listener_negotiates_h2_or_http1_and_marks_requests_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, root) = certificate(dir.path());
+    let file = config_file(
+        dir.path(),
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  admin: "off"
+  workers: 1
+  listeners:
+  - address: 127.0.0.1:0
+    tls: {certificate: cert.pem, privateKey: key.pem}
+    routes: [{cluster: echo}]
+  clusters: [{name: echo, type: ECHO}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: headers}
+spec:
+  url: "{plugins}/add_header.wasm"
+  pluginConfig: {request: {set: {x-hello: tls}}}
+"#,
+    );
+    let proxy = start_source(Some(file), flags(None, &[]));
+    for (alpn, expected) in [
+        (&[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
+        (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+    ] {
+        let (negotiated, status, body) = tls_get(proxy.address, root.clone(), alpn);
+        assert_eq!(negotiated.as_deref(), Some(expected));
+        assert_eq!(status, 200, "{body}");
+        let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let headers = echo["headers"].as_array().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h[0] == name)
+                .map(|h| h[1].as_str().unwrap().to_string())
+        };
+        assert_eq!(header("x-hello").as_deref(), Some("tls"));
+        assert_eq!(header("x-forwarded-proto").as_deref(), Some("https"));
+    }
+    proxy.stop();
+}

@@ -49,7 +49,7 @@ enum Command {
         json: bool,
     },
     /// Run the proxy: plugins in order in front of an upstream (the built-in echo upstream by default)
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Validate a config file: every error with its place, then load and start its plugins once
     Check {
         /// The config file (WasmPlugin and Proxy documents)
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::Test { scenarios, json } => test::run(&scenarios, json),
         Command::Inspect { wasm, json } => inspect::run(&wasm, json),
         Command::Build { dir, debug } => build::run(&dir, debug),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Check { file } => run::check(&file),
     };
     match result {

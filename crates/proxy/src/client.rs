@@ -59,7 +59,7 @@ impl ClientError {
     }
 }
 
-async fn connect(
+pub(crate) async fn connect(
     address: Option<SocketAddr>,
     host: &str,
     port: u16,

@@ -2,6 +2,7 @@
 //! executes its steps (upstream request and body, response to the client, callouts) as they come.
 //! Bodies stream frame by frame with bounded channels; nothing is buffered unless a plugin pauses.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{self, BodyReset, ChannelBody, FrameResult};
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
 use crate::worker::{Generation, WorkerState};
-use crate::{Target, client, echo};
+use crate::{Target, client, echo, grpc};
 
 /// A stream with nothing happening for this long is answered (or reset) and ended.
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -45,10 +46,18 @@ enum UpstreamEvent {
     TimedOut(Duration),
 }
 
-struct Callout {
-    plugin: usize,
-    token: u32,
-    response: Option<CallResponse>,
+/// The answer to a plugin's callout, for the plugin that made it.
+enum Callout {
+    Http {
+        plugin: usize,
+        token: u32,
+        response: Option<CallResponse>,
+    },
+    Grpc {
+        plugin: usize,
+        token: u32,
+        event: GrpcEvent,
+    },
 }
 
 /// The hyper service: starts the driver and waits for the response head it produces.
@@ -133,6 +142,8 @@ struct Driver {
     upstream_finished: bool,
     echo: Option<(HeaderMap, Vec<u8>, HeaderMap)>,
     callouts: mpsc::UnboundedSender<Callout>,
+    /// Running gRPC calls and streams, by plugin and token.
+    grpc_calls: HashMap<(usize, u32), mpsc::UnboundedSender<grpc::Command>>,
     /// The status the client got, for the stats; `None` until a head was sent or after a reset.
     status: Option<u16>,
 }
@@ -188,6 +199,7 @@ async fn drive(
         upstream_finished: false,
         echo: None,
         callouts,
+        grpc_calls: HashMap::new(),
         status: None,
     };
     let mut downstream_open = !body.is_end_stream();
@@ -224,9 +236,17 @@ async fn drive(
             event = async { driver.upstream_events.as_mut().expect("guarded").recv().await }, if upstream_open => {
                 driver.upstream_event(event);
             }
-            Some(answer) = callout_answers.recv() => {
-                driver.stream.http_call_response(answer.plugin, answer.token, answer.response);
-            }
+            Some(answer) = callout_answers.recv() => match answer {
+                Callout::Http { plugin, token, response } => {
+                    driver.stream.http_call_response(plugin, token, response);
+                }
+                Callout::Grpc { plugin, token, event } => {
+                    if matches!(event, GrpcEvent::Close { .. }) {
+                        driver.grpc_calls.remove(&(plugin, token));
+                    }
+                    driver.stream.grpc_event(plugin, token, event);
+                }
+            },
             () = tokio::time::sleep(STREAM_IDLE_TIMEOUT) => {
                 driver.stream.local_reply_from_proxy(504, "stream_idle_timeout", "stream timeout");
                 driver.apply_steps().await;
@@ -316,18 +336,40 @@ impl Driver {
                 token,
                 request,
             } => {
-                tracing::warn!(cluster = %request.upstream, "gRPC callouts are not served by `sluice run` yet");
-                let message = b"gRPC callouts are not implemented by this proxy yet".to_vec();
-                self.stream.grpc_event(
-                    plugin,
-                    token,
-                    GrpcEvent::Close {
-                        status: 12,
-                        message,
-                    },
-                );
+                let (commands, receiver) = mpsc::unbounded_channel();
+                self.grpc_calls.insert((plugin, token), commands);
+                let (clusters, answers) = (self.generation.clusters.clone(), self.callouts.clone());
+                tokio::task::spawn_local(async move {
+                    grpc::call(&clusters, request, receiver, |event| {
+                        let _ = answers.send(Callout::Grpc {
+                            plugin,
+                            token,
+                            event,
+                        });
+                    })
+                    .await;
+                });
             }
-            Step::GrpcSend { .. } | Step::GrpcCancel { .. } | Step::GrpcClose { .. } => {}
+            Step::GrpcSend {
+                plugin,
+                token,
+                message,
+                end_of_stream,
+            } => self.grpc_command(
+                plugin,
+                token,
+                grpc::Command::Send {
+                    message,
+                    end_of_stream,
+                },
+            ),
+            Step::GrpcClose { plugin, token } => {
+                self.grpc_command(plugin, token, grpc::Command::Close);
+            }
+            Step::GrpcCancel { plugin, token } => {
+                self.grpc_command(plugin, token, grpc::Command::Cancel);
+                self.grpc_calls.remove(&(plugin, token));
+            }
             Step::ResetUpstream => {
                 if let Some(task) = self.upstream_task.take() {
                     task.abort();
@@ -552,6 +594,12 @@ impl Driver {
         }
     }
 
+    fn grpc_command(&self, plugin: usize, token: u32, command: grpc::Command) {
+        if let Some(commands) = self.grpc_calls.get(&(plugin, token)) {
+            let _ = commands.send(command);
+        }
+    }
+
     fn spawn_callout(&mut self, plugin: usize, token: u32, request: HttpCallRequest) {
         let clusters = self.generation.clusters.clone();
         let answers = self.callouts.clone();
@@ -564,7 +612,7 @@ impl Driver {
                     None
                 }
             };
-            let _ = answers.send(Callout {
+            let _ = answers.send(Callout::Http {
                 plugin,
                 token,
                 response,

@@ -7,6 +7,7 @@ mod body;
 mod client;
 mod driver;
 mod echo;
+mod grpc;
 mod headers;
 mod load;
 mod reload;

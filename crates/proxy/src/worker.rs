@@ -2,6 +2,7 @@
 //! (SO_REUSEPORT), its own plugin VMs and its own upstream connections.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -11,15 +12,15 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use sluice_config::{Listener, Route};
 use sluice_filter::{Chain, ChainError, PluginSpec, RootCall, VmPool};
-use sluice_host::{Clock, Engine, VmConfig};
+use sluice_host::{Clock, Engine, GrpcEvent, VmConfig};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::admin::Admin;
 use crate::driver::{Connection, handle};
 use crate::reload::Reloader;
 use crate::stats::Stats;
-use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists};
+use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists, grpc};
 
 /// How long a stopping worker lets in-flight connections finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,8 +245,9 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
     Ok(running)
 }
 
+/// Runs hyper's connection tasks on the worker's own thread.
 #[derive(Clone, Copy)]
-struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, future: F) {
@@ -423,6 +425,7 @@ where
 /// It ends when the generation is gone (replaced, and its last request finished).
 async fn timers(generation: Weak<Generation>, stats: Arc<Stats>) {
     const IDLE_POLL: Duration = Duration::from_millis(20);
+    let grpc_calls: RootGrpcCalls = Rc::default();
     loop {
         let Some(generation) = generation.upgrade() else {
             return;
@@ -437,19 +440,70 @@ async fn timers(generation: Weak<Generation>, stats: Arc<Stats>) {
         pool.deliver_queue_events();
         stats.plugin_failures(pool.take_failures().len());
         for call in pool.take_root_calls() {
-            if let RootCall::Http {
-                vm,
-                root_context,
-                token,
-                request,
-            } = call
-            {
-                let (pool, clusters) = (pool.clone(), generation.clusters.clone());
-                tokio::task::spawn_local(async move {
-                    let response = client::callout(&clusters, request).await.ok();
-                    pool.http_call_response(vm, root_context, token, response);
-                });
+            let clusters = generation.clusters.clone();
+            match call {
+                RootCall::Http {
+                    vm,
+                    root_context,
+                    token,
+                    request,
+                } => {
+                    let pool = pool.clone();
+                    tokio::task::spawn_local(async move {
+                        let response = client::callout(&clusters, request).await.ok();
+                        pool.http_call_response(vm, root_context, token, response);
+                    });
+                }
+                RootCall::Grpc {
+                    vm,
+                    root_context,
+                    token,
+                    request,
+                } => {
+                    let (commands, receiver) = mpsc::unbounded_channel();
+                    grpc_calls.borrow_mut().insert((vm, token), commands);
+                    let (pool, calls) = (pool.clone(), grpc_calls.clone());
+                    tokio::task::spawn_local(async move {
+                        grpc::call(&clusters, request, receiver, |event| {
+                            if matches!(event, GrpcEvent::Close { .. }) {
+                                calls.borrow_mut().remove(&(vm, token));
+                            }
+                            pool.grpc_event(vm, root_context, token, event);
+                        })
+                        .await;
+                    });
+                }
+                RootCall::GrpcSend {
+                    vm,
+                    token,
+                    message,
+                    end_of_stream,
+                } => root_command(
+                    &grpc_calls,
+                    vm,
+                    token,
+                    grpc::Command::Send {
+                        message,
+                        end_of_stream,
+                    },
+                ),
+                RootCall::GrpcClose { vm, token } => {
+                    root_command(&grpc_calls, vm, token, grpc::Command::Close);
+                }
+                RootCall::GrpcCancel { vm, token } => {
+                    root_command(&grpc_calls, vm, token, grpc::Command::Cancel);
+                    grpc_calls.borrow_mut().remove(&(vm, token));
+                }
             }
         }
+    }
+}
+
+/// gRPC calls and streams made outside any stream, by VM and token.
+type RootGrpcCalls = Rc<RefCell<HashMap<(usize, u32), mpsc::UnboundedSender<grpc::Command>>>>;
+
+fn root_command(calls: &RootGrpcCalls, vm: usize, token: u32, command: grpc::Command) {
+    if let Some(commands) = calls.borrow().get(&(vm, token)) {
+        let _ = commands.send(command);
     }
 }

@@ -143,6 +143,18 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            cluster: "upstream",
+            name: "grpc_auth",
+            plugins: vec![(
+                "grpc_auth",
+                r#"{"cluster": "grpc-authz", "timeoutMs": 2000}"#,
+            )],
+            requests: vec![
+                ("GET", "/orders", vec![("authorization", "Bearer abc")], ""),
+                ("GET", "/admin", vec![], ""),
+            ],
+        },
+        Case {
             cluster: "closed",
             name: "unreachable",
             plugins: vec![(
@@ -196,6 +208,7 @@ fn envoy_config(
     cases: &[Case],
     upstream: SocketAddr,
     authz: SocketAddr,
+    grpc_authz: SocketAddr,
     closed: SocketAddr,
 ) -> String {
     let mut listeners = String::new();
@@ -251,11 +264,16 @@ fn envoy_config(
         ));
     }
     let cluster = |name: &str, address: SocketAddr| {
+        let http2 = if name == "grpc-authz" {
+            "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http2_protocol_options: {} }"
+        } else {
+            ""
+        };
         format!(
             r#"
   - name: {name}
     type: STATIC
-    connect_timeout: 1s
+    connect_timeout: 1s{http2}
     load_assignment:
       cluster_name: {name}
       endpoints:
@@ -266,9 +284,10 @@ fn envoy_config(
         )
     };
     format!(
-        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nstatic_resources:\n  listeners:{listeners}\n  clusters:{}{}{}",
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nstatic_resources:\n  listeners:{listeners}\n  clusters:{}{}{}{}",
         cluster("upstream", upstream),
         cluster("authz", authz),
+        cluster("grpc-authz", grpc_authz),
         cluster("closed", closed)
     )
 }
@@ -406,6 +425,16 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
             .body(Full::new(Bytes::from(if good { "" } else { "denied" })))
             .unwrap()
     });
+    let grpc_authz = crate::grpc_origin(|_, metadata, messages| {
+        let asked = String::from_utf8_lossy(&messages[0]).into_owned();
+        let token = metadata.get("authorization").map(|v| v.as_bytes().to_vec());
+        let reply = if token.as_deref() == Some(b"Bearer abc") {
+            "allow".to_string()
+        } else {
+            format!("no access to {asked}")
+        };
+        (vec![reply.into_bytes()], 0)
+    });
     let cases = cases();
     let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -414,7 +443,7 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
         .unwrap();
     let envoy = start_envoy(
         &binary,
-        &envoy_config(&cases, upstream, authz, closed),
+        &envoy_config(&cases, upstream, authz, grpc_authz, closed),
         &names,
     );
     let mut differences = Vec::new();
@@ -430,7 +459,7 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
             } else {
                 upstream
             }),
-            &[("authz", authz)],
+            &[("authz", authz), ("grpc-authz", grpc_authz)],
             1,
         );
         for request in &case.requests {
@@ -453,7 +482,7 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
         differences.join("\n")
     );
     eprintln!(
-        "{compared} exchanges through {} plugins: Envoy and sluice agree",
+        "{compared} exchanges through {} plugin chains: Envoy and sluice agree",
         cases.len()
     );
 }

@@ -233,3 +233,49 @@ fn the_admin_api_reports_readiness_stats_and_plugins() {
     assert_eq!(get(admin, "/nope", &[]).status, 404);
     proxy.stop();
 }
+
+#[test]
+fn a_unary_grpc_callout_over_http2_decides_the_request() {
+    let authz = crate::grpc_origin(|path, metadata, messages| {
+        assert_eq!(path, "/authz.v1.Authorizer/Check");
+        let asked = String::from_utf8_lossy(&messages[0]).into_owned();
+        let token = metadata.get("authorization").map(|v| v.as_bytes().to_vec());
+        let reply = if asked == "/orders" && token.as_deref() == Some(b"Bearer abc") {
+            "allow".to_string()
+        } else {
+            format!("no access to {asked}")
+        };
+        (vec![reply.into_bytes()], 0)
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = start(
+        vec![built(
+            "grpc_auth",
+            r#"{"cluster": "grpc-authz", "timeoutMs": 2000}"#,
+        )],
+        None,
+        &[("grpc-authz", authz)],
+        1,
+    );
+    let allowed = get(proxy.address, "/orders", &[("authorization", "Bearer abc")]);
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    assert!(allowed.text().contains("x-grpc-auth"), "{}", allowed.text());
+    let denied = get(proxy.address, "/admin", &[]);
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.text(), "forbidden: no access to /admin");
+    proxy.stop();
+
+    let unavailable = start(
+        vec![built("grpc_auth", r#"{"cluster": "grpc-authz"}"#)],
+        None,
+        &[("grpc-authz", closed)],
+        1,
+    );
+    let answer = get(unavailable.address, "/orders", &[]);
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.text(), "authorization service unavailable");
+    unavailable.stop();
+}

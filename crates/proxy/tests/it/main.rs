@@ -215,3 +215,72 @@ pub fn counting_origin(
     });
     (address, connections)
 }
+
+/// A gRPC server over HTTP/2 cleartext on its own thread. `handler` gets the request path,
+/// metadata and unframed messages, and returns the reply messages and the grpc-status.
+pub fn grpc_origin(
+    handler: impl Fn(&str, &http::HeaderMap, Vec<Vec<u8>>) -> (Vec<Vec<u8>>, u32)
+    + Send
+    + Sync
+    + 'static,
+) -> SocketAddr {
+    let handler = Arc::new(handler);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let handler = handler.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let mut bytes = body.collect().await?.to_bytes().to_vec();
+                                let mut messages = Vec::new();
+                                while bytes.len() >= 5 {
+                                    let length = u32::from_be_bytes([
+                                        bytes[1], bytes[2], bytes[3], bytes[4],
+                                    ]) as usize;
+                                    messages.push(bytes[5..5 + length].to_vec());
+                                    bytes.drain(..5 + length);
+                                }
+                                let (replies, status) =
+                                    handler(parts.uri.path(), &parts.headers, messages);
+                                let mut framed = Vec::new();
+                                for reply in replies {
+                                    framed.push(0);
+                                    framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+                                    framed.extend_from_slice(&reply);
+                                }
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", status.into());
+                                let body = Full::new(Bytes::from(framed))
+                                    .with_trailers(async move { Some(Ok(trailers)) });
+                                let response = http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(body)
+                                    .unwrap();
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+    });
+    address
+}

@@ -1,0 +1,293 @@
+//! Plugin gRPC calls (`proxy_grpc_call` / `proxy_grpc_stream`) over HTTP/2 cleartext to a
+//! cluster, framed by hand (no protobuf: messages are the plugin's bytes). Events go back to the
+//! plugin as Envoy delivers them: for a unary call only the response message, or only the close;
+//! for a stream the initial metadata, each message, the trailing metadata and the close.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use sluice_abi::HeaderMap;
+use sluice_host::{GrpcCallRequest, GrpcEvent};
+use tokio::sync::mpsc;
+
+use crate::body;
+use crate::headers::{fields_map, response_map, to_fields};
+use crate::worker::LocalExec;
+use crate::{Clusters, Target};
+
+/// What a plugin does to a call after starting it.
+#[derive(Debug)]
+pub enum Command {
+    Send {
+        message: Vec<u8>,
+        end_of_stream: bool,
+    },
+    /// Half-close: no more messages from the plugin.
+    Close,
+    /// Abandon the call; the plugin hears nothing more about it.
+    Cancel,
+}
+
+// gRPC status codes used by the host itself.
+const DEADLINE_EXCEEDED: u32 = 4;
+const INTERNAL: u32 = 13;
+const UNAVAILABLE: u32 = 14;
+
+/// Frames one gRPC message: a zero compression flag, the big-endian length, the bytes.
+fn frame(message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + message.len());
+    out.put_u8(0);
+    out.put_u32(message.len() as u32);
+    out.put_slice(message);
+    out.freeze()
+}
+
+/// Takes every complete message off the front of `buffer`.
+fn messages(buffer: &mut BytesMut) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    while buffer.len() >= 5 {
+        if buffer[0] != 0 {
+            return Err("compressed gRPC messages are not supported".into());
+        }
+        let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+        if buffer.len() < 5 + length {
+            break;
+        }
+        buffer.advance(5);
+        out.push(buffer.split_to(length).to_vec());
+    }
+    Ok(out)
+}
+
+/// `grpc-status` and `grpc-message` from trailers (or a trailers-only response head).
+fn status_of(map: &HeaderMap) -> Option<(u32, Vec<u8>)> {
+    let status = map.get_str("grpc-status")?.trim().parse().ok()?;
+    Some((status, map.get("grpc-message").unwrap_or_default().to_vec()))
+}
+
+/// Runs one call to its end, reporting events through `deliver`. A unary call (`request.message`
+/// is set) ignores `commands` except Cancel.
+pub async fn call(
+    clusters: &Clusters,
+    request: GrpcCallRequest,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut deliver: impl FnMut(GrpcEvent),
+) {
+    let unary = request.message.is_some();
+    let timeout = request.timeout;
+    let mut events = Vec::new();
+    let mut forward = |event| {
+        if unary {
+            events.push(event);
+        } else {
+            deliver(event);
+        }
+    };
+    let exchange = exchange(clusters, request, &mut commands, &mut forward);
+    let outcome = if timeout.is_zero() {
+        exchange.await
+    } else {
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err((DEADLINE_EXCEEDED, "gRPC call timed out".into())))
+    };
+    if outcome == Err((u32::MAX, String::new())) {
+        return; // cancelled: the plugin hears nothing more
+    }
+    let (status, message) = match outcome {
+        Ok(closed) => closed,
+        Err(failure) => failure,
+    };
+    if unary {
+        // Envoy gives a unary call either its message (status OK) or its close, never both.
+        let reply = events.into_iter().find_map(|e| match e {
+            GrpcEvent::Message(message) => Some(message),
+            _ => None,
+        });
+        match reply {
+            Some(message) if status == 0 => deliver(GrpcEvent::Message(message)),
+            _ => deliver(GrpcEvent::Close {
+                status,
+                message: message.into_bytes(),
+            }),
+        }
+    } else {
+        deliver(GrpcEvent::Close {
+            status,
+            message: message.into_bytes(),
+        });
+    }
+}
+
+/// The call itself: `Ok` with the final status and message, or `Err` with the status the host
+/// reports (`u32::MAX` for a cancel).
+async fn exchange(
+    clusters: &Clusters,
+    request: GrpcCallRequest,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    deliver: &mut impl FnMut(GrpcEvent),
+) -> Result<(u32, String), (u32, String)> {
+    let unavailable = |message: String| (UNAVAILABLE, message);
+    let (address, host, port) = match clusters.pick(&request.upstream) {
+        Some(Target::Endpoint {
+            address,
+            host,
+            port,
+        }) => (address, host, port),
+        Some(Target::Echo) => {
+            return Err(unavailable(format!(
+                "cluster `{}` is the echo upstream, which does not speak gRPC",
+                request.upstream
+            )));
+        }
+        None => {
+            return Err(unavailable(format!(
+                "unknown cluster `{}`",
+                request.upstream
+            )));
+        }
+    };
+    let (connect_timeout, _) = clusters.timeouts(&request.upstream);
+    let stream = crate::client::connect(address, &host, port, connect_timeout)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(LocalExec, hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(format!("HTTP/2 handshake with {host}: {e}")))?;
+    tokio::task::spawn_local(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!("gRPC connection ended: {error}");
+        }
+    });
+    let (frames, body) = body::channel();
+    let mut head = request.initial_metadata.clone();
+    for (name, value) in [("content-type", "application/grpc"), ("te", "trailers")] {
+        head.replace(name, value);
+    }
+    if !request.timeout.is_zero() {
+        head.replace(
+            "grpc-timeout",
+            format!("{}m", request.timeout.as_millis().max(1)),
+        );
+    }
+    let mut http = http::Request::post(format!(
+        "http://{}/{}/{}",
+        request.upstream.replace('|', "_"),
+        request.service,
+        request.method
+    ))
+    .body(body)
+    .map_err(|e| (INTERNAL, format!("bad gRPC request: {e}")))?;
+    *http.headers_mut() = to_fields(&head);
+    let mut sending = Some(frames);
+    if let Some(message) = &request.message
+        && let Some(frames) = sending.take()
+    {
+        let _ = frames.send(Ok(Frame::data(frame(message)))).await;
+    }
+    let response = {
+        let send = sender.send_request(http);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                response = &mut send => break response.map_err(|e| unavailable(e.to_string()))?,
+                command = commands.recv() => {
+                    if !apply(command, &mut sending).await {
+                        return Err((u32::MAX, String::new()));
+                    }
+                }
+            }
+        }
+    };
+    let (parts, mut body) = response.into_parts();
+    if parts.status != http::StatusCode::OK {
+        return Err((
+            UNAVAILABLE,
+            format!("gRPC upstream answered HTTP {}", parts.status),
+        ));
+    }
+    let head = response_map(&parts);
+    if let Some(closed) = status_of(&head) {
+        return Ok((closed.0, String::from_utf8_lossy(&closed.1).into_owned()));
+    }
+    deliver(GrpcEvent::InitialMetadata(head));
+    let mut buffer = BytesMut::new();
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                None => return Err((INTERNAL, "gRPC response ended without a status".into())),
+                Some(Err(error)) => return Err(unavailable(error.to_string())),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        buffer.extend_from_slice(&data);
+                        for message in messages(&mut buffer).map_err(|e| (INTERNAL, e))? {
+                            deliver(GrpcEvent::Message(message));
+                        }
+                    }
+                    Err(frame) => {
+                        let trailers = frame.into_trailers().map(|t| fields_map(&t)).unwrap_or_default();
+                        let closed = status_of(&trailers)
+                            .unwrap_or((INTERNAL, b"gRPC trailers without grpc-status".to_vec()));
+                        deliver(GrpcEvent::TrailingMetadata(trailers));
+                        return Ok((closed.0, String::from_utf8_lossy(&closed.1).into_owned()));
+                    }
+                },
+            },
+            command = commands.recv() => {
+                if !apply(command, &mut sending).await {
+                    return Err((u32::MAX, String::new()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a plugin's command to the request body; `false` when the call is cancelled. A closed
+/// command channel (the plugin's stream is gone) is a cancel too.
+async fn apply(
+    command: Option<Command>,
+    sending: &mut Option<mpsc::Sender<body::FrameResult>>,
+) -> bool {
+    match command {
+        None | Some(Command::Cancel) => false,
+        Some(Command::Close) => {
+            *sending = None;
+            true
+        }
+        Some(Command::Send {
+            message,
+            end_of_stream,
+        }) => {
+            if let Some(frames) = sending.as_ref() {
+                let _ = frames.send(Ok(Frame::data(frame(&message)))).await;
+            }
+            if end_of_stream {
+                *sending = None;
+            }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_framed_and_unframed() {
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&frame(b"one"));
+        buffer.extend_from_slice(&frame(b""));
+        buffer.extend_from_slice(&frame(b"three")[..6]);
+        assert_eq!(
+            messages(&mut buffer).unwrap(),
+            vec![b"one".to_vec(), Vec::new()]
+        );
+        assert_eq!(buffer.len(), 6, "the partial message waits for the rest");
+        buffer.extend_from_slice(b"hree");
+        assert_eq!(messages(&mut buffer).unwrap(), vec![b"three".to_vec()]);
+        buffer.extend_from_slice(&[1, 0, 0, 0, 0]);
+        assert!(messages(&mut buffer).is_err());
+    }
+}

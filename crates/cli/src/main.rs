@@ -16,13 +16,14 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Sluice: a Proxy-Wasm gateway and plugin toolkit", long_about = None)]
 struct Cli {
-    /// Log filter for sluice's own diagnostics on stderr (tracing syntax, e.g. `info` or
-    /// `sluice_host=debug`); plugin logs have the target `plugin`.
+    /// Log filter for diagnostics on stderr (tracing syntax, e.g. `info` or `sluice_proxy=debug`).
+    /// Plugin logs have the target `plugin`; which of them are emitted is set per plugin with
+    /// `sluice run --plugin-log-level` and the admin API's /logging
     #[arg(
         long,
         global = true,
         env = "SLUICE_LOG",
-        default_value = "warn,plugin=off"
+        default_value = "warn,plugin=trace"
     )]
     log: String,
     #[command(subcommand)]

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// What happens to requests when a --plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
     #[arg(long, default_value = "FAIL_CLOSE", value_parser = parse_fail_strategy)]
     fail_strategy: FailStrategy,
+    /// The level plugins log at (trace, debug, info, warn, error, critical); change it at run time
+    /// with POST /logging?level=L[&plugin=NAME] on the admin API
+    #[arg(long, default_value = "warn", value_parser = parse_log_level)]
+    plugin_log_level: sluice_abi::LogLevel,
     /// Reload when the config file or a plugin's .wasm changes (also on SIGHUP and POST /reload)
     #[arg(long)]
     watch: bool,
@@ -58,6 +62,11 @@ pub struct RunArgs {
 fn parse_fail_strategy(text: &str) -> Result<FailStrategy, String> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
         .map_err(|_| format!("`{text}`: expected FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD"))
+}
+
+fn parse_log_level(text: &str) -> Result<sluice_abi::LogLevel, String> {
+    sluice_abi::LogLevel::parse(text)
+        .ok_or_else(|| format!("`{text}`: expected trace, debug, info, warn, error or critical"))
 }
 
 fn admin_address(text: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
@@ -180,6 +189,7 @@ fn source(args: &RunArgs) -> anyhow::Result<Source> {
         base: flags_config(args)?,
         limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+        plugin_log_level: args.plugin_log_level,
     })
 }
 
@@ -240,7 +250,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(admin) = proxy.admin_address {
         eprintln!(
-            "admin API on http://{admin} (/ready, /stats, /plugins, /config_dump, POST /reload)"
+            "admin API on http://{admin} (/ready, /stats, /plugins, /config_dump, /logging, POST /reload)"
         );
     }
     let reloader = proxy.reloader();
@@ -356,10 +366,12 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
             admin: None,
             workers: None,
             fail_strategy: FailStrategy::FailClose,
+            plugin_log_level: sluice_abi::LogLevel::Warn,
             watch: false,
         })?,
         limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+        plugin_log_level: sluice_abi::LogLevel::Warn,
     };
     let loaded = match source.load(&engine) {
         Ok(loaded) => loaded,

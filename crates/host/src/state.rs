@@ -195,6 +195,19 @@ impl HostState {
         if (level as u32) < self.log_level.load(Ordering::Relaxed) {
             return;
         }
+        if level >= LogLevel::Error {
+            self.last_error_log = Some(message.clone());
+        }
+        // Captured lines are for whoever captures them (`sluice test`, the reload canary), not
+        // for the process log.
+        if let Some(logs) = &mut self.captured_logs {
+            logs.push(LogRecord {
+                plugin: self.plugin_name.clone(),
+                level,
+                message,
+            });
+            return;
+        }
         let plugin = self.plugin_name.as_str();
         match level {
             LogLevel::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
@@ -204,16 +217,6 @@ impl HostState {
             LogLevel::Error | LogLevel::Critical => {
                 tracing::error!(target: "plugin", plugin, "{message}");
             }
-        }
-        if level >= LogLevel::Error {
-            self.last_error_log = Some(message.clone());
-        }
-        if let Some(logs) = &mut self.captured_logs {
-            logs.push(LogRecord {
-                plugin: self.plugin_name.clone(),
-                level,
-                message,
-            });
         }
     }
 }

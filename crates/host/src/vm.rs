@@ -55,7 +55,8 @@ pub struct VmConfig {
     /// The level `proxy_get_log_level` reports and below which plugin logs are dropped; shared so
     /// an admin API can change it at run time.
     pub log_level: Arc<AtomicU32>,
-    /// Keep plugin log lines for [`Vm::take_logs`] (`sluice test`).
+    /// Keep plugin log lines for [`Vm::take_logs`] (`sluice test`, the reload canary) instead of
+    /// sending them to the process log.
     pub capture_logs: bool,
     pub clock: Clock,
     pub clusters: ClusterCheck,

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sluice_config::{ClusterKind, HostMatch, PathMatch, PluginOverride};
 use tokio::sync::watch;
 
+use crate::logging::PluginLogLevels;
 use crate::reload::Reloader;
 use crate::stats::Stats;
 use crate::{ProxyConfig, StartError};
@@ -21,15 +22,17 @@ pub struct Admin {
     pub stats: Arc<Stats>,
     pub ready: Arc<AtomicBool>,
     pub reloader: Arc<Reloader>,
+    pub log_levels: Arc<PluginLogLevels>,
 }
 
-const PATHS: &str = "GET /ready, /stats, /plugins, /config_dump; POST /reload";
+const PATHS: &str = "GET /ready, /stats, /plugins, /config_dump, /logging; POST /reload, /logging?level=L[&plugin=NAME]";
 
 impl Admin {
     async fn answer(
         self: Arc<Self>,
         method: &http::Method,
         path: &str,
+        query: &str,
     ) -> http::Response<Full<Bytes>> {
         let json = |value: Value| (200, "application/json", format!("{value:#}\n"));
         let (status, content_type, body) = match (method.as_str(), path) {
@@ -44,6 +47,11 @@ impl Admin {
             ),
             ("GET", "/plugins") => json(plugins(&self.reloader.current())),
             ("GET", "/config_dump") => json(self.config_dump()),
+            ("GET", "/logging") => json(self.logging()),
+            ("POST", "/logging") => match self.set_logging(query) {
+                Ok(()) => json(self.logging()),
+                Err((status, message)) => (status, "text/plain", format!("{message}\n")),
+            },
             ("POST", "/reload") => {
                 let reloader = self.reloader.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
@@ -52,7 +60,7 @@ impl Admin {
                     Err(error) => (500, "text/plain", format!("reload failed: {error}\n")),
                 }
             }
-            (_, "/ready" | "/stats" | "/plugins" | "/config_dump" | "/reload") => (
+            (_, "/ready" | "/stats" | "/plugins" | "/config_dump" | "/reload" | "/logging") => (
                 405,
                 "text/plain",
                 format!("wrong method for {path}; {PATHS}\n"),
@@ -66,6 +74,75 @@ impl Admin {
             http::HeaderValue::from_static(content_type),
         );
         response
+    }
+
+    /// The plugins' log levels (and the level of plugins added later).
+    fn logging(&self) -> Value {
+        let current = self.reloader.current();
+        let plugins: serde_json::Map<String, Value> = current
+            .config
+            .plugins
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    json!(self.log_levels.level_of(&p.name).as_str()),
+                )
+            })
+            .collect();
+        json!({"default": self.log_levels.default_level().as_str(), "plugins": plugins})
+    }
+
+    /// `level=L` sets every plugin; with `plugin=NAME`, only that one.
+    fn set_logging(&self, query: &str) -> Result<(), (u16, String)> {
+        let mut level = None;
+        let mut plugin = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("level", value)) => level = Some(value),
+                Some(("plugin", value)) => plugin = Some(value),
+                _ => {
+                    return Err((
+                        400,
+                        format!(
+                            "unknown parameter `{pair}`; use level=L and optionally plugin=NAME"
+                        ),
+                    ));
+                }
+            }
+        }
+        let Some(text) = level else {
+            return Err((
+                400,
+                "missing level=trace|debug|info|warn|error|critical".into(),
+            ));
+        };
+        let level = sluice_abi::LogLevel::parse(text).ok_or_else(|| {
+            (
+                400,
+                format!("level `{text}`: expected trace, debug, info, warn, error or critical"),
+            )
+        })?;
+        match plugin {
+            None => self.log_levels.set_all(level),
+            Some(name) => {
+                let current = self.reloader.current();
+                if !current.config.plugins.iter().any(|p| p.name == name) {
+                    let known: Vec<&str> = current
+                        .config
+                        .plugins
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect();
+                    return Err((
+                        404,
+                        format!("no plugin `{name}` (plugins: {})", known.join(", ")),
+                    ));
+                }
+                self.log_levels.set(name, level);
+            }
+        }
+        Ok(())
     }
 
     fn config_dump(&self) -> Value {
@@ -172,7 +249,7 @@ pub fn start(
                             tokio::spawn(async move {
                                 let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                                     let admin = admin.clone();
-                                    async move { Ok::<_, std::convert::Infallible>(admin.answer(request.method(), request.uri().path()).await) }
+                                    async move { Ok::<_, std::convert::Infallible>(admin.answer(request.method(), request.uri().path(), request.uri().query().unwrap_or_default()).await) }
                                 });
                                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service).await;
                             });

@@ -10,6 +10,7 @@ mod echo;
 mod grpc;
 mod headers;
 mod load;
+mod logging;
 mod reload;
 mod stats;
 mod tls;

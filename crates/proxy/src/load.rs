@@ -20,6 +20,8 @@ pub struct Source {
     pub base: Config,
     pub limits: Limits,
     pub buffer_limit: usize,
+    /// The level plugins log at until `/logging` changes it.
+    pub plugin_log_level: sluice_abi::LogLevel,
 }
 
 impl Source {

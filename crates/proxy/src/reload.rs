@@ -139,7 +139,8 @@ impl Reloader {
 /// Starts every plugin of a config, with every route's configuration, on throwaway instances:
 /// what `proxy_on_vm_start` and `proxy_on_configure` say before any worker sees the config.
 pub fn canary(config: &ProxyConfig) -> Result<(), String> {
-    Generation::build(Arc::new(config.clone()), Clock::system(), true)
+    let everything = crate::logging::PluginLogLevels::new(sluice_abi::LogLevel::Trace);
+    Generation::build(Arc::new(config.clone()), Clock::system(), true, &everything)
         .map(drop)
         .map_err(|error| {
             let said: Vec<String> = error

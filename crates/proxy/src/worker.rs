@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::Admin;
 use crate::driver::{Connection, handle};
+use crate::logging::PluginLogLevels;
 use crate::reload::Reloader;
 use crate::stats::Stats;
 use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists, grpc};
@@ -87,6 +88,7 @@ impl Generation {
         config: Arc<ProxyConfig>,
         clock: Clock,
         capture_logs: bool,
+        log_levels: &PluginLogLevels,
     ) -> Result<Self, ChainError> {
         let pool = VmPool::new(&config.engine, clock.clone());
         let check = config.clone();
@@ -118,6 +120,7 @@ impl Generation {
                             clock: clock.clone(),
                             clusters: callable.clone(),
                             capture_logs,
+                            log_level: log_levels.of(&plugin.name),
                             ..VmConfig::new(plugin.name.clone())
                         },
                         fail_strategy: plugin.fail_strategy,
@@ -146,6 +149,7 @@ impl Generation {
 
 /// What every connection of a worker shares.
 pub(crate) struct WorkerState {
+    pub log_levels: Arc<PluginLogLevels>,
     pub generation: RefCell<Rc<Generation>>,
     pub stats: Arc<Stats>,
     /// Idle keep-alive connections to upstream endpoints; they outlive config generations.
@@ -177,6 +181,7 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
     let ready = Arc::new(AtomicBool::new(false));
     let workers_count = config.workers().max(1);
     let admin_address = config.config.admin;
+    let log_levels = Arc::new(PluginLogLevels::new(source.plugin_log_level));
     let (updates, _) = watch::channel(Arc::new(config));
     let reloader = Arc::new(Reloader::new(source, engine, updates, stats.clone()));
     let mut threads = Vec::new();
@@ -186,6 +191,7 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
                 stats: stats.clone(),
                 ready: ready.clone(),
                 reloader: reloader.clone(),
+                log_levels: log_levels.clone(),
             };
             let (bound, thread) = crate::admin::start(address, admin, stop.subscribe())?;
             threads.push(thread);
@@ -207,9 +213,10 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
         };
         let updates = reloader.subscribe();
         let (stop, ready, stats) = (stop.subscribe(), ready_tx.clone(), stats.clone());
+        let log_levels = log_levels.clone();
         let worker = std::thread::Builder::new()
             .name(format!("sluice-worker-{index}"))
-            .spawn(move || run_worker(index, sockets, updates, stop, &ready, stats))
+            .spawn(move || run_worker(index, sockets, updates, stop, &ready, stats, log_levels))
             .map_err(|e| StartError::Worker {
                 worker: index,
                 message: e.to_string(),
@@ -262,6 +269,7 @@ fn run_worker(
     stop: watch::Receiver<bool>,
     ready: &std::sync::mpsc::Sender<Result<(), StartError>>,
     stats: Arc<Stats>,
+    log_levels: Arc<PluginLogLevels>,
 ) {
     let fail = |message: String| StartError::Worker {
         worker: index,
@@ -281,7 +289,7 @@ fn run_worker(
     local.block_on(&runtime, async move {
         let clock = Clock::system();
         let config = updates.borrow_and_update().clone();
-        let generation = match Generation::build(config, clock.clone(), false) {
+        let generation = match Generation::build(config, clock.clone(), false, &log_levels) {
             Ok(generation) => Rc::new(generation),
             Err(error) => {
                 let _ = ready.send(Err(fail(error.to_string())));
@@ -300,6 +308,7 @@ fn run_worker(
         }
         tokio::task::spawn_local(timers(Rc::downgrade(&generation), stats.clone()));
         let state = Rc::new(WorkerState {
+            log_levels,
             generation: RefCell::new(generation),
             stats: stats.clone(),
             upstreams: Rc::default(),
@@ -389,7 +398,7 @@ async fn follow(
 ) {
     while updates.changed().await.is_ok() {
         let config = updates.borrow_and_update().clone();
-        match Generation::build(config, clock.clone(), false) {
+        match Generation::build(config, clock.clone(), false, &state.log_levels) {
             Ok(generation) => {
                 let generation = Rc::new(generation);
                 tokio::task::spawn_local(timers(Rc::downgrade(&generation), state.stats.clone()));

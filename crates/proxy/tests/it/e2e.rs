@@ -231,6 +231,31 @@ fn the_admin_api_reports_readiness_stats_and_plugins() {
     assert_eq!(plugins[0]["name"], "auth");
     assert_eq!(plugins[1]["abi"], "0.2.1");
     assert_eq!(get(admin, "/nope", &[]).status, 404);
+
+    let levels: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/logging", &[]).body).unwrap();
+    assert_eq!(levels["plugins"]["auth"], "warn");
+    let post = |query: &str| {
+        request(
+            admin,
+            http::Request::post(format!("/logging?{query}"))
+                .header("host", "admin")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+            false,
+        )
+    };
+    let changed: serde_json::Value =
+        serde_json::from_slice(&post("plugin=auth&level=debug").body).unwrap();
+    assert_eq!(changed["plugins"]["auth"], "debug");
+    assert_eq!(changed["plugins"]["rate-limit"], "warn");
+    let all: serde_json::Value = serde_json::from_slice(&post("level=error").body).unwrap();
+    assert_eq!(
+        all,
+        serde_json::json!({"default": "error", "plugins": {"auth": "error", "rate-limit": "error"}})
+    );
+    assert_eq!(post("plugin=nope&level=info").status, 404);
+    assert_eq!(post("level=loud").status, 400);
     proxy.stop();
 }
 

@@ -69,6 +69,7 @@ pub fn start_source(file: Option<std::path::PathBuf>, base: Config) -> RunningPr
             base,
             limits: limits(),
             buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+            plugin_log_level: sluice_abi::LogLevel::Warn,
         },
         engine(),
     )

@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// What happens to requests when a --plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
     #[arg(long, default_value = "FAIL_CLOSE", value_parser = parse_fail_strategy)]
     fail_strategy: FailStrategy,
+    /// Write one JSON line per request (with what the plugins did) to this file, or `-` for stdout
+    #[arg(long)]
+    access_log: Option<String>,
     /// The level plugins log at (trace, debug, info, warn, error, critical); change it at run time
     /// with POST /logging?level=L[&plugin=NAME] on the admin API
     #[arg(long, default_value = "warn", value_parser = parse_log_level)]
@@ -118,6 +121,7 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         .unwrap_or_else(|| sluice_config::DEFAULT_LISTEN.parse().expect("valid"));
     let mut config = Config::single_route(listen, upstream, admin_address(args.admin.as_deref())?);
     config.workers = args.workers;
+    config.access_log.clone_from(&args.access_log);
     if let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) {
         // Absolute, so that a config file elsewhere does not change what they name.
         let absolute = |path: &Path| std::path::absolute(path).map(|p| p.display().to_string());
@@ -367,6 +371,7 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
             workers: None,
             fail_strategy: FailStrategy::FailClose,
             plugin_log_level: sluice_abi::LogLevel::Warn,
+            access_log: None,
             watch: false,
         })?,
         limits: Limits::default(),

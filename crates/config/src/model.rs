@@ -23,6 +23,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Worker threads; `None` means one per core.
     pub workers: Option<usize>,
+    /// Where one JSON line per request goes: a file path, or `-` for stdout; `None` for none.
+    pub access_log: Option<String>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
@@ -243,6 +245,7 @@ impl Config {
         Self {
             admin,
             workers: None,
+            access_log: None,
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

@@ -109,6 +109,8 @@ struct ProxySpec {
     admin: Option<String>,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default)]
+    access_log: Option<String>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
     clusters: Vec<ClusterSpec>,
@@ -486,6 +488,15 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
             }
         },
     };
+    if let Some(destination) = spec.access_log {
+        if destination.is_empty() {
+            checker.error(
+                "spec.accessLog",
+                "empty: give a file path or `-` for stdout",
+            );
+        }
+        config.access_log = Some(destination);
+    }
     if let Some(workers) = spec.workers {
         if workers == 0 {
             checker.error(
@@ -793,6 +804,7 @@ mod tests {
         Config {
             admin: crate::DEFAULT_ADMIN.parse().ok(),
             workers: None,
+            access_log: None,
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),

@@ -14,4 +14,4 @@ pub use chain::{
     Chain, ChainError, DEFAULT_BUFFER_LIMIT, PluginSpec, RELOAD_BACKOFF_BASE, RELOAD_BACKOFF_MAX,
     RootCall, VmPool,
 };
-pub use stream::{Step, Stream};
+pub use stream::{Outcome, Step, Stream};

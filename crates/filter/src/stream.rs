@@ -186,6 +186,19 @@ pub struct Stream {
     response_complete: bool,
     finished: bool,
     failures: Vec<PluginFailure>,
+    /// The plugin whose local reply answered the client, if one did.
+    local_reply_by: Option<usize>,
+}
+
+/// What the plugins did to one stream, for access logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Envoy's `response.code_details`: `via_upstream`, or why sluice or a plugin answered.
+    pub details: String,
+    /// The plugin that answered with a local reply.
+    pub local_reply_by: Option<String>,
+    /// Plugins that failed (trap, deadline, memory) during the stream.
+    pub failed: Vec<String>,
 }
 
 impl Stream {
@@ -206,6 +219,7 @@ impl Stream {
             response_complete: false,
             finished: false,
             failures: Vec::new(),
+            local_reply_by: None,
         };
         for index in 0..n {
             if !chain.prepare_plugin(index) {
@@ -248,6 +262,26 @@ impl Stream {
     /// Plugin failures this stream ran into.
     pub fn failures(&self) -> &[PluginFailure] {
         &self.failures
+    }
+
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        let details = match self.data.borrow().properties.get("response.code_details") {
+            Some(sluice_abi::PropertyValue::String(details)) => details.clone(),
+            _ => "via_upstream".to_string(),
+        };
+        let mut failed: Vec<String> = self.failures.iter().map(|f| f.plugin.clone()).collect();
+        failed.dedup();
+        Outcome {
+            details,
+            local_reply_by: self
+                .local_reply_by
+                .map(|index| self.chain.plugin_name(index).to_string()),
+            failed,
+        }
     }
 
     /// True once the response has been fully sent downstream (or reset).
@@ -653,7 +687,8 @@ impl Stream {
                     }
                 }
                 Effect::LocalResponse { context, response } => {
-                    if owner(self, context).is_some() {
+                    if let Some(sender) = owner(self, context) {
+                        self.local_reply_by = Some(sender);
                         // Envoy sends a plugin's local reply straight to the client: no plugin's
                         // response callbacks see it (checked against Envoy by the differential test).
                         self.local_reply(response, true);

@@ -58,6 +58,9 @@ pub struct VmConfig {
     /// Keep plugin log lines for [`Vm::take_logs`] (`sluice test`, the reload canary) instead of
     /// sending them to the process log.
     pub capture_logs: bool,
+    /// Give the VM its own shared data, shared queues and metrics instead of the engine's, so
+    /// nothing it does reaches other VMs (the reload canary).
+    pub isolated: bool,
     pub clock: Clock,
     pub clusters: ClusterCheck,
     /// Properties of the whole VM (`node`, `listener_direction`, ...).
@@ -74,6 +77,7 @@ impl VmConfig {
             limits: Limits::default(),
             log_level: Arc::new(AtomicU32::new(LogLevel::Info as u32)),
             capture_logs: false,
+            isolated: false,
             clock: Clock::system(),
             clusters: Arc::new(|_| false),
             properties: HashMap::new(),
@@ -295,7 +299,11 @@ impl Vm {
             plugin_name: config.plugin_name,
             vm_id: config.vm_id,
             abi,
-            shared: engine.inner.shared.clone(),
+            shared: if config.isolated {
+                Arc::default()
+            } else {
+                engine.inner.shared.clone()
+            },
             memory: None,
             allocate: None,
             limiter: MemoryCap {

@@ -146,6 +146,11 @@ struct Driver {
     grpc_calls: HashMap<(usize, u32), mpsc::UnboundedSender<grpc::Command>>,
     /// The status the client got, for the stats; `None` until a head was sent or after a reset.
     status: Option<u16>,
+    /// For the access log: body bytes from the client and to it, and the upstream used.
+    bytes_received: u64,
+    bytes_sent: u64,
+    route: Option<String>,
+    upstream: Option<SocketAddr>,
 }
 
 async fn drive(
@@ -154,6 +159,7 @@ async fn drive(
     head: oneshot::Sender<http::Response<ChannelBody>>,
 ) {
     let started = Instant::now();
+    let began = std::time::SystemTime::now();
     let stats = connection.state.stats.clone();
     stats.request_started();
     let protocol = match request.version() {
@@ -200,8 +206,18 @@ async fn drive(
         echo: None,
         callouts,
         grpc_calls: HashMap::new(),
+        bytes_received: 0,
+        bytes_sent: 0,
+        route: None,
+        upstream: None,
         status: None,
     };
+    let logged = driver
+        .connection
+        .state
+        .access_log
+        .is_some()
+        .then(|| headers.clone());
     let mut downstream_open = !body.is_end_stream();
     driver.stream.request_headers(headers, !downstream_open);
     loop {
@@ -215,6 +231,7 @@ async fn drive(
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         downstream_open = !body.is_end_stream();
+                        driver.bytes_received += data.len() as u64;
                         driver.stream.request_data(data.to_vec(), !downstream_open);
                     }
                     Err(frame) => {
@@ -260,6 +277,9 @@ async fn drive(
     driver.stream.finish();
     stats.plugin_failures(driver.stream.failures().len());
     stats.request_finished(driver.status, started.elapsed());
+    if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
+        log.write(&driver.access_record(request, protocol, began, started.elapsed()));
+    }
 }
 
 impl Driver {
@@ -314,6 +334,7 @@ impl Driver {
                 end_of_stream,
             } => {
                 if !data.is_empty() {
+                    self.bytes_sent += data.len() as u64;
                     self.send_response_frame(Frame::data(Bytes::from(data)))
                         .await;
                 }
@@ -397,6 +418,7 @@ impl Driver {
                 .local_reply_from_proxy(404, "route_not_found", "");
             return;
         };
+        self.route = Some(route.name.clone());
         let target = match generation.clusters.pick(&route.cluster) {
             Some(Target::Echo) => {
                 self.echo = Some((headers, Vec::new(), HeaderMap::new()));
@@ -409,11 +431,14 @@ impl Driver {
                 host,
                 port,
                 address: Some(address),
-            }) => client::Endpoint {
-                address,
-                host,
-                port,
-            },
+            }) => {
+                self.upstream = Some(address);
+                client::Endpoint {
+                    address,
+                    host,
+                    port,
+                }
+            }
             Some(Target::Endpoint { address: None, .. }) | None => {
                 self.stream.local_reply_from_proxy(
                     503,
@@ -592,6 +617,41 @@ impl Driver {
             // The client went away; what is left of the response goes nowhere.
             self.response_body = None;
         }
+    }
+
+    /// One access-log line: the request as the client sent it, what answered it and how.
+    fn access_record(
+        &self,
+        request: &HeaderMap,
+        protocol: &str,
+        began: std::time::SystemTime,
+        elapsed: Duration,
+    ) -> serde_json::Value {
+        let outcome = self.stream.outcome();
+        let chain = self.stream.chain();
+        let listener = &self.generation.config.config.listeners[self.connection.listener];
+        serde_json::json!({
+            "time": crate::access_log::timestamp(began),
+            "listener": listener.name,
+            "peer": self.connection.peer.to_string(),
+            "protocol": protocol,
+            "method": request.get_str(":method"),
+            "authority": request.get_str(":authority"),
+            "path": request.get_str(":path"),
+            "requestId": request.get_str("x-request-id"),
+            "status": self.status,
+            "details": outcome.details,
+            "route": self.route,
+            "upstream": self.upstream.map(|address| address.to_string()),
+            "bytesReceived": self.bytes_received,
+            "bytesSent": self.bytes_sent,
+            "durationMs": elapsed.as_secs_f64() * 1000.0,
+            "plugins": {
+                "chain": (0..chain.len()).map(|i| chain.plugin_name(i)).collect::<Vec<_>>(),
+                "localReplyBy": outcome.local_reply_by,
+                "failed": outcome.failed,
+            },
+        })
     }
 
     fn grpc_command(&self, plugin: usize, token: u32, command: grpc::Command) {

@@ -2,6 +2,9 @@
 //! connections each), the HTTP server, upstreams and callouts, timers, all driving the sans-I/O
 //! chain engine. It must never hold a plugin instance on more than one thread.
 
+#![forbid(unsafe_code)]
+
+mod access_log;
 mod admin;
 mod body;
 mod client;

@@ -120,6 +120,11 @@ impl Reloader {
                 "the listeners (names or addresses) changed".into(),
             ));
         }
+        if old.access_log != new_config.access_log {
+            return Err(ReloadError::NeedsRestart(
+                "the access log destination changed".into(),
+            ));
+        }
         if old.admin != new_config.admin {
             return Err(ReloadError::NeedsRestart(
                 "the admin address changed".into(),

@@ -20,6 +20,7 @@ pub struct Stats {
     plugin_failures: AtomicU64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    access_log_dropped: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -62,6 +63,11 @@ impl Stats {
             &self.reload_failures
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An access-log line dropped because the writer fell behind.
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn plugin_failures(&self, count: usize) {
@@ -114,6 +120,12 @@ impl Stats {
             "sluice_plugin_failures_total",
             "Plugin traps, deadline overruns and memory-limit hits.",
             load(&self.plugin_failures),
+        );
+        counter(
+            &mut out,
+            "sluice_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind.",
+            load(&self.access_log_dropped),
         );
         let _ = writeln!(
             out,

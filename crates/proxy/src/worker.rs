@@ -82,12 +82,13 @@ pub(crate) struct Generation {
 
 impl Generation {
     /// Starts the plugins of `config` (one VM per plugin code and VM config, one root context per
-    /// configuration) and builds every route's chain. `capture_logs` keeps what plugins log (for
-    /// the canary's error messages) instead of sending it to sluice's log.
+    /// configuration) and builds every route's chain. A `canary` keeps what plugins log (for its
+    /// error messages) and gets its own shared data and queues, so a refused config leaves no
+    /// trace in the running VMs.
     pub fn build(
         config: Arc<ProxyConfig>,
         clock: Clock,
-        capture_logs: bool,
+        canary: bool,
         log_levels: &PluginLogLevels,
     ) -> Result<Self, ChainError> {
         let pool = VmPool::new(&config.engine, clock.clone());
@@ -119,7 +120,8 @@ impl Generation {
                             limits: loaded.limits.clone(),
                             clock: clock.clone(),
                             clusters: callable.clone(),
-                            capture_logs,
+                            capture_logs: canary,
+                            isolated: canary,
                             log_level: log_levels.of(&plugin.name),
                             ..VmConfig::new(plugin.name.clone())
                         },
@@ -147,8 +149,16 @@ impl Generation {
     }
 }
 
+/// What every worker gets a handle to.
+struct AcrossWorkers {
+    stats: Arc<Stats>,
+    log_levels: Arc<PluginLogLevels>,
+    access_log: Option<Arc<crate::access_log::AccessLog>>,
+}
+
 /// What every connection of a worker shares.
 pub(crate) struct WorkerState {
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     pub log_levels: Arc<PluginLogLevels>,
     pub generation: RefCell<Rc<Generation>>,
     pub stats: Arc<Stats>,
@@ -182,6 +192,17 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
     let workers_count = config.workers().max(1);
     let admin_address = config.config.admin;
     let log_levels = Arc::new(PluginLogLevels::new(source.plugin_log_level));
+    let access_log = match &config.config.access_log {
+        None => None,
+        Some(destination) => Some(Arc::new(
+            crate::access_log::AccessLog::open(destination, stats.clone()).map_err(|e| {
+                StartError::Config(vec![sluice_config::ConfigError {
+                    place: "accessLog".into(),
+                    message: format!("cannot open `{destination}`: {e}"),
+                }])
+            })?,
+        )),
+    };
     let (updates, _) = watch::channel(Arc::new(config));
     let reloader = Arc::new(Reloader::new(source, engine, updates, stats.clone()));
     let mut threads = Vec::new();
@@ -212,11 +233,15 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
                 .collect::<Result<Vec<_>, _>>()?,
         };
         let updates = reloader.subscribe();
-        let (stop, ready, stats) = (stop.subscribe(), ready_tx.clone(), stats.clone());
-        let log_levels = log_levels.clone();
+        let (stop, ready) = (stop.subscribe(), ready_tx.clone());
+        let shared = AcrossWorkers {
+            stats: stats.clone(),
+            log_levels: log_levels.clone(),
+            access_log: access_log.clone(),
+        };
         let worker = std::thread::Builder::new()
             .name(format!("sluice-worker-{index}"))
-            .spawn(move || run_worker(index, sockets, updates, stop, &ready, stats, log_levels))
+            .spawn(move || run_worker(index, sockets, updates, stop, &ready, shared))
             .map_err(|e| StartError::Worker {
                 worker: index,
                 message: e.to_string(),
@@ -268,9 +293,13 @@ fn run_worker(
     mut updates: watch::Receiver<Arc<ProxyConfig>>,
     stop: watch::Receiver<bool>,
     ready: &std::sync::mpsc::Sender<Result<(), StartError>>,
-    stats: Arc<Stats>,
-    log_levels: Arc<PluginLogLevels>,
+    shared: AcrossWorkers,
 ) {
+    let AcrossWorkers {
+        stats,
+        log_levels,
+        access_log,
+    } = shared;
     let fail = |message: String| StartError::Worker {
         worker: index,
         message,
@@ -308,6 +337,7 @@ fn run_worker(
         }
         tokio::task::spawn_local(timers(Rc::downgrade(&generation), stats.clone()));
         let state = Rc::new(WorkerState {
+            access_log,
             log_levels,
             generation: RefCell::new(generation),
             stats: stats.clone(),

@@ -422,3 +422,67 @@ spec:
     }
     proxy.stop();
 }
+
+#[test]
+fn the_access_log_has_a_json_line_per_request_with_the_plugin_outcome() {
+    let app = named_origin("app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.jsonl");
+    let file = config_file(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  admin: "off"
+  workers: 1
+  accessLog: {log}
+  listeners:
+  - {{name: edge, address: 127.0.0.1:0, routes: [{{name: all, cluster: app}}]}}
+  clusters: [{{name: app, endpoints: ["{app}"]}}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: auth}}
+spec:
+  url: "{{plugins}}/auth.wasm"
+  pluginConfig: {{tokens: {{secret: alice}}}}
+"#,
+            log = log.display()
+        ),
+    );
+    let proxy = start_source(Some(file), flags(None, &[]));
+    assert_eq!(get(proxy.address, "/denied", &[]).status, 401);
+    assert_eq!(get(proxy.address, "/allowed?x=1", &[TOKEN]).status, 200);
+    // The writer flushes when it runs out of lines; bounded wait for both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let (denied, allowed) = (&lines[0], &lines[1]);
+    assert_eq!(denied["status"], 401);
+    assert_eq!(denied["path"], "/denied");
+    assert_eq!(denied["listener"], "edge");
+    assert_eq!(denied["plugins"]["localReplyBy"], "auth");
+    assert_eq!(denied["plugins"]["chain"], serde_json::json!(["auth"]));
+    assert_eq!(denied["upstream"], serde_json::Value::Null);
+    assert_eq!(allowed["status"], 200);
+    assert_eq!(allowed["details"], "via_upstream");
+    assert_eq!(allowed["route"], "all");
+    assert_eq!(allowed["upstream"], app.to_string());
+    assert_eq!(allowed["plugins"]["localReplyBy"], serde_json::Value::Null);
+    assert_eq!(allowed["bytesSent"], "/allowed?x=1".len());
+    assert!(allowed["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(allowed["requestId"].as_str().unwrap().len(), 36);
+    proxy.stop();
+}

@@ -13,6 +13,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// A proxy allocates and frees small buffers for every request. Under the benchmark load, glibc's
+/// malloc and free took about 15% of the CPU profile; with mimalloc, about 6%.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Sluice: a Proxy-Wasm gateway and plugin toolkit", long_about = None)]
 struct Cli {

@@ -133,7 +133,9 @@ pub(crate) struct HostState {
     pub abi: AbiVersion,
     pub shared: Arc<Shared>,
     pub memory: Option<Memory>,
-    pub allocate: Option<TypedFunc<u32, u32>>,
+    /// Shared, because cloning a TypedFunc clones its registered type (on every host call that
+    /// returns bytes).
+    pub allocate: Option<std::rc::Rc<TypedFunc<u32, u32>>>,
     pub limiter: MemoryCap,
     pub contexts: HashMap<u32, Context>,
     /// The context host calls act on: the one being called back, or the one chosen with

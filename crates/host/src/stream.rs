@@ -19,9 +19,12 @@ pub struct HttpStream {
     pub response_headers: HeaderMap,
     pub response_body: Vec<u8>,
     pub response_trailers: HeaderMap,
-    /// Values the embedder supplies (`source.address`, `connection.id`, `route_name`, ...) and the
-    /// ones plugins set with `proxy_set_property`, by dotted path.
+    /// Values the embedder supplies for this stream (`route_name`, ...) and the ones plugins set
+    /// with `proxy_set_property`, by dotted path.
     pub properties: HashMap<String, PropertyValue>,
+    /// Values shared by every stream of a connection (`source.address`, `connection.*`, ...),
+    /// consulted after `properties`; shared so a stream does not copy them.
+    pub connection: Rc<HashMap<String, PropertyValue>>,
 }
 
 pub type SharedStream = Rc<RefCell<HttpStream>>;
@@ -68,8 +71,10 @@ impl HttpStream {
             _ => None,
         };
         computed.or_else(|| {
+            let key = path.join(".");
             self.properties
-                .get(&path.join("."))
+                .get(&key)
+                .or_else(|| self.connection.get(&key))
                 .map(PropertyValue::encode)
         })
     }

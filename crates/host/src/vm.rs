@@ -5,6 +5,7 @@
 //! proxy-wasm-cpp-host, and every later call reports the original failure.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -105,31 +106,31 @@ pub enum GrpcEvent {
 
 enum HeadersCallback {
     /// ABI 0.1.0: `(context, headers)`.
-    WithoutEndOfStream(TypedFunc<(u32, u32), u32>),
-    WithEndOfStream(TypedFunc<(u32, u32, u32), u32>),
+    WithoutEndOfStream(Rc<TypedFunc<(u32, u32), u32>>),
+    WithEndOfStream(Rc<TypedFunc<(u32, u32, u32), u32>>),
 }
 
 #[derive(Default)]
 struct Callbacks {
-    context_create: Option<TypedFunc<(u32, u32), ()>>,
-    done: Option<TypedFunc<u32, u32>>,
-    log: Option<TypedFunc<u32, ()>>,
-    delete: Option<TypedFunc<u32, ()>>,
-    vm_start: Option<TypedFunc<(u32, u32), u32>>,
-    configure: Option<TypedFunc<(u32, u32), u32>>,
-    tick: Option<TypedFunc<u32, ()>>,
+    context_create: Option<Rc<TypedFunc<(u32, u32), ()>>>,
+    done: Option<Rc<TypedFunc<u32, u32>>>,
+    log: Option<Rc<TypedFunc<u32, ()>>>,
+    delete: Option<Rc<TypedFunc<u32, ()>>>,
+    vm_start: Option<Rc<TypedFunc<(u32, u32), u32>>>,
+    configure: Option<Rc<TypedFunc<(u32, u32), u32>>>,
+    tick: Option<Rc<TypedFunc<u32, ()>>>,
     request_headers: Option<HeadersCallback>,
-    request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    request_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    request_body: Option<Rc<TypedFunc<(u32, u32, u32), u32>>>,
+    request_trailers: Option<Rc<TypedFunc<(u32, u32), u32>>>,
     response_headers: Option<HeadersCallback>,
-    response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    response_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
-    grpc_initial_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
-    grpc_message: Option<TypedFunc<(u32, u32, u32), ()>>,
-    grpc_trailing_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
-    grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
-    queue_ready: Option<TypedFunc<(u32, u32), ()>>,
+    response_body: Option<Rc<TypedFunc<(u32, u32, u32), u32>>>,
+    response_trailers: Option<Rc<TypedFunc<(u32, u32), u32>>>,
+    http_call_response: Option<Rc<TypedFunc<(u32, u32, u32, u32, u32), ()>>>,
+    grpc_initial_metadata: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
+    grpc_message: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
+    grpc_trailing_metadata: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
+    grpc_close: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
+    queue_ready: Option<Rc<TypedFunc<(u32, u32), ()>>>,
 }
 
 pub struct Vm {
@@ -152,12 +153,13 @@ fn typed<P: WasmParams, R: WasmResults>(
     store: &mut Store<HostState>,
     name: &str,
     expected: &str,
-) -> Result<Option<TypedFunc<P, R>>, LoadError> {
+) -> Result<Option<Rc<TypedFunc<P, R>>>, LoadError> {
     let Some(func) = instance.get_func(&mut *store, name) else {
         return Ok(None);
     };
+    // Shared, because cloning a TypedFunc clones its registered type on every guest call.
     func.typed::<P, R>(&*store)
-        .map(Some)
+        .map(|f| Some(Rc::new(f)))
         .map_err(|_| LoadError::BadCallbackSignature {
             name: name.to_string(),
             expected: expected.to_string(),
@@ -569,7 +571,7 @@ impl Vm {
         &mut self,
         name: &str,
         context: u32,
-        callback: Option<TypedFunc<(u32, u32, u32), u32>>,
+        callback: Option<Rc<TypedFunc<(u32, u32, u32), u32>>>,
         a: u32,
         b: u32,
     ) -> Result<Action, PluginFailure> {
@@ -615,7 +617,7 @@ impl Vm {
         &mut self,
         name: &str,
         context: u32,
-        callback: Option<TypedFunc<(u32, u32), u32>>,
+        callback: Option<Rc<TypedFunc<(u32, u32), u32>>>,
         count: u32,
     ) -> Result<Action, PluginFailure> {
         let Some(f) = callback else {

@@ -18,7 +18,7 @@ use crate::{Clusters, Target};
 pub struct Endpoint {
     pub address: SocketAddr,
     /// For messages.
-    pub host: String,
+    pub host: std::rc::Rc<str>,
     pub port: u16,
 }
 
@@ -140,7 +140,7 @@ impl Pool {
         connect_timeout: Duration,
     ) -> Result<(http::Response<hyper::body::Incoming>, Sender), ClientError> {
         let http = |source| ClientError::Http {
-            target: target.host.clone(),
+            target: target.host.to_string(),
             source,
         };
         let mut request = request;
@@ -228,7 +228,7 @@ pub async fn callout(
     let exchange = async {
         let mut http = upstream_request(&request.headers, &host, crate::body::empty())
             .map_err(|message| ClientError::Request {
-                target: host.clone(),
+                target: host.to_string(),
                 message,
             })?
             .map(|_| Full::new(Bytes::from(request.body.clone())));
@@ -237,7 +237,7 @@ pub async fn callout(
         let stream = connect(address, &host, port, connect_timeout).await?;
         let mut sender = handshake(stream, &host).await?;
         let http_error = |source| ClientError::Http {
-            target: host.clone(),
+            target: host.to_string(),
             source,
         };
         let response = sender.send_request(http).await.map_err(http_error)?;

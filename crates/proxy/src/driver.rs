@@ -2,6 +2,7 @@
 //! executes its steps (upstream request and body, response to the client, callouts) as they come.
 //! Bodies stream frame by frame with bounded channels; nothing is buffered unless a plugin pauses.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,10 +31,11 @@ pub struct Connection {
     pub state: Rc<WorkerState>,
     /// Index of the listener in the config.
     pub listener: usize,
-    pub local: SocketAddr,
     pub peer: SocketAddr,
     /// Set on TLS listeners, once the handshake is done.
     pub tls: Option<crate::tls::TlsInfo>,
+    /// What [`connection_properties`] says about this connection.
+    pub properties: Rc<HashMap<String, PropertyValue>>,
 }
 
 enum UpstreamEvent {
@@ -74,18 +76,46 @@ pub async fn handle(
     }))
 }
 
+/// The properties every stream of a connection shares: addresses and TLS facts.
+pub fn connection_properties(
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<&crate::tls::TlsInfo>,
+) -> Rc<HashMap<String, PropertyValue>> {
+    let mut values: Vec<(&str, PropertyValue)> = vec![
+        ("source.address", peer.to_string().into()),
+        ("source.port", PropertyValue::Int(peer.port().into())),
+        ("destination.address", local.to_string().into()),
+        ("destination.port", PropertyValue::Int(local.port().into())),
+    ];
+    if let Some(tls) = tls {
+        values.extend([
+            ("connection.tls_version", tls.version.into()),
+            (
+                "connection.requested_server_name",
+                tls.server_name.clone().unwrap_or_default().into(),
+            ),
+            ("connection.mtls", PropertyValue::Bool(false)),
+        ]);
+    }
+    Rc::new(
+        values
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value))
+            .collect(),
+    )
+}
+
 fn stream_info(
     connection: &Connection,
     protocol: &str,
     route: Option<&sluice_config::Route>,
 ) -> HttpStream {
-    let mut info = HttpStream::default();
-    let (peer, local) = (connection.peer, connection.local);
-    let values: [(&str, PropertyValue); 7] = [
-        ("source.address", peer.to_string().into()),
-        ("source.port", PropertyValue::Int(peer.port().into())),
-        ("destination.address", local.to_string().into()),
-        ("destination.port", PropertyValue::Int(local.port().into())),
+    let mut info = HttpStream {
+        connection: connection.properties.clone(),
+        ..HttpStream::default()
+    };
+    let values: [(&str, PropertyValue); 3] = [
         ("request.protocol", protocol.into()),
         ("route_name", route.map_or("", |r| r.name.as_str()).into()),
         (
@@ -96,37 +126,46 @@ fn stream_info(
     for (key, value) in values {
         info.properties.insert(key.to_string(), value);
     }
-    if let Some(tls) = &connection.tls {
-        let values: [(&str, PropertyValue); 3] = [
-            ("connection.tls_version", tls.version.into()),
-            (
-                "connection.requested_server_name",
-                tls.server_name.clone().unwrap_or_default().into(),
-            ),
-            ("connection.mtls", PropertyValue::Bool(false)),
-        ];
-        for (key, value) in values {
-            info.properties.insert(key.to_string(), value);
-        }
-    }
     info
 }
 
-/// A random UUID v4, for `x-request-id`.
+thread_local! {
+    /// xorshift64* state for request ids, seeded from the OS once per thread.
+    static ID_STATE: Cell<u64> = Cell::new({
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).unwrap_or_default();
+        u64::from_le_bytes(seed) | 1
+    });
+}
+
+fn next_random() -> u64 {
+    ID_STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// A random UUID v4, for `x-request-id` (unique, not secret: a fast per-thread generator).
 fn request_id() -> String {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).unwrap_or_default();
+    bytes[..8].copy_from_slice(&next_random().to_le_bytes());
+    bytes[8..].copy_from_slice(&next_random().to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(36);
+    for (index, byte) in bytes.iter().enumerate() {
+        if matches!(index, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    id
 }
 
 struct Driver {
@@ -220,6 +259,11 @@ async fn drive(
         .then(|| headers.clone());
     let mut downstream_open = !body.is_end_stream();
     driver.stream.request_headers(headers, !downstream_open);
+    // One timer per stream: activity only moves `last_activity`, and the timer checks it when it
+    // fires, rather than re-arming a timer on every event.
+    let idle = tokio::time::sleep(STREAM_IDLE_TIMEOUT);
+    tokio::pin!(idle);
+    let mut last_activity = tokio::time::Instant::now();
     loop {
         driver.apply_steps().await;
         if driver.stream.is_complete() {
@@ -264,12 +308,18 @@ async fn drive(
                     driver.stream.grpc_event(plugin, token, event);
                 }
             },
-            () = tokio::time::sleep(STREAM_IDLE_TIMEOUT) => {
+            () = &mut idle => {
+                let deadline = last_activity + STREAM_IDLE_TIMEOUT;
+                if tokio::time::Instant::now() < deadline {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
                 driver.stream.local_reply_from_proxy(504, "stream_idle_timeout", "stream timeout");
                 driver.apply_steps().await;
                 break;
             }
         }
+        last_activity = tokio::time::Instant::now();
     }
     if let Some(task) = driver.upstream_task.take() {
         task.abort();
@@ -683,11 +733,16 @@ impl Driver {
 
 /// The index of the first route of `listener` that takes a request with this head.
 fn route_of(listener: &sluice_config::Listener, headers: &HeaderMap) -> Option<usize> {
-    let authority = headers.get_str(":authority").unwrap_or_default();
-    let path = headers.get_str(":path").unwrap_or_default();
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or_default()
+    };
+    let (authority, path) = (text(":authority"), text(":path"));
     listener.routes.iter().position(|route| {
         route
             .matcher
-            .matches(&authority, &path, |name| headers.get(name))
+            .matches(authority, path, |name| headers.get(name))
     })
 }

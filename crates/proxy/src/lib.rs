@@ -19,9 +19,12 @@ mod stats;
 mod tls;
 mod worker;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_config::{ClusterKind, Config};
 use sluice_host::{Engine, Limits, PluginCode};
@@ -82,60 +85,88 @@ pub(crate) enum Target {
     Echo,
     /// An endpoint: `host` is used for error messages and, for Istio-style names, to connect.
     Endpoint {
-        host: String,
+        host: Rc<str>,
         port: u16,
         address: Option<SocketAddr>,
     },
 }
 
+/// One cluster as a worker uses it: its endpoints (with their names, formatted once) and the
+/// round-robin position.
+struct ClusterState {
+    echo: bool,
+    endpoints: Vec<(SocketAddr, Rc<str>)>,
+    next: Cell<usize>,
+    timeouts: (Duration, Duration),
+}
+
 /// The clusters of one config generation, with a round-robin position per cluster (per worker).
 pub(crate) struct Clusters {
-    config: std::sync::Arc<ProxyConfig>,
-    next: std::cell::RefCell<HashMap<String, usize>>,
+    by_name: HashMap<String, ClusterState>,
 }
 
 impl Clusters {
-    pub fn new(config: std::sync::Arc<ProxyConfig>) -> Self {
-        Self {
-            config,
-            next: std::cell::RefCell::default(),
-        }
+    pub fn new(config: &ProxyConfig) -> Self {
+        let by_name = config
+            .config
+            .clusters
+            .iter()
+            .map(|cluster| {
+                let endpoints = config
+                    .endpoints
+                    .get(&cluster.name)
+                    .map(|addresses| {
+                        addresses
+                            .iter()
+                            .map(|a| (*a, Rc::from(a.to_string().as_str())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let state = ClusterState {
+                    echo: cluster.kind == ClusterKind::Echo,
+                    endpoints,
+                    next: Cell::new(0),
+                    timeouts: (cluster.connect_timeout, cluster.timeout),
+                };
+                (cluster.name.clone(), state)
+            })
+            .collect();
+        Self { by_name }
     }
 
     /// The next target for a cluster name: a configured cluster (round-robin over its
     /// endpoints), or Istio's `outbound|PORT||HOST` form.
     pub fn pick(&self, name: &str) -> Option<Target> {
-        if let Some(cluster) = self.config.config.cluster(name) {
-            return match cluster.kind {
-                ClusterKind::Echo => Some(Target::Echo),
-                ClusterKind::Static { .. } => {
-                    let endpoints = self.config.endpoints.get(name)?;
-                    let mut next = self.next.borrow_mut();
-                    let position = next.entry(name.to_string()).or_default();
-                    let address = *endpoints.get(*position % endpoints.len().max(1))?;
-                    *position = position.wrapping_add(1);
-                    Some(Target::Endpoint {
-                        host: address.to_string(),
-                        port: address.port(),
-                        address: Some(address),
-                    })
-                }
-            };
+        if let Some(cluster) = self.by_name.get(name) {
+            if cluster.echo {
+                return Some(Target::Echo);
+            }
+            let position = cluster.next.get();
+            cluster.next.set(position.wrapping_add(1));
+            let (address, host) = cluster
+                .endpoints
+                .get(position % cluster.endpoints.len().max(1))?;
+            return Some(Target::Endpoint {
+                host: host.clone(),
+                port: address.port(),
+                address: Some(*address),
+            });
         }
         outbound(name).map(|(host, port)| Target::Endpoint {
-            host: host.to_string(),
+            host: Rc::from(host),
             port,
             address: None,
         })
     }
 
-    pub fn timeouts(&self, name: &str) -> (std::time::Duration, std::time::Duration) {
-        self.config.config.cluster(name).map_or(
+    /// A cluster's connect and response timeouts (Envoy's defaults for undeclared names).
+    pub fn timeouts(&self, name: &str) -> (Duration, Duration) {
+        self.by_name.get(name).map_or(
             (
                 sluice_config::DEFAULT_CONNECT_TIMEOUT,
                 sluice_config::DEFAULT_TIMEOUT,
             ),
-            |c| (c.connect_timeout, c.timeout),
+            |c| c.timeouts,
         )
     }
 }

@@ -141,7 +141,7 @@ impl Generation {
             chains.push((routes, chain_for(listener, None)?));
         }
         Ok(Self {
-            clusters: Rc::new(Clusters::new(config.clone())),
+            clusters: Rc::new(Clusters::new(&config)),
             config,
             pool,
             chains,
@@ -383,12 +383,13 @@ async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     socket.set_nodelay(true).ok();
+                    let local = local.unwrap_or(peer);
                     let mut connection = Connection {
                         state: state.clone(),
                         listener: listener_index,
-                        local: local.unwrap_or(peer),
                         peer,
                         tls: None,
+                        properties: crate::driver::connection_properties(peer, local, None),
                     };
                     // The generation's TLS settings at accept time: a reload can rotate certificates.
                     let tls = state.generation.borrow().config.tls[listener_index].clone();
@@ -401,7 +402,9 @@ async fn accept(
                                 let handshake = tokio_rustls::TlsAcceptor::from(config).accept(socket);
                                 match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
                                     Ok(Ok(stream)) => {
-                                        connection.tls = Some(crate::tls::info(stream.get_ref().1));
+                                        let tls = crate::tls::info(stream.get_ref().1);
+                                        connection.properties = crate::driver::connection_properties(peer, local, Some(&tls));
+                                        connection.tls = Some(tls);
                                         serve(stream, Rc::new(connection)).await;
                                     }
                                     Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),

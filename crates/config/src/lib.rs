@@ -9,7 +9,7 @@ mod model;
 mod parse;
 
 pub use model::{
-    ChainEntry, Cluster, ClusterKind, Config, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
+    Capabilities, ChainEntry, Cluster, ClusterKind, Config, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_TIMEOUT, HeaderMatch, HostMatch, Listener, Notice, PathMatch, Phase,
     Plugin, PluginOverride, Route, RouteMatch, TlsFiles,
 };

@@ -189,6 +189,17 @@ pub struct Plugin {
     pub fail_strategy: FailStrategy,
     /// Listener ports the plugin runs on (Istio `match[].ports`); empty means every listener.
     pub ports: Vec<u16>,
+    /// What the plugin may do (the `Proxy` document's `pluginCapabilities`).
+    pub capabilities: Capabilities,
+}
+
+/// A plugin's capability allow-list (Envoy's `capability_restriction_config`, plus clusters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The `proxy_*` and WASI host functions and `proxy_on_*` callbacks it may use; `None`: all.
+    pub allow: Option<std::collections::BTreeSet<String>>,
+    /// The clusters it may call; `None`: any.
+    pub clusters: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Plugin {
@@ -211,6 +222,7 @@ impl Plugin {
             vm: VmConfig::default(),
             fail_strategy,
             ports: Vec::new(),
+            capabilities: Capabilities::default(),
         }
     }
 

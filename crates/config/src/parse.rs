@@ -111,9 +111,20 @@ struct ProxySpec {
     workers: Option<usize>,
     #[serde(default)]
     access_log: Option<String>,
+    #[serde(default)]
+    plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
     clusters: Vec<ClusterSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CapabilitiesSpec {
+    #[serde(default)]
+    allow: Option<std::collections::BTreeSet<String>>,
+    #[serde(default)]
+    clusters: Option<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +232,7 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
     let mut notices = base.notices.clone();
     let mut config = base;
     let mut proxy_seen: Option<usize> = None;
+    let mut capabilities: Vec<(String, String, crate::Capabilities)> = Vec::new();
     let mut plugins = std::mem::take(&mut config.plugins);
     let mut values = Vec::new();
     for document in yaml_serde::Deserializer::from_str(text) {
@@ -280,7 +292,15 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
                     continue;
                 }
                 proxy_seen = Some(number);
-                if let Some(document) = typed::<ProxySpec>(document, &mut checker) {
+                if let Some(mut document) = typed::<ProxySpec>(document, &mut checker) {
+                    for (plugin, spec) in std::mem::take(&mut document.spec.plugin_capabilities) {
+                        let place = format!("{label} spec.pluginCapabilities.{plugin}");
+                        let granted = crate::Capabilities {
+                            allow: spec.allow,
+                            clusters: spec.clusters,
+                        };
+                        capabilities.push((place, plugin, granted));
+                    }
                     proxy(document, &mut checker, &mut config);
                 }
             }
@@ -290,6 +310,15 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
                     "`{api_version}`/`{kind}` is not a document sluice reads; expected apiVersion {WASM_PLUGIN_API} with kind WasmPlugin, or apiVersion {PROXY_API} with kind Proxy"
                 ),
             ),
+        }
+    }
+    for (place, name, granted) in capabilities {
+        match plugins.iter_mut().find(|p| p.name == name) {
+            Some(plugin) => plugin.capabilities = granted,
+            None => errors.push(ConfigError {
+                place,
+                message: format!("no WasmPlugin is named `{name}`"),
+            }),
         }
     }
     check_plugins(&mut plugins, &mut errors);
@@ -469,6 +498,7 @@ fn wasm_plugin(document: Document<WasmPluginSpec>, checker: &mut Checker<'_>) ->
         vm,
         fail_strategy: spec.fail_strategy.unwrap_or_default(),
         ports,
+        capabilities: crate::Capabilities::default(),
     })
 }
 

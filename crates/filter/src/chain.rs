@@ -296,6 +296,7 @@ impl VmPool {
             .find(|vm| {
                 let vm = vm.borrow();
                 vm.code.info.sha256 == spec.code.info.sha256
+                    && vm.code.allowed == spec.code.allowed
                     && vm.config.vm_id == spec.vm.vm_id
                     && vm.config.vm_configuration == spec.vm.vm_configuration
                     && vm.config.env == spec.vm.env

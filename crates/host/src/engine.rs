@@ -51,6 +51,24 @@ pub struct Shared {
 pub struct PluginCode {
     pub(crate) pre: InstancePre<HostState>,
     pub info: Arc<ModuleInfo>,
+    /// The capabilities the plugin may use ([`Engine::restrict`]); `None` allows everything.
+    pub allowed: Option<Arc<BTreeSet<String>>>,
+}
+
+/// Status a restricted `proxy_*` call returns, as proxy-wasm-cpp-host does.
+const DENIED_PROXY: i32 = sluice_abi::Status::InternalFailure as i32;
+/// WASI errno ENOTCAPABLE, for a restricted WASI call.
+const DENIED_WASI: i32 = 76;
+
+/// Whether an import is a capability that can be restricted: the `proxy_*` host functions and
+/// the WASI functions (helpers like AssemblyScript's `abort` always stay).
+pub fn is_capability(module: &str, name: &str) -> bool {
+    (module == "env" && name.starts_with("proxy_")) || module.starts_with("wasi_")
+}
+
+/// Whether a callback is a capability: every `proxy_on_*` but the allocator.
+pub fn is_callback_capability(name: &str) -> bool {
+    name.starts_with("proxy_on_") && name != "proxy_on_memory_allocate"
 }
 
 impl PluginCode {
@@ -124,6 +142,75 @@ impl Engine {
         Ok(PluginCode {
             pre,
             info: Arc::new(info),
+            allowed: None,
+        })
+    }
+
+    /// Every name a capability allow-list may contain: the `proxy_*` and WASI host functions
+    /// sluice provides and the `proxy_on_*` callbacks.
+    pub fn capability_names(&self) -> BTreeSet<String> {
+        self.inner
+            .provided
+            .iter()
+            .filter(|(module, name)| is_capability(module, name))
+            .map(|(_, name)| name.clone())
+            .chain(
+                sluice_abi::CALLBACKS
+                    .iter()
+                    .filter(|name| is_callback_capability(name))
+                    .map(|name| (*name).to_string()),
+            )
+            .collect()
+    }
+
+    /// The same plugin, allowed only the capabilities in `allowed` (Envoy's
+    /// `capability_restriction_config`): every other `proxy_*` or WASI import is linked to a stub
+    /// that logs the denied call and returns an error status (InternalFailure, or ENOTCAPABLE for
+    /// WASI), and callbacks not listed are never called.
+    pub fn restrict(
+        &self,
+        code: &PluginCode,
+        allowed: BTreeSet<String>,
+    ) -> Result<PluginCode, LoadError> {
+        let mut linker = self.inner.linker.clone();
+        linker.allow_shadowing(true);
+        let module = code.pre.module();
+        for import in module.imports() {
+            let (module_name, name) = (import.module(), import.name());
+            let wasmtime::ExternType::Func(ty) = import.ty() else {
+                continue;
+            };
+            if !is_capability(module_name, name) || allowed.contains(name) {
+                continue;
+            }
+            let denied = if module_name == "env" {
+                DENIED_PROXY
+            } else {
+                DENIED_WASI
+            };
+            let call = name.to_string();
+            linker
+                .func_new(
+                    module_name,
+                    name,
+                    ty,
+                    move |mut caller, _params, results| {
+                        caller.data_mut().capability_denied(&call);
+                        if let Some(result) = results.first_mut() {
+                            *result = wasmtime::Val::I32(denied);
+                        }
+                        Ok(())
+                    },
+                )
+                .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        }
+        let pre = linker
+            .instantiate_pre(module)
+            .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        Ok(PluginCode {
+            pre,
+            info: code.info.clone(),
+            allowed: Some(Arc::new(allowed)),
         })
     }
 

@@ -129,6 +129,8 @@ impl ResourceLimiter for MemoryCap {
 
 pub(crate) struct HostState {
     pub plugin_name: String,
+    /// Restricted capabilities this VM already tried to use (each is logged once).
+    pub denied_calls: std::collections::HashSet<String>,
     pub vm_id: String,
     pub abi: AbiVersion,
     pub shared: Arc<Shared>,
@@ -191,6 +193,16 @@ impl HostState {
     pub fn next_token(&mut self) -> u32 {
         self.next_token = self.next_token.wrapping_add(1).max(1);
         self.next_token
+    }
+
+    /// A call to a capability the plugin is not allowed: logged once per VM and capability.
+    pub fn capability_denied(&mut self, call: &str) {
+        if self.denied_calls.insert(call.to_string()) {
+            tracing::warn!(
+                plugin = %self.plugin_name,
+                "{call} denied: not in the plugin's allowed capabilities (it gets an error status)"
+            );
+        }
     }
 
     pub fn log(&mut self, level: LogLevel, message: String) {

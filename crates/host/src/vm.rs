@@ -190,6 +190,37 @@ fn headers_callback(
 }
 
 impl Callbacks {
+    /// Forgets the callbacks a capability allow-list leaves out: they are never called.
+    fn restrict(&mut self, allowed: &std::collections::BTreeSet<String>) {
+        let allows = |name: &str| allowed.contains(name);
+        macro_rules! keep_if_allowed {
+            ($($field:ident: $name:literal),* $(,)?) => {
+                $(if !allows($name) { self.$field = None; })*
+            };
+        }
+        keep_if_allowed!(
+            context_create: "proxy_on_context_create",
+            done: "proxy_on_done",
+            log: "proxy_on_log",
+            delete: "proxy_on_delete",
+            vm_start: "proxy_on_vm_start",
+            configure: "proxy_on_configure",
+            tick: "proxy_on_tick",
+            request_headers: "proxy_on_request_headers",
+            request_body: "proxy_on_request_body",
+            request_trailers: "proxy_on_request_trailers",
+            response_headers: "proxy_on_response_headers",
+            response_body: "proxy_on_response_body",
+            response_trailers: "proxy_on_response_trailers",
+            http_call_response: "proxy_on_http_call_response",
+            grpc_initial_metadata: "proxy_on_grpc_receive_initial_metadata",
+            grpc_message: "proxy_on_grpc_receive",
+            grpc_trailing_metadata: "proxy_on_grpc_receive_trailing_metadata",
+            grpc_close: "proxy_on_grpc_close",
+            queue_ready: "proxy_on_queue_ready",
+        );
+    }
+
     fn find(instance: &Instance, store: &mut Store<HostState>) -> Result<Self, LoadError> {
         const I2: &str = "(func (param i32 i32))";
         const I3: &str = "(func (param i32 i32 i32))";
@@ -298,6 +329,7 @@ impl Vm {
     pub fn new(engine: &Engine, code: &PluginCode, config: VmConfig) -> Result<Self, LoadError> {
         let abi = code.info.loadable()?;
         let state = HostState {
+            denied_calls: HashSet::new(),
             plugin_name: config.plugin_name,
             vm_id: config.vm_id,
             abi,
@@ -361,7 +393,10 @@ impl Vm {
         };
         store.data_mut().memory = Some(memory);
         store.data_mut().allocate = Some(allocate);
-        let callbacks = Callbacks::find(&instance, &mut store)?;
+        let mut callbacks = Callbacks::find(&instance, &mut store)?;
+        if let Some(allowed) = &code.allowed {
+            callbacks.restrict(allowed);
+        }
         let mut vm = Self {
             _engine: engine.clone(),
             store,

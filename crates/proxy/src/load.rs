@@ -90,6 +90,36 @@ fn local_path(url: &str, base_dir: &Path) -> PathBuf {
     }
 }
 
+/// Applies a plugin's capability allow-list, after checking every name in it.
+fn restrict(
+    engine: &Engine,
+    code: sluice_host::PluginCode,
+    plugin: &sluice_config::Plugin,
+    config: &Config,
+) -> Result<sluice_host::PluginCode, String> {
+    if let Some(clusters) = &plugin.capabilities.clusters
+        && let Some(unknown) = clusters
+            .iter()
+            .find(|name| !crate::cluster_exists(config, name))
+    {
+        return Err(format!(
+            "clusters: `{unknown}` is neither a declared cluster nor an outbound|PORT||HOST name"
+        ));
+    }
+    let Some(allow) = &plugin.capabilities.allow else {
+        return Ok(code);
+    };
+    let known = engine.capability_names();
+    if let Some(unknown) = allow.iter().find(|name| !known.contains(*name)) {
+        return Err(format!(
+            "allow: `{unknown}` is not a capability (a proxy_* or WASI host function, or a proxy_on_* callback)"
+        ));
+    }
+    engine
+        .restrict(&code, allow.clone())
+        .map_err(|e| e.to_string())
+}
+
 /// Loads every plugin and resolves every endpoint of a checked config.
 pub fn load(
     config: Config,
@@ -113,6 +143,14 @@ pub fn load(
         };
         match engine.load_file(&path) {
             Ok(code) => {
+                let place = format!("pluginCapabilities.{}", plugin.name);
+                let code = match restrict(engine, code, plugin, &config) {
+                    Ok(code) => code,
+                    Err(message) => {
+                        errors.push(ConfigError { place, message });
+                        continue;
+                    }
+                };
                 if let Some(expected) = &plugin.sha256
                     && *expected != code.info.sha256
                 {

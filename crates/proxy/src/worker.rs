@@ -92,9 +92,6 @@ impl Generation {
         log_levels: &PluginLogLevels,
     ) -> Result<Self, ChainError> {
         let pool = VmPool::new(&config.engine, clock.clone());
-        let check = config.clone();
-        let callable: sluice_host::ClusterCheck =
-            Arc::new(move |name: &str| cluster_exists(&check.config, name));
         let chain_for = |listener: &Listener, route: Option<&Route>| {
             let specs = config
                 .config
@@ -108,6 +105,16 @@ impl Generation {
                         .position(|p| std::ptr::eq(p, entry.plugin))
                         .expect("chain entries are plugins of the config");
                     let (plugin, loaded) = (entry.plugin, &config.plugins[index]);
+                    let check = config.clone();
+                    let allowed = plugin.capabilities.clusters.clone();
+                    let name = plugin.name.clone();
+                    let callable: sluice_host::ClusterCheck = Arc::new(move |cluster: &str| {
+                        let permitted = allowed.as_ref().is_none_or(|set| set.contains(cluster));
+                        if !permitted {
+                            tracing::warn!(plugin = %name, "call to cluster `{cluster}` denied: not in the plugin's allowed clusters");
+                        }
+                        permitted && cluster_exists(&check.config, cluster)
+                    });
                     PluginSpec {
                         name: plugin.name.clone(),
                         root_id: plugin.root_id.clone(),
@@ -119,7 +126,7 @@ impl Generation {
                             env: loaded.env.clone(),
                             limits: loaded.limits.clone(),
                             clock: clock.clone(),
-                            clusters: callable.clone(),
+                            clusters: callable,
                             capture_logs: canary,
                             isolated: canary,
                             log_level: log_levels.of(&plugin.name),

@@ -486,3 +486,149 @@ spec:
     assert_eq!(allowed["requestId"].as_str().unwrap().len(), 36);
     proxy.stop();
 }
+
+/// Every capability sluice knows, minus `without`, as a YAML flow list.
+fn capabilities_without(without: &str) -> String {
+    let names: Vec<String> = crate::engine()
+        .capability_names()
+        .into_iter()
+        .filter(|name| name != without)
+        .collect();
+    format!("[{}]", names.join(", "))
+}
+
+#[test]
+fn capability_allow_lists_deny_callbacks_host_calls_and_clusters() {
+    let authz = named_origin("authz");
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  admin: "off"
+  workers: 1
+  pluginCapabilities:
+    deaf: {{allow: {no_headers_callback}}}
+    mute: {{allow: {no_local_reply}}}
+    fenced: {{clusters: [elsewhere]}}
+  listeners:
+  - address: 127.0.0.1:0
+    routes:
+    - {{match: {{prefix: /deaf}}, cluster: echo, plugins: {{mute: {{disabled: true}}, fenced: {{disabled: true}}}}}}
+    - {{match: {{prefix: /mute}}, cluster: echo, plugins: {{deaf: {{disabled: true}}, fenced: {{disabled: true}}}}}}
+    - {{match: {{prefix: /fenced}}, cluster: echo, plugins: {{deaf: {{disabled: true}}, mute: {{disabled: true}}}}}}
+  clusters:
+  - {{name: echo, type: ECHO}}
+  - {{name: authz, endpoints: ["{authz}"]}}
+  - {{name: elsewhere, type: ECHO}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: deaf}}
+spec: {{url: "{{plugins}}/auth.wasm", pluginConfig: {{tokens: {{secret: alice}}}}}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: mute}}
+spec: {{url: "{{plugins}}/auth.wasm", pluginConfig: {{tokens: {{secret: alice}}}}}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: fenced}}
+spec: {{url: "{{plugins}}/http_callout.wasm", pluginConfig: {{cluster: authz}}}}
+"#,
+            no_headers_callback = capabilities_without("proxy_on_request_headers"),
+            no_local_reply = capabilities_without("proxy_send_local_response"),
+        ),
+    );
+    let proxy = start_source(Some(file), flags(None, &[]));
+    let deaf = get(proxy.address, "/deaf", &[]);
+    assert_eq!(
+        deaf.status,
+        200,
+        "auth's on_request_headers is never called: {}",
+        deaf.text()
+    );
+    let mute = get(proxy.address, "/mute", &[]);
+    assert_eq!(mute.status, 503, "{}", mute.text());
+    assert_eq!(
+        mute.text(),
+        "plugin 'mute' failed\n",
+        "the denied local reply returns an error status, and the SDK gives up"
+    );
+    let fenced = get(proxy.address, "/fenced", &[]);
+    assert_eq!(fenced.status, 503, "{}", fenced.text());
+    assert_eq!(fenced.text(), "authorization service unavailable");
+    proxy.stop();
+
+    let bad = tempfile::tempdir().unwrap();
+    let file = config_file(
+        bad.path(),
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  pluginCapabilities:
+    ghost: {allow: []}
+  listeners: [{address: 127.0.0.1:0, routes: [{cluster: echo}]}]
+  clusters: [{name: echo, type: ECHO}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: p}
+spec: {url: "{plugins}/auth.wasm"}
+"#,
+    );
+    let errors = |file| {
+        let source = sluice_proxy::Source {
+            file: Some(file),
+            base: flags(None, &[]),
+            limits: crate::limits(),
+            buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+            plugin_log_level: sluice_abi::LogLevel::Warn,
+        };
+        match source.load(&crate::engine()) {
+            Ok(_) => panic!("a bad allow-list loads"),
+            Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }
+    };
+    let unknown_plugin = errors(file);
+    assert!(
+        unknown_plugin[0]
+            .ends_with("spec.pluginCapabilities.ghost: no WasmPlugin is named `ghost`"),
+        "{unknown_plugin:#?}"
+    );
+    let file = config_file(
+        bad.path(),
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  pluginCapabilities:
+    p: {allow: [proxy_log, proxy_teleport]}
+    q: {clusters: [nowhere]}
+  listeners: [{address: 127.0.0.1:0, routes: [{cluster: echo}]}]
+  clusters: [{name: echo, type: ECHO}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: p}
+spec: {url: "{plugins}/add_header.wasm"}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: q}
+spec: {url: "{plugins}/add_header.wasm"}
+"#,
+    );
+    assert_eq!(
+        errors(file),
+        [
+            "pluginCapabilities.p: allow: `proxy_teleport` is not a capability (a proxy_* or WASI host function, or a proxy_on_* callback)",
+            "pluginCapabilities.q: clusters: `nowhere` is neither a declared cluster nor an outbound|PORT||HOST name",
+        ]
+    );
+}

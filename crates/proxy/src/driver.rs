@@ -40,7 +40,9 @@ pub struct Connection {
 
 enum UpstreamEvent {
     Head(http::response::Parts, bool),
-    Frame(Frame<Bytes>),
+    /// A frame, and whether it is the body's last (so the plugins see the end with the data, as
+    /// Envoy passes it, rather than in one more empty body callback).
+    Frame(Frame<Bytes>, bool),
     End,
     /// Envoy's name for the kind of failure, and what exactly happened (for the log).
     Failed(&'static str, String),
@@ -543,7 +545,7 @@ impl Driver {
                 if !end {
                     while let Some(frame) = body.frame().await {
                         let event = match frame {
-                            Ok(frame) => UpstreamEvent::Frame(frame),
+                            Ok(frame) => UpstreamEvent::Frame(frame, body.is_end_stream()),
                             Err(error) => {
                                 let _ = events
                                     .send(UpstreamEvent::Failed(
@@ -587,8 +589,11 @@ impl Driver {
                 self.stream
                     .response_headers(response_map(&parts), end_of_stream);
             }
-            Some(UpstreamEvent::Frame(frame)) => match frame.into_data() {
-                Ok(data) => self.stream.response_data(data.to_vec(), false),
+            Some(UpstreamEvent::Frame(frame, last)) => match frame.into_data() {
+                Ok(data) => {
+                    self.upstream_finished = last;
+                    self.stream.response_data(data.to_vec(), last);
+                }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         self.upstream_finished = true;

@@ -72,7 +72,8 @@ fn main() {
         name: "add-header".into(),
         root_id: "add-header".into(),
         code,
-        plugin_configuration: br#"{"request": {"set": {"x-a": "1"}}, "response": {"set": {"x-b": "2"}}}"#.to_vec(),
+        plugin_configuration:
+            br#"{"request": {"set": {"x-a": "1"}}, "response": {"set": {"x-b": "2"}}}"#.to_vec(),
         vm: VmConfig::new("add-header"),
         fail_strategy: sluice_config::FailStrategy::FailClose,
     };

@@ -226,6 +226,18 @@ impl VmPool {
         &self.clock
     }
 
+    /// Each VM's plugin name and linear-memory size, for `/stats`.
+    pub fn memory_by_plugin(&self) -> Vec<(String, usize)> {
+        self.vms
+            .borrow()
+            .iter()
+            .map(|vm| {
+                let vm = vm.borrow();
+                (vm.config.plugin_name.clone(), vm.vm.memory_bytes())
+            })
+            .collect()
+    }
+
     /// How many VMs the pool runs.
     pub fn vm_count(&self) -> usize {
         self.vms.borrow().len()

@@ -43,6 +43,28 @@ impl Default for Limits {
     }
 }
 
+/// How often guest calls are timed for [`CallbackTime`]: one call in this many, so that reading
+/// the clock twice does not add to every call.
+pub const CALLBACK_TIME_SAMPLE: u64 = 16;
+
+/// Guest calls of a plugin and the time they took, shared by all its instances: every call is
+/// counted, one in [`CALLBACK_TIME_SAMPLE`] is timed.
+#[derive(Debug, Default)]
+pub struct CallbackTime {
+    pub calls: std::sync::atomic::AtomicU64,
+    pub sampled_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl CallbackTime {
+    /// Estimated total time in guest calls.
+    pub fn estimated_seconds(&self) -> f64 {
+        let nanos = self
+            .sampled_nanos
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (nanos * CALLBACK_TIME_SAMPLE) as f64 / 1e9
+    }
+}
+
 /// How to run one VM: identity, configuration and environment.
 #[derive(Clone)]
 pub struct VmConfig {
@@ -62,6 +84,8 @@ pub struct VmConfig {
     /// Give the VM its own shared data, shared queues and metrics instead of the engine's, so
     /// nothing it does reaches other VMs (the reload canary).
     pub isolated: bool,
+    /// Where this VM counts its guest calls and their time.
+    pub callback_time: Option<Arc<CallbackTime>>,
     pub clock: Clock,
     pub clusters: ClusterCheck,
     /// Properties of the whole VM (`node`, `listener_direction`, ...).
@@ -79,6 +103,7 @@ impl VmConfig {
             log_level: Arc::new(AtomicU32::new(LogLevel::Info as u32)),
             capture_logs: false,
             isolated: false,
+            callback_time: None,
             clock: Clock::system(),
             clusters: Arc::new(|_| false),
             properties: HashMap::new(),
@@ -142,6 +167,7 @@ pub struct Vm {
     failure: Option<PluginFailure>,
     next_context: u32,
     limits: Limits,
+    callback_time: Option<Arc<CallbackTime>>,
 }
 
 fn ticks(deadline: Duration) -> u64 {
@@ -404,6 +430,7 @@ impl Vm {
             failure: None,
             next_context: 0,
             limits: config.limits,
+            callback_time: config.callback_time,
         };
         vm.run_entry_points(&instance)?;
         Ok(vm)
@@ -469,7 +496,19 @@ impl Vm {
         state.effective_context = context;
         state.last_error_log = None;
         state.limiter.hit = false;
+        let timed = self.callback_time.as_ref().and_then(|time| {
+            let calls = time
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (calls % CALLBACK_TIME_SAMPLE == 0).then(std::time::Instant::now)
+        });
         let result = call(&mut self.store);
+        if let (Some(started), Some(time)) = (timed, &self.callback_time) {
+            time.sampled_nanos.fetch_add(
+                started.elapsed().as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         self.store.data_mut().scope = CallbackScope::default();
         result.map_err(|error| {
             let failure = classify(&self.store, callback, &error);

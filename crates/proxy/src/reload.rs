@@ -145,18 +145,24 @@ impl Reloader {
 /// what `proxy_on_vm_start` and `proxy_on_configure` say before any worker sees the config.
 pub fn canary(config: &ProxyConfig) -> Result<(), String> {
     let everything = crate::logging::PluginLogLevels::new(sluice_abi::LogLevel::Trace);
-    Generation::build(Arc::new(config.clone()), Clock::system(), true, &everything)
-        .map(drop)
-        .map_err(|error| {
-            let said: Vec<String> = error
-                .logs
-                .iter()
-                .map(|log| format!("{}: {}", log.level.as_str(), log.message))
-                .collect();
-            if said.is_empty() {
-                error.to_string()
-            } else {
-                format!("{error} (it logged: {})", said.join("; "))
-            }
-        })
+    Generation::build(
+        Arc::new(config.clone()),
+        Clock::system(),
+        true,
+        &everything,
+        None,
+    )
+    .map(drop)
+    .map_err(|error| {
+        let said: Vec<String> = error
+            .logs
+            .iter()
+            .map(|log| format!("{}: {}", log.level.as_str(), log.message))
+            .collect();
+        if said.is_empty() {
+            error.to_string()
+        } else {
+            format!("{error} (it logged: {})", said.join("; "))
+        }
+    })
 }

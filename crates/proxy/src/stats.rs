@@ -1,12 +1,14 @@
 //! The proxy's own counters, shared by every worker (atomics), and the Prometheus text rendering
 //! of them together with the plugins' own metrics.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sluice_abi::MetricType;
-use sluice_host::{HISTOGRAM_BOUNDS, Metrics};
+use sluice_host::{CALLBACK_TIME_SAMPLE, CallbackTime, HISTOGRAM_BOUNDS, Metrics};
 
 /// Upper bounds of the request latency histogram, in milliseconds.
 const LATENCY_BOUNDS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
@@ -21,6 +23,10 @@ pub struct Stats {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     access_log_dropped: AtomicU64,
+    /// Guest calls and their time, per plugin name (shared by its instances on every worker).
+    callback_times: Mutex<BTreeMap<String, Arc<CallbackTime>>>,
+    /// Linear memory per (plugin, worker), as the workers last reported it.
+    plugin_memory: Mutex<BTreeMap<(String, usize), usize>>,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -63,6 +69,28 @@ impl Stats {
             &self.reload_failures
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where instances of `plugin` count their guest calls.
+    pub fn callback_time(&self, plugin: &str) -> Arc<CallbackTime> {
+        self.callback_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(plugin.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// A worker's plugin instances and their memory, replacing what it reported before.
+    pub fn plugin_memory(&self, worker: usize, usage: Vec<(String, usize)>) {
+        let mut memory = self
+            .plugin_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        memory.retain(|(_, w), _| *w != worker);
+        for (plugin, bytes) in usage {
+            *memory.entry((plugin, worker)).or_default() += bytes;
+        }
     }
 
     /// An access-log line dropped because the writer fell behind.
@@ -150,6 +178,48 @@ impl Stats {
             &buckets,
             &sum.to_string(),
         );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_plugin_callbacks_total Guest calls (callbacks) per plugin.\n# TYPE sluice_plugin_callbacks_total counter"
+        );
+        let times = self
+            .callback_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (plugin, time) in &times {
+            let _ = writeln!(
+                out,
+                "sluice_plugin_callbacks_total{{plugin=\"{plugin}\"}} {}",
+                load(&time.calls)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_plugin_callback_seconds_total Time in guest calls per plugin, estimated from 1 call in {CALLBACK_TIME_SAMPLE}.\n# TYPE sluice_plugin_callback_seconds_total counter"
+        );
+        for (plugin, time) in &times {
+            let _ = writeln!(
+                out,
+                "sluice_plugin_callback_seconds_total{{plugin=\"{plugin}\"}} {}",
+                time.estimated_seconds()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_plugin_memory_bytes Linear memory of each plugin's instances, per worker.\n# TYPE sluice_plugin_memory_bytes gauge"
+        );
+        for ((plugin, worker), bytes) in self
+            .plugin_memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "sluice_plugin_memory_bytes{{plugin=\"{plugin}\",worker=\"{worker}\"}} {bytes}"
+            );
+        }
         let plugin_bounds: Vec<String> = HISTOGRAM_BOUNDS.iter().map(u64::to_string).collect();
         for metric in plugin_metrics.all() {
             let name = format!("sluice_plugin_{}", sanitize(&metric.name));

@@ -90,6 +90,7 @@ impl Generation {
         clock: Clock,
         canary: bool,
         log_levels: &PluginLogLevels,
+        stats: Option<&Stats>,
     ) -> Result<Self, ChainError> {
         let pool = VmPool::new(&config.engine, clock.clone());
         let chain_for = |listener: &Listener, route: Option<&Route>| {
@@ -129,6 +130,7 @@ impl Generation {
                             clusters: callable,
                             capture_logs: canary,
                             isolated: canary,
+                            callback_time: stats.map(|s| s.callback_time(&plugin.name)),
                             log_level: log_levels.of(&plugin.name),
                             ..VmConfig::new(plugin.name.clone())
                         },
@@ -325,13 +327,14 @@ fn run_worker(
     local.block_on(&runtime, async move {
         let clock = Clock::system();
         let config = updates.borrow_and_update().clone();
-        let generation = match Generation::build(config, clock.clone(), false, &log_levels) {
-            Ok(generation) => Rc::new(generation),
-            Err(error) => {
-                let _ = ready.send(Err(fail(error.to_string())));
-                return;
-            }
-        };
+        let generation =
+            match Generation::build(config, clock.clone(), false, &log_levels, Some(&stats)) {
+                Ok(generation) => Rc::new(generation),
+                Err(error) => {
+                    let _ = ready.send(Err(fail(error.to_string())));
+                    return;
+                }
+            };
         let mut listeners = Vec::new();
         for socket in sockets {
             match tokio::net::TcpListener::from_std(socket) {
@@ -342,7 +345,7 @@ fn run_worker(
                 }
             }
         }
-        tokio::task::spawn_local(timers(Rc::downgrade(&generation), stats.clone()));
+        tokio::task::spawn_local(timers(Rc::downgrade(&generation), stats.clone(), index));
         let state = Rc::new(WorkerState {
             access_log,
             log_levels,
@@ -438,10 +441,20 @@ async fn follow(
 ) {
     while updates.changed().await.is_ok() {
         let config = updates.borrow_and_update().clone();
-        match Generation::build(config, clock.clone(), false, &state.log_levels) {
+        match Generation::build(
+            config,
+            clock.clone(),
+            false,
+            &state.log_levels,
+            Some(&state.stats),
+        ) {
             Ok(generation) => {
                 let generation = Rc::new(generation);
-                tokio::task::spawn_local(timers(Rc::downgrade(&generation), state.stats.clone()));
+                tokio::task::spawn_local(timers(
+                    Rc::downgrade(&generation),
+                    state.stats.clone(),
+                    index,
+                ));
                 *state.generation.borrow_mut() = generation;
             }
             Err(error) => {
@@ -472,13 +485,19 @@ where
 
 /// Ticks, queue notifications and callouts made outside any stream, for one generation's VMs.
 /// It ends when the generation is gone (replaced, and its last request finished).
-async fn timers(generation: Weak<Generation>, stats: Arc<Stats>) {
+async fn timers(generation: Weak<Generation>, stats: Arc<Stats>, worker: usize) {
     const IDLE_POLL: Duration = Duration::from_millis(20);
+    const MEMORY_REPORT: Duration = Duration::from_secs(1);
     let grpc_calls: RootGrpcCalls = Rc::default();
+    let mut reported = None::<std::time::Instant>;
     loop {
         let Some(generation) = generation.upgrade() else {
             return;
         };
+        if reported.is_none_or(|at| at.elapsed() >= MEMORY_REPORT) {
+            stats.plugin_memory(worker, generation.pool.memory_by_plugin());
+            reported = Some(std::time::Instant::now());
+        }
         let pool = generation.pool.clone();
         let now = pool.clock().monotonic_nanos();
         let wait = pool.next_tick_nanos().map_or(IDLE_POLL, |due| {

@@ -223,9 +223,22 @@ fn the_admin_api_reports_readiness_stats_and_plugins() {
         "sluice_responses_total{class=\"4xx\"} 1",
         "sluice_request_duration_seconds_count 2",
         "sluice_plugin_rate_limit_allowed_total 1",
+        "# TYPE sluice_plugin_callback_seconds_total counter",
+        "sluice_plugin_memory_bytes{plugin=\"auth\",worker=\"0\"} ",
+        "sluice_plugin_memory_bytes{plugin=\"rate-limit\",worker=\"1\"} ",
     ] {
         assert!(stats.contains(line), "missing {line:?} in:\n{stats}");
     }
+    let calls = |plugin: &str| -> u64 {
+        let prefix = format!("sluice_plugin_callbacks_total{{plugin=\"{plugin}\"}} ");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no callback count for {plugin}:\n{stats}"))
+    };
+    // Both requests: context create, headers and the three end-of-stream calls at least.
+    assert!(calls("auth") >= 10, "{stats}");
     let plugins: serde_json::Value =
         serde_json::from_slice(&get(admin, "/plugins", &[]).body).unwrap();
     assert_eq!(plugins[0]["name"], "auth");

@@ -145,19 +145,66 @@ fn shared_data_limits_requests_across_two_workers() {
 }
 
 #[test]
-fn fail_strategies_with_a_trapping_plugin() {
-    let closed = start(vec![fixture("trap", FailStrategy::FailClose)], None, &[], 1);
-    let answer = get(closed.address, "/", &[]);
-    assert_eq!(answer.status, 503);
-    assert!(
-        answer.text().contains("plugin 'trap' failed"),
-        "{}",
-        answer.text()
-    );
-    closed.stop();
-    let open = start(vec![fixture("trap", FailStrategy::FailOpen)], None, &[], 1);
-    assert_eq!(get(open.address, "/", &[]).status, 200);
-    open.stop();
+fn every_fail_strategy_with_a_trapping_and_a_looping_plugin() {
+    let skip = [("x-fixture-skip", "1")];
+    for fixture_name in ["trap", "infinite_loop"] {
+        let failed = |answer: &crate::Answer| {
+            answer.status == 503 && answer.text() == format!("plugin '{fixture_name}' failed\n")
+        };
+        let survived = |answer: &crate::Answer| {
+            answer.status == 200 && answer.text().contains(r#""x-survived""#)
+        };
+
+        let closed = start(
+            vec![fixture(fixture_name, FailStrategy::FailClose)],
+            None,
+            &[],
+            1,
+        );
+        let started = std::time::Instant::now();
+        let first = get(closed.address, "/", &[]);
+        assert!(failed(&first), "{fixture_name}: {}", first.text());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let second = get(closed.address, "/", &skip);
+        assert!(
+            failed(&second),
+            "{fixture_name}: a FAIL_CLOSE plugin stays failed: {}",
+            second.text()
+        );
+        closed.stop();
+
+        let open = start(
+            vec![fixture(fixture_name, FailStrategy::FailOpen)],
+            None,
+            &[],
+            1,
+        );
+        for _ in 0..2 {
+            let answer = get(open.address, "/", &[]);
+            assert_eq!(
+                answer.status, 200,
+                "{fixture_name}: FAIL_OPEN skips the plugin"
+            );
+            assert!(!answer.text().contains("x-survived"));
+        }
+        open.stop();
+
+        let reload = start(
+            vec![fixture(fixture_name, FailStrategy::FailReload)],
+            None,
+            &[],
+            1,
+        );
+        let first = get(reload.address, "/", &[]);
+        assert!(failed(&first), "{fixture_name}: {}", first.text());
+        let fresh = get(reload.address, "/", &skip);
+        assert!(
+            survived(&fresh),
+            "{fixture_name}: FAIL_RELOAD gives the next request a fresh instance: {}",
+            fresh.text()
+        );
+        reload.stop();
+    }
 }
 
 #[test]

@@ -27,7 +27,8 @@ pub struct RunArgs {
     /// The PEM private key of --tls-cert
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Where requests go after the plugins (http://HOST:PORT); the built-in echo upstream when absent
+    /// Where requests go after the plugins (http://HOST:PORT, or h2c://HOST:PORT for HTTP/2); the
+    /// built-in echo upstream when absent
     #[arg(long)]
     upstream: Option<String>,
     /// A plugin: a .wasm file (path or file:// URL), or a plugin project directory (built first);
@@ -83,22 +84,26 @@ fn admin_address(text: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(address))
 }
 
-/// The `host:port` of an `http://` upstream URL.
-fn upstream_endpoint(url: &str) -> anyhow::Result<String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        bail!(
-            "--upstream `{url}`: only http:// upstreams are supported (TLS upstreams are not implemented yet)"
-        );
+/// The `host:port` of an `http://` (HTTP/1.1) or `h2c://` (HTTP/2 cleartext) upstream URL, and
+/// whether it is HTTP/2.
+fn upstream_endpoint(url: &str) -> anyhow::Result<(String, bool)> {
+    let (rest, http2) = match (url.strip_prefix("http://"), url.strip_prefix("h2c://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => bail!(
+            "--upstream `{url}`: expected http://HOST:PORT or h2c://HOST:PORT (TLS upstreams are not implemented yet)"
+        ),
     };
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
         bail!("--upstream `{url}`: no host");
     }
-    Ok(if authority.contains(':') {
+    let endpoint = if authority.contains(':') {
         authority.to_string()
     } else {
         format!("{authority}:80")
-    })
+    };
+    Ok((endpoint, http2))
 }
 
 /// The config the flags describe: one listener whose one route goes to `--upstream` (or the echo
@@ -116,11 +121,14 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         .as_deref()
         .map(upstream_endpoint)
         .transpose()?;
+    let http2 = upstream.as_ref().is_some_and(|(_, http2)| *http2);
+    let upstream = upstream.map(|(endpoint, _)| endpoint);
     let listen = args
         .listen
         .unwrap_or_else(|| sluice_config::DEFAULT_LISTEN.parse().expect("valid"));
     let mut config = Config::single_route(listen, upstream, admin_address(args.admin.as_deref())?);
     config.workers = args.workers;
+    config.clusters[0].http2 = http2;
     config.access_log.clone_from(&args.access_log);
     if let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) {
         // Absolute, so that a config file elsewhere does not change what they name.

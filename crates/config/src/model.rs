@@ -121,6 +121,8 @@ pub struct HeaderMatch {
 pub struct Cluster {
     pub name: String,
     pub kind: ClusterKind,
+    /// How requests reach the endpoints: HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+    pub http2: bool,
     pub connect_timeout: Duration,
     /// How long the whole upstream response may take.
     pub timeout: Duration,
@@ -134,6 +136,7 @@ impl Cluster {
             kind: ClusterKind::Static {
                 endpoints: vec![endpoint],
             },
+            http2: false,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
         }

@@ -196,6 +196,8 @@ struct ClusterSpec {
     #[serde(default)]
     endpoints: Vec<String>,
     #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
     connect_timeout: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
@@ -630,6 +632,17 @@ fn cluster_of(spec: ClusterSpec, field: &str, checker: &mut Checker<'_>) -> Opti
             return None;
         }
     };
+    let http2 = match spec.protocol.as_deref() {
+        None | Some("HTTP1") => false,
+        Some("HTTP2") => true,
+        Some(other) => {
+            checker.error(
+                &format!("{field}.protocol"),
+                format!("`{other}`: expected HTTP1 or HTTP2 (cleartext, prior knowledge)"),
+            );
+            false
+        }
+    };
     let mut timeout = |name: &str, value: Option<String>, default: Duration| match value {
         None => default,
         Some(text) => parse_duration(&text).unwrap_or_else(|message| {
@@ -646,6 +659,7 @@ fn cluster_of(spec: ClusterSpec, field: &str, checker: &mut Checker<'_>) -> Opti
         timeout: timeout("timeout", spec.timeout, crate::model::DEFAULT_TIMEOUT),
         name: spec.name,
         kind,
+        http2,
     })
 }
 
@@ -865,7 +879,7 @@ spec:
     - cluster: backend
   clusters:
   - {name: echo, type: ECHO}
-  - {name: backend, endpoints: ["127.0.0.1:9000", "localhost:9001"], connectTimeout: 250ms, timeout: 2s}
+  - {name: backend, endpoints: ["127.0.0.1:9000", "localhost:9001"], protocol: HTTP2, connectTimeout: 250ms, timeout: 2s}
 ---
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
@@ -914,6 +928,7 @@ spec: {url: audit.wasm, priority: 100}
         let backend = config.cluster("backend").unwrap();
         assert_eq!(backend.connect_timeout, Duration::from_millis(250));
         assert_eq!(backend.timeout, Duration::from_secs(2));
+        assert!(backend.http2);
         assert_eq!(config.cluster("echo").unwrap().kind, ClusterKind::Echo);
 
         let listener = &config.listeners[0];

@@ -184,6 +184,7 @@ impl Admin {
             "clusters": config.clusters.iter().map(|cluster| json!({
                 "name": cluster.name,
                 "type": match cluster.kind { ClusterKind::Echo => "ECHO", ClusterKind::Static { .. } => "STATIC" },
+                "protocol": if cluster.http2 { "HTTP2" } else { "HTTP1" },
                 "endpoints": current.endpoints.get(&cluster.name).map(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>()),
                 "connectTimeout": format!("{}s", cluster.connect_timeout.as_secs_f64()),
                 "timeout": format!("{}s", cluster.timeout.as_secs_f64()),

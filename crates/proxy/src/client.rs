@@ -20,6 +20,8 @@ pub struct Endpoint {
     /// For messages.
     pub host: std::rc::Rc<str>,
     pub port: u16,
+    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 /// An upstream or callout failure, described for logs and `response.code_details`.
@@ -113,10 +115,14 @@ type Sender = hyper::client::conn::http1::SendRequest<ChannelBody>;
 /// Most idle upstream connections one worker keeps.
 pub const MAX_IDLE_CONNECTIONS: usize = 128;
 
-/// A worker's idle keep-alive connections to upstream endpoints.
+type Http2Sender = hyper::client::conn::http2::SendRequest<ChannelBody>;
+
+/// A worker's upstream connections: idle HTTP/1.1 keep-alive connections, and one multiplexed
+/// HTTP/2 connection per HTTP/2 endpoint.
 #[derive(Default)]
 pub struct Pool {
     idle: std::cell::RefCell<HashMap<SocketAddr, Vec<Sender>>>,
+    http2: std::cell::RefCell<HashMap<SocketAddr, Http2Sender>>,
 }
 
 impl Pool {
@@ -131,9 +137,75 @@ impl Pool {
         None
     }
 
+    /// Sends a request: over HTTP/2 on the endpoint's shared connection, or over HTTP/1.1 on an
+    /// idle connection or a new one. An HTTP/1.1 connection comes back for [`Pool::put_back`].
+    pub async fn send(
+        &self,
+        target: &Endpoint,
+        request: http::Request<ChannelBody>,
+        connect_timeout: Duration,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Option<Sender>), ClientError> {
+        if target.http2 {
+            return self
+                .send_http2(target, request, connect_timeout)
+                .await
+                .map(|r| (r, None));
+        }
+        self.send_http1(target, request, connect_timeout)
+            .await
+            .map(|(response, sender)| (response, Some(sender)))
+    }
+
+    async fn send_http2(
+        &self,
+        target: &Endpoint,
+        request: http::Request<ChannelBody>,
+        connect_timeout: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let http = |source| ClientError::Http {
+            target: target.host.to_string(),
+            source,
+        };
+        let existing = self
+            .http2
+            .borrow()
+            .get(&target.address)
+            .filter(|sender| !sender.is_closed())
+            .cloned();
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => {
+                let stream = connect(
+                    Some(target.address),
+                    &target.host,
+                    target.port,
+                    connect_timeout,
+                )
+                .await?;
+                let (sender, connection) = hyper::client::conn::http2::handshake(
+                    crate::worker::LocalExec,
+                    TokioIo::new(stream),
+                )
+                .await
+                .map_err(http)?;
+                tokio::task::spawn_local(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!("upstream HTTP/2 connection ended: {error}");
+                    }
+                });
+                self.http2
+                    .borrow_mut()
+                    .insert(target.address, sender.clone());
+                sender
+            }
+        };
+        sender.ready().await.map_err(http)?;
+        sender.send_request(request).await.map_err(http)
+    }
+
     /// Sends a request on an idle connection, or a new one. A request the reused connection never
     /// began to send (the upstream closed it meanwhile) is sent again on a new connection.
-    pub async fn send(
+    async fn send_http1(
         &self,
         target: &Endpoint,
         request: http::Request<ChannelBody>,
@@ -175,29 +247,38 @@ impl Pool {
     }
 }
 
-/// Builds the upstream request from the head the plugins left.
-pub fn upstream_request(
+/// Builds the upstream request from the head the plugins left: origin-form with a Host header
+/// for HTTP/1.1, absolute-form (scheme and authority as pseudo-headers) for HTTP/2.
+pub fn upstream_request<B>(
     head: &sluice_abi::HeaderMap,
     authority: &str,
-    body: ChannelBody,
-) -> Result<http::Request<ChannelBody>, String> {
+    body: B,
+    http2: bool,
+) -> Result<http::Request<B>, String> {
     let method = head.get(":method").unwrap_or(b"GET");
     let path = head.get_str(":path").unwrap_or_else(|| "/".into());
-    let mut request = http::Request::builder()
-        .method(http::Method::from_bytes(method).map_err(|e| format!(":method: {e}"))?)
-        .uri(path)
-        .body(body)
-        .map_err(|e| e.to_string())?;
-    *request.headers_mut() = to_fields(head);
     let host = head
         .get_str(":authority")
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| authority.to_string());
-    request.headers_mut().insert(
-        http::header::HOST,
-        host.parse()
-            .map_err(|_| format!("bad :authority {host:?}"))?,
-    );
+    let uri = if http2 {
+        format!("http://{host}{path}")
+    } else {
+        path
+    };
+    let mut request = http::Request::builder()
+        .method(http::Method::from_bytes(method).map_err(|e| format!(":method: {e}"))?)
+        .uri(uri)
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    *request.headers_mut() = to_fields(head);
+    if !http2 {
+        request.headers_mut().insert(
+            http::header::HOST,
+            host.parse()
+                .map_err(|_| format!("bad :authority {host:?}"))?,
+        );
+    }
     Ok(request)
 }
 
@@ -221,17 +302,22 @@ pub async fn callout(
             address,
             host,
             port,
+            ..
         }) => (address, host, port),
     };
     let (connect_timeout, _) = clusters.timeouts(&request.upstream);
     let timeout = request.timeout;
     let exchange = async {
-        let mut http = upstream_request(&request.headers, &host, crate::body::empty())
-            .map_err(|message| ClientError::Request {
-                target: host.to_string(),
-                message,
-            })?
-            .map(|_| Full::new(Bytes::from(request.body.clone())));
+        let mut http = upstream_request(
+            &request.headers,
+            &host,
+            Full::new(Bytes::from(request.body.clone())),
+            false,
+        )
+        .map_err(|message| ClientError::Request {
+            target: host.to_string(),
+            message,
+        })?;
         http.headers_mut()
             .insert(http::header::CONTENT_LENGTH, request.body.len().into());
         let stream = connect(address, &host, port, connect_timeout).await?;

@@ -483,12 +483,14 @@ impl Driver {
                 host,
                 port,
                 address: Some(address),
+                http2,
             }) => {
                 self.upstream = Some(address);
                 client::Endpoint {
                     address,
                     host,
                     port,
+                    http2,
                 }
             }
             Some(Target::Endpoint { address: None, .. }) | None => {
@@ -508,7 +510,7 @@ impl Driver {
             self.upstream_body = Some(sender);
             body
         };
-        let request = match client::upstream_request(&headers, &target.host, body) {
+        let request = match client::upstream_request(&headers, &target.host, body, target.http2) {
             Ok(request) => request,
             Err(message) => {
                 self.stream.local_reply_from_proxy(
@@ -562,8 +564,10 @@ impl Driver {
                     }
                     let _ = events.send(UpstreamEvent::End).await;
                 }
-                // The exchange is complete: the connection can carry the next request.
-                pool.put_back(target.address, connection);
+                // The exchange is complete: an HTTP/1.1 connection can carry the next request.
+                if let Some(connection) = connection {
+                    pool.put_back(target.address, connection);
+                }
             };
             if tokio::time::timeout(timeout, exchange).await.is_err() {
                 let _ = events.send(UpstreamEvent::TimedOut(timeout)).await;

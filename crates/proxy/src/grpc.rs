@@ -133,6 +133,7 @@ async fn exchange(
             address,
             host,
             port,
+            ..
         }) => (address, host, port),
         Some(Target::Echo) => {
             return Err(unavailable(format!(

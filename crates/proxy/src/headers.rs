@@ -62,9 +62,15 @@ pub fn fields_map(fields: &http::HeaderMap) -> HeaderMap {
     map
 }
 
+/// Whether a header stops at this hop. `te: trailers` goes on: gRPC needs it, and Envoy keeps it.
+fn stops_here(name: &[u8], value: &[u8]) -> bool {
+    is_hop_by_hop(name)
+        && !(name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers"))
+}
+
 fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap) {
     for (name, value) in fields {
-        if name != http::header::HOST && !is_hop_by_hop(name.as_str().as_bytes()) {
+        if name != http::header::HOST && !stops_here(name.as_str().as_bytes(), value.as_bytes()) {
             map.add(name.as_str(), value.as_bytes());
         }
     }
@@ -75,7 +81,7 @@ fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap) {
 pub fn to_fields(map: &HeaderMap) -> http::HeaderMap {
     let mut fields = http::HeaderMap::with_capacity(map.len());
     for (name, value) in map.iter() {
-        if name.starts_with(b":") || is_hop_by_hop(name) {
+        if name.starts_with(b":") || stops_here(name, value) {
             continue;
         }
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {

@@ -88,6 +88,7 @@ pub(crate) enum Target {
         host: Rc<str>,
         port: u16,
         address: Option<SocketAddr>,
+        http2: bool,
     },
 }
 
@@ -95,6 +96,7 @@ pub(crate) enum Target {
 /// round-robin position.
 struct ClusterState {
     echo: bool,
+    http2: bool,
     endpoints: Vec<(SocketAddr, Rc<str>)>,
     next: Cell<usize>,
     timeouts: (Duration, Duration),
@@ -124,6 +126,7 @@ impl Clusters {
                     .unwrap_or_default();
                 let state = ClusterState {
                     echo: cluster.kind == ClusterKind::Echo,
+                    http2: cluster.http2,
                     endpoints,
                     next: Cell::new(0),
                     timeouts: (cluster.connect_timeout, cluster.timeout),
@@ -150,12 +153,14 @@ impl Clusters {
                 host: host.clone(),
                 port: address.port(),
                 address: Some(*address),
+                http2: cluster.http2,
             });
         }
         outbound(name).map(|(host, port)| Target::Endpoint {
             host: Rc::from(host),
             port,
             address: None,
+            http2: false,
         })
     }
 

@@ -364,3 +364,56 @@ fn a_unary_grpc_callout_over_http2_decides_the_request() {
     assert_eq!(answer.text(), "authorization service unavailable");
     unavailable.stop();
 }
+
+#[test]
+fn grpc_passes_through_to_an_http2_upstream_with_its_trailers() {
+    use http_body_util::BodyExt;
+
+    let service = crate::grpc_origin(|path, metadata, messages| {
+        let plugin_saw = metadata.contains_key("x-hello");
+        let reply = format!(
+            "{path} {} {plugin_saw}",
+            String::from_utf8_lossy(&messages[0])
+        );
+        (vec![reply.into_bytes()], 0)
+    });
+    let mut config = crate::flags(Some(service), &[]);
+    config.clusters[0].http2 = true;
+    config.plugins = vec![built("add_header", ADD_HEADER)];
+    config.workers = Some(1);
+    let proxy = crate::start_source(None, config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, trailers, body) = runtime.block_on(async move {
+        let io = hyper_util::rt::TokioIo::new(
+            tokio::net::TcpStream::connect(proxy.address).await.unwrap(),
+        );
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let mut framed = vec![0, 0, 0, 0, 5];
+        framed.extend_from_slice(b"hello");
+        let request = http::Request::post("http://shop.example/echo.v1.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(framed)))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (status, trailers, collected.to_bytes())
+        // The proxy stops when the test ends.
+    });
+    assert_eq!(status, 200);
+    assert_eq!(
+        trailers.and_then(|t| t.get("grpc-status").cloned()),
+        Some(http::HeaderValue::from_static("0")),
+        "the upstream's trailers reach the client"
+    );
+    assert_eq!(&body[5..], b"/echo.v1.Echo/Say hello true");
+}

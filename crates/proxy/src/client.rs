@@ -103,7 +103,7 @@ where
             source,
         })?;
     tokio::task::spawn_local(async move {
-        if let Err(error) = connection.await {
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!("upstream connection ended: {error}");
         }
     });

@@ -39,7 +39,13 @@ pub struct Connection {
 }
 
 enum UpstreamEvent {
-    Head(http::response::Parts, bool),
+    /// The response head, whether the body is empty, and for a 101 the upstream's side of the
+    /// switched connection.
+    Head(
+        http::response::Parts,
+        bool,
+        Option<hyper::upgrade::OnUpgrade>,
+    ),
     /// A frame, and whether it is the body's last (so the plugins see the end with the data, as
     /// Envoy passes it, rather than in one more empty body callback).
     Frame(Frame<Bytes>, bool),
@@ -192,6 +198,8 @@ struct Driver {
     bytes_sent: u64,
     route: Option<String>,
     upstream: Option<SocketAddr>,
+    /// The upstream's side of a switched protocol (101), spliced to the client's at the end.
+    upstream_switched: Option<hyper::upgrade::OnUpgrade>,
 }
 
 async fn drive(
@@ -208,6 +216,9 @@ async fn drive(
         http::Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
+    let mut request = request;
+    let client_switch =
+        crate::headers::is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
     let (parts, mut body) = request.into_parts();
     let scheme = if connection.tls.is_some() {
         "https"
@@ -251,6 +262,7 @@ async fn drive(
         bytes_sent: 0,
         route: None,
         upstream: None,
+        upstream_switched: None,
         status: None,
     };
     let logged = driver
@@ -331,6 +343,11 @@ async fn drive(
     stats.request_finished(driver.status, started.elapsed());
     if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
         log.write(&driver.access_record(request, protocol, began, started.elapsed()));
+    }
+    if driver.status == Some(101)
+        && let (Some(client), Some(upstream)) = (client_switch, driver.upstream_switched.take())
+    {
+        tokio::task::spawn_local(splice(client, upstream));
     }
 }
 
@@ -539,9 +556,17 @@ impl Driver {
                             return;
                         }
                     };
+                let mut response = response;
+                let switched = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| hyper::upgrade::on(&mut response));
+                let reusable = switched.is_none();
                 let (parts, mut body) = response.into_parts();
                 let end = body.is_end_stream();
-                if events.send(UpstreamEvent::Head(parts, end)).await.is_err() {
+                if events
+                    .send(UpstreamEvent::Head(parts, end, switched))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if !end {
@@ -565,7 +590,7 @@ impl Driver {
                     let _ = events.send(UpstreamEvent::End).await;
                 }
                 // The exchange is complete: an HTTP/1.1 connection can carry the next request.
-                if let Some(connection) = connection {
+                if let Some(connection) = connection.filter(|_| reusable) {
                     pool.put_back(target.address, connection);
                 }
             };
@@ -587,8 +612,9 @@ impl Driver {
 
     fn upstream_event(&mut self, event: Option<UpstreamEvent>) {
         match event {
-            Some(UpstreamEvent::Head(parts, end_of_stream)) => {
+            Some(UpstreamEvent::Head(parts, end_of_stream, switched)) => {
                 self.upstream_head_seen = true;
+                self.upstream_switched = switched;
                 self.upstream_finished = end_of_stream;
                 self.stream
                     .response_headers(response_map(&parts), end_of_stream);
@@ -754,4 +780,21 @@ fn route_of(listener: &sluice_config::Listener, headers: &HeaderMap) -> Option<u
             .matcher
             .matches(authority, path, |name| headers.get(name))
     })
+}
+
+/// Joins the client's and the upstream's switched connections (WebSocket and the like) and
+/// copies bytes both ways until either side closes.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match (client.await, upstream.await) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::debug!("protocol switch failed: {error}");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!("switched connection ended: {error}");
+    }
 }

@@ -45,20 +45,32 @@ pub fn request_map(parts: &http::request::Parts, scheme: &str) -> HeaderMap {
         .unwrap_or_default();
     map.add(":authority", authority);
     map.add(":scheme", parts.uri.scheme_str().unwrap_or(scheme));
-    add_fields(&mut map, &parts.headers);
+    add_fields(&mut map, &parts.headers, is_upgrade(&parts.headers));
     map
+}
+
+/// Whether a request asks to switch protocols (WebSocket and the like): `connection: upgrade`
+/// with an `upgrade` header.
+pub fn is_upgrade(fields: &http::HeaderMap) -> bool {
+    fields.contains_key(http::header::UPGRADE)
+        && fields.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
 }
 
 pub fn response_map(parts: &http::response::Parts) -> HeaderMap {
     let mut map = HeaderMap::new();
     map.add(":status", parts.status.as_str());
-    add_fields(&mut map, &parts.headers);
+    let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    add_fields(&mut map, &parts.headers, switching);
     map
 }
 
 pub fn fields_map(fields: &http::HeaderMap) -> HeaderMap {
     let mut map = HeaderMap::new();
-    add_fields(&mut map, fields);
+    add_fields(&mut map, fields, false);
     map
 }
 
@@ -68,11 +80,20 @@ fn stops_here(name: &[u8], value: &[u8]) -> bool {
         && !(name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers"))
 }
 
-fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap) {
+/// Copies the end-to-end headers. For a protocol switch, `upgrade` goes on and `connection`
+/// becomes just `upgrade`, so the next hop is asked to switch too.
+fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap, upgrade: bool) {
     for (name, value) in fields {
-        if name != http::header::HOST && !stops_here(name.as_str().as_bytes(), value.as_bytes()) {
+        let switch = upgrade && name == http::header::UPGRADE;
+        if switch
+            || (name != http::header::HOST
+                && !stops_here(name.as_str().as_bytes(), value.as_bytes()))
+        {
             map.add(name.as_str(), value.as_bytes());
         }
+    }
+    if upgrade {
+        map.add("connection", "upgrade");
     }
 }
 
@@ -80,8 +101,12 @@ fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap) {
 /// plugin made invalid for HTTP are dropped with a log line rather than failing the request.
 pub fn to_fields(map: &HeaderMap) -> http::HeaderMap {
     let mut fields = http::HeaderMap::with_capacity(map.len());
+    // A map only carries `upgrade` when it is a protocol switch (see `add_fields`).
+    let upgrade = map.get("upgrade").is_some();
     for (name, value) in map.iter() {
-        if name.starts_with(b":") || stops_here(name, value) {
+        let switch = upgrade
+            && (name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"connection"));
+        if name.starts_with(b":") || (!switch && stops_here(name, value)) {
             continue;
         }
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {

@@ -470,7 +470,7 @@ async fn follow(
 
 async fn serve<I>(io: I, connection: Rc<Connection>)
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = connection.peer;
     let service =
@@ -478,7 +478,10 @@ where
             handle(request, connection.clone())
         });
     let builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
-    if let Err(error) = builder.serve_connection(TokioIo::new(io), service).await {
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
         tracing::debug!(%peer, "connection ended: {error}");
     }
 }

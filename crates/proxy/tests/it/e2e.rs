@@ -417,3 +417,108 @@ fn grpc_passes_through_to_an_http2_upstream_with_its_trailers() {
     );
     assert_eq!(&body[5..], b"/echo.v1.Echo/Say hello true");
 }
+
+/// An origin that switches to a byte-echo protocol on `upgrade: echo`, on its own thread.
+fn switching_origin() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |mut request: http::Request<hyper::body::Incoming>| async move {
+                            let asked = request.headers().get("upgrade").cloned();
+                            let hello = request.headers().get("x-hello").cloned();
+                            let upgrade = hyper::upgrade::on(&mut request);
+                            tokio::spawn(async move {
+                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                let Ok(upgraded) = upgrade.await else { return };
+                                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                                let mut buffer = [0u8; 64];
+                                while let Ok(n @ 1..) = io.read(&mut buffer).await {
+                                    if io.write_all(&buffer[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            let mut response = http::Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header(
+                                    "upgrade",
+                                    asked.unwrap_or(http::HeaderValue::from_static("none")),
+                                );
+                            if let Some(hello) = hello {
+                                response = response.header("x-plugin-saw", hello);
+                            }
+                            Ok::<_, hyper::Error>(response.body(Full::new(Bytes::new())).unwrap())
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+    });
+    address
+}
+
+#[test]
+fn an_upgrade_passes_through_the_plugins_and_then_carries_bytes_both_ways() {
+    use std::io::{Read, Write};
+
+    let proxy = start(
+        vec![built("add_header", ADD_HEADER)],
+        Some(switching_origin()),
+        &[],
+        1,
+    );
+    let mut socket = std::net::TcpStream::connect(proxy.address).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            socket.read(&mut byte).unwrap(),
+            1,
+            "head ended early: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(
+        head.contains("x-plugin-saw: from-sluice"),
+        "the plugin ran on the request: {head}"
+    );
+    assert!(
+        head.contains("x-plugin: add-header"),
+        "and on the 101: {head}"
+    );
+    for message in [&b"ping"[..], b"second message"] {
+        socket.write_all(message).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        socket.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message);
+    }
+    drop(socket);
+    proxy.stop();
+}

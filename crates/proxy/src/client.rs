@@ -47,6 +47,12 @@ pub enum ClientError {
     Request { target: String, message: String },
 }
 
+impl Endpoint {
+    async fn connect(&self, timeout: Duration) -> Result<tokio::net::TcpStream, ClientError> {
+        connect(Some(self.address), &self.host, self.port, timeout).await
+    }
+}
+
 impl ClientError {
     /// Envoy's name for this kind of upstream failure (`StreamResetReason`), which Envoy puts in
     /// the 503 body clients see.
@@ -175,13 +181,7 @@ impl Pool {
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let stream = connect(
-                    Some(target.address),
-                    &target.host,
-                    target.port,
-                    connect_timeout,
-                )
-                .await?;
+                let stream = target.connect(connect_timeout).await?;
                 let (sender, connection) = hyper::client::conn::http2::handshake(
                     crate::worker::LocalExec,
                     TokioIo::new(stream),
@@ -225,13 +225,7 @@ impl Pool {
                 },
             }
         }
-        let stream = connect(
-            Some(target.address),
-            &target.host,
-            target.port,
-            connect_timeout,
-        )
-        .await?;
+        let stream = target.connect(connect_timeout).await?;
         let mut sender = handshake(stream, &target.host).await?;
         let response = sender.send_request(request).await.map_err(http)?;
         Ok((response, sender))

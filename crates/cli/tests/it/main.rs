@@ -38,6 +38,31 @@ fn assert_exit(output: &Output, code: i32, text: String, needle: &str) {
     assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
 }
 
+/// Starts `sluice run` with `args`, returns it and the address from its `try: curl` line.
+fn spawn_run(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .args(args)
+        .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
+        .env_remove("SLUICE_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting sluice run");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("try: curl -i http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, address)
+}
+
 #[test]
 fn test_passes_every_plugin_scenario() {
     let mut args = vec!["test".to_string()];
@@ -163,47 +188,23 @@ fn build_compiles_a_plugin_project_and_inspects_it() {
 
 #[test]
 fn run_serves_a_plugin_in_front_of_the_echo_upstream_until_interrupted() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
 
     let wasm = sluice_test_support::plugin_wasm("add_header")
         .display()
         .to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--plugin",
-            &wasm,
-        ])
-        .args([
-            "--plugin-config",
-            r#"{"response": {"set": {"x-plugin": "add-header"}}}"#,
-        ])
-        .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting sluice run");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("try: curl -i ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    let address = url
-        .strip_prefix("http://")
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut child, address) = spawn_run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--plugin",
+        &wasm,
+        "--plugin-config",
+        r#"{"response": {"set": {"x-plugin": "add-header"}}}"#,
+    ]);
     let mut socket = std::net::TcpStream::connect(&address).unwrap();
     socket
         .write_all(b"GET /hello HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n")
@@ -282,7 +283,7 @@ fn check_accepts_the_example_and_names_every_error_with_its_place() {
 
 #[test]
 fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.yaml");
@@ -298,30 +299,17 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
         .unwrap();
     };
     write(1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config", file.to_str().unwrap(), "--watch"])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--workers",
-            "1",
-        ])
-        .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting sluice run");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("try: curl -i http://")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let (mut child, address) = spawn_run(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--watch",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--workers",
+        "1",
+    ]);
     let version = || {
         use std::io::Write;
         let mut socket = std::net::TcpStream::connect(&address).unwrap();

@@ -420,59 +420,41 @@ fn grpc_passes_through_to_an_http2_upstream_with_its_trailers() {
 
 /// An origin that switches to a byte-echo protocol on `upgrade: echo`, on its own thread.
 fn switching_origin() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
+    crate::serve_on_thread(|socket| async move {
+        let service = hyper::service::service_fn(
+            |mut request: http::Request<hyper::body::Incoming>| async move {
+                let asked = request.headers().get("upgrade").cloned();
+                let hello = request.headers().get("x-hello").cloned();
+                let upgrade = hyper::upgrade::on(&mut request);
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        |mut request: http::Request<hyper::body::Incoming>| async move {
-                            let asked = request.headers().get("upgrade").cloned();
-                            let hello = request.headers().get("x-hello").cloned();
-                            let upgrade = hyper::upgrade::on(&mut request);
-                            tokio::spawn(async move {
-                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                                let Ok(upgraded) = upgrade.await else { return };
-                                let mut io = hyper_util::rt::TokioIo::new(upgraded);
-                                let mut buffer = [0u8; 64];
-                                while let Ok(n @ 1..) = io.read(&mut buffer).await {
-                                    if io.write_all(&buffer[..n]).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            });
-                            let mut response = http::Response::builder()
-                                .status(101)
-                                .header("connection", "upgrade")
-                                .header(
-                                    "upgrade",
-                                    asked.unwrap_or(http::HeaderValue::from_static("none")),
-                                );
-                            if let Some(hello) = hello {
-                                response = response.header("x-plugin-saw", hello);
-                            }
-                            Ok::<_, hyper::Error>(response.body(Full::new(Bytes::new())).unwrap())
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                        .with_upgrades()
-                        .await;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(upgraded) = upgrade.await else { return };
+                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                    let mut buffer = [0u8; 64];
+                    while let Ok(n @ 1..) = io.read(&mut buffer).await {
+                        if io.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
                 });
-            }
-        });
-    });
-    address
+                let mut response = http::Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header(
+                        "upgrade",
+                        asked.unwrap_or(http::HeaderValue::from_static("none")),
+                    );
+                if let Some(hello) = hello {
+                    response = response.header("x-plugin-saw", hello);
+                }
+                Ok::<_, hyper::Error>(response.body(Full::new(Bytes::new())).unwrap())
+            },
+        );
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+            .with_upgrades()
+            .await;
+    })
 }
 
 #[test]

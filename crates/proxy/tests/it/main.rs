@@ -166,6 +166,33 @@ pub fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer 
 type Handler =
     Arc<dyn Fn(http::request::Parts, Bytes) -> http::Response<Full<Bytes>> + Send + Sync>;
 
+/// Accepts connections on an ephemeral loopback port, on a thread of its own, and runs
+/// `on_connection` for each; the address to connect to.
+pub fn serve_on_thread<F, Fut>(on_connection: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                if let Ok((socket, _)) = listener.accept().await {
+                    tokio::spawn(on_connection(socket));
+                }
+            }
+        });
+    });
+    address
+}
+
 /// An HTTP/1.1 origin on its own thread; `handler` answers each request (body collected).
 pub fn origin(
     handler: impl Fn(http::request::Parts, Bytes) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
@@ -180,39 +207,23 @@ pub fn counting_origin(
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = connections.clone();
     let handler: Handler = Arc::new(handler);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: http::Request<hyper::body::Incoming>| {
-                            let handler = handler.clone();
-                            async move {
-                                let (parts, body) = request.into_parts();
-                                let body = body.collect().await?.to_bytes();
-                                Ok::<_, hyper::Error>(handler(parts, body))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
+    let address = serve_on_thread(move |socket| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let handler = handler.clone();
+        async move {
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(handler(parts, body))
+                    }
                 });
-            }
-        });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
+        }
     });
     (address, connections)
 }
@@ -226,62 +237,44 @@ pub fn grpc_origin(
     + 'static,
 ) -> SocketAddr {
     let handler = Arc::new(handler);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: http::Request<hyper::body::Incoming>| {
-                            let handler = handler.clone();
-                            async move {
-                                let (parts, body) = request.into_parts();
-                                let mut bytes = body.collect().await?.to_bytes().to_vec();
-                                let mut messages = Vec::new();
-                                while bytes.len() >= 5 {
-                                    let length = u32::from_be_bytes([
-                                        bytes[1], bytes[2], bytes[3], bytes[4],
-                                    ]) as usize;
-                                    messages.push(bytes[5..5 + length].to_vec());
-                                    bytes.drain(..5 + length);
-                                }
-                                let (replies, status) =
-                                    handler(parts.uri.path(), &parts.headers, messages);
-                                let mut framed = Vec::new();
-                                for reply in replies {
-                                    framed.push(0);
-                                    framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
-                                    framed.extend_from_slice(&reply);
-                                }
-                                let mut trailers = http::HeaderMap::new();
-                                trailers.insert("grpc-status", status.into());
-                                let body = Full::new(Bytes::from(framed))
-                                    .with_trailers(async move { Some(Ok(trailers)) });
-                                let response = http::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .body(body)
-                                    .unwrap();
-                                Ok::<_, hyper::Error>(response)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
+    serve_on_thread(move |socket| {
+        let handler = handler.clone();
+        async move {
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let mut bytes = body.collect().await?.to_bytes().to_vec();
+                        let mut messages = Vec::new();
+                        while bytes.len() >= 5 {
+                            let length =
+                                u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]])
+                                    as usize;
+                            messages.push(bytes[5..5 + length].to_vec());
+                            bytes.drain(..5 + length);
+                        }
+                        let (replies, status) = handler(parts.uri.path(), &parts.headers, messages);
+                        let mut framed = Vec::new();
+                        for reply in replies {
+                            framed.push(0);
+                            framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+                            framed.extend_from_slice(&reply);
+                        }
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", status.into());
+                        let body = Full::new(Bytes::from(framed))
+                            .with_trailers(async move { Some(Ok(trailers)) });
+                        let response = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .unwrap();
+                        Ok::<_, hyper::Error>(response)
+                    }
                 });
-            }
-        });
-    });
-    address
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
+        }
+    })
 }

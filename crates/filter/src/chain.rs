@@ -12,6 +12,15 @@ use sluice_host::{
     PluginCode, PluginFailure, Vm, VmConfig,
 };
 
+/// One plugin instance (VM) of a worker, as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceReport {
+    pub plugin: String,
+    pub memory_bytes: usize,
+    /// Why the instance failed, if it did (it is not re-entered until a reload replaces it).
+    pub failure: Option<String>,
+}
+
 /// One plugin of a chain, as configured.
 #[derive(Clone)]
 pub struct PluginSpec {
@@ -226,14 +235,18 @@ impl VmPool {
         &self.clock
     }
 
-    /// Each VM's plugin name and linear-memory size, for `/stats`.
-    pub fn memory_by_plugin(&self) -> Vec<(String, usize)> {
+    /// Each VM's plugin, linear-memory size and failure, for the admin API.
+    pub fn instances(&self) -> Vec<InstanceReport> {
         self.vms
             .borrow()
             .iter()
             .map(|vm| {
                 let vm = vm.borrow();
-                (vm.config.plugin_name.clone(), vm.vm.memory_bytes())
+                InstanceReport {
+                    plugin: vm.config.plugin_name.clone(),
+                    memory_bytes: vm.vm.memory_bytes(),
+                    failure: vm.vm.failure().map(ToString::to_string),
+                }
             })
             .collect()
     }

@@ -11,7 +11,7 @@ pub mod scenario;
 mod stream;
 
 pub use chain::{
-    Chain, ChainError, DEFAULT_BUFFER_LIMIT, PluginSpec, RELOAD_BACKOFF_BASE, RELOAD_BACKOFF_MAX,
-    RootCall, VmPool,
+    Chain, ChainError, DEFAULT_BUFFER_LIMIT, InstanceReport, PluginSpec, RELOAD_BACKOFF_BASE,
+    RELOAD_BACKOFF_MAX, RootCall, VmPool,
 };
 pub use stream::{Outcome, Step, Stream};

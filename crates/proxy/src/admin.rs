@@ -45,7 +45,7 @@ impl Admin {
                 "text/plain; version=0.0.4",
                 self.stats.render(self.reloader.current().engine.metrics()),
             ),
-            ("GET", "/plugins") => json(plugins(&self.reloader.current())),
+            ("GET", "/plugins") => json(plugins(&self.reloader.current(), &self.stats)),
             ("GET", "/config_dump") => json(self.config_dump()),
             ("GET", "/logging") => json(self.logging()),
             ("POST", "/logging") => match self.set_logging(query) {
@@ -189,14 +189,16 @@ impl Admin {
                 "connectTimeout": format!("{}s", cluster.connect_timeout.as_secs_f64()),
                 "timeout": format!("{}s", cluster.timeout.as_secs_f64()),
             })).collect::<Vec<_>>(),
-            "plugins": plugins(&current),
+            "plugins": plugins(&current, &self.stats),
             "notices": config.notices.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
     }
 }
 
-/// The running plugins, in chain order, with what identifies their code.
-fn plugins(current: &ProxyConfig) -> Value {
+/// The running plugins, in chain order, with what identifies their code and the state of their
+/// instances on each worker (as the workers last reported it, at most a second ago).
+fn plugins(current: &ProxyConfig, stats: &Stats) -> Value {
+    let reports = stats.instances();
     current
         .config
         .plugins
@@ -215,7 +217,14 @@ fn plugins(current: &ProxyConfig) -> Value {
                 "failStrategy": plugin.fail_strategy.to_string(),
                 "ports": plugin.ports,
                 "pluginConfig": plugin.configuration,
-                "state": "running",
+                "instances": reports.iter().flat_map(|(worker, instances)| {
+                    instances.iter().filter(|i| i.plugin == plugin.name).map(move |i| json!({
+                        "worker": worker,
+                        "memoryBytes": i.memory_bytes,
+                        "state": if i.failure.is_some() { "failed" } else { "running" },
+                        "failure": i.failure,
+                    }))
+                }).collect::<Vec<_>>(),
             })
         })
         .collect()

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sluice_abi::MetricType;
+use sluice_filter::InstanceReport;
 use sluice_host::{CALLBACK_TIME_SAMPLE, CallbackTime, HISTOGRAM_BOUNDS, Metrics};
 
 /// Upper bounds of the request latency histogram, in milliseconds.
@@ -25,8 +26,8 @@ pub struct Stats {
     access_log_dropped: AtomicU64,
     /// Guest calls and their time, per plugin name (shared by its instances on every worker).
     callback_times: Mutex<BTreeMap<String, Arc<CallbackTime>>>,
-    /// Linear memory per (plugin, worker), as the workers last reported it.
-    plugin_memory: Mutex<BTreeMap<(String, usize), usize>>,
+    /// Plugin instances per worker, as the workers last reported them.
+    instances: Mutex<BTreeMap<usize, Vec<InstanceReport>>>,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -81,16 +82,20 @@ impl Stats {
             .clone()
     }
 
-    /// A worker's plugin instances and their memory, replacing what it reported before.
-    pub fn plugin_memory(&self, worker: usize, usage: Vec<(String, usize)>) {
-        let mut memory = self
-            .plugin_memory
+    /// A worker's plugin instances, replacing what it reported before.
+    pub fn report_instances(&self, worker: usize, instances: Vec<InstanceReport>) {
+        self.instances
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        memory.retain(|(_, w), _| *w != worker);
-        for (plugin, bytes) in usage {
-            *memory.entry((plugin, worker)).or_default() += bytes;
-        }
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(worker, instances);
+    }
+
+    /// The instances of every worker, by worker.
+    pub fn instances(&self) -> BTreeMap<usize, Vec<InstanceReport>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// An access-log line dropped because the writer fell behind.
@@ -209,16 +214,17 @@ impl Stats {
             out,
             "# HELP sluice_plugin_memory_bytes Linear memory of each plugin's instances, per worker.\n# TYPE sluice_plugin_memory_bytes gauge"
         );
-        for ((plugin, worker), bytes) in self
-            .plugin_memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "sluice_plugin_memory_bytes{{plugin=\"{plugin}\",worker=\"{worker}\"}} {bytes}"
-            );
+        for (worker, instances) in self.instances() {
+            let mut memory: BTreeMap<&str, usize> = BTreeMap::new();
+            for instance in &instances {
+                *memory.entry(instance.plugin.as_str()).or_default() += instance.memory_bytes;
+            }
+            for (plugin, bytes) in memory {
+                let _ = writeln!(
+                    out,
+                    "sluice_plugin_memory_bytes{{plugin=\"{plugin}\",worker=\"{worker}\"}} {bytes}"
+                );
+            }
         }
         let plugin_bounds: Vec<String> = HISTOGRAM_BOUNDS.iter().map(u64::to_string).collect();
         for metric in plugin_metrics.all() {

@@ -498,7 +498,7 @@ async fn timers(generation: Weak<Generation>, stats: Arc<Stats>, worker: usize) 
             return;
         };
         if reported.is_none_or(|at| at.elapsed() >= MEMORY_REPORT) {
-            stats.plugin_memory(worker, generation.pool.memory_by_plugin());
+            stats.report_instances(worker, generation.pool.instances());
             reported = Some(std::time::Instant::now());
         }
         let pool = generation.pool.clone();

@@ -171,6 +171,23 @@ fn every_fail_strategy_with_a_trapping_and_a_looping_plugin() {
             "{fixture_name}: a FAIL_CLOSE plugin stays failed: {}",
             second.text()
         );
+        // Workers report their instances once a second; bounded wait for the failed one.
+        let admin = closed.admin_address.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let instance = loop {
+            let plugins: serde_json::Value =
+                serde_json::from_slice(&get(admin, "/plugins", &[]).body).unwrap();
+            let instance = plugins[0]["instances"][0].clone();
+            if instance["state"] == "failed" || std::time::Instant::now() > deadline {
+                break instance;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(instance["state"], "failed", "{instance}");
+        assert!(
+            instance["failure"].as_str().unwrap().contains(fixture_name),
+            "{instance}"
+        );
         closed.stop();
 
         let open = start(
@@ -290,6 +307,14 @@ fn the_admin_api_reports_readiness_stats_and_plugins() {
         serde_json::from_slice(&get(admin, "/plugins", &[]).body).unwrap();
     assert_eq!(plugins[0]["name"], "auth");
     assert_eq!(plugins[1]["abi"], "0.2.1");
+    let instances = plugins[0]["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2, "one instance per worker: {plugins}");
+    assert!(
+        instances
+            .iter()
+            .all(|i| i["state"] == "running" && i["memoryBytes"].as_u64() > Some(0)),
+        "{plugins}"
+    );
     assert_eq!(get(admin, "/nope", &[]).status, 404);
 
     let levels: serde_json::Value =

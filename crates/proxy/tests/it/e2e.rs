@@ -529,3 +529,29 @@ fn an_upgrade_passes_through_the_plugins_and_then_carries_bytes_both_ways() {
     drop(socket);
     proxy.stop();
 }
+
+#[test]
+fn ticks_on_each_worker_reopen_a_window_shared_by_two_workers() {
+    let proxy = start(
+        vec![built(
+            "rate_limit",
+            r#"{"requestsPerWindow": 2, "windowMs": 300}"#,
+        )],
+        None,
+        &[],
+        2,
+    );
+    // A window may close between two requests; bounded: within 20 requests one is refused.
+    let refused = (0..20).any(|i| get(proxy.address, &format!("/r{i}"), &[]).status == 429);
+    assert!(
+        refused,
+        "the shared count reaches the limit across both workers"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    assert_eq!(
+        get(proxy.address, "/after", &[]).status,
+        200,
+        "a tick closed the window and reset the shared count"
+    );
+    proxy.stop();
+}

@@ -172,13 +172,29 @@ impl Pool {
             target: target.host.to_string(),
             source,
         };
+        let mut sender = self.http2_sender(target, connect_timeout).await?;
+        sender.ready().await.map_err(http)?;
+        sender.send_request(request).await.map_err(http)
+    }
+
+    /// The endpoint's shared HTTP/2 connection (upstream requests and gRPC calls multiplex on
+    /// it), opened on first use or after it closed.
+    pub async fn http2_sender(
+        &self,
+        target: &Endpoint,
+        connect_timeout: Duration,
+    ) -> Result<Http2Sender, ClientError> {
+        let http = |source| ClientError::Http {
+            target: target.host.to_string(),
+            source,
+        };
         let existing = self
             .http2
             .borrow()
             .get(&target.address)
             .filter(|sender| !sender.is_closed())
             .cloned();
-        let mut sender = match existing {
+        Ok(match existing {
             Some(sender) => sender,
             None => {
                 let stream = target.connect(connect_timeout).await?;
@@ -198,9 +214,7 @@ impl Pool {
                     .insert(target.address, sender.clone());
                 sender
             }
-        };
-        sender.ready().await.map_err(http)?;
-        sender.send_request(request).await.map_err(http)
+        })
     }
 
     /// Sends a request on an idle connection, or a new one. A request the reused connection never

@@ -429,8 +429,9 @@ impl Driver {
                 let (commands, receiver) = mpsc::unbounded_channel();
                 self.grpc_calls.insert((plugin, token), commands);
                 let (clusters, answers) = (self.generation.clusters.clone(), self.callouts.clone());
+                let pool = self.connection.state.upstreams.clone();
                 tokio::task::spawn_local(async move {
-                    grpc::call(&clusters, request, receiver, |event| {
+                    grpc::call(&clusters, &pool, request, receiver, |event| {
                         let _ = answers.send(Callout::Grpc {
                             plugin,
                             token,

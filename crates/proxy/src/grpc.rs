@@ -69,6 +69,7 @@ fn status_of(map: &HeaderMap) -> Option<(u32, Vec<u8>)> {
 /// is set) ignores `commands` except Cancel.
 pub async fn call(
     clusters: &Clusters,
+    pool: &crate::client::Pool,
     request: GrpcCallRequest,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut deliver: impl FnMut(GrpcEvent),
@@ -83,7 +84,7 @@ pub async fn call(
             deliver(event);
         }
     };
-    let exchange = exchange(clusters, request, &mut commands, &mut forward);
+    let exchange = exchange(clusters, pool, request, &mut commands, &mut forward);
     let outcome = if timeout.is_zero() {
         exchange.await
     } else {
@@ -123,6 +124,7 @@ pub async fn call(
 /// reports (`u32::MAX` for a cancel).
 async fn exchange(
     clusters: &Clusters,
+    pool: &crate::client::Pool,
     request: GrpcCallRequest,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     deliver: &mut impl FnMut(GrpcEvent),
@@ -149,18 +151,42 @@ async fn exchange(
         }
     };
     let (connect_timeout, _) = clusters.timeouts(&request.upstream);
-    let stream = crate::client::connect(address, &host, port, connect_timeout)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(LocalExec, hyper_util::rt::TokioIo::new(stream))
+    let mut sender = match address {
+        // A declared cluster: the worker's shared HTTP/2 connection to the endpoint.
+        Some(address) => {
+            let endpoint = crate::client::Endpoint {
+                address,
+                host: host.clone(),
+                port,
+                http2: true,
+            };
+            pool.http2_sender(&endpoint, connect_timeout)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+        }
+        // An `outbound|PORT||HOST` name, resolved per call: a connection of its own.
+        None => {
+            let stream = crate::client::connect(None, &host, port, connect_timeout)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let (sender, connection) = hyper::client::conn::http2::handshake(
+                LocalExec,
+                hyper_util::rt::TokioIo::new(stream),
+            )
             .await
             .map_err(|e| unavailable(format!("HTTP/2 handshake with {host}: {e}")))?;
-    tokio::task::spawn_local(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!("gRPC connection ended: {error}");
+            tokio::task::spawn_local(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!("gRPC connection ended: {error}");
+                }
+            });
+            sender
         }
-    });
+    };
+    sender
+        .ready()
+        .await
+        .map_err(|e| unavailable(format!("HTTP/2 connection to {host}: {e}")))?;
     let (frames, body) = body::channel();
     let mut head = request.initial_metadata.clone();
     for (name, value) in [("content-type", "application/grpc"), ("te", "trailers")] {

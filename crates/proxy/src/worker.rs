@@ -345,13 +345,19 @@ fn run_worker(
                 }
             }
         }
-        tokio::task::spawn_local(timers(Rc::downgrade(&generation), stats.clone(), index));
+        let upstreams: Rc<client::Pool> = Rc::default();
+        tokio::task::spawn_local(timers(
+            Rc::downgrade(&generation),
+            stats.clone(),
+            upstreams.clone(),
+            index,
+        ));
         let state = Rc::new(WorkerState {
             access_log,
             log_levels,
             generation: RefCell::new(generation),
             stats: stats.clone(),
-            upstreams: Rc::default(),
+            upstreams,
         });
         tokio::task::spawn_local(follow(updates, state.clone(), clock, index));
         let active = Rc::new(Cell::new(0usize));
@@ -453,6 +459,7 @@ async fn follow(
                 tokio::task::spawn_local(timers(
                     Rc::downgrade(&generation),
                     state.stats.clone(),
+                    state.upstreams.clone(),
                     index,
                 ));
                 *state.generation.borrow_mut() = generation;
@@ -488,7 +495,12 @@ where
 
 /// Ticks, queue notifications and callouts made outside any stream, for one generation's VMs.
 /// It ends when the generation is gone (replaced, and its last request finished).
-async fn timers(generation: Weak<Generation>, stats: Arc<Stats>, worker: usize) {
+async fn timers(
+    generation: Weak<Generation>,
+    stats: Arc<Stats>,
+    upstreams: Rc<client::Pool>,
+    worker: usize,
+) {
     const IDLE_POLL: Duration = Duration::from_millis(20);
     const MEMORY_REPORT: Duration = Duration::from_secs(1);
     let grpc_calls: RootGrpcCalls = Rc::default();
@@ -533,9 +545,10 @@ async fn timers(generation: Weak<Generation>, stats: Arc<Stats>, worker: usize) 
                 } => {
                     let (commands, receiver) = mpsc::unbounded_channel();
                     grpc_calls.borrow_mut().insert((vm, token), commands);
-                    let (pool, calls) = (pool.clone(), grpc_calls.clone());
+                    let (pool, calls, upstreams) =
+                        (pool.clone(), grpc_calls.clone(), upstreams.clone());
                     tokio::task::spawn_local(async move {
-                        grpc::call(&clusters, request, receiver, |event| {
+                        grpc::call(&clusters, &upstreams, request, receiver, |event| {
                             if matches!(event, GrpcEvent::Close { .. }) {
                                 calls.borrow_mut().remove(&(vm, token));
                             }

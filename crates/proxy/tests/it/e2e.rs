@@ -346,7 +346,7 @@ fn the_admin_api_reports_readiness_stats_and_plugins() {
 
 #[test]
 fn a_unary_grpc_callout_over_http2_decides_the_request() {
-    let authz = crate::grpc_origin(|path, metadata, messages| {
+    let (authz, connections) = crate::counting_grpc_origin(|path, metadata, messages| {
         assert_eq!(path, "/authz.v1.Authorizer/Check");
         let asked = String::from_utf8_lossy(&messages[0]).into_owned();
         let token = metadata.get("authorization").map(|v| v.as_bytes().to_vec());
@@ -376,6 +376,11 @@ fn a_unary_grpc_callout_over_http2_decides_the_request() {
     let denied = get(proxy.address, "/admin", &[]);
     assert_eq!(denied.status, 403);
     assert_eq!(denied.text(), "forbidden: no access to /admin");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "both calls share the worker's HTTP/2 connection to the cluster"
+    );
     proxy.stop();
 
     let unavailable = start(

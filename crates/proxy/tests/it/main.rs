@@ -236,8 +236,21 @@ pub fn grpc_origin(
     + Sync
     + 'static,
 ) -> SocketAddr {
+    counting_grpc_origin(handler).0
+}
+
+/// [`grpc_origin`], also counting the connections it accepted.
+pub fn counting_grpc_origin(
+    handler: impl Fn(&str, &http::HeaderMap, Vec<Vec<u8>>) -> (Vec<Vec<u8>>, u32)
+    + Send
+    + Sync
+    + 'static,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
     let handler = Arc::new(handler);
-    serve_on_thread(move |socket| {
+    let address = serve_on_thread(move |socket| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let handler = handler.clone();
         async move {
             let service =
@@ -276,5 +289,6 @@ pub fn grpc_origin(
                 .serve_connection(TokioIo::new(socket), service)
                 .await;
         }
-    })
+    });
+    (address, connections)
 }

@@ -90,14 +90,12 @@ pub async fn call(
     } else {
         tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or_else(|_| Err((DEADLINE_EXCEEDED, "gRPC call timed out".into())))
+            .unwrap_or_else(|_| Err((DEADLINE_EXCEEDED, "gRPC call timed out".to_string()).into()))
     };
-    if outcome == Err((u32::MAX, String::new())) {
-        return; // cancelled: the plugin hears nothing more
-    }
     let (status, message) = match outcome {
-        Ok(closed) => closed,
-        Err(failure) => failure,
+        Ok(closed) | Err(Ended::Failed(closed)) => closed,
+        // The plugin cancelled the call: it hears nothing more about it.
+        Err(Ended::Cancelled) => return,
     };
     if unary {
         // Envoy gives a unary call either its message (status OK) or its close, never both.
@@ -120,16 +118,28 @@ pub async fn call(
     }
 }
 
-/// The call itself: `Ok` with the final status and message, or `Err` with the status the host
-/// reports (`u32::MAX` for a cancel).
+/// Why a call ended other than with the upstream's own status.
+enum Ended {
+    /// The host's status and message for the plugin (unreachable, timed out, malformed).
+    Failed((u32, String)),
+    Cancelled,
+}
+
+impl From<(u32, String)> for Ended {
+    fn from(failure: (u32, String)) -> Self {
+        Self::Failed(failure)
+    }
+}
+
+/// The call itself: `Ok` with the upstream's final status and message.
 async fn exchange(
     clusters: &Clusters,
     pool: &crate::client::Pool,
     request: GrpcCallRequest,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     deliver: &mut impl FnMut(GrpcEvent),
-) -> Result<(u32, String), (u32, String)> {
-    let unavailable = |message: String| (UNAVAILABLE, message);
+) -> Result<(u32, String), Ended> {
+    let unavailable = |message: String| Ended::Failed((UNAVAILABLE, message));
     let (address, host, port) = match clusters.pick(&request.upstream) {
         Some(Target::Endpoint {
             address,
@@ -221,7 +231,7 @@ async fn exchange(
                 response = &mut send => break response.map_err(|e| unavailable(e.to_string()))?,
                 command = commands.recv() => {
                     if !apply(command, &mut sending).await {
-                        return Err((u32::MAX, String::new()));
+                        return Err(Ended::Cancelled);
                     }
                 }
             }
@@ -229,10 +239,10 @@ async fn exchange(
     };
     let (parts, mut body) = response.into_parts();
     if parts.status != http::StatusCode::OK {
-        return Err((
-            UNAVAILABLE,
-            format!("gRPC upstream answered HTTP {}", parts.status),
-        ));
+        return Err(unavailable(format!(
+            "gRPC upstream answered HTTP {}",
+            parts.status
+        )));
     }
     let head = response_map(&parts);
     if let Some(closed) = status_of(&head) {
@@ -243,7 +253,7 @@ async fn exchange(
     loop {
         tokio::select! {
             frame = body.frame() => match frame {
-                None => return Err((INTERNAL, "gRPC response ended without a status".into())),
+                None => return Err((INTERNAL, "gRPC response ended without a status".to_string()).into()),
                 Some(Err(error)) => return Err(unavailable(error.to_string())),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
@@ -263,7 +273,7 @@ async fn exchange(
             },
             command = commands.recv() => {
                 if !apply(command, &mut sending).await {
-                    return Err((u32::MAX, String::new()));
+                    return Err(Ended::Cancelled);
                 }
             }
         }

@@ -366,22 +366,12 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
     let engine = crate::engine()?;
     let source = Source {
         file: Some(file.to_path_buf()),
-        base: flags_config(&RunArgs {
-            config: None,
-            listen: None,
-            tls_cert: None,
-            tls_key: None,
-            upstream: None,
-            plugins: Vec::new(),
-            plugin_configs: Vec::new(),
-            clusters: Vec::new(),
-            admin: None,
-            workers: None,
-            fail_strategy: FailStrategy::FailClose,
-            plugin_log_level: sluice_abi::LogLevel::Warn,
-            access_log: None,
-            watch: false,
-        })?,
+        // What `sluice run --config FILE` with no other flag reads the file on top of.
+        base: Config::single_route(
+            sluice_config::DEFAULT_LISTEN.parse().expect("valid"),
+            None,
+            admin_address(None)?,
+        ),
         limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         plugin_log_level: sluice_abi::LogLevel::Warn,

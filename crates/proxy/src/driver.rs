@@ -84,8 +84,26 @@ pub async fn handle(
     }))
 }
 
+impl Connection {
+    pub fn new(
+        state: Rc<WorkerState>,
+        listener: usize,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls: Option<crate::tls::TlsInfo>,
+    ) -> Self {
+        Self {
+            properties: connection_properties(peer, local, tls.as_ref()),
+            state,
+            listener,
+            peer,
+            tls,
+        }
+    }
+}
+
 /// The properties every stream of a connection shares: addresses and TLS facts.
-pub fn connection_properties(
+fn connection_properties(
     peer: SocketAddr,
     local: SocketAddr,
     tls: Option<&crate::tls::TlsInfo>,

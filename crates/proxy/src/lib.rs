@@ -29,7 +29,7 @@ use std::time::Duration;
 use sluice_config::{ClusterKind, Config};
 use sluice_host::{Engine, Limits, PluginCode};
 
-pub use load::{Source, load};
+pub use load::Source;
 pub use reload::{LastReload, ReloadError, Reloader, canary};
 pub use worker::{RunningProxy, start};
 

@@ -27,8 +27,8 @@ pub struct Source {
 impl Source {
     /// Reads the file (if any), checks it and loads everything it names.
     pub fn load(&self, engine: &Engine) -> Result<ProxyConfig, Vec<ConfigError>> {
-        let (config, base_dir) = match &self.file {
-            None => (self.base.clone(), PathBuf::from(".")),
+        let config = match &self.file {
+            None => self.base.clone(),
             Some(file) => {
                 let text = std::fs::read_to_string(file).map_err(|error| {
                     vec![ConfigError {
@@ -36,7 +36,7 @@ impl Source {
                         message: format!("cannot read: {error}"),
                     }]
                 })?;
-                let config = sluice_config::parse(&text, self.base.clone()).map_err(|errors| {
+                sluice_config::parse(&text, self.base.clone()).map_err(|errors| {
                     errors
                         .into_iter()
                         .map(|e| ConfigError {
@@ -44,28 +44,24 @@ impl Source {
                             message: e.message,
                         })
                         .collect::<Vec<_>>()
-                })?;
-                let dir = file
-                    .parent()
-                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-                (config, dir)
+                })?
             }
         };
-        let mut proxy = load(config, &base_dir, engine)?;
-        for plugin in &mut proxy.plugins {
-            plugin.limits = self.limits.clone();
-        }
-        proxy.buffer_limit = self.buffer_limit;
-        Ok(proxy)
+        load(config, self, engine)
+    }
+
+    /// Where relative paths in the config point from: the config file's directory, else the
+    /// current one.
+    fn base_dir(&self) -> PathBuf {
+        self.file
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 
     /// The local files a reload would read again: the config file and plugin modules.
     pub fn watched_files(&self, config: &Config) -> Vec<PathBuf> {
-        let base_dir = self
-            .file
-            .as_deref()
-            .and_then(Path::parent)
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let base_dir = self.base_dir();
         self.file
             .iter()
             .cloned()
@@ -120,12 +116,9 @@ fn restrict(
         .map_err(|e| e.to_string())
 }
 
-/// Loads every plugin and resolves every endpoint of a checked config.
-pub fn load(
-    config: Config,
-    base_dir: &Path,
-    engine: &Engine,
-) -> Result<ProxyConfig, Vec<ConfigError>> {
+/// Loads every plugin and resolves every endpoint of a checked config from `source`.
+fn load(config: Config, source: &Source, engine: &Engine) -> Result<ProxyConfig, Vec<ConfigError>> {
+    let base_dir = &source.base_dir();
     let mut errors = Vec::new();
     let mut plugins = Vec::new();
     for plugin in &config.plugins {
@@ -167,7 +160,7 @@ pub fn load(
                 plugins.push(LoadedPlugin {
                     code,
                     env,
-                    limits: Limits::default(),
+                    limits: source.limits.clone(),
                 });
             }
             Err(error @ sluice_host::LoadError::Read { .. }) => errors.push(ConfigError {
@@ -225,7 +218,7 @@ pub fn load(
         plugins,
         endpoints,
         tls,
-        buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+        buffer_limit: source.buffer_limit,
         engine: engine.clone(),
     })
 }

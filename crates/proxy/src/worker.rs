@@ -350,7 +350,6 @@ fn run_worker(
             Rc::downgrade(&generation),
             stats.clone(),
             upstreams.clone(),
-            index,
         ));
         let state = Rc::new(WorkerState {
             access_log,
@@ -360,6 +359,7 @@ fn run_worker(
             upstreams,
         });
         tokio::task::spawn_local(follow(updates, state.clone(), clock, index));
+        tokio::task::spawn_local(report_instances(state.clone(), index));
         let active = Rc::new(Cell::new(0usize));
         let accepting: Vec<_> = listeners
             .into_iter()
@@ -400,28 +400,21 @@ async fn accept(
                 Ok((socket, peer)) => {
                     socket.set_nodelay(true).ok();
                     let local = local.unwrap_or(peer);
-                    let mut connection = Connection {
-                        state: state.clone(),
-                        listener: listener_index,
-                        peer,
-                        tls: None,
-                        properties: crate::driver::connection_properties(peer, local, None),
-                    };
+                    let state = state.clone();
                     // The generation's TLS settings at accept time: a reload can rotate certificates.
                     let tls = state.generation.borrow().config.tls[listener_index].clone();
                     let active = active.clone();
                     active.set(active.get() + 1);
                     tokio::task::spawn_local(async move {
+                        let connection = |tls| Rc::new(Connection::new(state, listener_index, peer, local, tls));
                         match tls {
-                            None => serve(socket, Rc::new(connection)).await,
+                            None => serve(socket, connection(None)).await,
                             Some(config) => {
                                 let handshake = tokio_rustls::TlsAcceptor::from(config).accept(socket);
                                 match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
                                     Ok(Ok(stream)) => {
                                         let tls = crate::tls::info(stream.get_ref().1);
-                                        connection.properties = crate::driver::connection_properties(peer, local, Some(&tls));
-                                        connection.tls = Some(tls);
-                                        serve(stream, Rc::new(connection)).await;
+                                        serve(stream, connection(Some(tls))).await;
                                     }
                                     Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -435,6 +428,16 @@ async fn accept(
             },
             _ = stop.wait_for(|stopping| *stopping) => return,
         }
+    }
+}
+
+/// Tells the admin API about the worker's plugin instances (memory, failures) once a second,
+/// from whichever generation is current.
+async fn report_instances(state: Rc<WorkerState>, worker: usize) {
+    loop {
+        let instances = state.generation.borrow().pool.instances();
+        state.stats.report_instances(worker, instances);
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -460,7 +463,6 @@ async fn follow(
                     Rc::downgrade(&generation),
                     state.stats.clone(),
                     state.upstreams.clone(),
-                    index,
                 ));
                 *state.generation.borrow_mut() = generation;
             }
@@ -495,24 +497,13 @@ where
 
 /// Ticks, queue notifications and callouts made outside any stream, for one generation's VMs.
 /// It ends when the generation is gone (replaced, and its last request finished).
-async fn timers(
-    generation: Weak<Generation>,
-    stats: Arc<Stats>,
-    upstreams: Rc<client::Pool>,
-    worker: usize,
-) {
+async fn timers(generation: Weak<Generation>, stats: Arc<Stats>, upstreams: Rc<client::Pool>) {
     const IDLE_POLL: Duration = Duration::from_millis(20);
-    const MEMORY_REPORT: Duration = Duration::from_secs(1);
     let grpc_calls: RootGrpcCalls = Rc::default();
-    let mut reported = None::<std::time::Instant>;
     loop {
         let Some(generation) = generation.upgrade() else {
             return;
         };
-        if reported.is_none_or(|at| at.elapsed() >= MEMORY_REPORT) {
-            stats.report_instances(worker, generation.pool.instances());
-            reported = Some(std::time::Instant::now());
-        }
         let pool = generation.pool.clone();
         let now = pool.clock().monotonic_nanos();
         let wait = pool.next_tick_nanos().map_or(IDLE_POLL, |due| {

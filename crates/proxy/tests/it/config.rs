@@ -347,23 +347,12 @@ fn tls_get(
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let stream = connector.connect(name, tcp).await.unwrap();
         let negotiated = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        let io = hyper_util::rt::TokioIo::new(stream);
         let request = http::Request::get("https://localhost/secure")
             .header("host", "localhost")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let response = if negotiated.as_deref() == Some(b"h2") {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
-            sender.send_request(request).await.unwrap()
-        } else {
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
-            tokio::spawn(connection);
-            sender.send_request(request).await.unwrap()
-        };
+        let response =
+            crate::send_once(stream, request, negotiated.as_deref() == Some(b"h2")).await;
         let status = response.status().as_u16();
         use http_body_util::BodyExt;
         let body = response.into_body().collect().await.unwrap().to_bytes();

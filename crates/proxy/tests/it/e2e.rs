@@ -485,6 +485,7 @@ fn switching_origin() -> std::net::SocketAddr {
             .with_upgrades()
             .await;
     })
+    .0
 }
 
 #[test]

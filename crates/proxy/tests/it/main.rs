@@ -124,20 +124,8 @@ pub fn request(address: SocketAddr, request: http::Request<Full<Bytes>>, http2: 
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let io = TokioIo::new(tokio::net::TcpStream::connect(address).await.unwrap());
-        let response = if http2 {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
-            sender.send_request(request).await.unwrap()
-        } else {
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
-            tokio::spawn(connection);
-            sender.send_request(request).await.unwrap()
-        };
-        let (parts, body) = response.into_parts();
+        let io = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (parts, body) = send_once(io, request, http2).await.into_parts();
         let body = tokio::time::timeout(std::time::Duration::from_secs(30), body.collect())
             .await
             .expect("response within 30 s")
@@ -149,6 +137,30 @@ pub fn request(address: SocketAddr, request: http::Request<Full<Bytes>>, http2: 
             body,
         }
     })
+}
+
+/// Sends one request on a fresh client connection over `io`: HTTP/2 or HTTP/1.1.
+pub async fn send_once<I>(
+    io: I,
+    request: http::Request<Full<Bytes>>,
+    http2: bool,
+) -> http::Response<hyper::body::Incoming>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    }
 }
 
 pub fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
@@ -167,8 +179,10 @@ type Handler =
     Arc<dyn Fn(http::request::Parts, Bytes) -> http::Response<Full<Bytes>> + Send + Sync>;
 
 /// Accepts connections on an ephemeral loopback port, on a thread of its own, and runs
-/// `on_connection` for each; the address to connect to.
-pub fn serve_on_thread<F, Fut>(on_connection: F) -> SocketAddr
+/// `on_connection` for each; the address to connect to, and how many connections came.
+pub fn serve_on_thread<F, Fut>(
+    on_connection: F,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
 where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -176,6 +190,8 @@ where
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let address = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -185,12 +201,13 @@ where
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 if let Ok((socket, _)) = listener.accept().await {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::spawn(on_connection(socket));
                 }
             }
         });
     });
-    address
+    (address, connections)
 }
 
 /// An HTTP/1.1 origin on its own thread; `handler` answers each request (body collected).
@@ -204,11 +221,8 @@ pub fn origin(
 pub fn counting_origin(
     handler: impl Fn(http::request::Parts, Bytes) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = connections.clone();
     let handler: Handler = Arc::new(handler);
-    let address = serve_on_thread(move |socket| {
-        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    serve_on_thread(move |socket| {
         let handler = handler.clone();
         async move {
             let service =
@@ -224,8 +238,7 @@ pub fn counting_origin(
                 .serve_connection(TokioIo::new(socket), service)
                 .await;
         }
-    });
-    (address, connections)
+    })
 }
 
 /// A gRPC server over HTTP/2 cleartext on its own thread. `handler` gets the request path,
@@ -246,11 +259,8 @@ pub fn counting_grpc_origin(
     + Sync
     + 'static,
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = connections.clone();
     let handler = Arc::new(handler);
-    let address = serve_on_thread(move |socket| {
-        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    serve_on_thread(move |socket| {
         let handler = handler.clone();
         async move {
             let service =
@@ -289,6 +299,5 @@ pub fn counting_grpc_origin(
                 .serve_connection(TokioIo::new(socket), service)
                 .await;
         }
-    });
-    (address, connections)
+    })
 }

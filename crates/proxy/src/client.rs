@@ -295,7 +295,7 @@ pub async fn callout(
     clusters: &Clusters,
     request: HttpCallRequest,
 ) -> Result<CallResponse, ClientError> {
-    let (address, host, port) = match clusters.pick(&request.upstream) {
+    let (address, host, port, connect_timeout) = match clusters.pick(&request.upstream) {
         None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
         Some(Target::Echo) => {
             let (headers, body) =
@@ -310,10 +310,10 @@ pub async fn callout(
             address,
             host,
             port,
+            connect_timeout,
             ..
-        }) => (address, host, port),
+        }) => (address, host, port, connect_timeout),
     };
-    let (connect_timeout, _) = clusters.timeouts(&request.upstream);
     let timeout = request.timeout;
     let exchange = async {
         let mut http = upstream_request(

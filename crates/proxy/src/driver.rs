@@ -507,7 +507,7 @@ impl Driver {
             return;
         };
         self.route = Some(route.name.clone());
-        let target = match generation.clusters.pick(&route.cluster) {
+        let (target, connect_timeout, timeout) = match generation.clusters.pick(&route.cluster) {
             Some(Target::Echo) => {
                 self.echo = Some((headers, Vec::new(), HeaderMap::new()));
                 if end_of_stream {
@@ -520,14 +520,17 @@ impl Driver {
                 port,
                 address: Some(address),
                 http2,
+                connect_timeout,
+                timeout,
             }) => {
                 self.upstream = Some(address);
-                client::Endpoint {
+                let endpoint = client::Endpoint {
                     address,
                     host,
                     port,
                     http2,
-                }
+                };
+                (endpoint, connect_timeout, timeout)
             }
             Some(Target::Endpoint { address: None, .. }) | None => {
                 self.stream.local_reply_from_proxy(
@@ -538,7 +541,6 @@ impl Driver {
                 return;
             }
         };
-        let (connect_timeout, timeout) = generation.clusters.timeouts(&route.cluster);
         let body = if end_of_stream {
             body::empty()
         } else {

@@ -140,13 +140,14 @@ async fn exchange(
     deliver: &mut impl FnMut(GrpcEvent),
 ) -> Result<(u32, String), Ended> {
     let unavailable = |message: String| Ended::Failed((UNAVAILABLE, message));
-    let (address, host, port) = match clusters.pick(&request.upstream) {
+    let (address, host, port, connect_timeout) = match clusters.pick(&request.upstream) {
         Some(Target::Endpoint {
             address,
             host,
             port,
+            connect_timeout,
             ..
-        }) => (address, host, port),
+        }) => (address, host, port, connect_timeout),
         Some(Target::Echo) => {
             return Err(unavailable(format!(
                 "cluster `{}` is the echo upstream, which does not speak gRPC",
@@ -160,7 +161,6 @@ async fn exchange(
             )));
         }
     };
-    let (connect_timeout, _) = clusters.timeouts(&request.upstream);
     let mut sender = match address {
         // A declared cluster: the worker's shared HTTP/2 connection to the endpoint.
         Some(address) => {

@@ -84,11 +84,14 @@ pub(crate) enum Target {
     /// The built-in echo upstream.
     Echo,
     /// An endpoint: `host` is used for error messages and, for Istio-style names, to connect.
+    /// The timeouts are the cluster's (Envoy's defaults for undeclared names).
     Endpoint {
         host: Rc<str>,
         port: u16,
         address: Option<SocketAddr>,
         http2: bool,
+        connect_timeout: Duration,
+        timeout: Duration,
     },
 }
 
@@ -154,6 +157,8 @@ impl Clusters {
                 port: address.port(),
                 address: Some(*address),
                 http2: cluster.http2,
+                connect_timeout: cluster.timeouts.0,
+                timeout: cluster.timeouts.1,
             });
         }
         outbound(name).map(|(host, port)| Target::Endpoint {
@@ -161,18 +166,9 @@ impl Clusters {
             port,
             address: None,
             http2: false,
+            connect_timeout: sluice_config::DEFAULT_CONNECT_TIMEOUT,
+            timeout: sluice_config::DEFAULT_TIMEOUT,
         })
-    }
-
-    /// A cluster's connect and response timeouts (Envoy's defaults for undeclared names).
-    pub fn timeouts(&self, name: &str) -> (Duration, Duration) {
-        self.by_name.get(name).map_or(
-            (
-                sluice_config::DEFAULT_CONNECT_TIMEOUT,
-                sluice_config::DEFAULT_TIMEOUT,
-            ),
-            |c| c.timeouts,
-        )
     }
 }
 

@@ -33,7 +33,7 @@ pub fn run(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
             "failed": failed,
             "errors": errors,
             "reports": reports.iter().map(|r| serde_json::json!({
-                "file": r.file, "name": r.name, "steps": r.steps, "passed": r.passed(), "mismatches": r.mismatches,
+                "file": r.file, "name": r.name, "steps": r.steps, "passed": r.passed(), "mismatches": r.mismatches, "notChecked": r.not_checked,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -4,6 +4,7 @@
 mod config;
 mod differential;
 mod e2e;
+mod scenarios;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,13 +141,15 @@ pub fn request(address: SocketAddr, request: http::Request<Full<Bytes>>, http2: 
 }
 
 /// Sends one request on a fresh client connection over `io`: HTTP/2 or HTTP/1.1.
-pub async fn send_once<I>(
+pub async fn send_once<I, B>(
     io: I,
-    request: http::Request<Full<Bytes>>,
+    request: http::Request<B>,
     http2: bool,
 ) -> http::Response<hyper::body::Incoming>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let io = TokioIo::new(io);
     if http2 {

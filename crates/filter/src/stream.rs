@@ -123,9 +123,12 @@ struct Flow {
 impl Flow {
     fn new(plugins: usize) -> Self {
         Self {
-            queues: vec![VecDeque::new(); plugins + 1],
+            // Built empty rather than cloned from an empty prototype: cloning costs per element.
+            queues: std::iter::repeat_with(VecDeque::new)
+                .take(plugins + 1)
+                .collect(),
             blocked: vec![None; plugins],
-            buffers: vec![Vec::new(); plugins],
+            buffers: std::iter::repeat_with(Vec::new).take(plugins).collect(),
             closed: false,
         }
     }

@@ -1,6 +1,6 @@
 //! The per-VM host state that host functions read and write (wasmtime's store data).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -139,7 +139,9 @@ pub(crate) struct HostState {
     /// returns bytes).
     pub allocate: Option<std::rc::Rc<TypedFunc<u32, u32>>>,
     pub limiter: MemoryCap,
-    pub contexts: HashMap<u32, Context>,
+    /// By id. Ids are small and sequential and there are few live ones, so a B-tree finds one
+    /// faster than a SipHash map (looked up on every callback and most host calls).
+    pub contexts: BTreeMap<u32, Context>,
     /// The context host calls act on: the one being called back, or the one chosen with
     /// `proxy_set_effective_context`.
     pub effective_context: u32,

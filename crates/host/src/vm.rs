@@ -4,7 +4,7 @@
 //! overruns its deadline or hits the memory cap fails the VM: it is never re-entered, as in
 //! proxy-wasm-cpp-host, and every later call reports the original failure.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -370,7 +370,7 @@ impl Vm {
                 max_bytes: config.limits.memory_bytes,
                 hit: false,
             },
-            contexts: HashMap::new(),
+            contexts: BTreeMap::new(),
             effective_context: 0,
             effects: Vec::new(),
             scope: CallbackScope::default(),

@@ -2,7 +2,7 @@
 
 use sluice_abi::{HeaderMap, MapType, Status, decode_pairs};
 
-use super::{Caller, HostResult, Registrar, finish, read, return_bytes};
+use super::{Caller, HostResult, Registrar, finish, parts, read, return_bytes};
 use crate::state::HostState;
 
 pub(super) fn register(r: &mut Registrar<'_>) {
@@ -108,8 +108,12 @@ fn get_size(c: &mut Caller<'_>, map: u32, size_ptr: u32) -> HostResult {
 }
 
 fn get_value(c: &mut Caller<'_>, map: u32, key: (u32, u32), ptr: u32, len: u32) -> HostResult {
-    let key = read(c, key.0, key.1)?;
-    let value = with_map(c.data_mut(), map, |m| m.get(&key).map(<[u8]>::to_vec))?;
+    // The value is copied out: handing it to the guest calls the guest's allocator.
+    let value = {
+        let (memory, state) = parts(c)?;
+        let key = memory.read(key.0, key.1)?;
+        with_map(state, map, |m| m.get(key).map(<[u8]>::to_vec))?
+    };
     match value {
         Some(value) => return_bytes(c, &value, ptr, len),
         // ABI 0.1.0 reported a missing header as an empty value.
@@ -125,11 +129,13 @@ fn modify(
     value: Option<(u32, u32)>,
     f: impl FnOnce(&mut HeaderMap, &[u8], &[u8]),
 ) -> HostResult {
-    let key = read(c, key.0, key.1)?;
+    // Key and value are read in place: the map takes its own copies.
+    let (memory, state) = parts(c)?;
+    let key = memory.read(key.0, key.1)?;
     let value = match value {
-        Some((ptr, len)) => read(c, ptr, len)?,
-        None => Vec::new(),
+        Some((ptr, len)) => memory.read(ptr, len)?,
+        None => &[],
     };
-    with_map(c.data_mut(), map, |m| f(m, &key, &value))?;
+    with_map(state, map, |m| f(m, key, value))?;
     Ok(())
 }

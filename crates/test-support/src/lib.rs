@@ -107,3 +107,76 @@ pub fn plugin_scenarios() -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A real OCI registry (Debian's `docker-registry`) on a free loopback port, with its storage in
+/// a directory of its own; stopped when dropped. Plain HTTP, as a loopback registry is.
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    child: Option<std::process::Child>,
+    pub dir: PathBuf,
+}
+
+impl Registry {
+    /// Starts a registry, or panics saying how to install one.
+    pub fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let mut registry = Registry {
+            address,
+            child: None,
+            dir: dir.to_path_buf(),
+        };
+        registry.restart();
+        registry
+    }
+
+    /// Starts the registry again (after [`Registry::stop`]) on the same port and storage.
+    pub fn restart(&mut self) {
+        let config = self.dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n",
+                self.dir.join("data").display(),
+                self.address
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start docker-registry ({e}); install it: apt-get install docker-registry")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(&self.address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not listen on {} within 10 s",
+                self.address
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

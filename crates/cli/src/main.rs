@@ -5,6 +5,7 @@
 
 mod build;
 mod inspect;
+mod registry;
 mod run;
 mod test;
 
@@ -61,6 +62,34 @@ enum Command {
         /// The config file (WasmPlugin and Proxy documents)
         file: PathBuf,
     },
+    /// Push a .wasm module to an OCI registry; prints the image digest (what a WasmPlugin's sha256 pins)
+    Push {
+        /// The .wasm file
+        wasm: PathBuf,
+        /// Where to: HOST[:PORT]/REPOSITORY:TAG (oci:// optional)
+        reference: String,
+        /// The image layout: compat (a tar+gzip layer holding plugin.wasm, what Istio's agent tries
+        /// first), wasm-layer (Solo's Wasm image) or artifact (CNCF Wasm artifact)
+        #[arg(long, default_value = "compat", value_parser = registry::parse_format)]
+        format: sluice_fetch::Format,
+        /// Speak plain HTTP to this registry (HOST or HOST:PORT, or `*`; repeatable)
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+    },
+    /// Pull a plugin from an OCI registry into the module cache; prints the image digest
+    Pull {
+        /// HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST] (oci:// optional)
+        reference: String,
+        /// Also copy the module to this file
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Refuse the image unless its digest is this (hex, with or without sha256:)
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Speak plain HTTP to this registry (HOST or HOST:PORT, or `*`; repeatable)
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+    },
     /// Build a Rust plugin project for wasm32-wasip1 (release) and inspect the result
     Build {
         /// The plugin project (a directory with Cargo.toml); defaults to the current directory
@@ -86,6 +115,23 @@ fn main() -> ExitCode {
         Command::Build { dir, debug } => build::run(&dir, debug),
         Command::Run(args) => run::run(*args),
         Command::Check { file } => run::check(&file),
+        Command::Push {
+            wasm,
+            reference,
+            format,
+            insecure_registries,
+        } => registry::push(&wasm, &reference, format, &insecure_registries),
+        Command::Pull {
+            reference,
+            output,
+            sha256,
+            insecure_registries,
+        } => registry::pull(
+            &reference,
+            output.as_deref(),
+            sha256.as_deref(),
+            &insecure_registries,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -94,6 +140,22 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Where remote plugin modules are cached (next to the compiled ones), and which registries are
+/// spoken to over plain HTTP.
+fn fetch_options(insecure_registries: &[String]) -> anyhow::Result<sluice_fetch::Options> {
+    let cache_dir = sluice_host::EngineOptions::default_cache_dir()
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .map(|base| base.join("modules"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("no place for the module cache: set SLUICE_CACHE_DIR or HOME")
+        })?;
+    Ok(sluice_fetch::Options {
+        insecure_registries: insecure_registries.to_vec(),
+        ..sluice_fetch::Options::new(cache_dir)
+    })
 }
 
 /// The engine every command uses, with the compiled-module cache in its usual place.

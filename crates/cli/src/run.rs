@@ -31,8 +31,8 @@ pub struct RunArgs {
     /// built-in echo upstream when absent
     #[arg(long)]
     upstream: Option<String>,
-    /// A plugin: a .wasm file (path or file:// URL), or a plugin project directory (built first);
-    /// repeat for a chain, which runs in the order given
+    /// A plugin: a .wasm file (path or file:// URL), an http(s):// or oci:// URL, or a plugin
+    /// project directory (built first); repeat for a chain, which runs in the order given
     #[arg(long = "plugin")]
     plugins: Vec<String>,
     /// Configuration of the --plugin at the same position (JSON, or any text)
@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// with POST /logging?level=L[&plugin=NAME] on the admin API
     #[arg(long, default_value = "warn", value_parser = parse_log_level)]
     plugin_log_level: sluice_abi::LogLevel,
+    /// A registry (HOST or HOST:PORT, or `*`) to pull oci:// plugins from over plain HTTP
+    /// (repeatable)
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Reload when the config file or a plugin's .wasm changes (also on SIGHUP and POST /reload)
     #[arg(long)]
     watch: bool,
@@ -202,6 +206,7 @@ fn source(args: &RunArgs) -> anyhow::Result<Source> {
         limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         plugin_log_level: args.plugin_log_level,
+        fetch: crate::fetch_options(&args.insecure_registries)?,
     })
 }
 
@@ -375,6 +380,7 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
         limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         plugin_log_level: sluice_abi::LogLevel::Warn,
+        fetch: crate::fetch_options(&[])?,
     };
     let loaded = match source.load(&engine) {
         Ok(loaded) => loaded,

@@ -25,6 +25,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Where one JSON line per request goes: a file path, or `-` for stdout; `None` for none.
     pub access_log: Option<String>,
+    /// Registries (host or host:port, or `*`) that plugins are pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
@@ -194,6 +196,18 @@ pub struct Plugin {
     pub ports: Vec<u16>,
     /// What the plugin may do (the `Proxy` document's `pluginCapabilities`).
     pub capabilities: Capabilities,
+    /// Istio's `imagePullPolicy`; `None`: Istio's default for the url.
+    pub pull_policy: Option<PullPolicy>,
+    /// Istio's `imagePullSecret`, here a docker config JSON file (a `dockerconfigjson` secret's
+    /// content), relative to the config file.
+    pub pull_secret: Option<String>,
+}
+
+/// Istio's `imagePullPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    IfNotPresent,
+    Always,
 }
 
 /// A plugin's capability allow-list (Envoy's `capability_restriction_config`, plus clusters).
@@ -226,6 +240,8 @@ impl Plugin {
             fail_strategy,
             ports: Vec::new(),
             capabilities: Capabilities::default(),
+            pull_policy: None,
+            pull_secret: None,
         }
     }
 
@@ -261,6 +277,7 @@ impl Config {
             admin,
             workers: None,
             access_log: None,
+            insecure_registries: Vec::new(),
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

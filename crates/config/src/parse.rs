@@ -112,6 +112,8 @@ struct ProxySpec {
     #[serde(default)]
     access_log: Option<String>,
     #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
@@ -376,17 +378,20 @@ fn wasm_plugin(document: Document<WasmPluginSpec>, checker: &mut Checker<'_>) ->
         checker.error("metadata.name", "missing: every WasmPlugin needs a name");
         return None;
     };
-    let local = !spec.url.contains("://") || spec.url.starts_with("file://");
+    let oci = spec.url.starts_with("oci://");
+    let known_scheme = ["file://", "http://", "https://", "oci://"]
+        .iter()
+        .any(|scheme| spec.url.starts_with(scheme));
     if spec.url.is_empty() {
         checker.error(
             "spec.url",
-            "missing: where the .wasm module is (a path or file:// URL)",
+            "missing: where the .wasm module is (a path, file://, http(s):// or oci:// URL)",
         );
-    } else if !local {
+    } else if spec.url.contains("://") && !known_scheme {
         checker.error(
             "spec.url",
             format!(
-                "`{}`: only local files (a path or file:// URL) can be loaded so far; http(s):// and oci:// come with plugin fetching",
+                "`{}`: unknown scheme; expected a path, file://, http://, https:// or oci://",
                 spec.url
             ),
         );
@@ -400,20 +405,25 @@ fn wasm_plugin(document: Document<WasmPluginSpec>, checker: &mut Checker<'_>) ->
             format!("`{digest}` is not a sha256 digest (64 hex digits)"),
         );
     }
-    if let Some(policy) = &spec.image_pull_policy {
-        if !["UNSPECIFIED_POLICY", "IfNotPresent", "Always"].contains(&policy.as_str()) {
+    let pull_policy = match spec.image_pull_policy.as_deref() {
+        None | Some("UNSPECIFIED_POLICY") => None,
+        Some("IfNotPresent") => Some(crate::PullPolicy::IfNotPresent),
+        Some("Always") => Some(crate::PullPolicy::Always),
+        Some(policy) => {
             checker.error(
                 "spec.imagePullPolicy",
                 format!("`{policy}`: expected IfNotPresent or Always"),
             );
-        } else if local {
-            checker.notice(
-                "spec.imagePullPolicy",
-                "ignored: it applies to oci:// URLs only",
-            );
+            None
         }
+    };
+    if pull_policy.is_some() && !oci {
+        checker.notice(
+            "spec.imagePullPolicy",
+            "ignored: it applies to oci:// URLs only",
+        );
     }
-    if spec.image_pull_secret.is_some() && local {
+    if spec.image_pull_secret.is_some() && !oci {
         checker.notice(
             "spec.imagePullSecret",
             "ignored: it applies to oci:// URLs only",
@@ -501,6 +511,8 @@ fn wasm_plugin(document: Document<WasmPluginSpec>, checker: &mut Checker<'_>) ->
         fail_strategy: spec.fail_strategy.unwrap_or_default(),
         ports,
         capabilities: crate::Capabilities::default(),
+        pull_policy: pull_policy.filter(|_| oci),
+        pull_secret: spec.image_pull_secret.filter(|_| oci),
     })
 }
 
@@ -520,6 +532,7 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
             }
         },
     };
+    config.insecure_registries.extend(spec.insecure_registries);
     if let Some(destination) = spec.access_log {
         if destination.is_empty() {
             checker.error(
@@ -849,6 +862,7 @@ mod tests {
             admin: crate::DEFAULT_ADMIN.parse().ok(),
             workers: None,
             access_log: None,
+            insecure_registries: Vec::new(),
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),
@@ -986,7 +1000,7 @@ spec:
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
 metadata: {name: p}
-spec: {url: "oci://ghcr.io/x/y:1", phase: LATE, sha256: abc}
+spec: {url: "ftp://ghcr.io/x/y:1", phase: LATE, sha256: abc}
 ---
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
@@ -1005,7 +1019,7 @@ kind: VirtualService
             "document 1 (Proxy) spec.clusters[0].endpoints[0]: `no-port` is not HOST:PORT",
             "document 1 (Proxy) spec.clusters[0].timeout: `5 seconds`: expected a unit",
             "document 1 (Proxy) spec.listeners[0].routes[0].match: `api` must start with `/`",
-            "document 2 (WasmPlugin p) spec.url: `oci://ghcr.io/x/y:1`: only local files",
+            "document 2 (WasmPlugin p) spec.url: `ftp://ghcr.io/x/y:1`: unknown scheme",
             "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",
             "document 2 (WasmPlugin p) spec.phase: `LATE`: expected AUTHN",
             "document 3 (WasmPlugin q) spec.pluginConfg: unknown field `pluginConfg`",

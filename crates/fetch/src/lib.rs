@@ -3,6 +3,8 @@
 //! and pushes modules to OCI registries in the layouts Istio reads. It never compiles or runs what
 //! it fetches: the host does, from the cached file.
 
+#![forbid(unsafe_code)]
+
 mod cache;
 mod http;
 mod oci;
@@ -117,16 +119,6 @@ fn default_docker_config() -> Option<PathBuf> {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
         })?;
     path.is_file().then_some(path)
-}
-
-/// The sluice default: `$SLUICE_CACHE_DIR`, `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`, then
-/// `modules`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("SLUICE_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sluice")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/sluice")))?;
-    Some(base.join("modules"))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

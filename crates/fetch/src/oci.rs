@@ -44,15 +44,18 @@ pub enum Format {
 }
 
 impl Format {
-    pub const NAMES: [&str; 3] = ["compat", "wasm-layer", "artifact"];
+    pub const ALL: [Format; 3] = [Format::Compat, Format::WasmLayer, Format::Artifact];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Compat => "compat",
+            Format::WasmLayer => "wasm-layer",
+            Format::Artifact => "artifact",
+        }
+    }
 
     pub fn parse(name: &str) -> Option<Format> {
-        match name {
-            "compat" => Some(Format::Compat),
-            "wasm-layer" => Some(Format::WasmLayer),
-            "artifact" => Some(Format::Artifact),
-            _ => None,
-        }
+        Format::ALL.into_iter().find(|f| f.name() == name)
     }
 }
 
@@ -150,9 +153,16 @@ fn credentials(file: Option<&Path>, registry: &str, url: &str) -> Result<Registr
 }
 
 fn remote(url: &str, what: &str, error: &dyn std::error::Error) -> FetchError {
+    let mut message = format!("{what}: {}", describe(error));
+    // What rustls says when a plain-HTTP server answers a TLS hello.
+    if message.contains("InvalidContentType") {
+        message.push_str(
+            " (the registry may speak plain HTTP: allow it with --insecure-registry HOST:PORT or the Proxy document's insecureRegistries)",
+        );
+    }
     FetchError::Remote {
         url: url.into(),
-        message: format!("{what}: {}", describe(error)),
+        message,
     }
 }
 

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use sluice_config::{ClusterKind, Config, ConfigError};
 use sluice_host::{Engine, Limits};
 
+use sluice_fetch::local_path;
+
 use crate::{LoadedPlugin, ProxyConfig};
 
 /// Where a proxy's config comes from, so that a reload can read it again: an optional config
@@ -22,6 +24,9 @@ pub struct Source {
     pub buffer_limit: usize,
     /// The level plugins log at until `/logging` changes it.
     pub plugin_log_level: sluice_abi::LogLevel,
+    /// Where remote plugin modules are cached and how they are fetched; the config's
+    /// `insecureRegistries` are added to these.
+    pub fetch: sluice_fetch::Options,
 }
 
 impl Source {
@@ -59,7 +64,7 @@ impl Source {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 
-    /// The local files a reload would read again: the config file and plugin modules.
+    /// The local files a reload would read again: the config file and local plugin modules.
     pub fn watched_files(&self, config: &Config) -> Vec<PathBuf> {
         let base_dir = self.base_dir();
         self.file
@@ -69,20 +74,10 @@ impl Source {
                 config
                     .plugins
                     .iter()
+                    .filter(|plugin| !sluice_fetch::is_remote(&plugin.url))
                     .map(|plugin| local_path(&plugin.url, &base_dir)),
             )
             .collect()
-    }
-}
-
-/// A plugin `url` (or any file the config names) as a local path: `file://` stripped, relative
-/// paths taken from `base_dir`.
-fn local_path(url: &str, base_dir: &Path) -> PathBuf {
-    let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
     }
 }
 
@@ -121,9 +116,40 @@ fn load(config: Config, source: &Source, engine: &Engine) -> Result<ProxyConfig,
     let base_dir = &source.base_dir();
     let mut errors = Vec::new();
     let mut plugins = Vec::new();
+    let mut fetch = source.fetch.clone();
+    fetch
+        .insecure_registries
+        .extend(config.insecure_registries.iter().cloned());
+    let fetcher = sluice_fetch::Fetcher::new(fetch);
     for plugin in &config.plugins {
         let place = format!("WasmPlugin {} spec.url", plugin.name);
-        let path = local_path(&plugin.url, base_dir);
+        let pull_secret = plugin.pull_secret.as_ref().map(|s| local_path(s, base_dir));
+        let fetched = fetcher.fetch(&sluice_fetch::Request {
+            url: &plugin.url,
+            base_dir,
+            sha256: plugin.sha256.as_deref(),
+            pull_policy: plugin.pull_policy.map(|policy| match policy {
+                sluice_config::PullPolicy::IfNotPresent => sluice_fetch::PullPolicy::IfNotPresent,
+                sluice_config::PullPolicy::Always => sluice_fetch::PullPolicy::Always,
+            }),
+            pull_secret: pull_secret.as_deref(),
+        });
+        let path = match fetched {
+            Ok(fetched) => fetched.path,
+            Err(error) => {
+                let place = match error {
+                    sluice_fetch::FetchError::Digest { .. } => {
+                        format!("WasmPlugin {} spec.sha256", plugin.name)
+                    }
+                    _ => place,
+                };
+                errors.push(ConfigError {
+                    place,
+                    message: error.to_string(),
+                });
+                continue;
+            }
+        };
         let env = match plugin.vm.environment(|name| std::env::var(name).ok()) {
             Ok(env) => env,
             Err(error) => {
@@ -144,19 +170,6 @@ fn load(config: Config, source: &Source, engine: &Engine) -> Result<ProxyConfig,
                         continue;
                     }
                 };
-                if let Some(expected) = &plugin.sha256
-                    && *expected != code.info.sha256
-                {
-                    errors.push(ConfigError {
-                        place: format!("WasmPlugin {} spec.sha256", plugin.name),
-                        message: format!(
-                            "{} has sha256 {}, but the config expects {expected}; refusing to run it",
-                            path.display(),
-                            code.info.sha256
-                        ),
-                    });
-                    continue;
-                }
                 plugins.push(LoadedPlugin {
                     code,
                     env,

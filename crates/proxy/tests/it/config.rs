@@ -578,6 +578,7 @@ spec: {url: "{plugins}/auth.wasm"}
             limits: crate::limits(),
             buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
             plugin_log_level: sluice_abi::LogLevel::Warn,
+            fetch: crate::fetch_options(),
         };
         match source.load(&crate::engine()) {
             Ok(_) => panic!("a bad allow-list loads"),

@@ -4,6 +4,7 @@
 mod config;
 mod differential;
 mod e2e;
+mod oci;
 mod scenarios;
 
 use std::net::SocketAddr;
@@ -21,6 +22,11 @@ pub fn engine() -> Engine {
         cache_dir: Some(sluice_test_support::cache_dir()),
     })
     .unwrap()
+}
+
+/// Remote plugin modules go to a cache of the test process's own.
+pub fn fetch_options() -> sluice_fetch::Options {
+    sluice_fetch::Options::new(sluice_test_support::cache_dir().join("modules"))
 }
 
 /// Plugins in tests get a short CPU deadline, so a looping plugin fails fast.
@@ -71,6 +77,7 @@ pub fn start_source(file: Option<std::path::PathBuf>, base: Config) -> RunningPr
             limits: limits(),
             buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
             plugin_log_level: sluice_abi::LogLevel::Warn,
+            fetch: crate::fetch_options(),
         },
         engine(),
     )

@@ -346,6 +346,7 @@ impl Backend for Live {
                 .buffer_bytes
                 .unwrap_or(sluice_filter::DEFAULT_BUFFER_LIMIT),
             plugin_log_level: sluice_abi::LogLevel::Warn,
+            fetch: crate::fetch_options(),
         };
         match sluice_proxy::start(source, self.engine.clone()) {
             Ok(proxy) => {

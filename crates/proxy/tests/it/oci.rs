@@ -1,0 +1,98 @@
+//! Plugins from an OCI registry (Debian's `docker-registry` on loopback): served through, served
+//! from the cache when the registry is gone, and pulled again under `Always`.
+
+use sluice_proxy::Source;
+use sluice_test_support::Registry;
+
+use crate::{flags, get};
+
+fn source(file: std::path::PathBuf, cache: &std::path::Path) -> Source {
+    Source {
+        file: Some(file),
+        base: flags(None, &[]),
+        limits: crate::limits(),
+        buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+        plugin_log_level: sluice_abi::LogLevel::Warn,
+        fetch: sluice_fetch::Options::new(cache.to_path_buf()),
+    }
+}
+
+fn config(registry: &Registry, digest: &str, policy: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  admin: 127.0.0.1:0
+  workers: 1
+  insecureRegistries: ["{registry}"]
+  listeners:
+  - address: 127.0.0.1:0
+    routes: [{{cluster: echo}}]
+  clusters: [{{name: echo, type: ECHO}}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: headers}}
+spec:
+  url: oci://{registry}/plugins/add-header:v1
+  sha256: {digest}
+  imagePullPolicy: {policy}
+  pluginConfig: {{response: {{set: {{x-from: registry}}}}}}
+"#,
+        registry = registry.address,
+        digest = digest.trim_start_matches("sha256:"),
+    )
+}
+
+#[test]
+fn an_oci_plugin_is_served_then_cached_and_always_pulls_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(dir.path());
+    let cache = dir.path().join("modules");
+    let pusher = sluice_fetch::Fetcher::new(sluice_fetch::Options {
+        insecure_registries: vec![registry.address.clone()],
+        docker_config: None,
+        ..sluice_fetch::Options::new(dir.path().join("pusher"))
+    });
+    let wasm = sluice_test_support::plugin_bytes("add_header");
+    let reference = format!("{}/plugins/add-header:v1", registry.address);
+    let pushed = pusher
+        .push(&wasm, &reference, sluice_fetch::Format::Compat)
+        .unwrap();
+
+    let file = dir.path().join("sluice.yaml");
+    std::fs::write(&file, config(&registry, &pushed.digest, "IfNotPresent")).unwrap();
+    let proxy = sluice_proxy::start(source(file.clone(), &cache), crate::engine()).unwrap();
+    assert_eq!(
+        get(proxy.address, "/", &[]).header("x-from"),
+        Some("registry")
+    );
+    proxy.stop();
+
+    registry.stop();
+    let proxy = sluice_proxy::start(source(file.clone(), &cache), crate::engine())
+        .unwrap_or_else(|e| panic!("a second start is served from the cache: {e}"));
+    assert_eq!(
+        get(proxy.address, "/", &[]).header("x-from"),
+        Some("registry")
+    );
+    proxy.stop();
+
+    std::fs::write(&file, config(&registry, &pushed.digest, "Always")).unwrap();
+    let error = match sluice_proxy::start(source(file.clone(), &cache), crate::engine()) {
+        Ok(_) => panic!("Always pulls again, and the registry is gone"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains(&format!("oci://{reference}")) && error.contains("spec.url"),
+        "{error}"
+    );
+    registry.restart();
+    let proxy = sluice_proxy::start(source(file, &cache), crate::engine()).unwrap();
+    assert_eq!(
+        get(proxy.address, "/", &[]).header("x-from"),
+        Some("registry")
+    );
+    proxy.stop();
+}

@@ -5,6 +5,7 @@
 
 mod build;
 mod inspect;
+mod new;
 mod registry;
 mod run;
 mod test;
@@ -61,6 +62,45 @@ enum Command {
     Check {
         /// The config file (WasmPlugin and Proxy documents)
         file: PathBuf,
+        /// Speak plain HTTP to this registry (HOST or HOST:PORT, or `*`; repeatable)
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+    },
+    /// Create a plugin project: builds with `sluice build`, passes `sluice test tests/*.yaml`, and
+    /// carries a wasmplugin.yaml
+    New {
+        /// The project directory to create; its name names the plugin (lowercase, digits, `-`)
+        dir: PathBuf,
+        /// The plugin language
+        #[arg(long, default_value = "rust")]
+        lang: String,
+    },
+    /// Print the Istio WasmPlugin for a pushed plugin (oci url, image digest as sha256), the YAML
+    /// `sluice run --config` and `kubectl apply` both accept
+    Manifest {
+        /// HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST] (oci:// optional)
+        reference: String,
+        /// metadata.name [default: the repository's last path segment]
+        #[arg(long)]
+        name: Option<String>,
+        /// pluginConfig from this JSON or YAML file
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where in Istio's filter chain the plugin goes
+        #[arg(long, default_value = "UNSPECIFIED_PHASE", value_parser = ["AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"])]
+        phase: String,
+        /// Order within the phase (higher first)
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        /// What happens to requests when the plugin fails
+        #[arg(long, default_value = "FAIL_CLOSE", value_parser = ["FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"])]
+        fail_strategy: String,
+        /// pluginName (Envoy's root_id), for modules with several root contexts
+        #[arg(long)]
+        plugin_name: Option<String>,
+        /// Speak plain HTTP to this registry (HOST or HOST:PORT, or `*`; repeatable)
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
     },
     /// Push a .wasm module to an OCI registry; prints the image digest (what a WasmPlugin's sha256 pins)
     Push {
@@ -114,7 +154,32 @@ fn main() -> ExitCode {
         Command::Inspect { wasm, json } => inspect::run(&wasm, json),
         Command::Build { dir, debug } => build::run(&dir, debug),
         Command::Run(args) => run::run(*args),
-        Command::Check { file } => run::check(&file),
+        Command::Check {
+            file,
+            insecure_registries,
+        } => run::check(&file, &insecure_registries),
+        Command::New { dir, lang } => new::run(&dir, &lang),
+        Command::Manifest {
+            reference,
+            name,
+            config,
+            phase,
+            priority,
+            fail_strategy,
+            plugin_name,
+            insecure_registries,
+        } => registry::manifest(
+            &reference,
+            &registry::ManifestOptions {
+                name: name.as_deref(),
+                config: config.as_deref(),
+                phase: &phase,
+                priority,
+                fail_strategy: &fail_strategy,
+                plugin_name: plugin_name.as_deref(),
+            },
+            &insecure_registries,
+        ),
         Command::Push {
             wasm,
             reference,

@@ -367,7 +367,7 @@ fn watch(files: Vec<PathBuf>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
 }
 
 /// `sluice check FILE`: everything `sluice run --config FILE` would do before serving.
-pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
+pub fn check(file: &Path, insecure_registries: &[String]) -> anyhow::Result<ExitCode> {
     let engine = crate::engine()?;
     let source = Source {
         file: Some(file.to_path_buf()),
@@ -380,7 +380,7 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
         limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         plugin_log_level: sluice_abi::LogLevel::Warn,
-        fetch: crate::fetch_options(&[])?,
+        fetch: crate::fetch_options(insecure_registries)?,
     };
     let loaded = match source.load(&engine) {
         Ok(loaded) => loaded,

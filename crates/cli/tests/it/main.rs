@@ -364,3 +364,113 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
         "{stderr}"
     );
 }
+
+#[test]
+fn new_makes_a_project_that_builds_passes_its_scenarios_and_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("demo");
+    let project_arg = project.to_str().unwrap();
+    let output = sluice(&["new", project_arg]);
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains("sluice build"),
+        "{}",
+        stdout(&output)
+    );
+
+    let output = sluice(&["new", project_arg]);
+    assert_exit(&output, 2, stderr(&output), "already exists");
+    let bad = dir.path().join("Bad_Name");
+    let output = sluice(&["new", bad.to_str().unwrap()]);
+    assert_exit(&output, 2, stderr(&output), "lowercase letters");
+
+    assert_success(&sluice(&["build", project_arg]));
+    let headers = project.join("tests/headers.yaml");
+    let bad_config = project.join("tests/bad-config.yaml");
+    let output = sluice(&[
+        "test",
+        headers.to_str().unwrap(),
+        bad_config.to_str().unwrap(),
+    ]);
+    assert_exit(&output, 0, stdout(&output), "scenarios: 2 passed, 0 failed");
+    let manifest = project.join("wasmplugin.yaml");
+    let output = sluice(&["check", manifest.to_str().unwrap()]);
+    assert_exit(&output, 0, stdout(&output), "ok");
+}
+
+#[test]
+fn push_pull_and_manifest_work_against_a_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = sluice_test_support::Registry::start(dir.path());
+    let address = registry.address.as_str();
+    let reference = format!("{address}/plugins/add-header:v1");
+    let wasm = sluice_test_support::plugin_wasm("add_header");
+    let output = sluice(&[
+        "push",
+        wasm.to_str().unwrap(),
+        &reference,
+        "--insecure-registry",
+        address,
+    ]);
+    assert_success(&output);
+    let digest = stdout(&output).trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert!(stderr(&output).contains("as compat"), "{}", stderr(&output));
+
+    let pulled = dir.path().join("pulled.wasm");
+    let output = sluice(&[
+        "pull",
+        &reference,
+        "-o",
+        pulled.to_str().unwrap(),
+        "--insecure-registry",
+        address,
+    ]);
+    assert_success(&output);
+    assert_eq!(stdout(&output).trim(), digest);
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(&wasm).unwrap()
+    );
+
+    let output = sluice(&[
+        "pull",
+        &format!("{address}/plugins/add-header:v2"),
+        "--insecure-registry",
+        address,
+    ]);
+    assert_exit(&output, 2, stderr(&output), "manifest unknown");
+
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"response": {"set": {"x-from": "manifest"}}}"#).unwrap();
+    let output = sluice(&[
+        "manifest",
+        &reference,
+        "--config",
+        config.to_str().unwrap(),
+        "--phase",
+        "STATS",
+        "--insecure-registry",
+        address,
+    ]);
+    assert_success(&output);
+    let yaml = stdout(&output);
+    assert!(
+        yaml.contains("kind: WasmPlugin")
+            && yaml.contains("name: add-header")
+            && yaml.contains(&format!("url: oci://{reference}"))
+            && yaml.contains(&format!("sha256: {}", digest.trim_start_matches("sha256:")))
+            && yaml.contains("phase: STATS")
+            && yaml.contains("x-from: manifest"),
+        "{yaml}"
+    );
+    let file = dir.path().join("wasmplugin.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let output = sluice(&[
+        "check",
+        file.to_str().unwrap(),
+        "--insecure-registry",
+        address,
+    ]);
+    assert_exit(&output, 0, stdout(&output), "ok");
+}

@@ -87,8 +87,84 @@ pub(crate) struct EngineInner {
     pub linker: Linker<HostState>,
     pub provided: BTreeSet<(String, String)>,
     pub shared: Arc<Shared>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<CompiledCache>,
     compatibility: String,
+}
+
+/// The compiled-module cache: a directory only this user can read, and a key of its own. Each
+/// entry ends with an HMAC-SHA256 of its bytes under that key, so an entry sluice did not write
+/// (copied in, planted or damaged) is recompiled, never run.
+struct CompiledCache {
+    dir: PathBuf,
+    key: [u8; 32],
+}
+
+const TAG_LEN: usize = 32;
+
+impl CompiledCache {
+    /// Opens the cache in `dir`, creating it (mode 0700) and its key (mode 0600) if needed.
+    fn open(dir: PathBuf) -> std::io::Result<CompiledCache> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        // A directory made before the cache was keyed may be readable by others.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.join("key");
+        let mut key = [0u8; 32];
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
+                std::io::Write::write_all(&mut file, &key)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let bytes = std::fs::read(&path)?;
+                key = bytes.try_into().map_err(|_| {
+                    std::io::Error::other(format!("{}: not a 32-byte key", path.display()))
+                })?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(CompiledCache { dir, key })
+    }
+
+    /// HMAC-SHA256 (RFC 2104) of `bytes` under the cache's key.
+    fn tag(&self, bytes: &[u8]) -> [u8; TAG_LEN] {
+        let pad = |byte: u8| -> Vec<u8> {
+            self.key
+                .iter()
+                .map(|k| k ^ byte)
+                .chain(std::iter::repeat_n(byte, 64 - 32))
+                .collect()
+        };
+        let inner = Sha256::new()
+            .chain_update(pad(0x36))
+            .chain_update(bytes)
+            .finalize();
+        Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize()
+            .into()
+    }
+
+    /// The entry's compiled bytes, if its tag says this cache wrote them.
+    fn verified<'a>(&self, entry: &'a [u8]) -> Option<&'a [u8]> {
+        let (body, tag) = entry.split_at_checked(entry.len().checked_sub(TAG_LEN)?)?;
+        let expected = self.tag(body);
+        // Compared in constant time, as any MAC check.
+        let differ = expected
+            .iter()
+            .zip(tag)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (differ == 0).then_some(body)
+    }
 }
 
 impl Engine {
@@ -110,7 +186,13 @@ impl Engine {
             linker,
             provided,
             shared: Arc::default(),
-            cache_dir: options.cache_dir,
+            cache: options.cache_dir.and_then(|dir| {
+                CompiledCache::open(dir.clone())
+                    .map_err(|e| {
+                        tracing::warn!(dir = %dir.display(), "compiled-module cache disabled: {e}");
+                    })
+                    .ok()
+            }),
             compatibility,
         });
         spawn_epoch_ticker(Arc::downgrade(&inner));
@@ -246,35 +328,47 @@ impl Engine {
             Module::new(&self.inner.wasmtime, bytes)
                 .map_err(|e| LoadError::Compile(format!("{e:#}")))
         };
-        let Some(dir) = &self.inner.cache_dir else {
+        let Some(cache) = &self.inner.cache else {
             return compile();
         };
-        let path = dir.join(format!("{sha256}-{}.cwasm", self.inner.compatibility));
-        if path.is_file() {
-            // SAFETY: deserializing runs machine code from the file, so only artifacts this host wrote
-            // are read: the name is derived from the module's sha256 and this engine's compatibility
-            // hash, in sluice's own cache directory, and the file was produced by `Module::serialize`
-            // below (written to a temporary name and renamed, so it is never partial).
-            match unsafe { Module::deserialize_file(&self.inner.wasmtime, &path) } {
-                Ok(module) => return Ok(module),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring unreadable compiled module: {e:#}");
+        let path = cache
+            .dir
+            .join(format!("{sha256}-{}.cwasm", self.inner.compatibility));
+        if let Ok(entry) = std::fs::read(&path) {
+            match cache.verified(&entry) {
+                Some(body) => {
+                    // SAFETY: deserializing runs the machine code in `body`, so only bytes this
+                    // cache wrote are deserialized: the tag is an HMAC under the cache's own key
+                    // (mode 0600, in a 0700 directory) over exactly these bytes, which
+                    // `Module::serialize` produced for a module with this sha256 on an engine with
+                    // this compatibility hash (both in the file name).
+                    match unsafe { Module::deserialize(&self.inner.wasmtime, body) } {
+                        Ok(module) => return Ok(module),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), "ignoring unreadable compiled module: {e:#}");
+                        }
+                    }
                 }
+                None => tracing::warn!(
+                    path = %path.display(),
+                    "ignoring a compiled module this cache did not write (its tag does not verify); compiling again"
+                ),
             }
         }
         let module = compile()?;
-        if let Err(e) = write_cache(dir, &path, &module) {
+        if let Err(e) = write_cache(cache, &path, &module) {
             tracing::debug!(path = %path.display(), "cannot cache compiled module: {e:#}");
         }
         Ok(module)
     }
 }
 
-fn write_cache(dir: &Path, path: &Path, module: &Module) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let bytes = module
+fn write_cache(cache: &CompiledCache, path: &Path, module: &Module) -> std::io::Result<()> {
+    let mut bytes = module
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let tag = cache.tag(&bytes);
+    bytes.extend_from_slice(&tag);
     let temporary = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&temporary, bytes)?;
     std::fs::rename(&temporary, path)

@@ -88,10 +88,47 @@ fn compiled_modules_are_cached_by_content() {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".cwasm"))
         .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
-    assert!(cached[0].starts_with(&first.info.sha256) && cached[0].ends_with(".cwasm"));
+    assert!(cached[0].starts_with(&first.info.sha256));
     let second = engine.compile(&bytes).unwrap();
     assert_eq!(first.info.sha256, second.info.sha256);
+
+    // An entry another cache (another key) wrote is not run: it is compiled again and replaced.
+    let entry = dir.join(&cached[0]);
+    let other_dir = dir.with_extension("other");
+    let _ = std::fs::remove_dir_all(&other_dir);
+    let other = sluice_host::Engine::new(sluice_host::EngineOptions {
+        cache_dir: Some(other_dir.clone()),
+    })
+    .unwrap();
+    other.compile(&bytes).unwrap();
+    let foreign = std::fs::read(other_dir.join(&cached[0])).unwrap();
+    assert_ne!(
+        foreign,
+        std::fs::read(&entry).unwrap(),
+        "each cache signs with its own key"
+    );
+    std::fs::write(&entry, &foreign).unwrap();
+    let third = engine.compile(&bytes).unwrap();
+    assert_eq!(third.info.sha256, first.info.sha256);
+    assert_ne!(
+        std::fs::read(&entry).unwrap(),
+        foreign,
+        "the foreign entry was replaced"
+    );
+    // So is a damaged one.
+    let mut damaged = std::fs::read(&entry).unwrap();
+    damaged[100] ^= 0xff;
+    std::fs::write(&entry, &damaged).unwrap();
+    engine.compile(&bytes).unwrap();
+    assert_ne!(std::fs::read(&entry).unwrap(), damaged);
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("key")), 0o600);
     std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&other_dir).unwrap();
 }

@@ -396,6 +396,25 @@ pub fn check(file: &Path, insecure_registries: &[String]) -> anyhow::Result<Exit
     for notice in &config.notices {
         println!("note: {notice}");
     }
+    // `sluice run` would start without these (FAIL_OPEN) or refuse their requests; a check
+    // says the config is not usable as written.
+    if !loaded.unavailable.is_empty() {
+        for unavailable in &loaded.unavailable {
+            println!(
+                "error: WasmPlugin {} spec.url: {} (failStrategy {}: `sluice run` would {})",
+                unavailable.plugin.name,
+                unavailable.error,
+                unavailable.plugin.fail_strategy,
+                if unavailable.blocks() {
+                    "answer 503 to its requests"
+                } else {
+                    "serve without it"
+                }
+            );
+        }
+        println!("{}: {} error(s)", file.display(), loaded.unavailable.len());
+        return Ok(ExitCode::FAILURE);
+    }
     if let Err(error) = sluice_proxy::canary(&loaded) {
         println!("error: {error}");
         println!("{}: 1 error(s)", file.display());

@@ -40,11 +40,18 @@ impl Admin {
                 (200, "text/plain", "LIVE\n".to_string())
             }
             ("GET", "/ready") => (503, "text/plain", "PRE_INITIALIZING\n".to_string()),
-            ("GET", "/stats" | "/stats/prometheus" | "/metrics") => (
-                200,
-                "text/plain; version=0.0.4",
-                self.stats.render(self.reloader.current().engine.metrics()),
-            ),
+            ("GET", "/stats" | "/stats/prometheus" | "/metrics") => {
+                let current = self.reloader.current();
+                let mut text = self.stats.render(current.engine.metrics());
+                text.push_str("# HELP sluice_plugin_unavailable Plugins whose module could not be fetched (retried in the background).\n# TYPE sluice_plugin_unavailable gauge\n");
+                for unavailable in &current.unavailable {
+                    text.push_str(&format!(
+                        "sluice_plugin_unavailable{{plugin=\"{}\",fail_strategy=\"{}\"}} 1\n",
+                        unavailable.plugin.name, unavailable.plugin.fail_strategy
+                    ));
+                }
+                (200, "text/plain; version=0.0.4", text)
+            }
             ("GET", "/plugins") => json(plugins(&self.reloader.current(), &self.stats)),
             ("GET", "/config_dump") => json(self.config_dump()),
             ("GET", "/logging") => json(self.logging()),
@@ -199,6 +206,18 @@ impl Admin {
 /// instances on each worker (as the workers last reported it, at most a second ago).
 fn plugins(current: &ProxyConfig, stats: &Stats) -> Value {
     let reports = stats.instances();
+    let unavailable = current.unavailable.iter().map(|u| {
+        json!({
+            "name": u.plugin.name,
+            "url": u.plugin.url,
+            "rootId": u.plugin.root_id,
+            "phase": u.plugin.phase.as_str(),
+            "priority": u.plugin.priority,
+            "failStrategy": u.plugin.fail_strategy.to_string(),
+            "state": "unavailable",
+            "failure": u.error,
+        })
+    });
     current
         .config
         .plugins
@@ -227,6 +246,7 @@ fn plugins(current: &ProxyConfig, stats: &Stats) -> Value {
                 }).collect::<Vec<_>>(),
             })
         })
+        .chain(unavailable)
         .collect()
 }
 

@@ -256,6 +256,11 @@ async fn drive(
     let route = route_of(listener, &headers);
     let (route_chains, unrouted) = &generation.chains[connection.listener];
     let chain = route.map_or_else(|| unrouted.clone(), |index| route_chains[index].clone());
+    let (route_blocked, unrouted_blocked) = &generation.blocked[connection.listener];
+    let blocked = route.map_or_else(
+        || unrouted_blocked.clone(),
+        |index| route_blocked[index].clone(),
+    );
     let info = stream_info(
         &connection,
         protocol,
@@ -290,6 +295,18 @@ async fn drive(
         .is_some()
         .then(|| headers.clone());
     let mut downstream_open = !body.is_end_stream();
+    if let Some(reason) = blocked {
+        // As Istio's fail-close for a module it could not fetch: this request would run the
+        // plugin, so it is refused; the plugins' callbacks never see it.
+        tracing::debug!("503 for a request whose chain is blocked: {reason}");
+        driver.refuse_unavailable(&reason).await;
+        driver.stream.finish();
+        stats.request_finished(driver.status, started.elapsed());
+        if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
+            log.write(&driver.access_record(request, protocol, began, started.elapsed()));
+        }
+        return;
+    }
     driver.stream.request_headers(headers, !downstream_open);
     // One timer per stream: activity only moves `last_activity`, and the timer checks it when it
     // fires, rather than re-arming a timer on every event.
@@ -714,6 +731,19 @@ impl Driver {
         {
             self.response_body = None;
         }
+    }
+
+    /// A 503 with `reason` as its body, straight to the client.
+    async fn refuse_unavailable(&mut self, reason: &str) {
+        let body = format!("{reason}\n");
+        let mut head = HeaderMap::new();
+        head.add(":status", "503");
+        head.add("content-type", "text/plain");
+        head.add("content-length", body.len().to_string());
+        self.respond(&head, false);
+        self.send_response_frame(Frame::data(Bytes::from(body)))
+            .await;
+        self.response_body = None;
     }
 
     async fn send_response_frame(&mut self, frame: Frame<Bytes>) {

@@ -42,12 +42,30 @@ pub struct LoadedPlugin {
     pub limits: Limits,
 }
 
+/// A plugin whose remote module could not be fetched. It is left out of the effective config's
+/// plugins; its failStrategy says what its requests get: FAIL_OPEN skips it, FAIL_CLOSE and
+/// FAIL_RELOAD answer 503. The fetch is retried in the background.
+#[derive(Clone, Debug)]
+pub struct Unavailable {
+    pub plugin: sluice_config::Plugin,
+    pub error: String,
+}
+
+impl Unavailable {
+    /// Whether requests that would run the plugin are refused rather than served without it.
+    pub fn blocks(&self) -> bool {
+        self.plugin.fail_strategy != sluice_config::FailStrategy::FailOpen
+    }
+}
+
 /// Everything a proxy needs to start, or to swap in on a reload.
 #[derive(Clone)]
 pub struct ProxyConfig {
     pub config: Config,
     /// The module of each of `config.plugins`, in the same order.
     pub plugins: Vec<LoadedPlugin>,
+    /// The plugins whose remote modules could not be fetched (not in `config.plugins`).
+    pub unavailable: Vec<Unavailable>,
     /// The resolved addresses of each STATIC cluster's endpoints.
     pub endpoints: HashMap<String, Vec<SocketAddr>>,
     /// Each listener's TLS settings (same order as `config.listeners`); `None` for cleartext.

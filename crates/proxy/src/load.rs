@@ -11,7 +11,7 @@ use sluice_host::{Engine, Limits};
 
 use sluice_fetch::local_path;
 
-use crate::{LoadedPlugin, ProxyConfig};
+use crate::{LoadedPlugin, ProxyConfig, Unavailable};
 
 /// Where a proxy's config comes from, so that a reload can read it again: an optional config
 /// file, on top of what the command line said.
@@ -112,10 +112,15 @@ fn restrict(
 }
 
 /// Loads every plugin and resolves every endpoint of a checked config from `source`.
-fn load(config: Config, source: &Source, engine: &Engine) -> Result<ProxyConfig, Vec<ConfigError>> {
+fn load(
+    mut config: Config,
+    source: &Source,
+    engine: &Engine,
+) -> Result<ProxyConfig, Vec<ConfigError>> {
     let base_dir = &source.base_dir();
     let mut errors = Vec::new();
     let mut plugins = Vec::new();
+    let mut unavailable = Vec::new();
     let mut fetch = source.fetch.clone();
     fetch
         .insecure_registries
@@ -136,6 +141,25 @@ fn load(config: Config, source: &Source, engine: &Engine) -> Result<ProxyConfig,
         });
         let path = match fetched {
             Ok(fetched) => fetched.path,
+            // A remote module that cannot be fetched now (the network, the registry) follows the
+            // plugin's failStrategy, as in Istio; a refused one (a digest mismatch, not Wasm) and
+            // a missing local file are config errors.
+            Err(
+                error @ (sluice_fetch::FetchError::Remote { .. }
+                | sluice_fetch::FetchError::Cache { .. }),
+            ) => {
+                let effect = if plugin.fail_strategy == sluice_config::FailStrategy::FailOpen {
+                    "requests skip it (FAIL_OPEN)"
+                } else {
+                    "requests that would run it get 503"
+                };
+                tracing::error!(plugin = %plugin.name, "plugin unavailable, {effect}; retrying in the background: {error}");
+                unavailable.push(Unavailable {
+                    plugin: plugin.clone(),
+                    error: error.to_string(),
+                });
+                continue;
+            }
             Err(error) => {
                 let place = match error {
                     sluice_fetch::FetchError::Digest { .. } => {
@@ -226,9 +250,15 @@ fn load(config: Config, source: &Source, engine: &Engine) -> Result<ProxyConfig,
     if !errors.is_empty() {
         return Err(errors);
     }
+    config.plugins.retain(|p| {
+        !unavailable
+            .iter()
+            .any(|u: &Unavailable| u.plugin.name == p.name)
+    });
     Ok(ProxyConfig {
         config,
         plugins,
+        unavailable,
         endpoints,
         tls,
         buffer_limit: source.buffer_limit,

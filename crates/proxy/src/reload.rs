@@ -22,6 +22,8 @@ pub enum ReloadError {
     NeedsRestart(String),
     #[error("a plugin of the new config does not start: {0}")]
     Canary(String),
+    #[error("plugin {plugin} cannot be fetched, and the running config has it: {error}")]
+    Unavailable { plugin: String, error: String },
 }
 
 fn list(errors: &[ConfigError]) -> String {
@@ -83,11 +85,26 @@ impl Reloader {
 
     /// Reads, checks, loads and canaries the source, then swaps it in. One reload at a time.
     pub fn reload(&self) -> Result<(), ReloadError> {
+        self.reload_if(|_| true).map(|_| ())
+    }
+
+    /// Fetches the unavailable plugins again (the same reload), and swaps the result in only if
+    /// fewer are unavailable: `Ok(true)` when it did.
+    pub fn retry_unavailable(&self) -> Result<bool, ReloadError> {
+        let before = self.current().unavailable.len();
+        self.reload_if(|new| new.unavailable.len() < before)
+    }
+
+    fn reload_if(&self, wanted: impl Fn(&ProxyConfig) -> bool) -> Result<bool, ReloadError> {
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let result = self.try_reload();
+        let result = match self.source.load(&self.engine) {
+            Err(errors) => Err(ReloadError::Config(errors)),
+            Ok(new) if !wanted(&new) => return Ok(false),
+            Ok(new) => self.try_reload(new),
+        };
         match &result {
             Ok(()) => tracing::info!("config reloaded"),
             Err(error) => {
@@ -99,14 +116,10 @@ impl Reloader {
             at: SystemTime::now(),
             error: result.as_ref().err().map(ToString::to_string),
         });
-        result
+        result.map(|()| true)
     }
 
-    fn try_reload(&self) -> Result<(), ReloadError> {
-        let new = self
-            .source
-            .load(&self.engine)
-            .map_err(ReloadError::Config)?;
+    fn try_reload(&self, new: ProxyConfig) -> Result<(), ReloadError> {
         let current = self.current();
         let (old, new_config) = (&current.config, &new.config);
         let addresses = |c: &sluice_config::Config| -> Vec<_> {
@@ -134,6 +147,19 @@ impl Reloader {
             return Err(ReloadError::NeedsRestart(
                 "the number of workers changed".into(),
             ));
+        }
+        // A reload never takes away a plugin that runs now because its module cannot be fetched
+        // at this moment; a plugin that was already unavailable may stay so.
+        if let Some(lost) = new.unavailable.iter().find(|u| {
+            !current
+                .unavailable
+                .iter()
+                .any(|c| c.plugin.name == u.plugin.name)
+        }) {
+            return Err(ReloadError::Unavailable {
+                plugin: lost.plugin.name.clone(),
+                error: lost.error.clone(),
+            });
         }
         canary(&new).map_err(ReloadError::Canary)?;
         self.updates.send_replace(Arc::new(new));

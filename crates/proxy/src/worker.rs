@@ -70,6 +70,34 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// While plugins are unavailable, fetches them again with backoff (1 s, doubling to a minute) and
+/// swaps in the config once one more is there.
+fn retry_unavailable(
+    reloader: Arc<Reloader>,
+    stop: watch::Receiver<bool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let deadline = std::time::Instant::now() + wait;
+            while std::time::Instant::now() < deadline {
+                if *stop.borrow() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if reloader.current().unavailable.is_empty() {
+                wait = Duration::from_secs(1);
+                continue;
+            }
+            match reloader.retry_unavailable() {
+                Ok(true) => wait = Duration::from_secs(1),
+                Ok(false) | Err(_) => wait = (wait * 2).min(Duration::from_secs(60)),
+            }
+        }
+    })
+}
+
 /// A worker's plugins and routes for one config: in-flight requests keep the generation they
 /// started on, new ones take the newest.
 pub(crate) struct Generation {
@@ -78,6 +106,9 @@ pub(crate) struct Generation {
     pub clusters: Rc<Clusters>,
     /// Per listener: the chain of each of its routes, and the chain of requests no route takes.
     pub chains: Vec<(Vec<Rc<Chain>>, Rc<Chain>)>,
+    /// Per listener, like `chains`: why a chain's requests are refused (a FAIL_CLOSE plugin of
+    /// it is unavailable), if they are.
+    pub blocked: Vec<(Vec<Option<Rc<str>>>, Option<Rc<str>>)>,
 }
 
 impl Generation {
@@ -140,7 +171,21 @@ impl Generation {
                 .collect();
             pool.chain(specs, config.buffer_limit).map(Rc::new)
         };
+        let blocked_for = |listener: &Listener, route: Option<&Route>| -> Option<Rc<str>> {
+            config
+                .unavailable
+                .iter()
+                .filter(|u| u.blocks() && u.plugin.applies_to(listener))
+                .find(|u| {
+                    !matches!(
+                        route.and_then(|r| r.overrides.get(&u.plugin.name)),
+                        Some(sluice_config::PluginOverride::Disabled)
+                    )
+                })
+                .map(|u| format!("plugin {} is unavailable: {}", u.plugin.name, u.error).into())
+        };
         let mut chains = Vec::new();
+        let mut blocked = Vec::new();
         for listener in &config.config.listeners {
             let routes = listener
                 .routes
@@ -148,12 +193,21 @@ impl Generation {
                 .map(|route| chain_for(listener, Some(route)))
                 .collect::<Result<Vec<_>, _>>()?;
             chains.push((routes, chain_for(listener, None)?));
+            blocked.push((
+                listener
+                    .routes
+                    .iter()
+                    .map(|route| blocked_for(listener, Some(route)))
+                    .collect(),
+                blocked_for(listener, None),
+            ));
         }
         Ok(Self {
             clusters: Rc::new(Clusters::new(&config)),
             config,
             pool,
             chains,
+            blocked,
         })
     }
 }
@@ -258,6 +312,7 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
         threads.push(worker);
     }
     drop(ready_tx);
+    threads.push(retry_unavailable(reloader.clone(), stop.subscribe()));
     let running = RunningProxy {
         address: addresses[0],
         addresses,

@@ -401,8 +401,9 @@ fn new_makes_a_project_that_builds_passes_its_scenarios_and_checks() {
 #[test]
 fn push_pull_and_manifest_work_against_a_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = sluice_test_support::Registry::start(dir.path());
-    let address = registry.address.as_str();
+    let mut registry = sluice_test_support::Registry::start(dir.path());
+    let address = registry.address.clone();
+    let address = address.as_str();
     let reference = format!("{address}/plugins/add-header:v1");
     let wasm = sluice_test_support::plugin_wasm("add_header");
     let output = sluice(&[
@@ -466,11 +467,30 @@ fn push_pull_and_manifest_work_against_a_registry() {
     );
     let file = dir.path().join("wasmplugin.yaml");
     std::fs::write(&file, &yaml).unwrap();
-    let output = sluice(&[
-        "check",
-        file.to_str().unwrap(),
-        "--insecure-registry",
-        address,
-    ]);
+    let check = || {
+        sluice(&[
+            "check",
+            file.to_str().unwrap(),
+            "--insecure-registry",
+            address,
+        ])
+    };
+    let output = check();
     assert_exit(&output, 0, stdout(&output), "ok");
+
+    // A module that cannot be fetched is an error for check, whatever the failStrategy.
+    registry.stop();
+    std::fs::write(&file, format!("{yaml}  imagePullPolicy: Always\n")).unwrap();
+    let output = check();
+    assert_exit(
+        &output,
+        1,
+        stdout(&output),
+        "error: WasmPlugin add-header spec.url",
+    );
+    assert!(
+        stdout(&output).contains("would answer 503"),
+        "{}",
+        stdout(&output)
+    );
 }

@@ -1,5 +1,6 @@
 //! Plugins from an OCI registry (Debian's `docker-registry` on loopback): served through, served
-//! from the cache when the registry is gone, and pulled again under `Always`.
+//! from the cache when the registry is gone, pulled again under `Always`, and, when that fails,
+//! handled as their failStrategy says until the background retry gets them.
 
 use sluice_proxy::Source;
 use sluice_test_support::Registry;
@@ -17,7 +18,7 @@ fn source(file: std::path::PathBuf, cache: &std::path::Path) -> Source {
     }
 }
 
-fn config(registry: &Registry, digest: &str, policy: &str) -> String {
+fn config(registry: &Registry, digest: &str, policy: &str, fail_strategy: &str) -> String {
     format!(
         r#"
 apiVersion: sluice.dev/v1alpha1
@@ -28,7 +29,9 @@ spec:
   insecureRegistries: ["{registry}"]
   listeners:
   - address: 127.0.0.1:0
-    routes: [{{cluster: echo}}]
+    routes:
+    - {{name: open, match: {{prefix: /open}}, cluster: echo, plugins: {{headers: {{disabled: true}}}}}}
+    - {{cluster: echo}}
   clusters: [{{name: echo, type: ECHO}}]
 ---
 apiVersion: extensions.istio.io/v1alpha1
@@ -38,6 +41,7 @@ spec:
   url: oci://{registry}/plugins/add-header:v1
   sha256: {digest}
   imagePullPolicy: {policy}
+  failStrategy: {fail_strategy}
   pluginConfig: {{response: {{set: {{x-from: registry}}}}}}
 "#,
         registry = registry.address,
@@ -62,7 +66,11 @@ fn an_oci_plugin_is_served_then_cached_and_always_pulls_again() {
         .unwrap();
 
     let file = dir.path().join("sluice.yaml");
-    std::fs::write(&file, config(&registry, &pushed.digest, "IfNotPresent")).unwrap();
+    std::fs::write(
+        &file,
+        config(&registry, &pushed.digest, "IfNotPresent", "FAIL_CLOSE"),
+    )
+    .unwrap();
     let proxy = sluice_proxy::start(source(file.clone(), &cache), crate::engine()).unwrap();
     assert_eq!(
         get(proxy.address, "/", &[]).header("x-from"),
@@ -79,20 +87,61 @@ fn an_oci_plugin_is_served_then_cached_and_always_pulls_again() {
     );
     proxy.stop();
 
-    std::fs::write(&file, config(&registry, &pushed.digest, "Always")).unwrap();
-    let error = match sluice_proxy::start(source(file.clone(), &cache), crate::engine()) {
-        Ok(_) => panic!("Always pulls again, and the registry is gone"),
-        Err(error) => error.to_string(),
-    };
+    // Always pulls again and the registry is gone: FAIL_OPEN serves without the plugin.
+    std::fs::write(
+        &file,
+        config(&registry, &pushed.digest, "Always", "FAIL_OPEN"),
+    )
+    .unwrap();
+    let proxy = sluice_proxy::start(source(file.clone(), &cache), crate::engine()).unwrap();
+    let answer = get(proxy.address, "/", &[]);
+    assert_eq!((answer.status, answer.header("x-from")), (200, None));
+    proxy.stop();
+
+    // FAIL_CLOSE refuses only the requests that would run it, says why, and retries.
+    std::fs::write(
+        &file,
+        config(&registry, &pushed.digest, "Always", "FAIL_CLOSE"),
+    )
+    .unwrap();
+    let proxy = sluice_proxy::start(source(file, &cache), crate::engine()).unwrap();
+    let refused = get(proxy.address, "/", &[]);
+    assert_eq!(refused.status, 503);
     assert!(
-        error.contains(&format!("oci://{reference}")) && error.contains("spec.url"),
-        "{error}"
+        refused.text().contains("plugin headers is unavailable")
+            && refused.text().contains(&format!("oci://{reference}")),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(get(proxy.address, "/open", &[]).status, 200);
+    let admin = proxy.admin_address.unwrap();
+    let plugins = get(admin, "/plugins", &[]).text();
+    assert!(plugins.contains("\"unavailable\""), "{plugins}");
+    let stats = get(admin, "/stats", &[]).text();
+    assert!(
+        stats.contains(
+            "sluice_plugin_unavailable{plugin=\"headers\",fail_strategy=\"FAIL_CLOSE\"} 1"
+        ),
+        "{stats}"
     );
     registry.restart();
-    let proxy = sluice_proxy::start(source(file, &cache), crate::engine()).unwrap();
-    assert_eq!(
-        get(proxy.address, "/", &[]).header("x-from"),
-        Some("registry")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let answer = get(proxy.address, "/", &[]);
+        if answer.status == 200 {
+            assert_eq!(answer.header("x-from"), Some("registry"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background retry did not bring the plugin back within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        !get(admin, "/stats", &[])
+            .text()
+            .contains("sluice_plugin_unavailable{")
     );
     proxy.stop();
 }

@@ -180,3 +180,88 @@ impl Drop for Registry {
         self.stop();
     }
 }
+
+impl Registry {
+    /// Builds an OCI image layout by hand with standard tools (tar, gzip, sha256sum), holding
+    /// `wasm` as `plugin.wasm` in one tar+gzip layer (what `docker build` of `FROM scratch` and
+    /// `COPY plugin.wasm ./` makes), and copies it into the registry as `name` (`repo:tag`) with
+    /// `skopeo copy`. Returns the image reference.
+    pub fn copy_compat_image(&self, work: &Path, wasm: &[u8], name: &str) -> String {
+        let run = |program: &str, args: &[&str], dir: &Path| -> String {
+            let output = Command::new(program)
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(
+                output.status.success(),
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        let staging = work.join("staging");
+        let blobs = work.join("layout/blobs/sha256");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(staging.join("plugin.wasm"), wasm).unwrap();
+        run("tar", &["-cf", "layer.tar", "plugin.wasm"], &staging);
+        let digest = |file: &str| -> String {
+            run("sha256sum", &[file], &staging)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let diff_id = digest("layer.tar");
+        run("gzip", &["-n", "layer.tar"], &staging);
+        let blob = |file: &str| -> (String, u64) {
+            let hex = digest(file);
+            std::fs::copy(staging.join(file), blobs.join(&hex)).unwrap();
+            let size = std::fs::metadata(blobs.join(&hex)).unwrap().len();
+            (format!("sha256:{hex}"), size)
+        };
+        let (layer, layer_size) = blob("layer.tar.gz");
+        std::fs::write(
+            staging.join("config.json"),
+            format!(
+                r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{diff_id}"]}}}}"#
+            ),
+        )
+        .unwrap();
+        let (config, config_size) = blob("config.json");
+        std::fs::write(
+            staging.join("manifest.json"),
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":{layer_size}}}]}}"#
+            ),
+        )
+        .unwrap();
+        let (manifest, manifest_size) = blob("manifest.json");
+        let layout = work.join("layout");
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            layout.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#
+            ),
+        )
+        .unwrap();
+        let reference = format!("{}/{name}", self.address);
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:v1", layout.display()),
+                &format!("docker://{reference}"),
+            ],
+            work,
+        );
+        reference
+    }
+}

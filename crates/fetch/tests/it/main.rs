@@ -91,74 +91,8 @@ fn skopeo_reads_what_sluice_pushes_and_sluice_runs_what_standard_tools_build() {
     let inspected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(inspected["Digest"], pushed.digest.as_str(), "{inspected}");
 
-    // An OCI layout made with tar, gzip and a hand-written manifest, copied by skopeo.
-    let layout = dir.path().join("layout");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let staging = dir.path().join("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::write(staging.join("plugin.wasm"), &wasm).unwrap();
-    let status = Command::new("tar")
-        .args(["-czf", "../layer.tar.gz", "plugin.wasm"])
-        .current_dir(&staging)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let layer = std::fs::read(dir.path().join("layer.tar.gz")).unwrap();
-    let mut tar = Vec::new();
-    flate2::read::GzDecoder::new(&layer[..])
-        .read_to_end(&mut tar)
-        .unwrap();
-    let blob = |bytes: &[u8]| {
-        let digest = sha256_hex(bytes);
-        std::fs::write(blobs.join(&digest), bytes).unwrap();
-        (format!("sha256:{digest}"), bytes.len())
-    };
-    let (layer_digest, layer_size) = blob(&layer);
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&tar))]},
-    })
-    .to_string();
-    let (config_digest, config_size) = blob(config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_size}],
-    })
-    .to_string();
-    let (manifest_digest, manifest_size) = blob(manifest.as_bytes());
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": "v1"},
-        }]})
-        .to_string(),
-    )
-    .unwrap();
-    let copied = format!("{}/standard/compat:v1", registry.address);
-    let output = Command::new("skopeo")
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:v1", layout.display()),
-            &format!("docker://{copied}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // An image assembled by standard tools (tar, gzip, skopeo copy from an OCI layout).
+    let copied = registry.copy_compat_image(dir.path(), &wasm, "standard/compat:v1");
     let pulled = fetcher.pull(&copied, None).unwrap();
     assert_eq!(std::fs::read(&pulled.path).unwrap(), wasm);
 }

@@ -87,6 +87,38 @@ fn an_oci_plugin_is_served_then_cached_and_always_pulls_again() {
     );
     proxy.stop();
 
+    // An image assembled by standard tools (tar, gzip, skopeo copy) runs the same.
+    registry.restart();
+    let copied = registry.copy_compat_image(
+        &dir.path().join("standard"),
+        &wasm,
+        "standard/add-header:v1",
+    );
+    let standard = dir.path().join("standard.yaml");
+    std::fs::write(
+        &standard,
+        config(&registry, &pushed.digest, "IfNotPresent", "FAIL_CLOSE")
+            .replace(
+                &format!("{}/plugins/add-header:v1", registry.address),
+                &copied,
+            )
+            .replace(
+                &format!(
+                    "  sha256: {}\n",
+                    pushed.digest.trim_start_matches("sha256:")
+                ),
+                "",
+            ),
+    )
+    .unwrap();
+    let proxy = sluice_proxy::start(source(standard, &cache), crate::engine()).unwrap();
+    assert_eq!(
+        get(proxy.address, "/", &[]).header("x-from"),
+        Some("registry")
+    );
+    proxy.stop();
+    registry.stop();
+
     // Always pulls again and the registry is gone: FAIL_OPEN serves without the plugin.
     std::fs::write(
         &file,

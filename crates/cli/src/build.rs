@@ -29,8 +29,11 @@ pub fn run(dir: &Path, debug: bool) -> anyhow::Result<ExitCode> {
 pub fn build(dir: &Path, debug: bool) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
+        if dir.join("package.json").is_file() {
+            return build_assemblyscript(dir);
+        }
         bail!(
-            "{}: no Cargo.toml: `sluice build` builds a Rust plugin project (a cdylib crate using the proxy-wasm SDK)",
+            "{}: no Cargo.toml or package.json: `sluice build` builds a Rust plugin project (a cdylib crate using the proxy-wasm SDK) or an AssemblyScript one (`sluice new --lang assemblyscript`)",
             dir.display()
         );
     }
@@ -73,6 +76,52 @@ pub fn build(dir: &Path, debug: bool) -> anyhow::Result<PathBuf> {
         );
     };
     Ok(wasm.clone())
+}
+
+/// An AssemblyScript project as `sluice new --lang assemblyscript` makes it: `npm install` when
+/// `node_modules` is missing, then `npm run build`, which writes `build/<package name>.wasm`.
+fn build_assemblyscript(dir: &Path) -> anyhow::Result<PathBuf> {
+    let package: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("package.json"))
+            .with_context(|| format!("{}: cannot read package.json", dir.display()))?,
+    )
+    .with_context(|| format!("{}: package.json is not JSON", dir.display()))?;
+    let name = package["name"]
+        .as_str()
+        .with_context(|| format!("{}: package.json has no name", dir.display()))?;
+    if package["scripts"]["build"].as_str().is_none() {
+        bail!(
+            "{}: package.json has no `build` script (asc ... -b build/{name}.wasm)",
+            dir.display()
+        );
+    }
+    let npm = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("npm")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    anyhow::anyhow!("`npm` not found: install Node.js and npm")
+                }
+                _ => anyhow::anyhow!("cannot run `npm`: {e}"),
+            })?;
+        if !status.success() {
+            bail!("`npm {}` failed in {}", args.join(" "), dir.display());
+        }
+        Ok(())
+    };
+    if !dir.join("node_modules").is_dir() {
+        npm(&["install", "--no-audit", "--no-fund"])?;
+    }
+    npm(&["run", "--silent", "build"])?;
+    let wasm = dir.join("build").join(format!("{name}.wasm"));
+    if !wasm.is_file() {
+        bail!("{}: the build wrote no build/{name}.wasm", dir.display());
+    }
+    Ok(wasm)
 }
 
 /// The `.wasm` files cargo reports in its JSON messages.

@@ -71,7 +71,7 @@ enum Command {
     New {
         /// The project directory to create; its name names the plugin (lowercase, digits, `-`)
         dir: PathBuf,
-        /// The plugin language
+        /// The plugin language: rust or assemblyscript
         #[arg(long, default_value = "rust")]
         lang: String,
     },

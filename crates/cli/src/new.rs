@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-/// The Rust template: (path in the project, text with `{{name}}` and `{{crate}}`).
-const RUST: [(&str, &str); 7] = [
+/// A template: (path in the project, text with `{{name}}` and `{{crate}}`).
+type Template = [(&'static str, &'static str)];
+
+const RUST: &Template = &[
     ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
     ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
     (
@@ -24,6 +26,37 @@ const RUST: [(&str, &str); 7] = [
     ),
     ("README.md", include_str!("../templates/rust/README.md")),
     (".gitignore", include_str!("../templates/rust/gitignore")),
+];
+
+const ASSEMBLYSCRIPT: &Template = &[
+    (
+        "package.json",
+        include_str!("../templates/assemblyscript/package.json"),
+    ),
+    (
+        "assembly/index.ts",
+        include_str!("../templates/assemblyscript/assembly/index.ts"),
+    ),
+    (
+        "tests/headers.yaml",
+        include_str!("../templates/assemblyscript/tests/headers.yaml"),
+    ),
+    (
+        "tests/bad-config.yaml",
+        include_str!("../templates/assemblyscript/tests/bad-config.yaml"),
+    ),
+    (
+        "wasmplugin.yaml",
+        include_str!("../templates/assemblyscript/wasmplugin.yaml"),
+    ),
+    (
+        "README.md",
+        include_str!("../templates/assemblyscript/README.md"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../templates/assemblyscript/gitignore"),
+    ),
 ];
 
 /// A name Kubernetes, Cargo and Istio all accept: lowercase letters, digits and `-`, starting
@@ -44,9 +77,14 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(dir: &Path, lang: &str) -> anyhow::Result<ExitCode> {
-    if lang != "rust" {
-        bail!("--lang {lang}: only `rust` is available so far");
-    }
+    let (template, described) = match lang {
+        "rust" => (RUST, "Rust, proxy-wasm 0.2.5"),
+        "assemblyscript" => (
+            ASSEMBLYSCRIPT,
+            "AssemblyScript 0.14, @solo-io/proxy-runtime 0.1.8",
+        ),
+        other => bail!("--lang {other}: expected rust or assemblyscript"),
+    };
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -59,18 +97,18 @@ pub fn run(dir: &Path, lang: &str) -> anyhow::Result<ExitCode> {
         );
     }
     let crate_name = name.replace('-', "_");
-    for (path, template) in RUST {
+    for (path, text) in template {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("{}: cannot create", parent.display()))?;
         }
-        let text = template
+        let text = text
             .replace("{{name}}", name)
             .replace("{{crate}}", &crate_name);
         std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    println!("created {} (Rust, proxy-wasm 0.2.5)", dir.display());
+    println!("created {} ({described})", dir.display());
     println!(
         "  cd {} && sluice build && sluice test tests/*.yaml",
         dir.display()

@@ -494,3 +494,36 @@ fn push_pull_and_manifest_work_against_a_registry() {
         stdout(&output)
     );
 }
+
+#[test]
+fn new_makes_an_assemblyscript_project_that_builds_and_passes_its_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("as-demo");
+    let project_arg = project.to_str().unwrap();
+    assert_success(&sluice(&["new", project_arg, "--lang", "assemblyscript"]));
+    // npm install (AssemblyScript 0.14 and @solo-io/proxy-runtime from the npm registry), asc.
+    assert_success(&sluice(&["build", project_arg]));
+    let headers = project.join("tests/headers.yaml");
+    let bad_config = project.join("tests/bad-config.yaml");
+    let output = sluice(&[
+        "test",
+        headers.to_str().unwrap(),
+        bad_config.to_str().unwrap(),
+    ]);
+    assert_exit(&output, 0, stdout(&output), "scenarios: 2 passed, 0 failed");
+    let manifest = project.join("wasmplugin.yaml");
+    let output = sluice(&["check", manifest.to_str().unwrap()]);
+    assert_exit(&output, 0, stdout(&output), "ok");
+    let output = sluice(&[
+        "new",
+        dir.path().join("x").to_str().unwrap(),
+        "--lang",
+        "cobol",
+    ]);
+    assert_exit(
+        &output,
+        2,
+        stderr(&output),
+        "expected rust or assemblyscript",
+    );
+}

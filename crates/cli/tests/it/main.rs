@@ -365,6 +365,23 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
     );
 }
 
+/// What `sluice new` promises: `sluice build`, then `sluice test tests/*.yaml` passes, and
+/// `sluice check wasmplugin.yaml` accepts the WasmPlugin.
+fn builds_passes_and_checks(project: &Path) {
+    assert_success(&sluice(&["build", project.to_str().unwrap()]));
+    let headers = project.join("tests/headers.yaml");
+    let bad_config = project.join("tests/bad-config.yaml");
+    let output = sluice(&[
+        "test",
+        headers.to_str().unwrap(),
+        bad_config.to_str().unwrap(),
+    ]);
+    assert_exit(&output, 0, stdout(&output), "scenarios: 2 passed, 0 failed");
+    let manifest = project.join("wasmplugin.yaml");
+    let output = sluice(&["check", manifest.to_str().unwrap()]);
+    assert_exit(&output, 0, stdout(&output), "ok");
+}
+
 #[test]
 fn new_makes_a_project_that_builds_passes_its_scenarios_and_checks() {
     let dir = tempfile::tempdir().unwrap();
@@ -384,18 +401,7 @@ fn new_makes_a_project_that_builds_passes_its_scenarios_and_checks() {
     let output = sluice(&["new", bad.to_str().unwrap()]);
     assert_exit(&output, 2, stderr(&output), "lowercase letters");
 
-    assert_success(&sluice(&["build", project_arg]));
-    let headers = project.join("tests/headers.yaml");
-    let bad_config = project.join("tests/bad-config.yaml");
-    let output = sluice(&[
-        "test",
-        headers.to_str().unwrap(),
-        bad_config.to_str().unwrap(),
-    ]);
-    assert_exit(&output, 0, stdout(&output), "scenarios: 2 passed, 0 failed");
-    let manifest = project.join("wasmplugin.yaml");
-    let output = sluice(&["check", manifest.to_str().unwrap()]);
-    assert_exit(&output, 0, stdout(&output), "ok");
+    builds_passes_and_checks(&project);
 }
 
 #[test]
@@ -502,18 +508,7 @@ fn new_makes_an_assemblyscript_project_that_builds_and_passes_its_scenarios() {
     let project_arg = project.to_str().unwrap();
     assert_success(&sluice(&["new", project_arg, "--lang", "assemblyscript"]));
     // npm install (AssemblyScript 0.14 and @solo-io/proxy-runtime from the npm registry), asc.
-    assert_success(&sluice(&["build", project_arg]));
-    let headers = project.join("tests/headers.yaml");
-    let bad_config = project.join("tests/bad-config.yaml");
-    let output = sluice(&[
-        "test",
-        headers.to_str().unwrap(),
-        bad_config.to_str().unwrap(),
-    ]);
-    assert_exit(&output, 0, stdout(&output), "scenarios: 2 passed, 0 failed");
-    let manifest = project.join("wasmplugin.yaml");
-    let output = sluice(&["check", manifest.to_str().unwrap()]);
-    assert_exit(&output, 0, stdout(&output), "ok");
+    builds_passes_and_checks(&project);
     let output = sluice(&[
         "new",
         dir.path().join("x").to_str().unwrap(),

@@ -63,6 +63,7 @@ impl Cache {
         }
         Some(Fetched {
             path,
+            bytes,
             sha256: entry.sha256,
             image_digest: entry.image_digest,
             downloaded: false,

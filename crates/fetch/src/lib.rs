@@ -45,6 +45,13 @@ pub enum FetchError {
         path: String,
         source: std::io::Error,
     },
+    /// Work on this machine that failed for a reason of its own (starting the fetch runtime,
+    /// packing a layer).
+    #[error("cannot {what}: {source}")]
+    Local {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// When a remote module is downloaded again, as Istio's `imagePullPolicy` says.
@@ -76,6 +83,8 @@ pub struct Request<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fetched {
     pub path: PathBuf,
+    /// The module, as read and checked: compile these rather than reading `path` again.
+    pub bytes: Vec<u8>,
     /// The module's sha256 (lowercase hex).
     pub sha256: String,
     /// The OCI image's manifest digest (`sha256:…`), for `oci://` urls.
@@ -155,26 +164,19 @@ impl Fetcher {
     pub fn fetch(&self, request: &Request<'_>) -> Result<Fetched, FetchError> {
         let url = request.url;
         if let Some(rest) = url.strip_prefix("oci://") {
-            let policy = request
-                .pull_policy
-                .unwrap_or_else(|| oci::default_policy(rest));
-            if policy == PullPolicy::IfNotPresent
-                && let Some(hit) = self.cache.lookup(url, request.sha256)
-            {
+            if let Some(hit) = self.cached(request, oci::default_policy(rest)) {
                 return Ok(hit);
             }
             return self.block_on(oci::pull(self, rest, request));
         }
         if url.starts_with("http://") || url.starts_with("https://") {
             // Istio: http(s) urls are fetched every time unless a checksum pins them.
-            let policy = request.pull_policy.unwrap_or(if request.sha256.is_some() {
+            let default = if request.sha256.is_some() {
                 PullPolicy::IfNotPresent
             } else {
                 PullPolicy::Always
-            });
-            if policy == PullPolicy::IfNotPresent
-                && let Some(hit) = self.cache.lookup(url, request.sha256)
-            {
+            };
+            if let Some(hit) = self.cached(request, default) {
                 return Ok(hit);
             }
             let bytes = self.block_on(http::download(&self.options, url))?;
@@ -196,10 +198,20 @@ impl Fetcher {
         check_digest(url, "module", request.sha256, &sha256)?;
         Ok(Fetched {
             path,
+            bytes,
             sha256,
             image_digest: None,
             downloaded: false,
         })
+    }
+
+    /// The cached module for a remote request, when its pull policy (or `default`) lets the
+    /// cache answer.
+    fn cached(&self, request: &Request<'_>, default: PullPolicy) -> Option<Fetched> {
+        if request.pull_policy.unwrap_or(default) == PullPolicy::Always {
+            return None;
+        }
+        self.cache.lookup(request.url, request.sha256)
     }
 
     /// Checks downloaded module bytes and stores them in the cache under `url`.
@@ -226,6 +238,7 @@ impl Fetcher {
             .store(url, bytes, &sha256, image_digest.as_deref())?;
         Ok(Fetched {
             path,
+            bytes: bytes.to_vec(),
             sha256,
             image_digest,
             downloaded: true,
@@ -269,8 +282,8 @@ impl Fetcher {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .map_err(|source| FetchError::Cache {
-                            path: "(runtime)".into(),
+                        .map_err(|source| FetchError::Local {
+                            what: "start the fetch runtime",
                             source,
                         })?
                         .block_on(future)

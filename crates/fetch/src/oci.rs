@@ -316,8 +316,8 @@ pub(crate) async fn push(
     };
     let (layer, config, annotations) = match format {
         Format::Compat => {
-            let (layer, diff_id) = tar_gz(wasm).map_err(|source| FetchError::Cache {
-                path: "(layer)".into(),
+            let (layer, diff_id) = tar_gz(wasm).map_err(|source| FetchError::Local {
+                what: "pack the module into a tar+gzip layer",
                 source,
             })?;
             let config = serde_json::json!({

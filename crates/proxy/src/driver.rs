@@ -266,7 +266,7 @@ async fn drive(
         protocol,
         route.map(|index| &listener.routes[index]),
     );
-    let (callouts, mut callout_answers) = mpsc::unbounded_channel();
+    let (callouts, callout_answers) = mpsc::unbounded_channel();
     let mut driver = Driver {
         stream: Stream::new(chain, info),
         connection,
@@ -294,19 +294,40 @@ async fn drive(
         .access_log
         .is_some()
         .then(|| headers.clone());
-    let mut downstream_open = !body.is_end_stream();
-    if let Some(reason) = blocked {
+    match blocked {
         // As Istio's fail-close for a module it could not fetch: this request would run the
         // plugin, so it is refused; the plugins' callbacks never see it.
-        tracing::debug!("503 for a request whose chain is blocked: {reason}");
-        driver.refuse_unavailable(&reason).await;
-        driver.stream.finish();
-        stats.request_finished(driver.status, started.elapsed());
-        if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
-            log.write(&driver.access_record(request, protocol, began, started.elapsed()));
+        Some(reason) => {
+            tracing::debug!("503 for a request whose chain is blocked: {reason}");
+            driver.refuse_unavailable(&reason).await;
         }
-        return;
+        None => exchange(&mut driver, headers, &mut body, callout_answers).await,
     }
+    if let Some(task) = driver.upstream_task.take() {
+        task.abort();
+    }
+    driver.stream.finish();
+    stats.plugin_failures(driver.stream.failures().len());
+    stats.request_finished(driver.status, started.elapsed());
+    if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
+        log.write(&driver.access_record(request, protocol, began, started.elapsed()));
+    }
+    if driver.status == Some(101)
+        && let (Some(client), Some(upstream)) = (client_switch, driver.upstream_switched.take())
+    {
+        tokio::task::spawn_local(splice(client, upstream));
+    }
+}
+
+/// Runs the request through the chain and the upstream until the stream completes, the client
+/// goes away, or it idles out.
+async fn exchange(
+    driver: &mut Driver,
+    headers: HeaderMap,
+    body: &mut Incoming,
+    mut callout_answers: mpsc::UnboundedReceiver<Callout>,
+) {
+    let mut downstream_open = !body.is_end_stream();
     driver.stream.request_headers(headers, !downstream_open);
     // One timer per stream: activity only moves `last_activity`, and the timer checks it when it
     // fires, rather than re-arming a timer on every event.
@@ -369,20 +390,6 @@ async fn drive(
             }
         }
         last_activity = tokio::time::Instant::now();
-    }
-    if let Some(task) = driver.upstream_task.take() {
-        task.abort();
-    }
-    driver.stream.finish();
-    stats.plugin_failures(driver.stream.failures().len());
-    stats.request_finished(driver.status, started.elapsed());
-    if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
-        log.write(&driver.access_record(request, protocol, began, started.elapsed()));
-    }
-    if driver.status == Some(101)
-        && let (Some(client), Some(upstream)) = (client_switch, driver.upstream_switched.take())
-    {
-        tokio::task::spawn_local(splice(client, upstream));
     }
 }
 

@@ -139,14 +139,15 @@ fn load(
             }),
             pull_secret: pull_secret.as_deref(),
         });
-        let path = match fetched {
-            Ok(fetched) => fetched.path,
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
             // A remote module that cannot be fetched now (the network, the registry) follows the
             // plugin's failStrategy, as in Istio; a refused one (a digest mismatch, not Wasm) and
             // a missing local file are config errors.
             Err(
                 error @ (sluice_fetch::FetchError::Remote { .. }
-                | sluice_fetch::FetchError::Cache { .. }),
+                | sluice_fetch::FetchError::Cache { .. }
+                | sluice_fetch::FetchError::Local { .. }),
             ) => {
                 let effect = if plugin.fail_strategy == sluice_config::FailStrategy::FailOpen {
                     "requests skip it (FAIL_OPEN)"
@@ -184,7 +185,7 @@ fn load(
                 continue;
             }
         };
-        match engine.load_file(&path) {
+        match engine.compile(&fetched.bytes) {
             Ok(code) => {
                 let place = format!("pluginCapabilities.{}", plugin.name);
                 let code = match restrict(engine, code, plugin, &config) {
@@ -200,13 +201,9 @@ fn load(
                     limits: source.limits.clone(),
                 });
             }
-            Err(error @ sluice_host::LoadError::Read { .. }) => errors.push(ConfigError {
-                place,
-                message: error.to_string(),
-            }),
             Err(error) => errors.push(ConfigError {
                 place,
-                message: format!("{}: {error}", path.display()),
+                message: format!("{}: {error}", fetched.path.display()),
             }),
         }
     }

@@ -40,6 +40,12 @@ impl HeaderMap {
         Self::default()
     }
 
+    pub fn with_capacity(pairs: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(pairs),
+        }
+    }
+
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {

@@ -1,6 +1,7 @@
 //! What one request costs the chain engine, without sockets: a stream through no plugin and
 //! through the add-header plugin (request and response header changes, a response body), timed
 //! over many streams. Run with `cargo bench -p sluice-filter`; it prints µs per stream.
+//! `CHAIN_BENCH_STREAMS=N` changes the count (e.g. a small one to run it under callgrind).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -9,7 +10,12 @@ use sluice_abi::HeaderMap;
 use sluice_filter::{PluginSpec, Stream, VmPool};
 use sluice_host::{Clock, Engine, EngineOptions, HttpStream, VmConfig};
 
-const STREAMS: u32 = 200_000;
+fn streams() -> u32 {
+    std::env::var("CHAIN_BENCH_STREAMS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000)
+}
 
 fn request() -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -52,10 +58,11 @@ fn measure(chain: &Rc<sluice_filter::Chain>) -> f64 {
             stream.finish();
         }
     };
-    run(STREAMS / 10);
+    let streams = streams();
+    run(streams / 10);
     let started = Instant::now();
-    run(STREAMS);
-    started.elapsed().as_secs_f64() * 1e6 / f64::from(STREAMS)
+    run(streams);
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(streams)
 }
 
 fn main() {

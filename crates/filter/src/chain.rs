@@ -12,6 +12,8 @@ use sluice_host::{
     PluginCode, PluginFailure, Vm, VmConfig,
 };
 
+use crate::stream::Scratch;
+
 /// One plugin instance (VM) of a worker, as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceReport {
@@ -214,7 +216,12 @@ pub struct Chain {
     pub(crate) pool: Rc<VmPool>,
     pub(crate) plugins: Vec<ChainPlugin>,
     pub(crate) buffer_limit: usize,
+    /// What finished streams left for the next ones (at most [`SPARE_SCRATCH`]).
+    spare: RefCell<Vec<Scratch>>,
 }
+
+/// Finished streams' scratch a chain keeps: enough for the streams a worker usually has in flight.
+const SPARE_SCRATCH: usize = 64;
 
 /// Default bound on the body data buffered per direction of a stream (Envoy's default
 /// per-connection buffer limit).
@@ -310,6 +317,7 @@ impl VmPool {
             pool: self.clone(),
             plugins,
             buffer_limit,
+            spare: RefCell::default(),
         })
     }
 
@@ -571,6 +579,21 @@ impl Chain {
         self.plugins.len()
     }
 
+    pub(crate) fn take_scratch(&self) -> Scratch {
+        self.spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Scratch::new(self.len()))
+    }
+
+    /// Takes back a finished stream's scratch, emptied.
+    pub(crate) fn keep_scratch(&self, scratch: Scratch) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_SCRATCH {
+            spare.push(scratch);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }
@@ -587,10 +610,9 @@ impl Chain {
     /// called before each new stream. Returns whether the plugin is usable.
     pub(crate) fn prepare_plugin(&self, index: usize) -> bool {
         let plugin = &self.plugins[index];
-        let now = self.pool.clock.monotonic_nanos();
         let mut vm = plugin.vm.borrow_mut();
         if plugin.fail_strategy == FailStrategy::FailReload {
-            vm.reload_if_due(now)
+            vm.reload_if_due(self.pool.clock.monotonic_nanos())
         } else {
             vm.vm.failure().is_none()
         }

@@ -120,17 +120,31 @@ struct Flow {
     closed: bool,
 }
 
+/// A buffer a reused flow keeps; a larger one (a body a plugin held) goes back to the allocator.
+const KEPT_BUFFER_BYTES: usize = 64 << 10;
+
 impl Flow {
     fn new(plugins: usize) -> Self {
-        Self {
-            // Built empty rather than cloned from an empty prototype: cloning costs per element.
-            queues: std::iter::repeat_with(VecDeque::new)
-                .take(plugins + 1)
-                .collect(),
-            blocked: vec![None; plugins],
-            buffers: std::iter::repeat_with(Vec::new).take(plugins).collect(),
-            closed: false,
+        let mut flow = Self::default();
+        flow.reset(plugins);
+        flow
+    }
+
+    /// Empties the flow for a stream through `plugins` plugins, keeping what it has allocated.
+    fn reset(&mut self, plugins: usize) {
+        self.queues.resize_with(plugins + 1, VecDeque::new);
+        self.queues.iter_mut().for_each(VecDeque::clear);
+        self.blocked.clear();
+        self.blocked.resize(plugins, None);
+        self.buffers.resize_with(plugins, Vec::new);
+        for buffer in &mut self.buffers {
+            if buffer.capacity() > KEPT_BUFFER_BYTES {
+                *buffer = Vec::new();
+            } else {
+                buffer.clear();
+            }
         }
+        self.closed = false;
     }
 
     /// Queues an event at a position, merging consecutive data so a plugin that resumes gets the
@@ -176,6 +190,34 @@ struct Ctx {
     generation: u64,
 }
 
+/// A stream's per-plugin slots and queues. A finished stream hands them back to its chain, and
+/// the next stream on the worker takes them instead of allocating its own.
+pub(crate) struct Scratch {
+    contexts: Vec<Option<Ctx>>,
+    request: Flow,
+    response: Flow,
+    steps: VecDeque<Step>,
+}
+
+impl Scratch {
+    pub(crate) fn new(plugins: usize) -> Self {
+        Self {
+            contexts: vec![None; plugins],
+            request: Flow::new(plugins),
+            response: Flow::new(plugins),
+            steps: VecDeque::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        let plugins = self.contexts.len();
+        self.contexts.fill(None);
+        self.request.reset(plugins);
+        self.response.reset(plugins);
+        self.steps.clear();
+    }
+}
+
 /// One request/response exchange running through a [`Chain`].
 pub struct Stream {
     chain: Rc<Chain>,
@@ -210,13 +252,19 @@ impl Stream {
     pub fn new(chain: Rc<Chain>, info: HttpStream) -> Self {
         let data = info.shared();
         let n = chain.len();
+        let Scratch {
+            contexts,
+            request,
+            response,
+            steps,
+        } = chain.take_scratch();
         let mut stream = Self {
             chain: chain.clone(),
             data: data.clone(),
-            contexts: vec![None; n],
-            request: Flow::new(n),
-            response: Flow::new(n),
-            steps: VecDeque::new(),
+            contexts,
+            request,
+            response,
+            steps,
             upstream_started: false,
             response_started: false,
             response_complete: false,
@@ -501,8 +549,15 @@ impl Stream {
                 data,
                 end_of_stream,
             } => {
-                let mut buffer = std::mem::take(&mut self.flow(direction).buffers[position]);
-                buffer.extend_from_slice(&data);
+                // The usual chunk meets an empty buffer: it becomes the buffer, uncopied.
+                let held = std::mem::take(&mut self.flow(direction).buffers[position]);
+                let buffer = if held.is_empty() {
+                    data
+                } else {
+                    let mut held = held;
+                    held.extend_from_slice(&data);
+                    held
+                };
                 let size = buffer.len() as u32;
                 self.set_body(request, buffer);
                 let result = self.call(index, |vm| {
@@ -900,7 +955,7 @@ impl Stream {
                 .insert("response.code_details".into(), reply.details.clone().into());
         }
         let n = self.contexts.len();
-        self.response = Flow::new(n);
+        self.response.reset(n);
         let end_of_stream = body.is_empty();
         if direct {
             self.response.closed = true;
@@ -994,6 +1049,14 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         self.finish();
+        let mut scratch = Scratch {
+            contexts: std::mem::take(&mut self.contexts),
+            request: std::mem::take(&mut self.request),
+            response: std::mem::take(&mut self.response),
+            steps: std::mem::take(&mut self.steps),
+        };
+        scratch.clear();
+        self.chain.keep_scratch(scratch);
     }
 }
 

@@ -146,7 +146,9 @@ pub(crate) struct HostState {
     /// `proxy_set_effective_context`.
     pub effective_context: u32,
     pub effects: Vec<Effect>,
-    pub scope: CallbackScope,
+    /// Boxed and usually absent: most callbacks fill no scope, and emptying an absent one after
+    /// each of a stream's guest calls costs nothing.
+    pub scope: Option<Box<CallbackScope>>,
     /// Passed to every `proxy_on_vm_start` (one per root context).
     pub vm_configuration: Vec<u8>,
     /// Status of the last callout or gRPC call delivered, for `proxy_get_status`.
@@ -176,6 +178,11 @@ impl HostState {
             Some(Context::Stream { root, .. }) => *root,
             _ => self.effective_context,
         }
+    }
+
+    /// The scope of the running callback, created when first filled or asked for.
+    pub fn scope_mut(&mut self) -> &mut CallbackScope {
+        self.scope.get_or_insert_with(Box::default)
     }
 
     pub fn effective_stream(&self) -> Option<&SharedStream> {

@@ -17,7 +17,7 @@ use crate::effects::Effect;
 use crate::engine::{EPOCH_TICK, Engine, PluginCode};
 use crate::error::{FailureKind, LoadError, PluginFailure};
 use crate::shared::QueueInbox;
-use crate::state::{CallbackScope, Clock, ClusterCheck, Context, HostState, LogRecord, MemoryCap};
+use crate::state::{Clock, ClusterCheck, Context, HostState, LogRecord, MemoryCap};
 use crate::stream::SharedStream;
 use crate::wasi::ProcExit;
 
@@ -171,7 +171,9 @@ pub struct Vm {
 }
 
 fn ticks(deadline: Duration) -> u64 {
-    (deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+    // In u64 (585 years of nanoseconds): a u128 division is a library call on every guest call.
+    let nanos = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
+    nanos / EPOCH_TICK.as_nanos() as u64 + 1
 }
 
 fn typed<P: WasmParams, R: WasmResults>(
@@ -373,7 +375,7 @@ impl Vm {
             contexts: BTreeMap::new(),
             effective_context: 0,
             effects: Vec::new(),
-            scope: CallbackScope::default(),
+            scope: None,
             vm_configuration: config.vm_configuration,
             last_status: (0, Vec::new()),
             log_level: config.log_level,
@@ -509,7 +511,7 @@ impl Vm {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        self.store.data_mut().scope = CallbackScope::default();
+        self.store.data_mut().scope = None;
         result.map_err(|error| {
             let failure = classify(&self.store, callback, &error);
             tracing::error!(target: "plugin", plugin = %failure.plugin, "{failure}");
@@ -547,7 +549,7 @@ impl Vm {
             let vm_configuration = self.store.data().vm_configuration.clone();
             let size = vm_configuration.len() as u32;
             let ok = self.run("proxy_on_vm_start", root, deadline, |s| {
-                s.data_mut().scope.vm_configuration = Some(vm_configuration);
+                s.data_mut().scope_mut().vm_configuration = Some(vm_configuration);
                 vm_start.call(s, (root, size))
             })?;
             if ok == 0 {
@@ -558,7 +560,7 @@ impl Vm {
             let size = plugin_configuration.len() as u32;
             let configuration = plugin_configuration.to_vec();
             let ok = self.run("proxy_on_configure", root, deadline, |s| {
-                s.data_mut().scope.plugin_configuration = Some(configuration);
+                s.data_mut().scope_mut().plugin_configuration = Some(configuration);
                 configure.call(s, (root, size))
             })?;
             if ok == 0 {
@@ -760,7 +762,10 @@ impl Vm {
         };
         let state = self.store.data_mut();
         state.contexts.remove(&context);
-        state.pending_done.remove(&context);
+        // Hashing the id is the cost of a remove; almost no context is pending.
+        if !state.pending_done.is_empty() {
+            state.pending_done.remove(&context);
+        }
         result
     }
 
@@ -805,7 +810,7 @@ impl Vm {
             .map_or(0, |s| String::from_utf8_lossy(s).parse().unwrap_or(0));
         self.run("proxy_on_http_call_response", root, deadline, |s| {
             s.data_mut().last_status = (status, Vec::new());
-            let scope = &mut s.data_mut().scope;
+            let scope = s.data_mut().scope_mut();
             scope.call_headers = Some(response.headers);
             scope.call_body = Some(response.body);
             scope.call_trailers = Some(response.trailers);
@@ -853,9 +858,11 @@ impl Vm {
         self.run(name, root, deadline, |s| {
             let state = s.data_mut();
             match event {
-                GrpcEvent::InitialMetadata(m) => state.scope.grpc_initial_metadata = Some(m),
-                GrpcEvent::Message(m) => state.scope.grpc_message = Some(m),
-                GrpcEvent::TrailingMetadata(m) => state.scope.grpc_trailing_metadata = Some(m),
+                GrpcEvent::InitialMetadata(m) => state.scope_mut().grpc_initial_metadata = Some(m),
+                GrpcEvent::Message(m) => state.scope_mut().grpc_message = Some(m),
+                GrpcEvent::TrailingMetadata(m) => {
+                    state.scope_mut().grpc_trailing_metadata = Some(m);
+                }
                 GrpcEvent::Close { status, message } => state.last_status = (status, message),
             }
             f.call(s, (root, token, arg))

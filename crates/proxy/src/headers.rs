@@ -22,10 +22,14 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// Room for the headers sluice and plugins add to a message (`x-request-id`, a plugin's own), so
+/// that adding them does not regrow the map.
+const ADDED_HEADERS: usize = 4;
+
 /// The request as plugins see it: `:method`, `:path`, `:authority`, `:scheme` (the request's own,
 /// else the connection's), then the headers.
 pub fn request_map(parts: &http::request::Parts, scheme: &str) -> HeaderMap {
-    let mut map = HeaderMap::new();
+    let mut map = HeaderMap::with_capacity(4 + parts.headers.len() + ADDED_HEADERS);
     map.add(":method", parts.method.as_str());
     map.add(
         ":path",
@@ -61,7 +65,7 @@ pub fn is_upgrade(fields: &http::HeaderMap) -> bool {
 }
 
 pub fn response_map(parts: &http::response::Parts) -> HeaderMap {
-    let mut map = HeaderMap::new();
+    let mut map = HeaderMap::with_capacity(1 + parts.headers.len() + ADDED_HEADERS);
     map.add(":status", parts.status.as_str());
     let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
     add_fields(&mut map, &parts.headers, switching);

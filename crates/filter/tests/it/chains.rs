@@ -82,6 +82,7 @@ plugins:
 callouts:
   authz:
     - {status: 200, headers: {x-user: bob}}
+    - {status: 200, headers: {x-user: carol}}
 steps:
   - request:
       method: POST
@@ -92,6 +93,17 @@ steps:
       upstream:
         headers: {x-user: bob, x-after: callout}
         body: "part one, part two"
+      response: {status: 200}
+  # The next stream reuses the slots and queues of the one that paused and held a body.
+  - request:
+      method: POST
+      path: /again
+      chunks: ["three"]
+    expect:
+      httpCalls: [{cluster: authz}]
+      upstream:
+        headers: {x-user: carol, x-after: callout}
+        body: "three"
       response: {status: 200}
 "#,
     );

@@ -49,10 +49,10 @@ fn with_buffer<R>(
             };
             return Ok(f(body));
         }
-        BufferType::HttpCallResponseBody => &mut state.scope.call_body,
-        BufferType::GrpcCallMessage => &mut state.scope.grpc_message,
-        BufferType::VmConfiguration => &mut state.scope.vm_configuration,
-        BufferType::PluginConfiguration => &mut state.scope.plugin_configuration,
+        BufferType::HttpCallResponseBody => &mut state.scope_mut().call_body,
+        BufferType::GrpcCallMessage => &mut state.scope_mut().grpc_message,
+        BufferType::VmConfiguration => &mut state.scope_mut().vm_configuration,
+        BufferType::PluginConfiguration => &mut state.scope_mut().plugin_configuration,
         // L4 filters and foreign functions are not offered by sluice: nothing is ever in scope.
         BufferType::DownstreamData
         | BufferType::UpstreamData

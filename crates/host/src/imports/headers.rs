@@ -64,10 +64,10 @@ pub(crate) fn with_map<R>(
 ) -> Result<R, Status> {
     let map = MapType::from_raw(raw).ok_or(Status::BadArgument)?;
     let scoped = match map {
-        MapType::GrpcCallInitialMetadata => &mut state.scope.grpc_initial_metadata,
-        MapType::GrpcCallTrailingMetadata => &mut state.scope.grpc_trailing_metadata,
-        MapType::HttpCallResponseHeaders => &mut state.scope.call_headers,
-        MapType::HttpCallResponseTrailers => &mut state.scope.call_trailers,
+        MapType::GrpcCallInitialMetadata => &mut state.scope_mut().grpc_initial_metadata,
+        MapType::GrpcCallTrailingMetadata => &mut state.scope_mut().grpc_trailing_metadata,
+        MapType::HttpCallResponseHeaders => &mut state.scope_mut().call_headers,
+        MapType::HttpCallResponseTrailers => &mut state.scope_mut().call_trailers,
         MapType::HttpRequestHeaders
         | MapType::HttpRequestTrailers
         | MapType::HttpResponseHeaders

@@ -83,11 +83,16 @@ fn assemblyscript_string(c: &mut Caller<'_>, ptr: u32) -> String {
 /// 0.1.0's single configuration call: the VM configuration in `proxy_on_vm_start`, the plugin
 /// configuration in `proxy_on_configure`.
 fn get_configuration(c: &mut Caller<'_>, ptr: u32, len: u32) -> HostResult {
-    let scope = &c.data().scope;
-    let configuration = scope
-        .plugin_configuration
-        .clone()
-        .or_else(|| scope.vm_configuration.clone())
+    let configuration = c
+        .data()
+        .scope
+        .as_deref()
+        .and_then(|scope| {
+            scope
+                .plugin_configuration
+                .clone()
+                .or_else(|| scope.vm_configuration.clone())
+        })
         .ok_or(Status::NotFound)?;
     return_bytes(c, &configuration, ptr, len)
 }

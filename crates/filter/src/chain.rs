@@ -586,10 +586,11 @@ impl Chain {
             .unwrap_or_else(|| Scratch::new(self.len()))
     }
 
-    /// Takes back a finished stream's scratch, emptied.
-    pub(crate) fn keep_scratch(&self, scratch: Scratch) {
+    /// Takes back a finished stream's scratch and empties it, unless enough are kept already.
+    pub(crate) fn keep_scratch(&self, mut scratch: Scratch) {
         let mut spare = self.spare.borrow_mut();
         if spare.len() < SPARE_SCRATCH {
+            scratch.clear();
             spare.push(scratch);
         }
     }

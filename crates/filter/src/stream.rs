@@ -209,7 +209,7 @@ impl Scratch {
         }
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         let plugins = self.contexts.len();
         self.contexts.fill(None);
         self.request.reset(plugins);
@@ -1049,14 +1049,12 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         self.finish();
-        let mut scratch = Scratch {
+        self.chain.keep_scratch(Scratch {
             contexts: std::mem::take(&mut self.contexts),
             request: std::mem::take(&mut self.request),
             response: std::mem::take(&mut self.response),
             steps: std::mem::take(&mut self.steps),
-        };
-        scratch.clear();
-        self.chain.keep_scratch(scratch);
+        });
     }
 }
 

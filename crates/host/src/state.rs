@@ -1,6 +1,7 @@
 //! The per-VM host state that host functions read and write (wasmtime's store data).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -83,6 +84,34 @@ pub(crate) enum Context {
     Stream { root: u32, stream: SharedStream },
 }
 
+pub(crate) type ContextMap = HashMap<u32, Context, BuildHasherDefault<ContextIdHasher>>;
+
+/// Hashes a context id with one multiply. Ids are host-chosen and sequential, so there is no
+/// flooding to defend against, and SipHash (or a B-tree walk) costs more than the lookup itself.
+#[derive(Default)]
+pub(crate) struct ContextIdHasher(u64);
+
+/// 2^64 divided by the golden ratio, odd: multiplying by it spreads sequential ids over both the
+/// low bits (the bucket) and the high bits (the control byte) that the map uses.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for ContextIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    /// Only reached by keys other than a `u32`, which the map does not have.
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(FIBONACCI);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(FIBONACCI);
+    }
+}
+
 /// Data that only exists while one callback runs (the access windows of spec v0.2.1).
 #[derive(Default)]
 pub(crate) struct CallbackScope {
@@ -139,9 +168,8 @@ pub(crate) struct HostState {
     /// returns bytes).
     pub allocate: Option<std::rc::Rc<TypedFunc<u32, u32>>>,
     pub limiter: MemoryCap,
-    /// By id. Ids are small and sequential and there are few live ones, so a B-tree finds one
-    /// faster than a SipHash map (looked up on every callback and most host calls).
-    pub contexts: BTreeMap<u32, Context>,
+    /// By id; looked up on every callback and most host calls, inserted and removed per stream.
+    pub contexts: ContextMap,
     /// The context host calls act on: the one being called back, or the one chosen with
     /// `proxy_set_effective_context`.
     pub effective_context: u32,

@@ -4,7 +4,7 @@
 //! overruns its deadline or hits the memory cap fails the VM: it is never re-entered, as in
 //! proxy-wasm-cpp-host, and every later call reports the original failure.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -17,7 +17,7 @@ use crate::effects::Effect;
 use crate::engine::{EPOCH_TICK, Engine, PluginCode};
 use crate::error::{FailureKind, LoadError, PluginFailure};
 use crate::shared::QueueInbox;
-use crate::state::{Clock, ClusterCheck, Context, HostState, LogRecord, MemoryCap};
+use crate::state::{Clock, ClusterCheck, Context, ContextMap, HostState, LogRecord, MemoryCap};
 use crate::stream::SharedStream;
 use crate::wasi::ProcExit;
 
@@ -372,7 +372,7 @@ impl Vm {
                 max_bytes: config.limits.memory_bytes,
                 hit: false,
             },
-            contexts: BTreeMap::new(),
+            contexts: ContextMap::default(),
             effective_context: 0,
             effects: Vec::new(),
             scope: None,
@@ -496,7 +496,10 @@ impl Vm {
         self.store.set_epoch_deadline(ticks(deadline));
         let state = self.store.data_mut();
         state.effective_context = context;
-        state.last_error_log = None;
+        // Tested first: assigning over a value calls its out-of-line drop even when it is None.
+        if state.last_error_log.is_some() {
+            state.last_error_log = None;
+        }
         state.limiter.hit = false;
         let timed = self.callback_time.as_ref().and_then(|time| {
             let calls = time
@@ -511,7 +514,10 @@ impl Vm {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        self.store.data_mut().scope = None;
+        let state = self.store.data_mut();
+        if state.scope.is_some() {
+            state.scope = None;
+        }
         result.map_err(|error| {
             let failure = classify(&self.store, callback, &error);
             tracing::error!(target: "plugin", plugin = %failure.plugin, "{failure}");

@@ -5,25 +5,41 @@
 //! NUL byte.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Largest serialized map the host will decode from a guest (proxy-wasm-cpp-host's limit).
 pub const MAX_DECODED_SIZE: usize = 1 << 20;
 /// Most pairs the host will decode from a guest in one call (proxy-wasm-cpp-host's limit).
 pub const MAX_DECODED_PAIRS: usize = 1024;
 
+type Entry = (Vec<u8>, Vec<u8>);
+
 /// An ordered multi-map of lower-case header names to byte values, as Envoy's header maps behave
 /// towards a plugin: names are case-insensitive, values keep their order, and pseudo-headers
 /// (`:method`, `:path`, `:status`, ...) are ordinary entries.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// A clone shares the entries until one side changes them (copy on write): the proxy hands a
+/// stream's headers on and keeps them for later callbacks, and usually neither side changes them
+/// afterwards.
+#[derive(Clone, Default)]
 pub struct HeaderMap {
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `None` while empty, so that the empty trailer maps of every stream allocate nothing.
+    entries: Option<Arc<Vec<Entry>>>,
 }
+
+impl PartialEq for HeaderMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for HeaderMap {}
 
 impl fmt::Debug for HeaderMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(
-                self.entries
+                self.entries()
                     .iter()
                     .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v))),
             )
@@ -42,8 +58,17 @@ impl HeaderMap {
 
     pub fn with_capacity(pairs: usize) -> Self {
         Self {
-            entries: Vec::with_capacity(pairs),
+            entries: Some(Arc::new(Vec::with_capacity(pairs))),
         }
+    }
+
+    fn entries(&self) -> &[Entry] {
+        self.entries.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The entries to change, copied first if a clone still shares them.
+    fn entries_mut(&mut self) -> &mut Vec<Entry> {
+        Arc::make_mut(self.entries.get_or_insert_default())
     }
 
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(
@@ -57,15 +82,15 @@ impl HeaderMap {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
-        self.entries
+        self.entries()
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
@@ -73,7 +98,7 @@ impl HeaderMap {
     /// The first value of `key`, as Envoy returns it to `proxy_get_header_map_value`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
         let key = key.as_ref();
-        self.entries
+        self.entries()
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.as_slice())
@@ -87,14 +112,14 @@ impl HeaderMap {
 
     pub fn get_all(&self, key: impl AsRef<[u8]>) -> impl Iterator<Item = &[u8]> {
         let key = key.as_ref().to_ascii_lowercase();
-        self.entries
+        self.entries()
             .iter()
             .filter(move |(k, _)| *k == key)
             .map(|(_, v)| v.as_slice())
     }
 
     pub fn add(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.entries
+        self.entries_mut()
             .push((lower(key.as_ref()), value.as_ref().to_vec()));
     }
 
@@ -103,29 +128,33 @@ impl HeaderMap {
     pub fn replace(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let key = lower(key.as_ref());
         let value = value.as_ref();
-        match self.entries.iter().position(|(k, _)| *k == key) {
+        let entries = self.entries_mut();
+        match entries.iter().position(|(k, _)| *k == key) {
             Some(first) => {
-                self.entries[first].1 = value.to_vec();
+                entries[first].1 = value.to_vec();
                 let mut index = 0;
-                self.entries.retain(|(k, _)| {
+                entries.retain(|(k, _)| {
                     let keep = index <= first || *k != key;
                     index += 1;
                     keep
                 });
             }
-            None => self.entries.push((key, value.to_vec())),
+            None => entries.push((key, value.to_vec())),
         }
     }
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
-        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        if self.get(key).is_some() {
+            self.entries_mut()
+                .retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        }
     }
 
     /// Size of [`encode_pairs`]'s output for this map, without encoding it.
     pub fn encoded_len(&self) -> usize {
         4 + self
-            .entries
+            .entries()
             .iter()
             .map(|(k, v)| 8 + k.len() + v.len() + 2)
             .sum::<usize>()
@@ -273,5 +302,19 @@ mod tests {
         assert_eq!(map.get("C"), Some(&b"y"[..]));
         map.remove("B");
         assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn a_clone_is_a_snapshot() {
+        let mut map = HeaderMap::from_pairs([("a", "1")]);
+        let sent = map.clone();
+        map.replace("a", "2");
+        map.add("b", "3");
+        assert_eq!(sent, HeaderMap::from_pairs([("a", "1")]));
+        assert_eq!(map, HeaderMap::from_pairs([("a", "2"), ("b", "3")]));
+        let mut emptied = sent.clone();
+        emptied.remove("a");
+        assert_eq!(emptied, HeaderMap::new());
+        assert_eq!(sent.get("a"), Some(&b"1"[..]));
     }
 }

@@ -248,6 +248,16 @@ impl Plugin {
     pub fn applies_to(&self, listener: &Listener) -> bool {
         self.ports.is_empty() || self.ports.contains(&listener.address.port())
     }
+
+    /// Whether requests on `route` of `listener` (`None`: no route matched) run this plugin: it
+    /// applies to the listener and the route does not disable it.
+    pub fn runs_on(&self, listener: &Listener, route: Option<&Route>) -> bool {
+        self.applies_to(listener)
+            && !matches!(
+                route.and_then(|r| r.overrides.get(&self.name)),
+                Some(PluginOverride::Disabled)
+            )
+    }
 }
 
 /// A plugin of the chain for one route, with the configuration it runs with there.
@@ -304,17 +314,16 @@ impl Config {
     ) -> Vec<ChainEntry<'a>> {
         self.plugins
             .iter()
-            .filter(|plugin| plugin.applies_to(listener))
-            .filter_map(|plugin| {
+            .filter(|plugin| plugin.runs_on(listener, route))
+            .map(|plugin| {
                 let configuration = match route.and_then(|r| r.overrides.get(&plugin.name)) {
-                    Some(PluginOverride::Disabled) => return None,
                     Some(PluginOverride::Configuration(value)) => Some(value),
-                    None => plugin.configuration.as_ref(),
+                    _ => plugin.configuration.as_ref(),
                 };
-                Some(ChainEntry {
+                ChainEntry {
                     plugin,
                     configuration,
-                })
+                }
             })
             .collect()
     }

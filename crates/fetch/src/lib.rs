@@ -182,7 +182,7 @@ impl Fetcher {
             let bytes = self.block_on(http::download(&self.options, url))?;
             return self.store(url, &bytes, request.sha256, None);
         }
-        if url.contains("://") && !url.starts_with("file://") {
+        if is_remote(url) {
             return Err(FetchError::Url {
                 url: url.into(),
                 message: "unknown scheme: expected a path, file://, http://, https:// or oci://"

@@ -258,12 +258,13 @@ pub(crate) async fn pull(
         .pull_blob(&image, layer, &mut blob)
         .await
         .map_err(|e| remote(url, &format!("pulling layer {}", layer.digest), &e))?;
-    if sha256_hex(&blob) != layer.digest.trim_start_matches("sha256:") {
+    let blob_sha256 = sha256_hex(&blob);
+    if blob_sha256 != layer.digest.trim_start_matches("sha256:") {
         return Err(FetchError::Digest {
             url: url.into(),
             what: "layer",
             expected: layer.digest.clone(),
-            actual: sha256_hex(&blob),
+            actual: blob_sha256,
         });
     }
     let module = if layer.media_type == OCI_TAR_GZIP || layer.media_type == DOCKER_TAR_GZIP {

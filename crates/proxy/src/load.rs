@@ -149,16 +149,17 @@ fn load(
                 | sluice_fetch::FetchError::Cache { .. }
                 | sluice_fetch::FetchError::Local { .. }),
             ) => {
-                let effect = if plugin.fail_strategy == sluice_config::FailStrategy::FailOpen {
-                    "requests skip it (FAIL_OPEN)"
-                } else {
-                    "requests that would run it get 503"
-                };
-                tracing::error!(plugin = %plugin.name, "plugin unavailable, {effect}; retrying in the background: {error}");
-                unavailable.push(Unavailable {
+                let lost = Unavailable {
                     plugin: plugin.clone(),
                     error: error.to_string(),
-                });
+                };
+                let effect = if lost.blocks() {
+                    "requests that would run it get 503"
+                } else {
+                    "requests skip it (FAIL_OPEN)"
+                };
+                tracing::error!(plugin = %plugin.name, "plugin unavailable, {effect}; retrying in the background: {error}");
+                unavailable.push(lost);
                 continue;
             }
             Err(error) => {

@@ -175,13 +175,7 @@ impl Generation {
             config
                 .unavailable
                 .iter()
-                .filter(|u| u.blocks() && u.plugin.applies_to(listener))
-                .find(|u| {
-                    !matches!(
-                        route.and_then(|r| r.overrides.get(&u.plugin.name)),
-                        Some(sluice_config::PluginOverride::Disabled)
-                    )
-                })
+                .find(|u| u.blocks() && u.plugin.runs_on(listener, route))
                 .map(|u| format!("plugin {} is unavailable: {}", u.plugin.name, u.error).into())
         };
         let mut chains = Vec::new();

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Write one JSON line per request (with what the plugins did) to this file, or `-` for stdout
     #[arg(long)]
     access_log: Option<String>,
+    /// The body of the 503 a request gets when a plugin fails: `empty` (Envoy's) or
+    /// `descriptive` (`plugin 'NAME' failed`) [default: empty]
+    #[arg(long, value_parser = parse_failure_body)]
+    plugin_failure_body: Option<sluice_config::FailureBody>,
     /// The level plugins log at (trace, debug, info, warn, error, critical); change it at run time
     /// with POST /logging?level=L[&plugin=NAME] on the admin API
     #[arg(long, default_value = "warn", value_parser = parse_log_level)]
@@ -65,6 +69,14 @@ pub struct RunArgs {
     /// Reload when the config file or a plugin's .wasm changes (also on SIGHUP and POST /reload)
     #[arg(long)]
     watch: bool,
+}
+
+fn parse_failure_body(text: &str) -> Result<sluice_config::FailureBody, String> {
+    match text {
+        "empty" => Ok(sluice_config::FailureBody::Empty),
+        "descriptive" => Ok(sluice_config::FailureBody::Descriptive),
+        _ => Err(format!("`{text}`: expected `empty` or `descriptive`")),
+    }
 }
 
 fn parse_fail_strategy(text: &str) -> Result<FailStrategy, String> {
@@ -134,6 +146,9 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
     config.workers = args.workers;
     config.clusters[0].http2 = http2;
     config.access_log.clone_from(&args.access_log);
+    if let Some(body) = args.plugin_failure_body {
+        config.failure_body = body;
+    }
     if let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) {
         // Absolute, so that a config file elsewhere does not change what they name.
         let absolute = |path: &Path| std::path::absolute(path).map(|p| p.display().to_string());

@@ -19,6 +19,18 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The body of the 503 a failing plugin's stream gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureBody {
+    /// Envoy's: no body (the reason is in the log, `/plugins` and the access log).
+    #[default]
+    #[serde(rename = "empty")]
+    Empty,
+    /// `plugin '<name>' failed`, for people reading responses while they debug.
+    #[serde(rename = "descriptive")]
+    Descriptive,
+}
+
 /// What happens to requests when a plugin fails (Istio `failStrategy`, Envoy `failure_policy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FailStrategy {

@@ -27,6 +27,8 @@ pub struct Config {
     pub access_log: Option<String>,
     /// Registries (host or host:port, or `*`) that plugins are pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The body of the 503 a failing plugin's stream gets.
+    pub failure_body: crate::FailureBody,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
@@ -288,6 +290,7 @@ impl Config {
             workers: None,
             access_log: None,
             insecure_registries: Vec::new(),
+            failure_body: crate::FailureBody::Empty,
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

@@ -114,6 +114,8 @@ struct ProxySpec {
     #[serde(default)]
     insecure_registries: Vec<String>,
     #[serde(default)]
+    plugin_failure_body: Option<crate::FailureBody>,
+    #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
@@ -533,6 +535,9 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
         },
     };
     config.insecure_registries.extend(spec.insecure_registries);
+    if let Some(body) = spec.plugin_failure_body {
+        config.failure_body = body;
+    }
     if let Some(destination) = spec.access_log {
         if destination.is_empty() {
             checker.error(
@@ -863,6 +868,7 @@ mod tests {
             workers: None,
             access_log: None,
             insecure_registries: Vec::new(),
+            failure_body: crate::FailureBody::Empty,
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),

@@ -2,8 +2,10 @@
 //! route), and what happens outside any stream: ticks, queue notifications, root-context callouts
 //! and FAIL_RELOAD.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use sluice_config::FailStrategy;
@@ -209,6 +211,22 @@ pub struct VmPool {
     vms: RefCell<Vec<SharedVm>>,
     root_calls: RefCell<Vec<RootCall>>,
     failures: RefCell<Vec<PluginFailure>>,
+    /// Streams a plugin paused, by the plugin's VM and stream context: where effects on them from
+    /// outside the stream (a tick, a root callout answer, a queue) go.
+    parked: RefCell<HashMap<(usize, u32), (Weak<Inbox>, usize)>>,
+}
+
+/// Effects on a paused stream that came from outside it, with the index of the plugin whose
+/// context they name, waiting for the stream's embedder (woken through the waker).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub(crate) effects: RefCell<Vec<(usize, Effect)>>,
+    pub(crate) waker: Cell<Option<Waker>>,
+}
+
+/// A VM's identity in the parked-stream table.
+fn vm_key(vm: &SharedVm) -> usize {
+    Rc::as_ptr(vm) as *const () as usize
 }
 
 /// The ordered plugins of one route on one worker.
@@ -216,6 +234,7 @@ pub struct Chain {
     pub(crate) pool: Rc<VmPool>,
     pub(crate) plugins: Vec<ChainPlugin>,
     pub(crate) buffer_limit: usize,
+    pub(crate) failure_body: sluice_config::FailureBody,
     /// What finished streams left for the next ones (at most [`SPARE_SCRATCH`]).
     spare: RefCell<Vec<Scratch>>,
 }
@@ -235,6 +254,7 @@ impl VmPool {
             vms: RefCell::default(),
             root_calls: RefCell::default(),
             failures: RefCell::default(),
+            parked: RefCell::default(),
         })
     }
 
@@ -317,6 +337,7 @@ impl VmPool {
             pool: self.clone(),
             plugins,
             buffer_limit,
+            failure_body: sluice_config::FailureBody::Empty,
             spare: RefCell::default(),
         })
     }
@@ -421,7 +442,13 @@ impl VmPool {
                 Effect::GrpcCancel { token } => RootCall::GrpcCancel { vm: index, token },
                 Effect::GrpcClose { token } => RootCall::GrpcClose { vm: index, token },
                 Effect::Done { context } => {
-                    self.finalize(vm, context);
+                    self.delete_root(vm, context);
+                    continue;
+                }
+                Effect::ContinueStream { context, .. }
+                | Effect::CloseStream { context, .. }
+                | Effect::LocalResponse { context, .. } => {
+                    self.to_parked(vm, context, effect);
                     continue;
                 }
                 other => {
@@ -433,20 +460,68 @@ impl VmPool {
         }
     }
 
-    /// `proxy_on_log` and `proxy_on_delete` for a stream context whose `proxy_on_done` returned
-    /// false, once the plugin called `proxy_done` (or at once when it returned true).
-    pub(crate) fn finalize(&self, vm: &SharedVm, context: u32) {
+    /// Registers a stream that plugin `index` (context `context` of `vm`) paused, so that a root
+    /// callback can resume it (`proxy_set_effective_context`, then `proxy_continue_stream`).
+    pub(crate) fn park(&self, vm: &SharedVm, context: u32, inbox: &Rc<Inbox>, index: usize) {
+        self.parked
+            .borrow_mut()
+            .insert((vm_key(vm), context), (Rc::downgrade(inbox), index));
+    }
+
+    pub(crate) fn unpark(&self, vm: &SharedVm, context: u32) {
+        self.parked.borrow_mut().remove(&(vm_key(vm), context));
+    }
+
+    /// Hands an effect that names a stream context to that stream, if a plugin paused it.
+    fn to_parked(&self, vm: &SharedVm, context: u32, effect: Effect) {
+        let parked = self.parked.borrow().get(&(vm_key(vm), context)).cloned();
+        match parked.and_then(|(inbox, index)| Some((inbox.upgrade()?, index))) {
+            Some((inbox, index)) => {
+                inbox.effects.borrow_mut().push((index, effect));
+                if let Some(waker) = inbox.waker.take() {
+                    waker.wake();
+                }
+            }
+            None => tracing::debug!(?effect, "effect on a stream that is not paused ignored"),
+        }
+    }
+
+    /// `proxy_on_log` for a stream context that is finishing. A failed VM is not called.
+    pub(crate) fn log(&self, vm: &SharedVm, context: u32) -> Result<(), PluginFailure> {
+        let mut plugin_vm = vm.borrow_mut();
+        if plugin_vm.vm.failure().is_some() {
+            return Ok(());
+        }
+        let result = plugin_vm.vm.log(context);
+        // A finishing context can no longer act on its stream.
+        drop(plugin_vm.vm.take_effects());
+        drop(plugin_vm);
+        result.inspect_err(|failure| self.record_failure(failure.clone()))
+    }
+
+    /// `proxy_on_done` then `proxy_on_delete` for a finished stream context, as Envoy ends a
+    /// filter: the answer of `proxy_on_done` is not waited for. A failed VM only forgets it.
+    pub(crate) fn end(&self, vm: &SharedVm, context: u32) -> Result<(), PluginFailure> {
+        let mut plugin_vm = vm.borrow_mut();
+        let done = match plugin_vm.vm.failure() {
+            None => plugin_vm.vm.done(context).map(drop),
+            Some(_) => Ok(()),
+        };
+        let deleted = plugin_vm.vm.delete(context);
+        drop(plugin_vm.vm.take_effects());
+        drop(plugin_vm);
+        done.and(deleted)
+            .inspect_err(|failure| self.record_failure(failure.clone()))
+    }
+
+    /// `proxy_on_delete` for a root context that answered `proxy_on_done` with false and has
+    /// now called `proxy_done`.
+    fn delete_root(&self, vm: &SharedVm, context: u32) {
         let result = {
             let mut plugin_vm = vm.borrow_mut();
-            // A failed VM only forgets the context: its failure is already on record.
-            let result = match plugin_vm.vm.failure() {
-                None => plugin_vm.vm.log(context),
-                Some(_) => Ok(()),
-            };
-            let deleted = plugin_vm.vm.delete(context);
-            // A finished context can no longer act on its stream.
+            let result = plugin_vm.vm.delete(context);
             drop(plugin_vm.vm.take_effects());
-            result.and(deleted)
+            result
         };
         if let Err(failure) = result {
             self.record_failure(failure);
@@ -575,6 +650,12 @@ impl VmPool {
 }
 
 impl Chain {
+    /// The body of the 503 a failing plugin's stream gets (Envoy's, empty, by default).
+    pub fn with_failure_body(mut self, body: sluice_config::FailureBody) -> Self {
+        self.failure_body = body;
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.plugins.len()
     }

@@ -9,11 +9,12 @@
 //! - A paused body callback buffers: the plugin is called again with the growing buffer for each
 //!   chunk, and nothing passes it until it continues (or returns Continue on a later chunk).
 //!   Over the buffer bound, requests get 413 and responses 500 (or a reset once the response began).
-//! - A local reply sent before the response began replaces the upstream. A plugin's local reply
-//!   (and the 503 of a failing plugin) goes straight to the client, with no plugin's response
-//!   callbacks (as Envoy does; checked by the differential test). The proxy's own replies
-//!   (upstream failures, timeouts, no route) run through every plugin's response callbacks, as
-//!   the router's do in Envoy, unless a response head already exists.
+//! - A plugin's context is created on the plugin's first callback for the stream, as Envoy does.
+//! - A local reply sent before the response began replaces the upstream. Before any response
+//!   head exists it runs through the response callbacks of the plugins the request reached (the
+//!   replying plugin's included), whether a plugin or the proxy sent it; once one exists it
+//!   replaces it directly, and once the response began the stream is reset instead.
+//! - At the end: `proxy_on_log` for every plugin, then `proxy_on_done` and `proxy_on_delete`.
 //! - A failing plugin is skipped under FAIL_OPEN; otherwise the stream gets 503 (FAIL_RELOAD also
 //!   gives the next stream a fresh instance).
 
@@ -27,7 +28,7 @@ use sluice_host::{
     PluginFailure, SharedStream,
 };
 
-use crate::chain::Chain;
+use crate::chain::{Chain, Inbox};
 
 /// What the embedder must do next for this stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,10 +191,22 @@ struct Ctx {
     generation: u64,
 }
 
+/// A plugin's part in a stream. As in Envoy, a plugin's stream context is created when the
+/// plugin is first called for the stream, not when the stream begins: a plugin that a local
+/// reply kept from ever seeing the request gets its context only to log the stream.
+#[derive(Clone, Copy, Default)]
+enum Slot {
+    #[default]
+    NotCreated,
+    Live(Ctx),
+    /// Failed, or unavailable when the stream began: the plugin is out of this stream.
+    Gone,
+}
+
 /// A stream's per-plugin slots and queues. A finished stream hands them back to its chain, and
 /// the next stream on the worker takes them instead of allocating its own.
 pub(crate) struct Scratch {
-    contexts: Vec<Option<Ctx>>,
+    contexts: Vec<Slot>,
     request: Flow,
     response: Flow,
     steps: VecDeque<Step>,
@@ -202,7 +215,7 @@ pub(crate) struct Scratch {
 impl Scratch {
     pub(crate) fn new(plugins: usize) -> Self {
         Self {
-            contexts: vec![None; plugins],
+            contexts: vec![Slot::NotCreated; plugins],
             request: Flow::new(plugins),
             response: Flow::new(plugins),
             steps: VecDeque::new(),
@@ -211,7 +224,7 @@ impl Scratch {
 
     pub(crate) fn clear(&mut self) {
         let plugins = self.contexts.len();
-        self.contexts.fill(None);
+        self.contexts.fill(Slot::NotCreated);
         self.request.reset(plugins);
         self.response.reset(plugins);
         self.steps.clear();
@@ -222,7 +235,7 @@ impl Scratch {
 pub struct Stream {
     chain: Rc<Chain>,
     data: SharedStream,
-    contexts: Vec<Option<Ctx>>,
+    contexts: Vec<Slot>,
     request: Flow,
     response: Flow,
     steps: VecDeque<Step>,
@@ -233,6 +246,10 @@ pub struct Stream {
     failures: Vec<PluginFailure>,
     /// The plugin whose local reply answered the client, if one did.
     local_reply_by: Option<usize>,
+    /// Where effects on this stream from outside it arrive once a plugin paused it.
+    inbox: Option<Rc<Inbox>>,
+    /// Plugins that paused the stream, registered with the pool for those effects.
+    parked: Vec<usize>,
 }
 
 /// What the plugins did to one stream, for access logs.
@@ -247,8 +264,10 @@ pub struct Outcome {
 }
 
 impl Stream {
-    /// Starts a stream: creates a context in every plugin (Envoy creates the filter contexts up
-    /// front). `info` carries the properties the embedder knows (addresses, route, ...).
+    /// Starts a stream. `info` carries the properties the embedder knows (addresses, route, ...).
+    /// A FAIL_RELOAD plugin whose instance failed gets a fresh one now if its backoff allows; a
+    /// plugin still down fails the stream (or, under FAIL_OPEN, sits it out), as when Envoy
+    /// creates the filter. Plugin contexts are created later, on first use.
     pub fn new(chain: Rc<Chain>, info: HttpStream) -> Self {
         let data = info.shared();
         let n = chain.len();
@@ -271,30 +290,46 @@ impl Stream {
             finished: false,
             failures: Vec::new(),
             local_reply_by: None,
+            inbox: None,
+            parked: Vec::new(),
         };
         for index in 0..n {
             if !chain.prepare_plugin(index) {
+                stream.contexts[index] = Slot::Gone;
                 stream.fail_unavailable(index);
-                continue;
             }
-            let plugin = &chain.plugins[index];
+        }
+        stream
+    }
+
+    /// The plugin's context, created now if this is the plugin's first call for the stream;
+    /// `None` if the plugin is out of the stream (its creation may just have failed).
+    fn enter(&mut self, index: usize) -> Option<u32> {
+        if let Slot::NotCreated = self.contexts[index] {
+            let plugin = &self.chain.plugins[index];
             let result = {
                 let mut vm = plugin.vm.borrow_mut();
                 let root = vm.root_context(plugin.root);
                 let generation = vm.generation;
-                vm.vm()
-                    .create_stream(root, data.clone())
+                let created = vm
+                    .vm()
+                    .create_stream(root, self.data.clone())
                     .map(|context| Ctx {
                         context,
                         generation,
-                    })
+                    });
+                drop(vm.vm().take_effects());
+                created
             };
             match result {
-                Ok(ctx) => stream.contexts[index] = Some(ctx),
-                Err(failure) => stream.plugin_failed(index, failure),
+                Ok(ctx) => self.contexts[index] = Slot::Live(ctx),
+                Err(failure) => {
+                    self.plugin_failed(index, failure);
+                    return None;
+                }
             }
         }
-        stream
+        self.live_context(index)
     }
 
     /// A plugin whose VM is down (failed, waiting for its reload backoff) before this stream began.
@@ -308,6 +343,47 @@ impl Stream {
     /// Takes the steps produced so far, in order.
     pub fn take_steps(&mut self) -> Vec<Step> {
         self.steps.drain(..).collect()
+    }
+
+    /// Resolves when effects from outside the stream (a root context resuming it, from a tick or
+    /// a callout answer) are waiting; [`Stream::apply_root_effects`] applies them. Never
+    /// resolves while no plugin has paused the stream.
+    pub fn root_effects(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let inbox = self.inbox.clone();
+        std::future::poll_fn(move |cx| match &inbox {
+            Some(inbox) if !inbox.effects.borrow().is_empty() => std::task::Poll::Ready(()),
+            Some(inbox) => {
+                inbox.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+            None => std::task::Poll::Pending,
+        })
+    }
+
+    /// Applies the effects [`Stream::root_effects`] announced.
+    pub fn apply_root_effects(&mut self) {
+        let Some(inbox) = self.inbox.clone() else {
+            return;
+        };
+        let effects = std::mem::take(&mut *inbox.effects.borrow_mut());
+        for (index, effect) in effects {
+            self.apply_effects(index, vec![effect]);
+        }
+    }
+
+    /// Registers plugin `index`, which just paused the stream, so a root callback can resume it.
+    fn park(&mut self, index: usize) {
+        let Some(context) = self.live_context(index) else {
+            return;
+        };
+        if self.parked.contains(&index) {
+            return;
+        }
+        let inbox = self.inbox.get_or_insert_with(Rc::default).clone();
+        self.chain
+            .pool
+            .park(&self.chain.plugins[index].vm, context, &inbox, index);
+        self.parked.push(index);
     }
 
     /// Plugin failures this stream ran into.
@@ -415,34 +491,38 @@ impl Stream {
         self.reset(reason);
     }
 
-    /// Ends the stream (response done, client gone or upstream failed): `proxy_on_done`,
-    /// `proxy_on_log` and `proxy_on_delete` for every plugin context, once.
+    /// Ends the stream (response done, client gone or upstream failed), once, in Envoy's order:
+    /// `proxy_on_log` for every plugin in chain order (creating the context of a plugin the
+    /// stream never reached, as Envoy's access logging does), then `proxy_on_done` and
+    /// `proxy_on_delete` for each. A stream context's `proxy_on_done` answer is not waited for:
+    /// Envoy deletes it at once (only root contexts wait for `proxy_done`).
     pub fn finish(&mut self) {
         if self.finished {
             return;
         }
         self.finished = true;
         for index in 0..self.contexts.len() {
-            let Some(ctx) = self.live_context(index) else {
+            let Some(context) = self.enter(index) else {
                 continue;
             };
-            self.contexts[index] = None;
-            let vm = self.chain.plugins[index].vm.clone();
-            let done = {
-                let mut plugin_vm = vm.borrow_mut();
-                let done = plugin_vm.vm().done(ctx);
-                drop(plugin_vm.vm().take_effects());
-                done
+            if let Err(failure) = self.chain.pool.log(&self.chain.plugins[index].vm, context) {
+                self.failures.push(failure);
+            }
+        }
+        for index in std::mem::take(&mut self.parked) {
+            if let Slot::Live(ctx) = self.contexts[index] {
+                self.chain
+                    .pool
+                    .unpark(&self.chain.plugins[index].vm, ctx.context);
+            }
+        }
+        for index in 0..self.contexts.len() {
+            let Some(context) = self.live_context(index) else {
+                continue;
             };
-            match done {
-                // `false`: the plugin calls `proxy_done` later; the chain finishes the context then.
-                Ok(false) => {}
-                Ok(true) => self.chain.pool.finalize(&vm, ctx),
-                Err(failure) => {
-                    self.failures.push(failure.clone());
-                    self.chain.pool.record_failure(failure);
-                    self.chain.pool.finalize(&vm, ctx);
-                }
+            self.contexts[index] = Slot::Gone;
+            if let Err(failure) = self.chain.pool.end(&self.chain.plugins[index].vm, context) {
+                self.failures.push(failure);
             }
         }
     }
@@ -468,7 +548,9 @@ impl Stream {
 
     /// The plugin's context, if the plugin still takes part in this stream.
     fn live_context(&self, index: usize) -> Option<u32> {
-        let ctx = self.contexts[index]?;
+        let Slot::Live(ctx) = self.contexts[index] else {
+            return None;
+        };
         let vm = self.chain.plugins[index].vm.borrow();
         (vm.generation == ctx.generation).then_some(ctx.context)
     }
@@ -481,36 +563,59 @@ impl Stream {
         self.pump(direction);
     }
 
-    /// Moves events through the plugins until every queue is empty or blocked.
+    /// Moves events through the plugins until every queue is empty or blocked. Each event goes
+    /// as far as it can before the next one moves, as Envoy iterates a message's headers
+    /// through every filter before its body: the furthest event that can move goes first, which
+    /// also keeps each position's events in order.
     fn pump(&mut self, direction: Direction) {
         let n = self.contexts.len();
-        for position in 0..=n {
-            loop {
-                if self.flow(direction).closed {
-                    return;
+        let limit = self.chain.buffer_limit;
+        loop {
+            let flow = self.flow(direction);
+            if flow.closed {
+                return;
+            }
+            let mut next = None;
+            let mut overflow = false;
+            for position in (0..=n).rev() {
+                if flow.queues[position].is_empty() {
+                    continue;
                 }
-                if position < n && self.flow(direction).blocked[position].is_some() {
+                if position < n && flow.blocked[position].is_some() {
                     // Data waits in front of a stopped plugin; the wait is bounded like a buffer.
-                    if self.flow(direction).waiting_bytes(position) > self.chain.buffer_limit {
-                        self.buffer_overflow(direction);
-                    }
-                    break;
+                    overflow |= flow.waiting_bytes(position) > limit;
+                    continue;
                 }
-                let Some(event) = self.flow(direction).queues[position].pop_front() else {
-                    break;
-                };
-                if position == n {
-                    self.emit(direction, event);
-                } else {
-                    self.run_event(direction, position, event);
-                }
+                next = Some(position);
+                break;
+            }
+            if overflow {
+                self.buffer_overflow(direction);
+                continue;
+            }
+            let Some(position) = next else {
+                return;
+            };
+            let Some(event) = self.flow(direction).queues[position].pop_front() else {
+                return;
+            };
+            if position == n {
+                self.emit(direction, event);
+            } else {
+                self.run_event(direction, position, event);
             }
         }
     }
 
     fn run_event(&mut self, direction: Direction, position: usize, event: Event) {
         let index = self.plugin_at(direction, position);
-        let Some(context) = self.live_context(index) else {
+        // The request creates a plugin's context on its way; a response (a local reply) only
+        // reaches the plugins the request reached.
+        let context = match direction {
+            Direction::Request => self.enter(index),
+            Direction::Response => self.live_context(index),
+        };
+        let Some(context) = context else {
             self.flow(direction).push(position + 1, event);
             return;
         };
@@ -536,6 +641,7 @@ impl Stream {
                     Some(Action::Pause) => {
                         self.flow(direction).blocked[position] =
                             Some(Blocked::Headers { end_of_stream });
+                        self.park(index);
                     }
                     Some(Action::Continue) => self
                         .flow(direction)
@@ -577,6 +683,7 @@ impl Stream {
                         },
                     ),
                     Some(Action::Pause) => {
+                        self.park(index);
                         let limit = self.chain.buffer_limit;
                         let flow = self.flow(direction);
                         flow.buffers[position] = buffer;
@@ -615,6 +722,7 @@ impl Stream {
                 match result {
                     Some(Action::Pause) => {
                         self.flow(direction).blocked[position] = Some(Blocked::Trailers);
+                        self.park(index);
                     }
                     Some(Action::Continue) => self.pass_trailers(direction, position),
                     None => self.after_failure(direction, position, Event::Trailers),
@@ -737,19 +845,29 @@ impl Stream {
                             Direction::Request
                         };
                         self.resume(direction, plugin);
+                    } else {
+                        // Another stream of this VM, chosen with `proxy_set_effective_context`.
+                        self.chain.pool.absorb(&vm, vec![effect]);
                     }
                 }
                 Effect::CloseStream { context, .. } => {
                     if owner(self, context).is_some() {
                         self.reset("a plugin closed the stream");
+                    } else {
+                        self.chain.pool.absorb(&vm, vec![effect]);
                     }
                 }
                 Effect::LocalResponse { context, response } => {
                     if let Some(sender) = owner(self, context) {
                         self.local_reply_by = Some(sender);
-                        // Envoy sends a plugin's local reply straight to the client: no plugin's
-                        // response callbacks see it (checked against Envoy by the differential test).
-                        self.local_reply(response, true);
+                        // As in Envoy: before any response head exists, the reply runs through
+                        // the response callbacks of the plugins the request reached (the
+                        // sender's included); after, it replaces that head directly.
+                        let direct = self.on_response_path();
+                        self.local_reply(response, direct);
+                    } else {
+                        let effect = Effect::LocalResponse { context, response };
+                        self.chain.pool.absorb(&vm, vec![effect]);
                     }
                 }
                 Effect::HttpCall {
@@ -792,7 +910,8 @@ impl Stream {
                     plugin: index,
                     token,
                 }),
-                Effect::Done { context } => self.chain.pool.finalize(&vm, context),
+                // Only a root context waits for `proxy_done`: the pool's business.
+                done @ Effect::Done { .. } => self.chain.pool.absorb(&vm, vec![done]),
                 Effect::ClearRouteCache { .. } => {}
             }
         }
@@ -929,6 +1048,7 @@ impl Stream {
             .get("content-type")
             .is_some_and(|t| t.starts_with(b"application/grpc"));
         let mut body = reply.body;
+        let trailers_only = grpc && reply.grpc_status.is_some();
         if let (true, Some(status)) = (grpc, reply.grpc_status) {
             // A gRPC client gets a trailers-only response carrying the status, as Envoy sends it.
             headers = HeaderMap::new();
@@ -943,10 +1063,19 @@ impl Stream {
         for (name, value) in reply.headers.iter() {
             headers.add(name, value);
         }
-        if !body.is_empty() && headers.get("content-type").is_none() {
-            headers.add("content-type", "text/plain");
+        // Envoy's order: the plugin's headers, then the length and type of a non-empty body. A
+        // reply without a body has neither, whatever the plugin gave.
+        if body.is_empty() {
+            if !trailers_only {
+                headers.remove("content-length");
+                headers.remove("content-type");
+            }
+        } else {
+            headers.replace("content-length", body.len().to_string());
+            if headers.get("content-type").is_none() {
+                headers.add("content-type", "text/plain");
+            }
         }
-        headers.replace("content-length", body.len().to_string());
         {
             let mut data = self.data.borrow_mut();
             data.response_headers = headers;
@@ -1018,7 +1147,7 @@ impl Stream {
         tracing::warn!(plugin = %failure.plugin, "{failure}");
         self.failures.push(failure.clone());
         self.chain.pool.record_failure(failure);
-        self.contexts[index] = None;
+        self.contexts[index] = Slot::Gone;
         if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
             let name = self.chain.plugins[index].name.clone();
             self.fail_stream(&name);
@@ -1032,11 +1161,16 @@ impl Stream {
         }
     }
 
-    /// 503 for the client (Envoy's `wasm_fail_stream`), or a reset once the response began.
+    /// 503 for the client (Envoy's `wasm_fail_stream`, with no body unless the chain describes
+    /// failures), or a reset once the response began. Sent like a plugin's own local reply:
+    /// through the response callbacks of the plugins the request reached (the failed one is out).
     fn fail_stream(&mut self, plugin: &str) {
-        let body = format!("plugin '{plugin}' failed\n");
-        // Sent by the failing plugin's filter, like a plugin's own local reply.
-        self.local_reply(own_reply(503, "wasm_fail_stream", &body, Some(14)), true);
+        let body = match self.chain.failure_body {
+            sluice_config::FailureBody::Empty => String::new(),
+            sluice_config::FailureBody::Descriptive => format!("plugin '{plugin}' failed\n"),
+        };
+        let direct = self.on_response_path();
+        self.local_reply(own_reply(503, "wasm_fail_stream", &body, Some(14)), direct);
     }
 
     /// Whether a response head exists (from the upstream or a local reply): a reply from the proxy

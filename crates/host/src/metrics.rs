@@ -1,5 +1,6 @@
 //! Plugin-defined metrics (`proxy_define_metric`): one registry per engine, shared by every VM, so
-//! the same name defined on several workers is one metric, as in Envoy.
+//! the same name defined on several workers is one metric, as in Envoy; and each VM's ids for
+//! them, handed out as proxy-wasm-cpp-host does.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -24,6 +25,11 @@ impl Metric {
         self.value.load(Ordering::Relaxed)
     }
 
+    /// Adds to a counter or gauge.
+    pub fn add(&self, delta: i64) {
+        self.value.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// Histogram sum and per-bucket counts (the last bucket is +Inf).
     pub fn histogram(&self) -> (u64, Vec<u64>) {
         (
@@ -41,64 +47,112 @@ pub struct Metrics {
     inner: RwLock<MetricsInner>,
 }
 
+/// Metrics by name and type: one name may be defined as a counter and as a gauge, two metrics,
+/// as in Envoy's stats store.
 #[derive(Default)]
 struct MetricsInner {
-    by_name: HashMap<String, u32>,
+    by_key: HashMap<(String, MetricType), Arc<Metric>>,
+    /// In order of definition.
     metrics: Vec<Arc<Metric>>,
 }
 
 impl Metrics {
-    /// Defines (or finds) a metric. Redefining a name with another type is a bad argument.
-    pub fn define(&self, kind: MetricType, name: &str) -> Result<u32, Status> {
+    /// The metric of this name and type, defined now if it is new.
+    pub fn define(&self, kind: MetricType, name: &str) -> Arc<Metric> {
         let mut inner = self
             .inner
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(&id) = inner.by_name.get(name) {
-            return if inner.metrics[id as usize].kind == kind {
-                Ok(id)
-            } else {
-                Err(Status::BadArgument)
-            };
+        if let Some(metric) = inner.by_key.get(&(name.to_string(), kind)) {
+            return metric.clone();
         }
-        let id = inner.metrics.len() as u32;
-        inner.metrics.push(Arc::new(Metric {
+        let metric = Arc::new(Metric {
             name: name.to_string(),
             kind,
             value: AtomicI64::new(0),
             sum: AtomicU64::new(0),
             buckets: Default::default(),
-        }));
-        inner.by_name.insert(name.to_string(), id);
-        Ok(id)
+        });
+        inner.metrics.push(metric.clone());
+        inner
+            .by_key
+            .insert((name.to_string(), kind), metric.clone());
+        metric
     }
 
-    fn get(&self, id: u32) -> Result<Arc<Metric>, Status> {
+    /// The first metric defined with this name.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Metric>> {
         let inner = self
             .inner
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner
-            .metrics
-            .get(id as usize)
-            .cloned()
-            .ok_or(Status::NotFound)
+        inner.metrics.iter().find(|m| m.name == name).cloned()
     }
 
-    pub fn increment(&self, id: u32, delta: i64) -> Result<(), Status> {
+    pub fn all(&self) -> Vec<Arc<Metric>> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .metrics
+            .clone()
+    }
+}
+
+/// A VM's metric ids, as proxy-wasm-cpp-host hands them out: every `proxy_define_metric` gets a
+/// new id (even for a name already defined), whose two low bits are the type, and ids map to the
+/// process-wide metrics, so every instance reads the same values.
+#[derive(Default)]
+pub(crate) struct MetricIds {
+    by_id: HashMap<u32, Arc<Metric>>,
+    /// The last id given per type (counter, gauge, histogram).
+    last: [u32; 3],
+}
+
+/// The id bits that hold the type, and the step between ids of one type.
+const TYPE_MASK: u32 = 0x3;
+const ID_STEP: u32 = 0x4;
+
+impl MetricIds {
+    pub(crate) fn define(&mut self, metrics: &Metrics, kind: MetricType, name: &str) -> u32 {
+        let slot = &mut self.last[kind as usize];
+        if *slot == 0 {
+            *slot = kind as u32;
+        }
+        *slot = slot.wrapping_add(ID_STEP);
+        let id = *slot;
+        self.by_id.insert(id, metrics.define(kind, name));
+        id
+    }
+
+    /// The metric behind an id: BAD_ARGUMENT for an id of no type, NOT_FOUND for an unknown one.
+    fn get(&self, id: u32) -> Result<&Arc<Metric>, Status> {
+        if MetricType::from_raw(id & TYPE_MASK).is_none() {
+            return Err(Status::BadArgument);
+        }
+        self.by_id.get(&id).ok_or(Status::NotFound)
+    }
+
+    /// Envoy's rules: a counter only grows (a zero or negative offset is a bad argument), a
+    /// gauge moves either way, a histogram cannot be incremented.
+    pub(crate) fn increment(&self, id: u32, offset: i64) -> Result<(), Status> {
         let metric = self.get(id)?;
         match metric.kind {
-            MetricType::Counter if delta < 0 => Err(Status::BadArgument),
+            MetricType::Counter if offset <= 0 => Err(Status::BadArgument),
             MetricType::Counter | MetricType::Gauge => {
-                metric.value.fetch_add(delta, Ordering::Relaxed);
+                metric.add(offset);
                 Ok(())
             }
             MetricType::Histogram => Err(Status::BadArgument),
         }
     }
 
-    pub fn record(&self, id: u32, value: u64) -> Result<(), Status> {
-        let metric = self.get(id)?;
+    /// A counter adds the value, a gauge is set to it, a histogram records it.
+    pub(crate) fn record(&self, id: u32, value: u64) -> Result<(), Status> {
+        let metric = match self.get(id) {
+            // An id of no type is not found here, as in cpp-host.
+            Err(Status::BadArgument) => return Err(Status::NotFound),
+            other => other?,
+        };
         match metric.kind {
             MetricType::Counter => {
                 metric.value.fetch_add(value as i64, Ordering::Relaxed);
@@ -117,31 +171,12 @@ impl Metrics {
         Ok(())
     }
 
-    pub fn read(&self, id: u32) -> Result<u64, Status> {
+    /// A counter's or gauge's value; a histogram has none to read (a bad argument).
+    pub(crate) fn read(&self, id: u32) -> Result<u64, Status> {
         let metric = self.get(id)?;
         match metric.kind {
             MetricType::Counter | MetricType::Gauge => Ok(metric.value() as u64),
-            // A histogram has no single value to read back.
-            MetricType::Histogram => Err(Status::NotFound),
+            MetricType::Histogram => Err(Status::BadArgument),
         }
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<Arc<Metric>> {
-        let inner = self
-            .inner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner
-            .by_name
-            .get(name)
-            .map(|id| inner.metrics[*id as usize].clone())
-    }
-
-    pub fn all(&self) -> Vec<Arc<Metric>> {
-        self.inner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .metrics
-            .clone()
     }
 }

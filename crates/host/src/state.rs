@@ -197,6 +197,7 @@ pub(crate) struct HostState {
     pub tick_periods: HashMap<u32, (u32, u64)>,
     pub pending_done: HashSet<u32>,
     pub queue_inbox: QueueInbox,
+    pub metric_ids: crate::metrics::MetricIds,
 }
 
 impl HostState {

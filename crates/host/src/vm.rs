@@ -390,6 +390,7 @@ impl Vm {
             tick_periods: HashMap::new(),
             pending_done: HashSet::new(),
             queue_inbox: QueueInbox::default(),
+            metric_ids: Default::default(),
         };
         let mut store = Store::new(&engine.inner.wasmtime, state);
         store.limiter(|state| &mut state.limiter);
@@ -736,15 +737,18 @@ impl Vm {
         )
     }
 
-    /// `proxy_on_done`; `false` means the plugin will call `proxy_done` later.
+    /// `proxy_on_done`; `false` from a root context means the plugin will call `proxy_done`
+    /// later. A stream context's answer changes nothing: Envoy deletes it at once, and its
+    /// `proxy_done` answers NOT_FOUND.
     pub fn done(&mut self, context: u32) -> Result<bool, PluginFailure> {
         let Some(f) = self.callbacks.done.clone() else {
             return Ok(true);
         };
         let deadline = self.limits.call_timeout;
         let finished = self.run("proxy_on_done", context, deadline, |s| f.call(s, context))? != 0;
-        if !finished {
-            self.store.data_mut().pending_done.insert(context);
+        let state = self.store.data_mut();
+        if !finished && matches!(state.contexts.get(&context), Some(Context::Root { .. })) {
+            state.pending_done.insert(context);
         }
         Ok(finished)
     }

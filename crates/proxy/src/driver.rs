@@ -46,8 +46,8 @@ enum UpstreamEvent {
         bool,
         Option<hyper::upgrade::OnUpgrade>,
     ),
-    /// A frame, and whether it is the body's last (so the plugins see the end with the data, as
-    /// Envoy passes it, rather than in one more empty body callback).
+    /// A frame, and whether it ends the body (only on HTTP/2: an HTTP/1.1 body's end comes as
+    /// `End`, so plugins see it in one more, empty, body callback, as in Envoy).
     Frame(Frame<Bytes>, bool),
     End,
     /// Envoy's name for the kind of failure, and what exactly happened (for the log).
@@ -218,6 +218,9 @@ struct Driver {
     upstream: Option<SocketAddr>,
     /// The upstream's side of a switched protocol (101), spliced to the client's at the end.
     upstream_switched: Option<hyper::upgrade::OnUpgrade>,
+    /// The client's HTTP/1.x request body is still arriving: a response now closes the
+    /// connection (`connection: close`), as Envoy's does.
+    request_body_pending_http1: bool,
 }
 
 async fn drive(
@@ -287,6 +290,7 @@ async fn drive(
         upstream: None,
         upstream_switched: None,
         status: None,
+        request_body_pending_http1: false,
     };
     let logged = driver
         .connection
@@ -301,7 +305,10 @@ async fn drive(
             tracing::debug!("503 for a request whose chain is blocked: {reason}");
             driver.refuse_unavailable(&reason).await;
         }
-        None => exchange(&mut driver, headers, &mut body, callout_answers).await,
+        None => {
+            let http1 = protocol != "HTTP/2";
+            exchange(&mut driver, headers, &mut body, http1, callout_answers).await;
+        }
     }
     if let Some(task) = driver.upstream_task.take() {
         task.abort();
@@ -325,9 +332,11 @@ async fn exchange(
     driver: &mut Driver,
     headers: HeaderMap,
     body: &mut Incoming,
+    http1: bool,
     mut callout_answers: mpsc::UnboundedReceiver<Callout>,
 ) {
     let mut downstream_open = !body.is_end_stream();
+    driver.request_body_pending_http1 = http1 && downstream_open;
     driver.stream.request_headers(headers, !downstream_open);
     // One timer per stream: activity only moves `last_activity`, and the timer checks it when it
     // fires, rather than re-arming a timer on every event.
@@ -340,13 +349,24 @@ async fn exchange(
             break;
         }
         let upstream_open = driver.upstream_events.is_some();
+        let root_effects = driver.stream.root_effects();
         tokio::select! {
+            () = root_effects => driver.stream.apply_root_effects(),
             frame = body.frame(), if downstream_open => match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         downstream_open = !body.is_end_stream();
                         driver.bytes_received += data.len() as u64;
-                        driver.stream.request_data(data.to_vec(), !downstream_open);
+                        // Envoy's HTTP/1 codec delivers the end of a body apart from its last
+                        // data, in an empty end-of-stream body callback; HTTP/2 ends with a frame.
+                        if http1 {
+                            driver.stream.request_data(data.to_vec(), false);
+                            if !downstream_open {
+                                driver.stream.request_data(Vec::new(), true);
+                            }
+                        } else {
+                            driver.stream.request_data(data.to_vec(), !downstream_open);
+                        }
                     }
                     Err(frame) => {
                         downstream_open = false;
@@ -389,6 +409,7 @@ async fn exchange(
                 break;
             }
         }
+        driver.request_body_pending_http1 &= downstream_open;
         last_activity = tokio::time::Instant::now();
     }
 }
@@ -616,8 +637,12 @@ impl Driver {
                 }
                 if !end {
                     while let Some(frame) = body.frame().await {
+                        // Envoy's HTTP/1 codec delivers the end of a message apart from its
+                        // last data (an empty end-of-stream body callback); HTTP/2 ends with a
+                        // frame.
+                        let last = target.http2 && body.is_end_stream();
                         let event = match frame {
-                            Ok(frame) => UpstreamEvent::Frame(frame, body.is_end_stream()),
+                            Ok(frame) => UpstreamEvent::Frame(frame, last),
                             Err(error) => {
                                 let _ = events
                                     .send(UpstreamEvent::Failed(
@@ -733,6 +758,12 @@ impl Driver {
         *response.status_mut() = status(headers);
         self.status = Some(response.status().as_u16());
         *response.headers_mut() = to_fields(headers);
+        if self.request_body_pending_http1 {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         if let Some(head) = self.head.take()
             && head.send(response).is_err()
         {

@@ -26,15 +26,13 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// that adding them does not regrow the map.
 const ADDED_HEADERS: usize = 4;
 
-/// The request as plugins see it: `:method`, `:path`, `:authority`, `:scheme` (the request's own,
-/// else the connection's), then the headers.
+/// The request as plugins see it, with its pseudo-headers in the order Envoy's codecs produce:
+/// for HTTP/1.x `:authority` (from `host`), `:path`, `:method`, `:scheme`; for HTTP/2, where
+/// Envoy keeps the client's order and hyper does not tell it, the order the `h2` crate (hyper's
+/// and tonic's clients) sends, `:method`, `:scheme`, `:authority`, `:path`. Then the headers.
 pub fn request_map(parts: &http::request::Parts, scheme: &str) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(4 + parts.headers.len() + ADDED_HEADERS);
-    map.add(":method", parts.method.as_str());
-    map.add(
-        ":path",
-        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-    );
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = parts
         .uri
         .authority()
@@ -47,8 +45,18 @@ pub fn request_map(parts: &http::request::Parts, scheme: &str) -> HeaderMap {
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    map.add(":authority", authority);
-    map.add(":scheme", parts.uri.scheme_str().unwrap_or(scheme));
+    let scheme = parts.uri.scheme_str().unwrap_or(scheme);
+    if parts.version == http::Version::HTTP_2 {
+        map.add(":method", parts.method.as_str());
+        map.add(":scheme", scheme);
+        map.add(":authority", authority);
+        map.add(":path", path);
+    } else {
+        map.add(":authority", authority);
+        map.add(":path", path);
+        map.add(":method", parts.method.as_str());
+        map.add(":scheme", scheme);
+    }
     add_fields(&mut map, &parts.headers, is_upgrade(&parts.headers));
     map
 }

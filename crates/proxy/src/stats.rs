@@ -285,10 +285,7 @@ mod tests {
         stats.request_finished(Some(404), Duration::from_millis(3));
         stats.request_finished(None, Duration::from_millis(2000));
         let metrics = Metrics::default();
-        let id = metrics
-            .define(MetricType::Counter, "my.plugin/hits")
-            .unwrap();
-        metrics.increment(id, 2).unwrap();
+        metrics.define(MetricType::Counter, "my.plugin/hits").add(2);
         let text = stats.render(&metrics);
         assert!(
             text.contains("sluice_responses_total{class=\"4xx\"} 1"),

@@ -169,7 +169,8 @@ impl Generation {
                     }
                 })
                 .collect();
-            pool.chain(specs, config.buffer_limit).map(Rc::new)
+            pool.chain(specs, config.buffer_limit)
+                .map(|chain| Rc::new(chain.with_failure_body(config.config.failure_body)))
         };
         let blocked_for = |listener: &Listener, route: Option<&Route>| -> Option<Rc<str>> {
             config

@@ -43,17 +43,20 @@ steps:
 
 #[test]
 /// What Envoy does (the differential test checks it against Envoy 1.40): a plugin's local reply
-/// goes straight to the client, and no plugin's response callbacks run on it.
-fn a_plugins_local_reply_skips_every_response_callback() {
+/// runs through the response callbacks of the plugins the request reached, and of no other.
+fn a_plugins_local_reply_runs_through_the_plugins_the_request_reached() {
     let report = Scratch::new("local-reply").run(
         r#"
 plugins:
+  - name: before
+    wasm: "{plugins}/add_header.wasm"
+    pluginConfig: {response: {set: {x-before: "yes"}}}
   - name: auth
     wasm: "{plugins}/auth.wasm"
     pluginConfig: {tokens: {secret: alice}}
-  - name: stamp
+  - name: after
     wasm: "{plugins}/add_header.wasm"
-    pluginConfig: {response: {set: {x-stamped: "yes"}}}
+    pluginConfig: {response: {set: {x-after: "yes"}}}
 steps:
   - name: no credentials
     request: {path: /private}
@@ -61,7 +64,7 @@ steps:
       upstream: none
       response:
         status: 401
-        headers: {x-stamped: null, www-authenticate: 'Bearer realm="sluice"'}
+        headers: {x-before: "yes", x-after: null, www-authenticate: 'Bearer realm="sluice"'}
         body: missing credentials
 "#,
     );

@@ -132,10 +132,11 @@ fn http_call(
     let body = read(c, body.0, body.1)?;
     let trailers = read_map(c, trailers.0, trailers.1, Status::BadArgument)?;
     parts(c)?.0.check(token_ptr, 4)?;
-    // Envoy refuses a callout it could not route: unknown cluster, or no :path/:method/:authority.
+    // Envoy refuses a callout it could not route: unknown cluster, or no :path/:method/:authority
+    // (present, even empty, is enough for Envoy).
     let routable = [":path", ":method", ":authority"]
         .iter()
-        .all(|h| headers.get(h).is_some_and(|v| !v.is_empty()));
+        .all(|h| headers.get(h).is_some());
     if !routable || !(c.data().clusters)(&upstream) {
         return Err(Status::BadArgument.into());
     }

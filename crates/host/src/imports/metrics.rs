@@ -16,26 +16,14 @@ pub(super) fn register(r: &mut Registrar<'_>) {
         "env",
         "proxy_increment_metric",
         |c: Caller<'_>, id: u32, delta: i64| {
-            finish(
-                c.data()
-                    .shared
-                    .metrics
-                    .increment(id, delta)
-                    .map_err(Into::into),
-            )
+            finish(c.data().metric_ids.increment(id, delta).map_err(Into::into))
         },
     );
     r.func(
         "env",
         "proxy_record_metric",
         |c: Caller<'_>, id: u32, value: u64| {
-            finish(
-                c.data()
-                    .shared
-                    .metrics
-                    .record(id, value)
-                    .map_err(Into::into),
-            )
+            finish(c.data().metric_ids.record(id, value).map_err(Into::into))
         },
     );
     r.func(
@@ -50,14 +38,15 @@ fn define(c: &mut Caller<'_>, kind: u32, name: (u32, u32), id_ptr: u32) -> HostR
     parts(c)?.0.check(id_ptr, 4)?;
     let kind = MetricType::from_raw(kind).ok_or(Status::BadArgument)?;
     let name = String::from_utf8(name).map_err(|_| Status::BadArgument)?;
-    let id = c.data().shared.metrics.define(kind, &name)?;
+    let state = c.data_mut();
+    let id = state.metric_ids.define(&state.shared.metrics, kind, &name);
     super::write_u32(c, id_ptr, id)?;
     Ok(())
 }
 
 fn get(c: &mut Caller<'_>, id: u32, ptr: u32) -> HostResult {
     parts(c)?.0.check(ptr, 8)?;
-    let value = c.data().shared.metrics.read(id)?;
+    let value = c.data().metric_ids.read(id)?;
     parts(c)?.0.write_u64(ptr, value)?;
     Ok(())
 }

@@ -499,6 +499,7 @@ kind: Proxy
 spec:
   admin: "off"
   workers: 1
+  pluginFailureBody: descriptive
   pluginCapabilities:
     deaf: {{allow: {no_headers_callback}}}
     mute: {{allow: {no_local_reply}}}
@@ -546,7 +547,8 @@ spec: {{url: "{{plugins}}/http_callout.wasm", pluginConfig: {{cluster: authz}}}}
     assert_eq!(
         mute.text(),
         "plugin 'mute' failed\n",
-        "the denied local reply returns an error status, and the SDK gives up"
+        "the denied local reply returns an error status, and the SDK gives up (the Proxy \
+         document asks for descriptive failure bodies)"
     );
     let fenced = get(proxy.address, "/fenced", &[]);
     assert_eq!(fenced.status, 503, "{}", fenced.text());

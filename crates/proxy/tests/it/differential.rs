@@ -3,6 +3,10 @@
 //! response to the client, apart from headers that differ by nature (date, server, x-envoy-*,
 //! the value of x-request-id).
 //!
+//! Cases built from the `probe` plugin (plugins/probe) also compare what the plugins saw: after
+//! each request the probe's trace (every callback, its arguments and header maps, in order) is
+//! fetched from both hosts and must be the same.
+//!
 //! The Envoy binary comes from `SLUICE_ENVOY` (`.ci/run` installs it). Without it the test says so
 //! and passes, except under `CI=true`, where a missing Envoy is a failure.
 
@@ -47,18 +51,62 @@ fn normalize(headers: &http::HeaderMap) -> Vec<(String, String)> {
     out
 }
 
-/// A chain of plugins (crate name, pluginConfig) and the requests sent through it.
+/// A chain of plugins (crate name, or `wat:NAME` for a WAT fixture, and pluginConfig) and the
+/// requests sent through it.
 struct Case {
     name: &'static str,
     /// `upstream` (the recording origin) or `closed` (a port nothing listens on).
     cluster: &'static str,
     plugins: Vec<(&'static str, &'static str)>,
-    requests: Vec<(
-        &'static str,
-        &'static str,
-        Vec<(&'static str, &'static str)>,
-        &'static str,
-    )>,
+    requests: Vec<Req>,
+}
+
+impl Case {
+    /// Whether the chain has probes, whose traces are compared too.
+    fn traced(&self) -> bool {
+        self.plugins.iter().any(|(plugin, _)| *plugin == "probe")
+    }
+}
+
+/// One request: method, path, headers, body, and whether it goes over HTTP/2 (h2c).
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
+    http2: bool,
+}
+
+fn req(
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
+) -> Req {
+    Req {
+        method,
+        path,
+        headers,
+        body,
+        http2: false,
+    }
+}
+
+impl Req {
+    fn h2(self) -> Self {
+        Self {
+            http2: true,
+            ..self
+        }
+    }
+}
+
+/// A plugin's .wasm file: a crate of plugins/ or a WAT fixture.
+fn wasm_of(plugin: &str) -> PathBuf {
+    match plugin.strip_prefix("wat:") {
+        Some(fixture) => sluice_test_support::wat_fixture_file(fixture),
+        None => sluice_test_support::plugin_wasm(plugin),
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -71,8 +119,8 @@ fn cases() -> Vec<Case> {
                 r#"{"request": {"set": {"x-hello": "world"}, "add": {"x-multi": "2"}, "remove": ["x-drop"]}, "response": {"set": {"x-plugin": "add-header"}, "remove": ["x-origin"]}}"#,
             )],
             requests: vec![
-                ("GET", "/a?q=1", vec![("x-drop", "1"), ("x-multi", "1")], ""),
-                ("POST", "/b", vec![("content-type", "text/plain")], "hello"),
+                req("GET", "/a?q=1", vec![("x-drop", "1"), ("x-multi", "1")], ""),
+                req("POST", "/b", vec![("content-type", "text/plain")], "hello"),
             ],
         },
         Case {
@@ -80,14 +128,14 @@ fn cases() -> Vec<Case> {
             name: "auth",
             plugins: vec![("auth", r#"{"tokens": {"secret": "alice"}}"#)],
             requests: vec![
-                ("GET", "/private", vec![], ""),
-                (
+                req("GET", "/private", vec![], ""),
+                req(
                     "GET",
                     "/private",
                     vec![("authorization", "Bearer wrong")],
                     "",
                 ),
-                (
+                req(
                     "GET",
                     "/private",
                     vec![("authorization", "Bearer secret")],
@@ -103,13 +151,13 @@ fn cases() -> Vec<Case> {
                 r#"{"response": [{"from": "seen", "to": "SEEN"}], "request": [{"from": "secret", "to": "******"}]}"#,
             )],
             requests: vec![
-                (
+                req(
                     "POST",
                     "/text",
                     vec![("content-type", "text/plain")],
                     "my secret",
                 ),
-                (
+                req(
                     "POST",
                     "/binary",
                     vec![("content-type", "application/octet-stream")],
@@ -125,8 +173,8 @@ fn cases() -> Vec<Case> {
                 r#"{"cluster": "authz", "timeoutMs": 2000, "authority": "authz.local"}"#,
             )],
             requests: vec![
-                ("GET", "/orders", vec![("authorization", "Bearer good")], ""),
-                ("GET", "/orders", vec![("authorization", "Bearer bad")], ""),
+                req("GET", "/orders", vec![("authorization", "Bearer good")], ""),
+                req("GET", "/orders", vec![("authorization", "Bearer bad")], ""),
             ],
         },
         Case {
@@ -137,9 +185,9 @@ fn cases() -> Vec<Case> {
                 r#"{"requestsPerWindow": 2, "windowMs": 60000}"#,
             )],
             requests: vec![
-                ("GET", "/1", vec![], ""),
-                ("GET", "/2", vec![], ""),
-                ("GET", "/3", vec![], ""),
+                req("GET", "/1", vec![], ""),
+                req("GET", "/2", vec![], ""),
+                req("GET", "/3", vec![], ""),
             ],
         },
         Case {
@@ -150,8 +198,8 @@ fn cases() -> Vec<Case> {
                 r#"{"cluster": "grpc-authz", "timeoutMs": 2000}"#,
             )],
             requests: vec![
-                ("GET", "/orders", vec![("authorization", "Bearer abc")], ""),
-                ("GET", "/admin", vec![], ""),
+                req("GET", "/orders", vec![("authorization", "Bearer abc")], ""),
+                req("GET", "/admin", vec![], ""),
             ],
         },
         Case {
@@ -161,7 +209,7 @@ fn cases() -> Vec<Case> {
                 "add_header",
                 r#"{"response": {"set": {"x-plugin": "add-header"}}}"#,
             )],
-            requests: vec![("GET", "/", vec![], "")],
+            requests: vec![req("GET", "/", vec![], "")],
         },
         Case {
             cluster: "upstream",
@@ -178,14 +226,91 @@ fn cases() -> Vec<Case> {
                 ),
             ],
             requests: vec![
-                ("GET", "/private", vec![], ""),
-                (
+                req("GET", "/private", vec![], ""),
+                req(
                     "GET",
                     "/private",
                     vec![("authorization", "Bearer secret")],
                     "",
                 ),
             ],
+        },
+        // What the plugins see, not only what the client and upstream get: the order of the
+        // callbacks (contexts created on first use; log, then done and delete), header maps in
+        // Envoy's order, and body callbacks as the codecs deliver them (an HTTP/1.1 body's end
+        // in an empty callback of its own, an HTTP/2 one with its last data).
+        Case {
+            cluster: "upstream",
+            name: "probe_stream",
+            plugins: vec![
+                ("probe", r#"{"name": "a"}"#),
+                ("probe", r#"{"name": "b", "pause": ["request_body"]}"#),
+            ],
+            requests: vec![
+                req("GET", "/get?q=1", vec![("x-first", "1")], ""),
+                req(
+                    "POST",
+                    "/post",
+                    vec![("content-type", "text/plain")],
+                    "hello",
+                ),
+                req("GET", "/h2", vec![("x-first", "1")], "").h2(),
+                req("POST", "/h2", vec![("x-first", "1")], "hello").h2(),
+            ],
+        },
+        // A plugin's local reply runs through the response callbacks of the plugins the request
+        // reached, the replying one included, and what they add reaches the client; the plugin
+        // the request never reached gets a context only to log.
+        Case {
+            cluster: "upstream",
+            name: "probe_local_reply",
+            plugins: vec![
+                ("probe", r#"{"name": "a", "stamp": true}"#),
+                (
+                    "probe",
+                    r#"{"name": "b", "stamp": true, "reply": {"on": "request_headers", "status": 403, "body": "denied", "headers": {"x-why": "b"}}}"#,
+                ),
+                ("probe", r#"{"name": "c", "stamp": true}"#),
+            ],
+            requests: vec![
+                req("GET", "/reply", vec![], ""),
+                req("POST", "/reply", vec![], "hello"),
+                req("GET", "/reply", vec![], "").h2(),
+            ],
+        },
+        // A request paused in request_headers is resumed from the root context's tick
+        // (`proxy_set_effective_context`, `proxy_continue_stream`); a callout with an empty
+        // `:authority` is made; a metric name defined again with another type is a second
+        // metric with its own id.
+        Case {
+            cluster: "upstream",
+            name: "probe_root",
+            plugins: vec![
+                (
+                    "probe",
+                    r#"{"name": "a", "pause": ["request_headers"], "tick_resume_ms": 50, "metric": "probe_root_requests"}"#,
+                ),
+                (
+                    "probe",
+                    r#"{"name": "b", "callout": {"cluster": "authz", "authority": ""}}"#,
+                ),
+            ],
+            requests: vec![
+                req("GET", "/resume", vec![], ""),
+                req("POST", "/resume", vec![], "hello"),
+            ],
+        },
+        Case {
+            cluster: "upstream",
+            name: "probe_empty_reply",
+            plugins: vec![
+                ("probe", r#"{"name": "a"}"#),
+                (
+                    "probe",
+                    r#"{"name": "b", "reply": {"on": "request_headers", "status": 204, "body": "", "headers": {"content-type": "application/json"}}}"#,
+                ),
+            ],
+            requests: vec![req("GET", "/empty", vec![], "")],
         },
     ]
 }
@@ -215,8 +340,9 @@ fn envoy_config(
     for case in cases {
         let mut filters = String::new();
         for (index, (plugin, configuration)) in case.plugins.iter().enumerate() {
-            let wasm = sluice_test_support::plugin_wasm(plugin);
+            let wasm = wasm_of(plugin);
             let configuration = serde_json::to_string(configuration).unwrap();
+            let plugin = plugin.trim_start_matches("wat:");
             filters.push_str(&format!(
                 r#"
           - name: envoy.filters.http.wasm
@@ -356,36 +482,60 @@ fn start_envoy(binary: &str, config: &str, names: &[&str]) -> Envoy {
     envoy
 }
 
-type Exchange = (Option<Seen>, u16, Vec<(String, String)>, String);
+/// What the upstream saw, the client's status, headers and body, and the probes' trace.
+type Exchange = (Option<Seen>, u16, Vec<(String, String)>, String, String);
 
-fn exchange(
-    address: SocketAddr,
-    seen: &Mutex<Vec<Seen>>,
-    (method, path, headers, body): &(&str, &str, Vec<(&str, &str)>, &str),
-) -> Exchange {
+fn exchange(address: SocketAddr, seen: &Mutex<Vec<Seen>>, req: &Req, traced: bool) -> Exchange {
     seen.lock().unwrap().clear();
     let mut builder = http::Request::builder()
-        .method(*method)
-        .uri(*path)
+        .method(req.method)
+        .uri(req.path)
         .header("host", "shop.example")
         .header("user-agent", "differential");
-    for (name, value) in headers {
+    if req.http2 {
+        builder = builder.uri(format!("http://shop.example{}", req.path));
+    }
+    for (name, value) in &req.headers {
         builder = builder.header(*name, *value);
     }
     let answer: Answer = request(
         address,
         builder
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(Bytes::from(req.body.to_string())))
             .unwrap(),
-        false,
+        req.http2,
     );
     let upstream = seen.lock().unwrap().pop();
+    let trace = if traced {
+        crate::get(address, "/", &[("x-probe-dump", "1")]).text()
+    } else {
+        String::new()
+    };
     (
         upstream,
         answer.status,
         normalize(&answer.headers),
         answer.text(),
+        trace,
     )
+}
+
+/// The plugins of a case as sluice runs them: named as in Envoy's config (`{plugin}-{index}`),
+/// with the crate's name as root id.
+fn sluice_plugins(case: &Case) -> Vec<sluice_config::Plugin> {
+    case.plugins
+        .iter()
+        .enumerate()
+        .map(|(index, (plugin, configuration))| {
+            let mut built = match plugin.strip_prefix("wat:") {
+                Some(fixture) => crate::fixture(fixture, sluice_config::FailStrategy::FailClose),
+                None => built(plugin, configuration),
+            };
+            built.name = format!("{}-{index}", plugin.trim_start_matches("wat:"));
+            built.root_id = plugin.trim_start_matches("wat:").to_string();
+            built
+        })
+        .collect()
 }
 
 #[test]
@@ -450,10 +600,7 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
     let mut compared = 0;
     for (case, envoy_address) in cases.iter().zip(&envoy.listeners) {
         let sluice = start(
-            case.plugins
-                .iter()
-                .map(|(plugin, configuration)| built(plugin, configuration))
-                .collect(),
+            sluice_plugins(case),
             Some(if case.cluster == "closed" {
                 closed
             } else {
@@ -463,13 +610,19 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
             1,
         );
         for request in &case.requests {
-            let expected = exchange(*envoy_address, &seen, request);
-            let actual = exchange(sluice.address, &seen, request);
+            let expected = exchange(*envoy_address, &seen, request, case.traced());
+            let actual = exchange(sluice.address, &seen, request, case.traced());
             compared += 1;
             if expected != actual {
+                let protocol = if request.http2 { "h2" } else { "h1" };
+                let (expected_trace, actual_trace) = (&expected.4, &actual.4);
                 differences.push(format!(
-                    "{} {} {}:\n  envoy:  {expected:?}\n  sluice: {actual:?}",
-                    case.name, request.0, request.1
+                    "{} {} {} ({protocol}):\n  envoy:  {:?}\n  sluice: {:?}\n  envoy trace:\n{expected_trace}  sluice trace:\n{actual_trace}",
+                    case.name,
+                    request.method,
+                    request.path,
+                    (&expected.0, expected.1, &expected.2, &expected.3),
+                    (&actual.0, actual.1, &actual.2, &actual.3),
                 ));
             }
         }

@@ -133,7 +133,13 @@ pub fn request(address: SocketAddr, request: http::Request<Full<Bytes>>, http2: 
         .unwrap();
     runtime.block_on(async move {
         let io = tokio::net::TcpStream::connect(address).await.unwrap();
-        let (parts, body) = send_once(io, request, http2).await.into_parts();
+        let (parts, body) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            send_once(io, request, http2),
+        )
+        .await
+        .expect("response head within 30 s")
+        .into_parts();
         let body = tokio::time::timeout(std::time::Duration::from_secs(30), body.collect())
             .await
             .expect("response within 30 s")

@@ -1,0 +1,713 @@
+//! A test plugin that records what a host does to it, for comparing hosts (sluice and Envoy).
+//!
+//! Written against the raw Proxy-Wasm ABI 0.2.1 rather than an SDK, because an SDK hides part of
+//! what a host does (the order of `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`, body
+//! callbacks of size 0, the exact order of a header map) and that is what this plugin is for.
+//!
+//! Every stream callback appends one line to a trace kept in shared data (`probe.trace`), so the
+//! trace holds every probe of a chain in the order the host called them. A request carrying the
+//! header `x-probe-dump` is answered by the first probe with the trace (which it then empties) and
+//! leaves no trace itself. The probes of a chain must share one VM (one vm_id) for that.
+//!
+//! What a probe does besides recording comes from its JSON plugin configuration:
+//! - `name`: the label of its lines (default `probe`);
+//! - `pause`: callbacks that return Pause (`request_headers`, `request_body`, `request_trailers`,
+//!   `response_headers`, `response_body`, `response_trailers`); a body callback pauses only
+//!   until the end of the stream, as a plugin that buffers a whole body does;
+//! - `reply`: `{"on": <callback>, "status": 403, "body": "...", "headers": {"x": "y"}}`, a local
+//!   reply sent from that callback (which then returns Pause);
+//! - `stamp`: in `response_headers`, add `x-probe-<name>: <:status>` to the response;
+//! - `tick_resume_ms`: the root context ticks at this period and, on each tick, resumes every
+//!   request this probe paused in `request_headers` (`proxy_set_effective_context` then
+//!   `proxy_continue_stream`);
+//! - `callout`: `{"cluster": "...", "authority": "..."}`: a GET callout from `request_headers`,
+//!   which pauses until the answer arrives and resumes the request from the callout callback;
+//! - `metric`: a counter name: in `request_headers` the probe defines it, defines the same name as
+//!   a gauge, increments the counter and records what each call returned and the value it reads;
+//! - `trap`: a callback in which the probe traps (`unreachable`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Deserialize;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        kind: u32,
+        start: usize,
+        max: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(kind: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        kind: u32,
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_add_header_map_value(
+        kind: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context: u32) -> u32;
+    fn proxy_continue_stream(stream: u32) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout: u32,
+        token: *mut u32,
+    ) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_get_metric(id: u32, value: *mut u64) -> u32;
+}
+
+const REQUEST_HEADERS: u32 = 0;
+const REQUEST_TRAILERS: u32 = 1;
+const RESPONSE_HEADERS: u32 = 2;
+const RESPONSE_TRAILERS: u32 = 3;
+const CALL_RESPONSE_HEADERS: u32 = 6;
+const PLUGIN_CONFIGURATION: u32 = 7;
+const STREAM_REQUEST: u32 = 0;
+const CONTINUE: u32 = 0;
+const PAUSE: u32 = 1;
+const TRACE_KEY: &[u8] = b"probe.trace";
+const DUMP_HEADER: &[u8] = b"x-probe-dump";
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut buffer = Vec::<u8>::with_capacity(size.max(1));
+    let pointer = buffer.as_mut_ptr();
+    std::mem::forget(buffer);
+    pointer
+}
+
+/// Takes ownership of bytes the host wrote through `proxy_on_memory_allocate`.
+fn owned(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host allocated `size` bytes (capacity `size.max(1)`) with
+    // `proxy_on_memory_allocate` and filled them; ownership passes to us.
+    unsafe { Vec::from_raw_parts(data, size, size.max(1)) }
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct Config {
+    name: Option<String>,
+    pause: Vec<String>,
+    reply: Option<Reply>,
+    stamp: bool,
+    tick_resume_ms: Option<u32>,
+    callout: Option<Callout>,
+    metric: Option<String>,
+    trap: Option<String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct Reply {
+    on: String,
+    status: u32,
+    body: String,
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct Callout {
+    cluster: String,
+    authority: String,
+}
+
+struct Root {
+    config: Config,
+    /// Streams paused in `request_headers`, for the tick to resume.
+    parked: Vec<u32>,
+}
+
+#[derive(Default)]
+struct StreamState {
+    root: u32,
+    /// Whether this stream is a dump request (`None`: not known yet).
+    dump: Option<bool>,
+}
+
+#[derive(Default)]
+struct Probe {
+    roots: HashMap<u32, Root>,
+    streams: HashMap<u32, StreamState>,
+    /// Callout token → the stream that made it.
+    callouts: HashMap<u32, u32>,
+    /// Contexts of dump requests, whose lines a dump leaves out.
+    dumps: HashSet<u32>,
+}
+
+thread_local! {
+    static PROBE: RefCell<Probe> = RefCell::new(Probe::default());
+}
+
+fn log(message: &str) {
+    // SAFETY: a valid pointer and length for the duration of the call.
+    unsafe { proxy_log(2, message.as_ptr(), message.len()) };
+}
+
+fn header(kind: u32, name: &[u8]) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let status = unsafe {
+        proxy_get_header_map_value(kind, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    (status == 0).then(|| owned(data, size))
+}
+
+fn add_header(kind: u32, name: &str, value: &str) {
+    // SAFETY: valid pointers for the duration of the call.
+    unsafe {
+        proxy_add_header_map_value(kind, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    };
+}
+
+/// The spec's header-map pairs: a count, the sizes, then each name and value NUL-terminated.
+fn pairs(kind: u32) -> Vec<(String, String)> {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    if unsafe { proxy_get_header_map_pairs(kind, &mut data, &mut size) } != 0 {
+        return Vec::new();
+    }
+    decode_pairs(&owned(data, size))
+}
+
+fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
+    let word = |at: usize| -> usize {
+        bytes
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let count = word(0);
+    let mut sizes = Vec::new();
+    for index in 0..count {
+        sizes.push((word(4 + index * 8), word(8 + index * 8)));
+    }
+    let mut at = 4 + count * 8;
+    let mut out = Vec::new();
+    for (name, value) in sizes {
+        let text = |from: usize, len: usize| {
+            String::from_utf8_lossy(bytes.get(from..from + len).unwrap_or_default()).into_owned()
+        };
+        let key = text(at, name);
+        at += name + 1;
+        out.push((key, text(at, value)));
+        at += value + 1;
+    }
+    out
+}
+
+fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (name, value) in pairs {
+        out.extend((name.len() as u32).to_le_bytes());
+        out.extend((value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend(name.as_bytes());
+        out.push(0);
+        out.extend(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// A header map as `n=<count> name=value ...`, in the host's order. Values that differ by nature
+/// are elided, and Envoy's own `x-envoy-*` headers (which sluice does not add) are left out of
+/// both the list and the count.
+fn describe(kind: u32) -> String {
+    let pairs: Vec<(String, String)> = pairs(kind)
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("x-envoy-"))
+        .collect();
+    let mut out = format!("n={}", pairs.len());
+    for (name, value) in &pairs {
+        let volatile = matches!(name.as_str(), "x-request-id" | "date");
+        if volatile {
+            out.push_str(&format!(" {name}=*"));
+        } else {
+            out.push_str(&format!(" {name}={value}"));
+        }
+    }
+    out
+}
+
+fn shared_trace() -> (Vec<u8>, u32) {
+    let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0, 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let status = unsafe {
+        proxy_get_shared_data(
+            TRACE_KEY.as_ptr(),
+            TRACE_KEY.len(),
+            &mut data,
+            &mut size,
+            &mut cas,
+        )
+    };
+    if status == 0 {
+        (owned(data, size), cas)
+    } else {
+        (Vec::new(), 0)
+    }
+}
+
+fn set_trace(value: &[u8], cas: u32) -> bool {
+    // SAFETY: valid pointers for the duration of the call.
+    let status = unsafe {
+        proxy_set_shared_data(
+            TRACE_KEY.as_ptr(),
+            TRACE_KEY.len(),
+            value.as_ptr(),
+            value.len(),
+            cas,
+        )
+    };
+    status == 0
+}
+
+fn append_trace(lines: &[String]) {
+    for _ in 0..16 {
+        let (mut trace, cas) = shared_trace();
+        for line in lines {
+            trace.extend(line.as_bytes());
+            trace.push(b'\n');
+        }
+        if set_trace(&trace, cas) {
+            return;
+        }
+    }
+    log("probe: could not append to the trace");
+}
+
+impl Probe {
+    fn config(&self, context: u32) -> Config {
+        let root = self.streams.get(&context).map_or(context, |s| s.root);
+        self.roots
+            .get(&root)
+            .map(|r| r.config.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records a line for a stream. Lines carry their context id until a dump strips them, so
+    /// that the lines of dump requests can be left out even when they were written before the
+    /// probe could tell (`context_create` comes before the request headers).
+    fn record(&mut self, context: u32, line: String) {
+        let name = self.config(context).name.unwrap_or_else(|| "probe".into());
+        if let Some(stream) = self.streams.get_mut(&context) {
+            if stream.dump.is_none() {
+                // Request headers are readable in every stream callback once they arrived.
+                stream.dump = header(REQUEST_HEADERS, b":method")
+                    .map(|_| header(REQUEST_HEADERS, DUMP_HEADER).is_some());
+                if stream.dump == Some(true) {
+                    self.dumps.insert(context);
+                }
+            }
+            if stream.dump == Some(true) {
+                return;
+            }
+        }
+        append_trace(&[format!("{context} {name} {line}")]);
+    }
+
+    fn is_dump(&self, context: u32) -> bool {
+        self.streams.get(&context).and_then(|s| s.dump) == Some(true)
+    }
+}
+
+fn with<R>(f: impl FnOnce(&mut Probe) -> R) -> R {
+    PROBE.with(|probe| f(&mut probe.borrow_mut()))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context: u32, parent: u32) {
+    with(|probe| {
+        if parent == 0 {
+            probe.roots.insert(
+                context,
+                Root {
+                    config: Config::default(),
+                    parked: Vec::new(),
+                },
+            );
+        } else {
+            probe.streams.insert(
+                context,
+                StreamState {
+                    root: parent,
+                    ..StreamState::default()
+                },
+            );
+            probe.record(context, "context_create".into());
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root: u32, _size: usize) -> bool {
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> bool {
+    let (mut data, mut length) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let status =
+        unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut length) };
+    let bytes = if status == 0 {
+        owned(data, length)
+    } else {
+        Vec::new()
+    };
+    let config: Config = if bytes.is_empty() {
+        Config::default()
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(config) => config,
+            Err(error) => {
+                log(&format!("probe: bad configuration: {error}"));
+                return false;
+            }
+        }
+    };
+    if let Some(period) = config.tick_resume_ms {
+        // SAFETY: no pointers.
+        unsafe { proxy_set_tick_period_milliseconds(period) };
+    }
+    with(|probe| {
+        if let Some(root) = probe.roots.get_mut(&root) {
+            root.config = config;
+        }
+    });
+    true
+}
+
+/// What a stream callback returns after recording `line`: the configured reply, pause or trap.
+fn stream_callback(context: u32, callback: &str, line: String) -> u32 {
+    let (config, dump) = with(|probe| {
+        probe.record(context, format!("{callback} {line}"));
+        (probe.config(context), probe.is_dump(context))
+    });
+    if dump {
+        return CONTINUE;
+    }
+    if config.trap.as_deref() == Some(callback) {
+        core::arch::wasm32::unreachable();
+    }
+    if let Some(reply) = config.reply.as_ref().filter(|r| r.on == callback) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let headers = encode_pairs(&headers);
+        let details = "probe_reply";
+        // SAFETY: valid pointers for the duration of the call.
+        let status = unsafe {
+            proxy_send_local_response(
+                reply.status,
+                details.as_ptr(),
+                details.len(),
+                reply.body.as_ptr(),
+                reply.body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                -1,
+            )
+        };
+        with(|probe| probe.record(context, format!("reply status={status}")));
+        return PAUSE;
+    }
+    if config.pause.iter().any(|p| p == callback) {
+        return PAUSE;
+    }
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context: u32, _count: usize, end: bool) -> u32 {
+    if header(REQUEST_HEADERS, DUMP_HEADER).is_some() {
+        let trace = with(|probe| {
+            if let Some(stream) = probe.streams.get_mut(&context) {
+                stream.dump = Some(true);
+            }
+            probe.dumps.insert(context);
+            let (trace, cas) = shared_trace();
+            set_trace(b"", cas);
+            let trace = String::from_utf8_lossy(&trace);
+            let mut lines: Vec<&str> = trace.lines().collect();
+            // Contexts created after the last event are the dump request's, made before any
+            // probe could know it is one.
+            while lines.last().is_some_and(|l| l.ends_with(" context_create")) {
+                lines.pop();
+            }
+            let mut out = String::new();
+            for line in lines {
+                let (id, rest) = line.split_once(' ').unwrap_or(("", line));
+                if !id.parse().is_ok_and(|id| probe.dumps.contains(&id)) {
+                    out.push_str(rest);
+                    out.push('\n');
+                }
+            }
+            out
+        });
+        let details = "probe_dump";
+        // SAFETY: valid pointers for the duration of the call.
+        unsafe {
+            proxy_send_local_response(
+                200,
+                details.as_ptr(),
+                details.len(),
+                trace.as_ptr(),
+                trace.len(),
+                std::ptr::null(),
+                0,
+                -1,
+            )
+        };
+        return PAUSE;
+    }
+    let config = with(|probe| probe.config(context));
+    let mut line = format!("eos={end} {}", describe(REQUEST_HEADERS));
+    if let Some(name) = &config.metric {
+        line.push_str(&metric(name));
+    }
+    if let Some(callout) = &config.callout {
+        let authority = callout.authority.as_str();
+        let headers = encode_pairs(&[
+            (":method", "GET"),
+            (":path", "/probe"),
+            (":authority", authority),
+        ]);
+        let mut token = 0;
+        // SAFETY: valid pointers for the duration of the call.
+        let status = unsafe {
+            proxy_http_call(
+                callout.cluster.as_ptr(),
+                callout.cluster.len(),
+                headers.as_ptr(),
+                headers.len(),
+                std::ptr::null(),
+                0,
+                std::ptr::null(),
+                0,
+                5000,
+                &mut token,
+            )
+        };
+        line.push_str(&format!(" callout={status}"));
+        if status == 0 {
+            with(|probe| probe.callouts.insert(token, context));
+            with(|probe| probe.record(context, format!("request_headers {line}")));
+            return PAUSE;
+        }
+    }
+    let action = stream_callback(context, "request_headers", line);
+    if action == PAUSE && config.tick_resume_ms.is_some() && config.reply.is_none() {
+        with(|probe| {
+            let root = probe.streams.get(&context).map_or(0, |s| s.root);
+            if let Some(root) = probe.roots.get_mut(&root) {
+                root.parked.push(context);
+            }
+        });
+    }
+    action
+}
+
+/// Defines `name` as a counter and as a gauge, increments the counter and reads it back.
+fn metric(name: &str) -> String {
+    let (mut counter, mut gauge, mut value) = (0, 0, 0u64);
+    // SAFETY: valid pointers for the duration of each call.
+    let (defined, redefined, incremented, read) = unsafe {
+        (
+            proxy_define_metric(0, name.as_ptr(), name.len(), &mut counter),
+            proxy_define_metric(1, name.as_ptr(), name.len(), &mut gauge),
+            proxy_increment_metric(counter, 1),
+            proxy_get_metric(counter, &mut value),
+        )
+    };
+    format!(
+        " metric: define={defined} redefine={redefined} same_id={} increment={incremented} get={read} value={value}",
+        counter == gauge
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(context: u32, size: usize, end: bool) -> u32 {
+    body_callback(context, "request_body", size, end)
+}
+
+/// A body callback: `pause` here means buffering until the end of the stream.
+fn body_callback(context: u32, callback: &str, size: usize, end: bool) -> u32 {
+    let action = stream_callback(context, callback, format!("size={size} eos={end}"));
+    let replied = with(|probe| probe.config(context))
+        .reply
+        .is_some_and(|r| r.on == callback);
+    if end && !replied {
+        CONTINUE
+    } else {
+        action
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(context: u32, _count: usize) -> u32 {
+    let line = describe(REQUEST_TRAILERS);
+    stream_callback(context, "request_trailers", line)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context: u32, _count: usize, end: bool) -> u32 {
+    let line = format!("eos={end} {}", describe(RESPONSE_HEADERS));
+    let config = with(|probe| probe.config(context));
+    if config.stamp && !with(|probe| probe.is_dump(context)) {
+        let status = header(RESPONSE_HEADERS, b":status").unwrap_or_default();
+        let name = format!("x-probe-{}", config.name.as_deref().unwrap_or("probe"));
+        add_header(RESPONSE_HEADERS, &name, &String::from_utf8_lossy(&status));
+    }
+    stream_callback(context, "response_headers", line)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_body(context: u32, size: usize, end: bool) -> u32 {
+    body_callback(context, "response_body", size, end)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(context: u32, _count: usize) -> u32 {
+    let line = describe(RESPONSE_TRAILERS);
+    stream_callback(context, "response_trailers", line)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_log(context: u32) {
+    with(|probe| probe.record(context, "log".into()));
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_done(context: u32) -> bool {
+    with(|probe| {
+        if probe.streams.contains_key(&context) {
+            probe.record(context, "done".into());
+        }
+    });
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context: u32) {
+    with(|probe| {
+        if probe.streams.contains_key(&context) {
+            probe.record(context, "delete".into());
+            probe.streams.remove(&context);
+            for root in probe.roots.values_mut() {
+                root.parked.retain(|&c| c != context);
+            }
+        } else {
+            probe.roots.remove(&context);
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root: u32) {
+    let parked = with(|probe| {
+        probe
+            .roots
+            .get_mut(&root)
+            .map(|r| std::mem::take(&mut r.parked))
+            .unwrap_or_default()
+    });
+    for context in parked {
+        // SAFETY: no pointers.
+        let (effective, resumed) = unsafe {
+            (
+                proxy_set_effective_context(context),
+                proxy_continue_stream(STREAM_REQUEST),
+            )
+        };
+        with(|probe| {
+            probe.record(
+                context,
+                format!("tick set_effective_context={effective} continue={resumed}"),
+            )
+        });
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    _root: u32,
+    token: u32,
+    _headers: usize,
+    body: usize,
+    trailers: usize,
+) {
+    let Some(context) = with(|probe| probe.callouts.remove(&token)) else {
+        return;
+    };
+    let answer = describe(CALL_RESPONSE_HEADERS);
+    // SAFETY: no pointers.
+    let (effective, resumed) = unsafe {
+        (
+            proxy_set_effective_context(context),
+            proxy_continue_stream(STREAM_REQUEST),
+        )
+    };
+    with(|probe| {
+        probe.record(
+            context,
+            format!(
+                "http_call_response body={body} trailers={trailers} headers: {answer} set_effective_context={effective} continue={resumed}"
+            ),
+        )
+    });
+}

@@ -199,7 +199,10 @@ enum Slot {
     #[default]
     NotCreated,
     Live(Ctx),
-    /// Failed, or unavailable when the stream began: the plugin is out of this stream.
+    /// The plugin's instance was down (failed, or waiting for its reload backoff) when the
+    /// stream began: the stream fails when the request reaches the plugin, unless FAIL_OPEN.
+    Unavailable,
+    /// Failed or finished: the plugin is out of this stream.
     Gone,
 }
 
@@ -295,8 +298,7 @@ impl Stream {
         };
         for index in 0..n {
             if !chain.prepare_plugin(index) {
-                stream.contexts[index] = Slot::Gone;
-                stream.fail_unavailable(index);
+                stream.contexts[index] = Slot::Unavailable;
             }
         }
         stream
@@ -305,6 +307,11 @@ impl Stream {
     /// The plugin's context, created now if this is the plugin's first call for the stream;
     /// `None` if the plugin is out of the stream (its creation may just have failed).
     fn enter(&mut self, index: usize) -> Option<u32> {
+        if let Slot::Unavailable = self.contexts[index] {
+            self.contexts[index] = Slot::Gone;
+            self.fail_unavailable(index);
+            return None;
+        }
         if let Slot::NotCreated = self.contexts[index] {
             let plugin = &self.chain.plugins[index];
             let result = {
@@ -332,7 +339,7 @@ impl Stream {
         self.live_context(index)
     }
 
-    /// A plugin whose VM is down (failed, waiting for its reload backoff) before this stream began.
+    /// The request reached a plugin whose VM was down when the stream began.
     fn fail_unavailable(&mut self, index: usize) {
         if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
             let name = self.chain.plugins[index].name.clone();
@@ -502,6 +509,9 @@ impl Stream {
         }
         self.finished = true;
         for index in 0..self.contexts.len() {
+            if let Slot::Unavailable = self.contexts[index] {
+                continue;
+            }
             let Some(context) = self.enter(index) else {
                 continue;
             };

@@ -18,17 +18,24 @@ pub type FrameResult = Result<Frame<Bytes>, BodyReset>;
 const FRAMES_IN_FLIGHT: usize = 16;
 
 pub struct ChannelBody {
-    receiver: mpsc::Receiver<FrameResult>,
+    /// `None`: a body known to be empty, so hyper sends `content-length: 0` where one belongs
+    /// (as Envoy's codec does for a reply without a body) instead of chunked encoding.
+    receiver: Option<mpsc::Receiver<FrameResult>>,
 }
 
 pub fn channel() -> (mpsc::Sender<FrameResult>, ChannelBody) {
     let (sender, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
-    (sender, ChannelBody { receiver })
+    (
+        sender,
+        ChannelBody {
+            receiver: Some(receiver),
+        },
+    )
 }
 
 /// A body that ends at once.
 pub fn empty() -> ChannelBody {
-    channel().1
+    ChannelBody { receiver: None }
 }
 
 impl http_body::Body for ChannelBody {
@@ -36,6 +43,20 @@ impl http_body::Body for ChannelBody {
     type Error = BodyReset;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
-        self.receiver.poll_recv(cx)
+        match &mut self.receiver {
+            Some(receiver) => receiver.poll_recv(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.receiver.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.receiver {
+            Some(_) => http_body::SizeHint::default(),
+            None => http_body::SizeHint::with_exact(0),
+        }
     }
 }

@@ -300,6 +300,21 @@ fn cases() -> Vec<Case> {
                 req("POST", "/resume", vec![], "hello"),
             ],
         },
+        // A plugin (in a VM of its own) traps: the stream gets Envoy's 503, without a body,
+        // through the response callbacks of the plugins before it; the failed VM is left alone.
+        Case {
+            cluster: "upstream",
+            name: "probe_trap",
+            plugins: vec![
+                ("probe", r#"{"name": "a", "stamp": true}"#),
+                ("wat:trap", ""),
+                ("probe", r#"{"name": "c", "stamp": true}"#),
+            ],
+            requests: vec![
+                req("GET", "/trap", vec![], ""),
+                req("GET", "/again", vec![("x-fixture-skip", "1")], ""),
+            ],
+        },
         Case {
             cluster: "upstream",
             name: "probe_empty_reply",

@@ -217,9 +217,23 @@ impl Sections {
 fn guess_sdk(exports: &[(String, String)], imports: &[ImportInfo], sections: &Sections) -> String {
     let produced = |needle: &str| sections.producers.iter().any(|p| p.contains(needle));
     let exported = |name: &str| exports.iter().any(|(n, _)| n == name);
-    let imported =
-        |module: &str, name: &str| imports.iter().any(|i| i.module == module && i.name == name);
     let named = |needle: &str| sections.function_names.iter().any(|n| n.contains(needle));
+    // What Emscripten's runtime leaves, even in a stripped module: its `env` imports and its
+    // stack exports. (Its `env.abort` takes no arguments; AssemblyScript's takes four.)
+    let emscripten = imports.iter().any(|i| {
+        i.module == "env"
+            && (i.name.starts_with("emscripten_")
+                || i.name.starts_with("_emscripten_")
+                || i.name.starts_with("__syscall_")
+                || i.name.starts_with("__cxa_"))
+    }) || exports.iter().any(|(name, _)| {
+        name.starts_with("emscripten_")
+            || name.starts_with("_emscripten_")
+            || matches!(name.as_str(), "stackSave" | "stackRestore" | "stackAlloc")
+    });
+    let assemblyscript_abort = imports
+        .iter()
+        .any(|i| i.module == "env" && i.name == "abort" && i.signature.matches("i32").count() == 4);
     if produced("TinyGo") {
         "Go (TinyGo; proxy-wasm-go-sdk)".to_string()
     } else if produced("language: Go") || named("proxywasm") {
@@ -228,12 +242,9 @@ fn guess_sdk(exports: &[(String, String)], imports: &[ImportInfo], sections: &Se
         || (produced("language: Rust") && exported("proxy_on_memory_allocate"))
     {
         "Rust (proxy-wasm-rust-sdk)".to_string()
-    } else if imported("env", "emscripten_notify_memory_growth")
-        || named("proxy_wasm_api")
-        || produced("Emscripten")
-    {
+    } else if emscripten || named("proxy_wasm_api") || produced("Emscripten") {
         "C++ (proxy-wasm-cpp-sdk, Emscripten)".to_string()
-    } else if exported("__new") || exported("__pin") || imported("env", "abort") {
+    } else if exported("__new") || exported("__pin") || assemblyscript_abort {
         "AssemblyScript (proxy-runtime)".to_string()
     } else if produced("language: Rust") {
         "Rust".to_string()

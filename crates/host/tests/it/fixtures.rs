@@ -184,3 +184,30 @@ fn callouts_are_validated_recorded_and_resumed() {
     }
     assert_no_bad(&messages);
 }
+
+#[test]
+fn inspect_tells_emscripten_cpp_from_assemblyscript() {
+    let engine = engine();
+    let sdk = |text: &str| {
+        let (info, _) = engine
+            .inspect(&sluice_test_support::wat(text))
+            .expect("a valid module");
+        info.sdk
+    };
+    // A stripped Emscripten build of the C++ SDK: no producers section, no names, but its
+    // runtime's imports and stack exports, and an `abort` without arguments.
+    let emscripten = sdk(r#"(module
+        (import "env" "abort" (func))
+        (import "env" "emscripten_resize_heap" (func (param i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "stackSave") (result i32) i32.const 0)
+        (func (export "proxy_abi_version_0_2_1")))"#);
+    assert_eq!(emscripten, "C++ (proxy-wasm-cpp-sdk, Emscripten)");
+    // AssemblyScript: its four-argument `abort` and its runtime exports.
+    let assemblyscript = sdk(r#"(module
+        (import "env" "abort" (func (param i32 i32 i32 i32)))
+        (memory (export "memory") 1)
+        (func (export "__new") (param i32 i32) (result i32) i32.const 0)
+        (func (export "proxy_abi_version_0_2_1")))"#);
+    assert_eq!(assemblyscript, "AssemblyScript (proxy-runtime)");
+}

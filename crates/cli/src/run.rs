@@ -38,7 +38,8 @@ pub struct RunArgs {
     /// Configuration of the --plugin at the same position (JSON, or any text)
     #[arg(long = "plugin-config")]
     plugin_configs: Vec<String>,
-    /// A cluster plugins may call: NAME=HOST:PORT (repeatable; outbound|PORT||HOST needs none)
+    /// A cluster plugins may call: NAME=HOST:PORT, or NAME=h2c://HOST:PORT for an HTTP/2 one
+    /// such as a gRPC service (repeatable; outbound|PORT||HOST needs none)
     #[arg(long = "cluster")]
     clusters: Vec<String>,
     /// Where the admin API listens (/ready, /stats, /plugins, /config_dump, POST /reload);
@@ -159,14 +160,18 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     for cluster in &args.clusters {
         let Some((name, target)) = cluster.split_once('=') else {
-            bail!("--cluster `{cluster}`: expected NAME=HOST:PORT");
+            bail!("--cluster `{cluster}`: expected NAME=HOST:PORT or NAME=h2c://HOST:PORT");
         };
         if config.cluster(name).is_some() {
             bail!("--cluster `{cluster}`: the name `{name}` is already taken");
         }
-        config
-            .clusters
-            .push(Cluster::endpoint(name, target.to_string()));
+        let (endpoint, http2) = match target.strip_prefix("h2c://") {
+            Some(endpoint) => (endpoint, true),
+            None => (target.strip_prefix("http://").unwrap_or(target), false),
+        };
+        let mut declared = Cluster::endpoint(name, endpoint.to_string());
+        declared.http2 = http2;
+        config.clusters.push(declared);
     }
     for (index, given) in args.plugins.iter().enumerate() {
         let path = Path::new(given.strip_prefix("file://").unwrap_or(given));

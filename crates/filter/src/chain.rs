@@ -214,6 +214,8 @@ pub struct VmPool {
     /// Streams a plugin paused, by the plugin's VM and stream context: where effects on them from
     /// outside the stream (a tick, a root callout answer, a queue) go.
     parked: RefCell<HashMap<(usize, u32), (Weak<Inbox>, usize)>>,
+    /// Set by [`VmPool::tear_down`]: no root context is called again.
+    torn_down: Cell<bool>,
 }
 
 /// Effects on a paused stream that came from outside it, with the index of the plugin whose
@@ -255,6 +257,7 @@ impl VmPool {
             root_calls: RefCell::default(),
             failures: RefCell::default(),
             parked: RefCell::default(),
+            torn_down: Cell::new(false),
         })
     }
 
@@ -460,6 +463,39 @@ impl VmPool {
         }
     }
 
+    /// Ends every root context, as Envoy does when a configuration goes away (a reload retired
+    /// it, or the proxy stops): `proxy_on_done`, then `proxy_on_delete` when it returned true.
+    /// A root that answers false would wait for `proxy_done`, but the VM goes now, as Envoy
+    /// frees a VM no configuration uses: it gets no `proxy_on_delete`. Failed VMs are not
+    /// called. Afterwards no root callback runs: ticks, queue notifications and the answers to
+    /// root callouts still in flight are dropped (Envoy cancels those callouts).
+    pub fn tear_down(&self) {
+        if self.torn_down.replace(true) {
+            return;
+        }
+        let vms: Vec<SharedVm> = self.vms.borrow().clone();
+        for vm in vms {
+            let mut plugin_vm = vm.borrow_mut();
+            let roots: Vec<u32> = plugin_vm.roots.drain(..).map(|r| r.context).collect();
+            if plugin_vm.vm.failure().is_some() {
+                continue;
+            }
+            for root in roots {
+                let result = match plugin_vm.vm.done(root) {
+                    Ok(true) => plugin_vm.vm.delete(root),
+                    Ok(false) => Ok(()),
+                    Err(failure) => Err(failure),
+                };
+                drop(plugin_vm.vm.take_effects());
+                if let Err(failure) = result {
+                    tracing::warn!(plugin = %failure.plugin, "while ending the plugin: {failure}");
+                    self.record_failure(failure);
+                    break;
+                }
+            }
+        }
+    }
+
     /// Registers a stream that plugin `index` (context `context` of `vm`) paused, so that a root
     /// callback can resume it (`proxy_set_effective_context`, then `proxy_continue_stream`).
     pub(crate) fn park(&self, vm: &SharedVm, context: u32, inbox: &Rc<Inbox>, index: usize) {
@@ -560,6 +596,9 @@ impl VmPool {
         token: u32,
         response: Option<CallResponse>,
     ) {
+        if self.torn_down.get() {
+            return;
+        }
         if let Some(vm) = self.vm_at(vm) {
             self.run_root(&vm, |plugin_vm| {
                 plugin_vm
@@ -571,6 +610,9 @@ impl VmPool {
 
     /// Delivers an event of a root-level gRPC call.
     pub fn grpc_event(&self, vm: usize, root_context: u32, token: u32, event: GrpcEvent) {
+        if self.torn_down.get() {
+            return;
+        }
         if let Some(vm) = self.vm_at(vm) {
             self.run_root(&vm, |plugin_vm| {
                 plugin_vm.vm.grpc_event(root_context, token, event)
@@ -637,6 +679,9 @@ impl VmPool {
     /// queues; returns how many were delivered.
     pub fn deliver_queue_events(&self) -> usize {
         let mut delivered = 0;
+        if self.torn_down.get() {
+            return delivered;
+        }
         let vms: Vec<SharedVm> = self.vms.borrow().clone();
         for vm in vms {
             let events = vm.borrow().vm.queue_inbox().take();

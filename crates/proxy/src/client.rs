@@ -47,6 +47,57 @@ pub enum ClientError {
     Request { target: String, message: String },
 }
 
+/// How Envoy's router reports an upstream that failed before its response began: the body of its
+/// 503 and its `response.code_details`. A gRPC callout reports the same as its message,
+/// `BODY{DETAILS}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResetBeforeResponse {
+    pub body: String,
+    pub details: String,
+}
+
+impl ResetBeforeResponse {
+    /// `reason` is Envoy's reset reason (`remote connection failure`, ...); `transport` what the
+    /// socket said, in Envoy's words.
+    pub fn new(reason: &str, transport: Option<&str>) -> Self {
+        let mut details = format!(
+            "upstream_reset_before_response_started{{{}",
+            reason.replace(' ', "_")
+        );
+        if let Some(transport) = transport {
+            details.push('|');
+            details.push_str(&transport.replace(' ', "_"));
+        }
+        details.push('}');
+        Self {
+            body: format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+            ),
+            details,
+        }
+    }
+}
+
+impl ClientError {
+    /// The failure as Envoy's router reports it.
+    pub fn before_response(&self) -> ResetBeforeResponse {
+        let transport = match self {
+            // Envoy's words for a failed connect: `delayed connect error: <strerror>`.
+            Self::Connect { source, .. } => {
+                let text = source.to_string();
+                let text = text
+                    .split(" (os error")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                Some(format!("delayed connect error: {text}"))
+            }
+            _ => None,
+        };
+        ResetBeforeResponse::new(self.reset_reason(), transport.as_deref())
+    }
+}
+
 impl Endpoint {
     async fn connect(&self, timeout: Duration) -> Result<tokio::net::TcpStream, ClientError> {
         connect(Some(self.address), &self.host, self.port, timeout).await

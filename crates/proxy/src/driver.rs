@@ -50,8 +50,8 @@ enum UpstreamEvent {
     /// `End`, so plugins see it in one more, empty, body callback, as in Envoy).
     Frame(Frame<Bytes>, bool),
     End,
-    /// Envoy's name for the kind of failure, and what exactly happened (for the log).
-    Failed(&'static str, String),
+    /// How Envoy would report the failure, and what exactly happened (for the log).
+    Failed(client::ResetBeforeResponse, String),
     /// The cluster's timeout passed before the response was complete.
     TimedOut(Duration),
 }
@@ -615,7 +615,7 @@ impl Driver {
                         Err(error) => {
                             let _ = events
                                 .send(UpstreamEvent::Failed(
-                                    error.reset_reason(),
+                                    error.before_response(),
                                     error.to_string(),
                                 ))
                                 .await;
@@ -646,7 +646,10 @@ impl Driver {
                             Err(error) => {
                                 let _ = events
                                     .send(UpstreamEvent::Failed(
-                                        "connection termination",
+                                        client::ResetBeforeResponse::new(
+                                            "connection termination",
+                                            None,
+                                        ),
                                         error.to_string(),
                                     ))
                                     .await;
@@ -724,7 +727,7 @@ impl Driver {
                     );
                 }
             }
-            Some(UpstreamEvent::Failed(reason, detail)) => {
+            Some(UpstreamEvent::Failed(reply, detail)) => {
                 self.upstream_events = None;
                 self.connection.state.stats.upstream_error();
                 if self.upstream_head_seen {
@@ -733,14 +736,8 @@ impl Driver {
                 } else {
                     tracing::warn!("upstream failed: {detail}");
                     // Envoy's body and details: the kind of reset, not the socket error.
-                    let body = format!(
-                        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
-                    );
-                    let details = format!(
-                        "upstream_reset_before_response_started{{{}}}",
-                        reason.replace(' ', "_")
-                    );
-                    self.stream.local_reply_from_proxy(503, &details, &body);
+                    self.stream
+                        .local_reply_from_proxy(503, &reply.details, &reply.body);
                 }
             }
         }

@@ -29,9 +29,25 @@ pub enum Command {
 }
 
 // gRPC status codes used by the host itself.
-const DEADLINE_EXCEEDED: u32 = 4;
+const UNKNOWN: u32 = 2;
 const INTERNAL: u32 = 13;
 const UNAVAILABLE: u32 = 14;
+
+/// Envoy's message for a call that ended on something the upstream sent (its response code
+/// details), when the upstream gave no message of its own.
+const VIA_UPSTREAM: &str = "via_upstream";
+
+/// gRPC's mapping of an HTTP status to a gRPC status (Envoy's `Grpc::Utility::httpToGrpcStatus`).
+fn grpc_status_of_http(status: http::StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => INTERNAL,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => UNAVAILABLE,
+        _ => UNKNOWN,
+    }
+}
 
 /// Frames one gRPC message: a zero compression flag, the big-endian length, the bytes.
 fn frame(message: &[u8]) -> Bytes {
@@ -90,7 +106,15 @@ pub async fn call(
     } else {
         tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or_else(|_| Err((DEADLINE_EXCEEDED, "gRPC call timed out".to_string()).into()))
+            // Envoy's async client answers a timed-out call as its router does: a 504, which
+            // is UNAVAILABLE for gRPC, with the reply's body and details as the message.
+            .unwrap_or_else(|_| {
+                Err((
+                    UNAVAILABLE,
+                    "upstream request timeout{response_timeout}".to_string(),
+                )
+                    .into())
+            })
     };
     let (status, message) = match outcome {
         Ok(closed) | Err(Ended::Failed(closed)) => closed,
@@ -140,14 +164,15 @@ async fn exchange(
     deliver: &mut impl FnMut(GrpcEvent),
 ) -> Result<(u32, String), Ended> {
     let unavailable = |message: String| Ended::Failed((UNAVAILABLE, message));
-    let (address, host, port, connect_timeout) = match clusters.pick(&request.upstream) {
+    let (address, host, port, http2, connect_timeout) = match clusters.pick(&request.upstream) {
         Some(Target::Endpoint {
             address,
             host,
             port,
+            http2,
             connect_timeout,
             ..
-        }) => (address, host, port, connect_timeout),
+        }) => (address, host, port, http2, connect_timeout),
         Some(Target::Echo) => {
             return Err(unavailable(format!(
                 "cluster `{}` is the echo upstream, which does not speak gRPC",
@@ -161,42 +186,6 @@ async fn exchange(
             )));
         }
     };
-    let mut sender = match address {
-        // A declared cluster: the worker's shared HTTP/2 connection to the endpoint.
-        Some(address) => {
-            let endpoint = crate::client::Endpoint {
-                address,
-                host: host.clone(),
-                port,
-                http2: true,
-            };
-            pool.http2_sender(&endpoint, connect_timeout)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?
-        }
-        // An `outbound|PORT||HOST` name, resolved per call: a connection of its own.
-        None => {
-            let stream = crate::client::connect(None, &host, port, connect_timeout)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let (sender, connection) = hyper::client::conn::http2::handshake(
-                LocalExec,
-                hyper_util::rt::TokioIo::new(stream),
-            )
-            .await
-            .map_err(|e| unavailable(format!("HTTP/2 handshake with {host}: {e}")))?;
-            tokio::task::spawn_local(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!("gRPC connection ended: {error}");
-                }
-            });
-            sender
-        }
-    };
-    sender
-        .ready()
-        .await
-        .map_err(|e| unavailable(format!("HTTP/2 connection to {host}: {e}")))?;
     let (frames, body) = body::channel();
     let mut head = request.initial_metadata.clone();
     for (name, value) in [("content-type", "application/grpc"), ("te", "trailers")] {
@@ -223,12 +212,60 @@ async fn exchange(
     {
         let _ = frames.send(Ok(Frame::data(frame(message)))).await;
     }
+    // A failure before the response, as Envoy reports it to the plugin: 14 and `BODY{DETAILS}`.
+    let failed = |error: crate::client::ClientError| {
+        let reply = error.before_response();
+        Ended::Failed((UNAVAILABLE, format!("{}{{{}}}", reply.body, reply.details)))
+    };
+    let send = async {
+        match address {
+            // A declared cluster, in the protocol it is declared with (Envoy's gRPC client
+            // speaks HTTP/1.1 to a cluster that is not HTTP/2): the worker's pool.
+            Some(address) => {
+                let endpoint = crate::client::Endpoint {
+                    address,
+                    host: host.clone(),
+                    port,
+                    http2,
+                };
+                pool.send(&endpoint, http, connect_timeout)
+                    .await
+                    .map(|(response, _)| response)
+                    .map_err(failed)
+            }
+            // An `outbound|PORT||HOST` name, resolved per call: an HTTP/2 connection of its own.
+            None => {
+                let http_error = |source| crate::client::ClientError::Http {
+                    target: host.to_string(),
+                    source,
+                };
+                let stream = crate::client::connect(None, &host, port, connect_timeout)
+                    .await
+                    .map_err(failed)?;
+                let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                    LocalExec,
+                    hyper_util::rt::TokioIo::new(stream),
+                )
+                .await
+                .map_err(|e| failed(http_error(e)))?;
+                tokio::task::spawn_local(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!("gRPC connection ended: {error}");
+                    }
+                });
+                sender.ready().await.map_err(|e| failed(http_error(e)))?;
+                sender
+                    .send_request(http)
+                    .await
+                    .map_err(|e| failed(http_error(e)))
+            }
+        }
+    };
     let response = {
-        let send = sender.send_request(http);
         tokio::pin!(send);
         loop {
             tokio::select! {
-                response = &mut send => break response.map_err(|e| unavailable(e.to_string()))?,
+                response = &mut send => break response?,
                 command = commands.recv() => {
                     if !apply(command, &mut sending).await {
                         return Err(Ended::Cancelled);
@@ -238,34 +275,39 @@ async fn exchange(
         }
     };
     let (parts, mut body) = response.into_parts();
-    if parts.status != http::StatusCode::OK {
-        return Err(unavailable(format!(
-            "gRPC upstream answered HTTP {}",
-            parts.status
-        )));
-    }
     let head = response_map(&parts);
+    // A trailers-only answer carries the status in its head, whatever the HTTP status.
     if let Some(closed) = status_of(&head) {
         return Ok((closed.0, String::from_utf8_lossy(&closed.1).into_owned()));
+    }
+    if parts.status != http::StatusCode::OK {
+        return Err((grpc_status_of_http(parts.status), VIA_UPSTREAM.to_string()).into());
     }
     deliver(GrpcEvent::InitialMetadata(head));
     let mut buffer = BytesMut::new();
     loop {
         tokio::select! {
             frame = body.frame() => match frame {
-                None => return Err((INTERNAL, "gRPC response ended without a status".to_string()).into()),
+                // The body ended without trailers: Envoy's UNKNOWN.
+                None => return Err((UNKNOWN, VIA_UPSTREAM.to_string()).into()),
                 Some(Err(error)) => return Err(unavailable(error.to_string())),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         buffer.extend_from_slice(&data);
-                        for message in messages(&mut buffer).map_err(|e| (INTERNAL, e))? {
+                        // Bad framing is Envoy's INTERNAL.
+                        let framed = messages(&mut buffer).map_err(|e| {
+                            tracing::debug!("gRPC answer from {host}: {e}");
+                            (INTERNAL, VIA_UPSTREAM.to_string())
+                        })?;
+                        for message in framed {
                             deliver(GrpcEvent::Message(message));
                         }
                     }
                     Err(frame) => {
                         let trailers = frame.into_trailers().map(|t| fields_map(&t)).unwrap_or_default();
+                        // Trailers without a status: Envoy's UNKNOWN.
                         let closed = status_of(&trailers)
-                            .unwrap_or((INTERNAL, b"gRPC trailers without grpc-status".to_vec()));
+                            .unwrap_or((UNKNOWN, VIA_UPSTREAM.as_bytes().to_vec()));
                         deliver(GrpcEvent::TrailingMetadata(trailers));
                         return Ok((closed.0, String::from_utf8_lossy(&closed.1).into_owned()));
                     }

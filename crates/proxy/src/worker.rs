@@ -111,6 +111,15 @@ pub(crate) struct Generation {
     pub blocked: Vec<(Vec<Option<Rc<str>>>, Option<Rc<str>>)>,
 }
 
+/// A generation ends when it is replaced and its last request finished, or when the worker
+/// stops: its plugins' root contexts are torn down then, as Envoy does when a configuration
+/// goes away.
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.pool.tear_down();
+    }
+}
+
 impl Generation {
     /// Starts the plugins of `config` (one VM per plugin code and VM config, one root context per
     /// configuration) and builds every route's chain. A `canary` keeps what plugins log (for its

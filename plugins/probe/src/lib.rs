@@ -24,7 +24,13 @@
 //!   which pauses until the answer arrives and resumes the request from the callout callback;
 //! - `metric`: a counter name: in `request_headers` the probe defines it, defines the same name as
 //!   a gauge, increments the counter and records what each call returned and the value it reads;
-//! - `trap`: a callback in which the probe traps (`unreachable`).
+//! - `trap`: a callback in which the probe traps (`unreachable`);
+//! - `grpc`: `{"cluster": "...", "timeout_ms": 1000, "method": "Check"}`: a unary gRPC call
+//!   (`probe.Probe/<method>`)
+//!   from `request_headers`, which pauses until the call ends and records how it ended (status
+//!   and `proxy_get_status` message);
+//! - `tick_metric`: a counter name the root context increments on every tick (with
+//!   `tick_resume_ms` for the period), to see from outside whether a VM still ticks.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -97,6 +103,22 @@ extern "C" {
         token: *mut u32,
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_grpc_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        service: *const u8,
+        service_size: usize,
+        method: *const u8,
+        method_size: usize,
+        metadata: *const u8,
+        metadata_size: usize,
+        message: *const u8,
+        message_size: usize,
+        timeout: u32,
+        token: *mut u32,
+    ) -> u32;
+    fn proxy_get_status(code: *mut u32, message: *mut *mut u8, size: *mut usize) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_get_metric(id: u32, value: *mut u64) -> u32;
 }
@@ -145,6 +167,17 @@ struct Config {
     callout: Option<Callout>,
     metric: Option<String>,
     trap: Option<String>,
+    tick_metric: Option<String>,
+    grpc: Option<Grpc>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct Grpc {
+    cluster: String,
+    timeout_ms: u32,
+    /// `Check` when absent.
+    method: Option<String>,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -520,6 +553,34 @@ pub extern "C" fn proxy_on_request_headers(context: u32, _count: usize, end: boo
     if let Some(name) = &config.metric {
         line.push_str(&metric(name));
     }
+    if let Some(grpc) = &config.grpc {
+        let (service, message) = ("probe.Probe", "hi");
+        let method = grpc.method.as_deref().unwrap_or("Check");
+        let mut token = 0;
+        // SAFETY: valid pointers for the duration of the call.
+        let status = unsafe {
+            proxy_grpc_call(
+                grpc.cluster.as_ptr(),
+                grpc.cluster.len(),
+                service.as_ptr(),
+                service.len(),
+                method.as_ptr(),
+                method.len(),
+                std::ptr::null(),
+                0,
+                message.as_ptr(),
+                message.len(),
+                grpc.timeout_ms,
+                &mut token,
+            )
+        };
+        line.push_str(&format!(" grpc_call={status}"));
+        if status == 0 {
+            with(|probe| probe.callouts.insert(token, context));
+            with(|probe| probe.record(context, format!("request_headers {line}")));
+            return PAUSE;
+        }
+    }
     if let Some(callout) = &config.callout {
         let authority = callout.authority.as_str();
         let headers = encode_pairs(&[
@@ -635,9 +696,12 @@ pub extern "C" fn proxy_on_log(context: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_done(context: u32) -> bool {
     with(|probe| {
-        if probe.streams.contains_key(&context) {
-            probe.record(context, "done".into());
-        }
+        let line = if probe.streams.contains_key(&context) {
+            "done"
+        } else {
+            "root done"
+        };
+        probe.record(context, line.into());
     });
     true
 }
@@ -652,6 +716,7 @@ pub extern "C" fn proxy_on_delete(context: u32) {
                 root.parked.retain(|&c| c != context);
             }
         } else {
+            probe.record(context, "root delete".into());
             probe.roots.remove(&context);
         }
     });
@@ -659,6 +724,14 @@ pub extern "C" fn proxy_on_delete(context: u32) {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
+    if let Some(name) = with(|probe| probe.config(root).tick_metric) {
+        let mut id = 0;
+        // SAFETY: valid pointers for the duration of each call.
+        unsafe {
+            proxy_define_metric(0, name.as_ptr(), name.len(), &mut id);
+            proxy_increment_metric(id, 1);
+        }
+    }
     let parked = with(|probe| {
         probe
             .roots
@@ -710,4 +783,43 @@ pub extern "C" fn proxy_on_http_call_response(
             ),
         )
     });
+}
+
+/// The status and message of the last gRPC call that ended, as `proxy_get_status` gives them.
+fn status() -> String {
+    let (mut code, mut data, mut size) = (0, std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let result = unsafe { proxy_get_status(&mut code, &mut data, &mut size) };
+    let message = String::from_utf8_lossy(&owned(data, size)).into_owned();
+    format!("get_status={result} code={code} message={message:?}")
+}
+
+/// Ends a gRPC call of the probe: records `line` on the stream that made it and resumes it.
+fn grpc_ended(token: u32, line: String) {
+    let Some(context) = with(|probe| probe.callouts.remove(&token)) else {
+        return;
+    };
+    // SAFETY: no pointers.
+    let (effective, resumed) = unsafe {
+        (
+            proxy_set_effective_context(context),
+            proxy_continue_stream(STREAM_REQUEST),
+        )
+    };
+    with(|probe| {
+        probe.record(
+            context,
+            format!("{line} set_effective_context={effective} continue={resumed}"),
+        )
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_receive(_root: u32, token: u32, size: usize) {
+    grpc_ended(token, format!("grpc_receive size={size}"));
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_close(_root: u32, token: u32, code: u32) {
+    grpc_ended(token, format!("grpc_close code={code} {}", status()));
 }

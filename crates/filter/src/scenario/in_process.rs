@@ -120,9 +120,10 @@ impl InProcess {
                 status,
                 message: Vec::new(),
             },
+            // As Envoy reports a timed-out call: UNAVAILABLE, with its router's reply.
             CannedAnswer::Timeout => GrpcEvent::Close {
-                status: 4,
-                message: Vec::new(),
+                status: 14,
+                message: b"upstream request timeout{response_timeout}".to_vec(),
             },
             CannedAnswer::Fail | CannedAnswer::Http(_) => GrpcEvent::Close {
                 status: 14,

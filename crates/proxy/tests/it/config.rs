@@ -624,3 +624,32 @@ spec: {url: "{plugins}/add_header.wasm"}
         ]
     );
 }
+
+#[test]
+fn a_reload_ends_the_root_contexts_of_the_plugins_it_retires() {
+    let document = |name: &str| {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: probe}}\nspec: {{url: \"{{plugins}}/probe.wasm\", pluginConfig: {{name: {name}}}}}\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), &document("v1"));
+    let mut base = flags(None, &[]);
+    base.workers = Some(1);
+    let proxy = start_source(Some(file), base);
+    assert_eq!(get(proxy.address, "/", &[]).status, 200);
+    config_file(dir.path(), &document("v2"));
+    let reloaded = post(proxy.admin_address.unwrap(), "/reload");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    // Each dump empties the probe's trace (kept in shared data, which outlives generations):
+    // gather them until the retired root context's end shows, within a bound.
+    let mut trace = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !trace.contains("v1 root delete") && Instant::now() < deadline {
+        trace.push_str(&get(proxy.address, "/", &[("x-probe-dump", "1")]).text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ends: Vec<&str> = trace.lines().filter(|l| l.contains(" root ")).collect();
+    assert_eq!(ends, ["v1 root done", "v1 root delete"], "{trace}");
+    proxy.stop();
+}

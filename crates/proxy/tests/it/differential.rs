@@ -315,6 +315,32 @@ fn cases() -> Vec<Case> {
                 req("GET", "/again", vec![("x-fixture-skip", "1")], ""),
             ],
         },
+        // How gRPC callouts end, as the plugin sees it (status and `proxy_get_status` message):
+        // an answer, a connection refused, an HTTP/1.1 cluster answering plain text, and one
+        // answering 403.
+        Case {
+            cluster: "upstream",
+            name: "probe_grpc",
+            plugins: vec![
+                (
+                    "probe",
+                    r#"{"name": "a", "grpc": {"cluster": "grpc-authz", "timeout_ms": 2000}}"#,
+                ),
+                (
+                    "probe",
+                    r#"{"name": "b", "grpc": {"cluster": "closed", "timeout_ms": 2000}}"#,
+                ),
+                (
+                    "probe",
+                    r#"{"name": "c", "grpc": {"cluster": "upstream", "timeout_ms": 2000}}"#,
+                ),
+                (
+                    "probe",
+                    r#"{"name": "d", "grpc": {"cluster": "authz", "timeout_ms": 2000}}"#,
+                ),
+            ],
+            requests: vec![req("GET", "/grpc", vec![], "")],
+        },
         Case {
             cluster: "upstream",
             name: "probe_empty_reply",
@@ -621,13 +647,23 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
             } else {
                 upstream
             }),
-            &[("authz", authz), ("grpc-authz", grpc_authz)],
+            &[
+                ("authz", authz),
+                ("grpc-authz", grpc_authz),
+                ("closed", closed),
+            ],
             1,
         );
         for request in &case.requests {
             let expected = exchange(*envoy_address, &seen, request, case.traced());
             let actual = exchange(sluice.address, &seen, request, case.traced());
             compared += 1;
+            // A dump that comes back empty from Envoy would make the comparison vacuous.
+            assert!(
+                !case.traced() || expected.4.contains(" context_create"),
+                "{}: Envoy's probe trace is empty: {expected:?}",
+                case.name
+            );
             if expected != actual {
                 let protocol = if request.http2 { "h2" } else { "h1" };
                 let (expected_trace, actual_trace) = (&expected.4, &actual.4);

@@ -62,9 +62,11 @@ pub fn flags(upstream: Option<SocketAddr>, clusters: &[(&str, SocketAddr)]) -> C
         Some("127.0.0.1:0".parse().unwrap()),
     );
     for (name, address) in clusters {
-        config
-            .clusters
-            .push(Cluster::endpoint(name, address.to_string()));
+        let mut cluster = Cluster::endpoint(name, address.to_string());
+        // The tests' gRPC services (`grpc-*`) are declared HTTP/2, as gRPC clusters are in
+        // Envoy's config: gRPC calls use the cluster's protocol.
+        cluster.http2 = name.starts_with("grpc");
+        config.clusters.push(cluster);
     }
     config
 }

@@ -740,20 +740,27 @@ pub extern "C" fn proxy_on_tick(root: u32) {
             .unwrap_or_default()
     });
     for context in parked {
-        // SAFETY: no pointers.
-        let (effective, resumed) = unsafe {
-            (
-                proxy_set_effective_context(context),
-                proxy_continue_stream(STREAM_REQUEST),
-            )
-        };
-        with(|probe| {
-            probe.record(
-                context,
-                format!("tick set_effective_context={effective} continue={resumed}"),
-            )
-        });
+        resume(context, "tick".into());
     }
+}
+
+/// Resumes a request paused on the probe from a root callback, as the SDKs do
+/// (`proxy_set_effective_context`, then `proxy_continue_stream`), and records `line` on it with
+/// what both calls returned.
+fn resume(context: u32, line: String) {
+    // SAFETY: no pointers.
+    let (effective, resumed) = unsafe {
+        (
+            proxy_set_effective_context(context),
+            proxy_continue_stream(STREAM_REQUEST),
+        )
+    };
+    with(|probe| {
+        probe.record(
+            context,
+            format!("{line} set_effective_context={effective} continue={resumed}"),
+        )
+    });
 }
 
 #[no_mangle]
@@ -768,21 +775,10 @@ pub extern "C" fn proxy_on_http_call_response(
         return;
     };
     let answer = describe(CALL_RESPONSE_HEADERS);
-    // SAFETY: no pointers.
-    let (effective, resumed) = unsafe {
-        (
-            proxy_set_effective_context(context),
-            proxy_continue_stream(STREAM_REQUEST),
-        )
-    };
-    with(|probe| {
-        probe.record(
-            context,
-            format!(
-                "http_call_response body={body} trailers={trailers} headers: {answer} set_effective_context={effective} continue={resumed}"
-            ),
-        )
-    });
+    resume(
+        context,
+        format!("http_call_response body={body} trailers={trailers} headers: {answer}"),
+    );
 }
 
 /// The status and message of the last gRPC call that ended, as `proxy_get_status` gives them.
@@ -796,22 +792,9 @@ fn status() -> String {
 
 /// Ends a gRPC call of the probe: records `line` on the stream that made it and resumes it.
 fn grpc_ended(token: u32, line: String) {
-    let Some(context) = with(|probe| probe.callouts.remove(&token)) else {
-        return;
-    };
-    // SAFETY: no pointers.
-    let (effective, resumed) = unsafe {
-        (
-            proxy_set_effective_context(context),
-            proxy_continue_stream(STREAM_REQUEST),
-        )
-    };
-    with(|probe| {
-        probe.record(
-            context,
-            format!("{line} set_effective_context={effective} continue={resumed}"),
-        )
-    });
+    if let Some(context) = with(|probe| probe.callouts.remove(&token)) {
+        resume(context, line);
+    }
 }
 
 #[no_mangle]

@@ -211,9 +211,10 @@ pub struct VmPool {
     vms: RefCell<Vec<SharedVm>>,
     root_calls: RefCell<Vec<RootCall>>,
     failures: RefCell<Vec<PluginFailure>>,
-    /// Streams a plugin paused, by the plugin's VM and stream context: where effects on them from
-    /// outside the stream (a tick, a root callout answer, a queue) go.
-    parked: RefCell<HashMap<(usize, u32), (Weak<Inbox>, usize)>>,
+    /// Streams a plugin paused, by the plugin's VM, the VM's generation (a FAIL_RELOAD instance
+    /// numbers its contexts afresh) and stream context: where effects on them from outside the
+    /// stream (a tick, a root callout answer, a queue) go.
+    parked: RefCell<HashMap<(usize, u64, u32), (Weak<Inbox>, usize)>>,
     /// Set by [`VmPool::tear_down`]: no root context is called again.
     torn_down: Cell<bool>,
 }
@@ -498,19 +499,37 @@ impl VmPool {
 
     /// Registers a stream that plugin `index` (context `context` of `vm`) paused, so that a root
     /// callback can resume it (`proxy_set_effective_context`, then `proxy_continue_stream`).
-    pub(crate) fn park(&self, vm: &SharedVm, context: u32, inbox: &Rc<Inbox>, index: usize) {
-        self.parked
-            .borrow_mut()
-            .insert((vm_key(vm), context), (Rc::downgrade(inbox), index));
+    pub(crate) fn park(
+        &self,
+        vm: &SharedVm,
+        generation: u64,
+        context: u32,
+        inbox: &Rc<Inbox>,
+        index: usize,
+    ) {
+        self.parked.borrow_mut().insert(
+            (vm_key(vm), generation, context),
+            (Rc::downgrade(inbox), index),
+        );
     }
 
-    pub(crate) fn unpark(&self, vm: &SharedVm, context: u32) {
-        self.parked.borrow_mut().remove(&(vm_key(vm), context));
+    pub(crate) fn unpark(&self, vm: &SharedVm, generation: u64, context: u32) {
+        self.parked
+            .borrow_mut()
+            .remove(&(vm_key(vm), generation, context));
     }
 
     /// Hands an effect that names a stream context to that stream, if a plugin paused it.
     fn to_parked(&self, vm: &SharedVm, context: u32, effect: Effect) {
-        let parked = self.parked.borrow().get(&(vm_key(vm), context)).cloned();
+        let Ok(generation) = vm.try_borrow().map(|v| v.generation) else {
+            tracing::debug!(?effect, "effect on a stream while its VM is busy ignored");
+            return;
+        };
+        let parked = self
+            .parked
+            .borrow()
+            .get(&(vm_key(vm), generation, context))
+            .cloned();
         match parked.and_then(|(inbox, index)| Some((inbox.upgrade()?, index))) {
             Some((inbox, index)) => {
                 inbox.effects.borrow_mut().push((index, effect));

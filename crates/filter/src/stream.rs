@@ -374,22 +374,27 @@ impl Stream {
         };
         let effects = std::mem::take(&mut *inbox.effects.borrow_mut());
         for (index, effect) in effects {
-            self.apply_effects(index, vec![effect]);
+            // They were meant for this stream: one it no longer owns is dropped, not forwarded.
+            self.apply_effects(index, vec![effect], false);
         }
     }
 
     /// Registers plugin `index`, which just paused the stream, so a root callback can resume it.
     fn park(&mut self, index: usize) {
-        let Some(context) = self.live_context(index) else {
-            return;
-        };
-        if self.parked.contains(&index) {
+        if self.live_context(index).is_none() || self.parked.contains(&index) {
             return;
         }
+        let Slot::Live(ctx) = self.contexts[index] else {
+            return;
+        };
         let inbox = self.inbox.get_or_insert_with(Rc::default).clone();
-        self.chain
-            .pool
-            .park(&self.chain.plugins[index].vm, context, &inbox, index);
+        self.chain.pool.park(
+            &self.chain.plugins[index].vm,
+            ctx.generation,
+            ctx.context,
+            &inbox,
+            index,
+        );
         self.parked.push(index);
     }
 
@@ -509,7 +514,15 @@ impl Stream {
         }
         self.finished = true;
         for index in 0..self.contexts.len() {
-            if let Slot::Unavailable = self.contexts[index] {
+            // A plugin down since the stream began, or whose VM failed during it, is not called
+            // (nor is its context created) to log.
+            let failed = self.chain.plugins[index]
+                .vm
+                .borrow_mut()
+                .vm()
+                .failure()
+                .is_some();
+            if matches!(self.contexts[index], Slot::Unavailable) || failed {
                 continue;
             }
             let Some(context) = self.enter(index) else {
@@ -523,7 +536,7 @@ impl Stream {
             if let Slot::Live(ctx) = self.contexts[index] {
                 self.chain
                     .pool
-                    .unpark(&self.chain.plugins[index].vm, ctx.context);
+                    .unpark(&self.chain.plugins[index].vm, ctx.generation, ctx.context);
             }
         }
         for index in 0..self.contexts.len() {
@@ -789,7 +802,7 @@ impl Stream {
         };
         match result {
             Ok(value) => {
-                self.apply_effects(index, effects);
+                self.apply_effects(index, effects, true);
                 Some(value)
             }
             Err(failure) => {
@@ -827,7 +840,7 @@ impl Stream {
         self.response.buffers[response_at] = self.take_body(false);
         match result {
             Ok(()) => {
-                self.apply_effects(index, effects);
+                self.apply_effects(index, effects, true);
                 self.pump(Direction::Request);
                 self.pump(Direction::Response);
             }
@@ -837,7 +850,9 @@ impl Stream {
 
     /// Applies effects of a call into plugin `index`'s VM. Effects name contexts; the ones that
     /// belong to this stream act on it, callouts become steps, anything else is the chain's.
-    fn apply_effects(&mut self, index: usize, effects: Vec<Effect>) {
+    /// With `forward`, an effect on another stream of the VM (chosen with
+    /// `proxy_set_effective_context`) goes to that stream if a plugin paused it.
+    fn apply_effects(&mut self, index: usize, effects: Vec<Effect>, forward: bool) {
         let vm = self.chain.plugins[index].vm.clone();
         let owner = |stream: &Self, context: u32| {
             (0..stream.contexts.len()).find(|&i| {
@@ -855,7 +870,7 @@ impl Stream {
                             Direction::Request
                         };
                         self.resume(direction, plugin);
-                    } else {
+                    } else if forward {
                         // Another stream of this VM, chosen with `proxy_set_effective_context`.
                         self.chain.pool.absorb(&vm, vec![effect]);
                     }
@@ -863,7 +878,7 @@ impl Stream {
                 Effect::CloseStream { context, .. } => {
                     if owner(self, context).is_some() {
                         self.reset("a plugin closed the stream");
-                    } else {
+                    } else if forward {
                         self.chain.pool.absorb(&vm, vec![effect]);
                     }
                 }
@@ -875,7 +890,7 @@ impl Stream {
                         // sender's included); after, it replaces that head directly.
                         let direct = self.on_response_path();
                         self.local_reply(response, direct);
-                    } else {
+                    } else if forward {
                         let effect = Effect::LocalResponse { context, response };
                         self.chain.pool.absorb(&vm, vec![effect]);
                     }

@@ -491,8 +491,9 @@ impl Stream {
     }
 
     /// Answers the client on the proxy's own behalf (upstream unreachable, upstream reset before
-    /// its response head), as Envoy's router does: through every plugin's response callbacks when
-    /// the response has not begun, a reset of the client's stream otherwise.
+    /// its response head), as Envoy's router does: through the response callbacks of the plugins
+    /// the request reached when no response head exists, a reset of the client's stream once the
+    /// response began.
     pub fn local_reply_from_proxy(&mut self, status: u32, details: &str, body: &str) {
         let direct = self.on_response_path();
         self.local_reply(own_reply(status, details, body, None), direct);
@@ -1054,7 +1055,7 @@ impl Stream {
     }
 
     /// Answers the client instead of (or instead of the rest of) the upstream response: `direct`ly,
-    /// or through every plugin's response callbacks.
+    /// or through the response callbacks of the plugins whose context exists.
     fn local_reply(&mut self, reply: LocalResponse, direct: bool) {
         if self.response_started {
             self.reset("local reply after the response began");

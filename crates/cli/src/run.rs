@@ -101,19 +101,19 @@ fn admin_address(text: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(address))
 }
 
-/// The `host:port` of an `http://` (HTTP/1.1) or `h2c://` (HTTP/2 cleartext) upstream URL, and
-/// whether it is HTTP/2.
-fn upstream_endpoint(url: &str) -> anyhow::Result<(String, bool)> {
+/// The `host:port` of an `http://` (HTTP/1.1) or `h2c://` (HTTP/2 cleartext) URL given to
+/// `flag`, and whether it is HTTP/2.
+fn endpoint_url(flag: &str, url: &str) -> anyhow::Result<(String, bool)> {
     let (rest, http2) = match (url.strip_prefix("http://"), url.strip_prefix("h2c://")) {
         (Some(rest), _) => (rest, false),
         (_, Some(rest)) => (rest, true),
         _ => bail!(
-            "--upstream `{url}`: expected http://HOST:PORT or h2c://HOST:PORT (TLS upstreams are not implemented yet)"
+            "{flag} `{url}`: expected http://HOST:PORT or h2c://HOST:PORT (TLS upstreams are not implemented yet)"
         ),
     };
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
-        bail!("--upstream `{url}`: no host");
+        bail!("{flag} `{url}`: no host");
     }
     let endpoint = if authority.contains(':') {
         authority.to_string()
@@ -136,7 +136,7 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
     let upstream = args
         .upstream
         .as_deref()
-        .map(upstream_endpoint)
+        .map(|url| endpoint_url("--upstream", url))
         .transpose()?;
     let http2 = upstream.as_ref().is_some_and(|(_, http2)| *http2);
     let upstream = upstream.map(|(endpoint, _)| endpoint);
@@ -165,11 +165,13 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         if config.cluster(name).is_some() {
             bail!("--cluster `{cluster}`: the name `{name}` is already taken");
         }
-        let (endpoint, http2) = match target.strip_prefix("h2c://") {
-            Some(endpoint) => (endpoint, true),
-            None => (target.strip_prefix("http://").unwrap_or(target), false),
+        // A bare HOST:PORT is an HTTP/1.1 cluster; a URL says which protocol.
+        let (endpoint, http2) = if target.contains("://") {
+            endpoint_url("--cluster", target)?
+        } else {
+            (target.to_string(), false)
         };
-        let mut declared = Cluster::endpoint(name, endpoint.to_string());
+        let mut declared = Cluster::endpoint(name, endpoint);
         declared.http2 = http2;
         config.clusters.push(declared);
     }

@@ -594,6 +594,11 @@ impl VmPool {
         vm: &SharedVm,
         f: impl FnOnce(&mut PluginVm) -> Result<R, PluginFailure>,
     ) -> Option<R> {
+        // After `tear_down`, root contexts are gone: ticks, queue notifications and the answers
+        // to root callouts still in flight go nowhere.
+        if self.torn_down.get() {
+            return None;
+        }
         let (result, effects) = {
             let mut plugin_vm = vm.borrow_mut();
             let result = f(&mut plugin_vm);
@@ -615,9 +620,6 @@ impl VmPool {
         token: u32,
         response: Option<CallResponse>,
     ) {
-        if self.torn_down.get() {
-            return;
-        }
         if let Some(vm) = self.vm_at(vm) {
             self.run_root(&vm, |plugin_vm| {
                 plugin_vm
@@ -629,9 +631,6 @@ impl VmPool {
 
     /// Delivers an event of a root-level gRPC call.
     pub fn grpc_event(&self, vm: usize, root_context: u32, token: u32, event: GrpcEvent) {
-        if self.torn_down.get() {
-            return;
-        }
         if let Some(vm) = self.vm_at(vm) {
             self.run_root(&vm, |plugin_vm| {
                 plugin_vm.vm.grpc_event(root_context, token, event)
@@ -698,9 +697,6 @@ impl VmPool {
     /// queues; returns how many were delivered.
     pub fn deliver_queue_events(&self) -> usize {
         let mut delivered = 0;
-        if self.torn_down.get() {
-            return delivered;
-        }
         let vms: Vec<SharedVm> = self.vms.borrow().clone();
         for vm in vms {
             let events = vm.borrow().vm.queue_inbox().take();

@@ -23,4 +23,7 @@ pub use metrics::{HISTOGRAM_BOUNDS, Metric, Metrics};
 pub use shared::{MAX_QUEUE_ITEMS, QueueInbox, SharedData, SharedQueues};
 pub use state::{Clock, ClusterCheck, LogRecord};
 pub use stream::{HttpStream, SharedStream};
-pub use vm::{CALLBACK_TIME_SAMPLE, CallResponse, CallbackTime, GrpcEvent, Limits, Vm, VmConfig};
+pub use vm::{
+    CALLBACK_TIME_SAMPLE, CallResponse, CallbackTime, GRPC_TIMEOUT_MESSAGE, GrpcEvent, Limits, Vm,
+    VmConfig,
+};

@@ -129,6 +129,10 @@ pub enum GrpcEvent {
     Close { status: u32, message: Vec<u8> },
 }
 
+/// How Envoy ends a gRPC call whose timeout passed: its async client answers as its router does,
+/// a 504, which is UNAVAILABLE (14) for gRPC, with this message (the reply's body and details).
+pub const GRPC_TIMEOUT_MESSAGE: &str = "upstream request timeout{response_timeout}";
+
 enum HeadersCallback {
     /// ABI 0.1.0: `(context, headers)`.
     WithoutEndOfStream(Rc<TypedFunc<(u32, u32), u32>>),

@@ -106,14 +106,8 @@ pub async fn call(
     } else {
         tokio::time::timeout(timeout, exchange)
             .await
-            // Envoy's async client answers a timed-out call as its router does: a 504, which
-            // is UNAVAILABLE for gRPC, with the reply's body and details as the message.
             .unwrap_or_else(|_| {
-                Err((
-                    UNAVAILABLE,
-                    "upstream request timeout{response_timeout}".to_string(),
-                )
-                    .into())
+                Err((UNAVAILABLE, sluice_host::GRPC_TIMEOUT_MESSAGE.to_string()).into())
             })
     };
     let (status, message) = match outcome {

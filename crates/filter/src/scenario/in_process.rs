@@ -120,10 +120,10 @@ impl InProcess {
                 status,
                 message: Vec::new(),
             },
-            // As Envoy reports a timed-out call: UNAVAILABLE, with its router's reply.
+            // As Envoy reports a timed-out call.
             CannedAnswer::Timeout => GrpcEvent::Close {
                 status: 14,
-                message: b"upstream request timeout{response_timeout}".to_vec(),
+                message: sluice_host::GRPC_TIMEOUT_MESSAGE.as_bytes().to_vec(),
             },
             CannedAnswer::Fail | CannedAnswer::Http(_) => GrpcEvent::Close {
                 status: 14,

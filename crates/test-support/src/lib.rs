@@ -265,3 +265,37 @@ impl Registry {
         reference
     }
 }
+
+/// A loopback port where connections are refused, for as long as it lives: bound but not
+/// listening. A port taken from a listener that was then dropped is free for the next listener
+/// the kernel hands out (another test's proxy), and a "closed" cluster would reach it.
+pub struct RefusingPort {
+    _socket: socket2::Socket,
+    pub address: std::net::SocketAddr,
+}
+
+impl RefusingPort {
+    pub fn new() -> RefusingPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        // Neither SO_REUSEADDR nor SO_REUSEPORT: no other socket may bind this port meanwhile.
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("a free port");
+        let address = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("a bound address");
+        RefusingPort {
+            _socket: socket,
+            address,
+        }
+    }
+}
+
+impl Default for RefusingPort {
+    fn default() -> RefusingPort {
+        RefusingPort::new()
+    }
+}

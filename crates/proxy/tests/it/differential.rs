@@ -561,6 +561,32 @@ fn exchange(address: SocketAddr, seen: &Mutex<Vec<Seen>>, req: &Req, traced: boo
     )
 }
 
+/// Where two traces part, with a few lines of context (whole traces can be long, and CI logs
+/// keep only part of the output).
+fn trace_difference(envoy: &str, sluice: &str) -> String {
+    let (envoy, sluice): (Vec<&str>, Vec<&str>) =
+        (envoy.lines().collect(), sluice.lines().collect());
+    let Some(first) = (0..envoy.len().max(sluice.len())).find(|&i| envoy.get(i) != sluice.get(i))
+    else {
+        return "  traces agree\n".into();
+    };
+    let from = first.saturating_sub(3);
+    let window = |lines: &[&str]| {
+        lines[from.min(lines.len())..(first + 6).min(lines.len())]
+            .iter()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "  traces part at line {} of {} (envoy) and {} (sluice)\n  envoy trace:\n{}  sluice trace:\n{}",
+        first + 1,
+        envoy.len(),
+        sluice.len(),
+        window(&envoy),
+        window(&sluice)
+    )
+}
+
 /// The plugins of a case as sluice runs them: named as in Envoy's config (`{plugin}-{index}`),
 /// with the crate's name as root id.
 fn sluice_plugins(case: &Case) -> Vec<sluice_config::Plugin> {
@@ -628,10 +654,8 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
     });
     let cases = cases();
     let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refusing = sluice_test_support::RefusingPort::new();
+    let closed = refusing.address;
     let envoy = start_envoy(
         &binary,
         &envoy_config(&cases, upstream, authz, grpc_authz, closed),
@@ -666,14 +690,14 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
             );
             if expected != actual {
                 let protocol = if request.http2 { "h2" } else { "h1" };
-                let (expected_trace, actual_trace) = (&expected.4, &actual.4);
                 differences.push(format!(
-                    "{} {} {} ({protocol}):\n  envoy:  {:?}\n  sluice: {:?}\n  envoy trace:\n{expected_trace}  sluice trace:\n{actual_trace}",
+                    "{} {} {} ({protocol}):\n  envoy:  {:?}\n  sluice: {:?}\n{}",
                     case.name,
                     request.method,
                     request.path,
                     (&expected.0, expected.1, &expected.2, &expected.3),
                     (&actual.0, actual.1, &actual.2, &actual.3),
+                    trace_difference(&expected.4, &actual.4),
                 ));
             }
         }

@@ -225,10 +225,8 @@ fn every_fail_strategy_with_a_trapping_and_a_looping_plugin() {
 
 #[test]
 fn an_unreachable_upstream_is_a_503_that_says_why() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refusing = sluice_test_support::RefusingPort::new();
+    let closed = refusing.address;
     let proxy = start(Vec::new(), Some(closed), &[], 1);
     let answer = get(proxy.address, "/", &[]);
     assert_eq!(answer.status, 503);
@@ -356,10 +354,8 @@ fn a_unary_grpc_callout_over_http2_decides_the_request() {
         };
         (vec![reply.into_bytes()], 0)
     });
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refusing = sluice_test_support::RefusingPort::new();
+    let closed = refusing.address;
     let proxy = start(
         vec![built(
             "grpc_auth",

@@ -4,11 +4,13 @@
 
 #![forbid(unsafe_code)]
 
+mod attribute;
 mod enums;
 mod headers;
 mod properties;
 mod version;
 
+pub use attribute::{Attribute, ENVOY_VERSION, Node};
 pub use enums::{
     Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType, wasi_errno,
 };

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::{FailStrategy, VmConfig};
 
 /// Envoy's default cluster connect timeout.
@@ -29,12 +31,41 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// The body of the 503 a failing plugin's stream gets.
     pub failure_body: crate::FailureBody,
+    /// Where this proxy runs, as plugins read it (`xds.node.*`).
+    pub node: Node,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
     pub plugins: Vec<Plugin>,
     /// Fields that were accepted but mean nothing to sluice, with where they were.
     pub notices: Vec<Notice>,
+}
+
+/// Envoy's bootstrap `node`: what plugins read under `xds.node` (Istio's metadata exchange and
+/// stats read `xds.node.metadata`). Envoy's defaults: everything empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Node {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub cluster: String,
+    /// Any JSON object (a `google.protobuf.Struct`).
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub locality: Locality,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub sub_zone: String,
 }
 
 /// A field sluice accepted and ignores (Kubernetes-only fields of a WasmPlugin, say).
@@ -291,6 +322,7 @@ impl Config {
             access_log: None,
             insecure_registries: Vec::new(),
             failure_body: crate::FailureBody::Empty,
+            node: Node::default(),
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

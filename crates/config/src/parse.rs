@@ -116,6 +116,8 @@ struct ProxySpec {
     #[serde(default)]
     plugin_failure_body: Option<crate::FailureBody>,
     #[serde(default)]
+    node: Option<crate::Node>,
+    #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
@@ -538,6 +540,9 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
     if let Some(body) = spec.plugin_failure_body {
         config.failure_body = body;
     }
+    if let Some(node) = spec.node {
+        config.node = node;
+    }
     if let Some(destination) = spec.access_log {
         if destination.is_empty() {
             checker.error(
@@ -869,6 +874,7 @@ mod tests {
             access_log: None,
             insecure_registries: Vec::new(),
             failure_body: crate::FailureBody::Empty,
+            node: crate::Node::default(),
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),
@@ -1040,6 +1046,36 @@ kind: VirtualService
             );
         }
         assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn the_node_is_read_and_a_misspelt_field_named() {
+        let proxy = |node: &str| {
+            format!(
+                "apiVersion: sluice.dev/v1alpha1\nkind: Proxy\nspec:\n  node: {node}\n  listeners: [{{address: 127.0.0.1:1, routes: [{{cluster: echo}}]}}]\n  clusters: [{{name: echo, type: ECHO}}]\n"
+            )
+        };
+        let config = parse(
+            &proxy("{id: n1, cluster: web, metadata: {LABELS: {app: shop}, n: 3}, locality: {region: eu, subZone: r1}}"),
+            base(),
+        )
+        .unwrap();
+        assert_eq!(config.node.id, "n1");
+        assert_eq!(config.node.cluster, "web");
+        assert_eq!(config.node.metadata["LABELS"]["app"], "shop");
+        assert_eq!(config.node.locality.sub_zone, "r1");
+        let error = format!(
+            "{:?}",
+            parse(&proxy("{id: n1, zone: eu}"), base()).unwrap_err()
+        );
+        assert!(
+            error.contains("spec.node") && error.contains("zone"),
+            "{error}"
+        );
+        assert_eq!(
+            parse(&proxy("{}"), base()).unwrap().node,
+            crate::Node::default()
+        );
     }
 
     #[test]

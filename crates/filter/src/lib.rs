@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod chain;
+mod node;
 pub mod scenario;
 mod stream;
 
@@ -14,4 +15,5 @@ pub use chain::{
     Chain, ChainError, DEFAULT_BUFFER_LIMIT, InstanceReport, PluginSpec, RELOAD_BACKOFF_BASE,
     RELOAD_BACKOFF_MAX, RootCall, VmPool,
 };
+pub use node::node_attribute;
 pub use stream::{Outcome, Step, Stream};

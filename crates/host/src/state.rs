@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_abi::{AbiVersion, HeaderMap, LogLevel, PropertyValue};
+use sluice_abi::{AbiVersion, Attribute, HeaderMap, LogLevel, PropertyValue};
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use crate::effects::Effect;
@@ -188,7 +188,10 @@ pub(crate) struct HostState {
     pub env: Vec<(String, String)>,
     pub clock: Clock,
     pub clusters: ClusterCheck,
+    /// Properties a root context set (`proxy_set_property` outside a stream).
     pub properties: HashMap<String, PropertyValue>,
+    /// `xds.node`.
+    pub node: Arc<Attribute>,
     pub next_token: u32,
     /// Open gRPC calls and streams, and whether each is a unary call (ended by its message).
     pub grpc_tokens: HashMap<u32, bool>,

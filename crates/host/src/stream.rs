@@ -19,7 +19,7 @@ pub struct HttpStream {
     pub response_headers: HeaderMap,
     pub response_body: Vec<u8>,
     pub response_trailers: HeaderMap,
-    /// Values the embedder supplies for this stream (`route_name`, ...) and the ones plugins set
+    /// Values the embedder supplies for this stream (`xds.route_name`, ...) and the ones plugins set
     /// with `proxy_set_property`, by dotted path.
     pub properties: HashMap<String, PropertyValue>,
     /// Values shared by every stream of a connection (`source.address`, `connection.*`, ...),
@@ -32,6 +32,30 @@ pub type SharedStream = Rc<RefCell<HttpStream>>;
 impl HttpStream {
     pub fn shared(self) -> SharedStream {
         Rc::new(RefCell::new(self))
+    }
+
+    /// The route-level attributes Envoy 1.40 gives a stream under `xds.`: the route's name and
+    /// cluster, its virtual host (a sluice listener holds its routes as Envoy's one virtual host
+    /// does), empty metadata (sluice's config has none), the listener's direction (unspecified)
+    /// and an unnamed filter chain.
+    pub fn set_route(&mut self, virtual_host: &str, route: &str, cluster: &str) {
+        let values: [(&str, PropertyValue); 9] = [
+            ("xds.virtual_host_name", virtual_host.into()),
+            (
+                "xds.virtual_host_metadata",
+                PropertyValue::Bytes(Vec::new()),
+            ),
+            ("xds.route_name", route.into()),
+            ("xds.cluster_name", cluster.into()),
+            ("xds.route_metadata", PropertyValue::Bytes(Vec::new())),
+            ("xds.cluster_metadata", PropertyValue::Bytes(Vec::new())),
+            ("xds.listener_metadata", PropertyValue::Bytes(Vec::new())),
+            ("xds.listener_direction", PropertyValue::Int(0)),
+            ("xds.filter_chain_name", "".into()),
+        ];
+        for (key, value) in values {
+            self.properties.insert(key.to_string(), value);
+        }
     }
 
     /// Resolves an Envoy attribute of this stream: the computed `request.*`/`response.*` ones from

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-use sluice_abi::{AbiVersion, Action, HeaderMap, LogLevel, PropertyValue};
+use sluice_abi::{AbiVersion, Action, Attribute, HeaderMap, LogLevel, Node};
 use wasmtime::{Instance, Store, Trap, TypedFunc, Val, WasmBacktrace, WasmParams, WasmResults};
 
 use crate::effects::Effect;
@@ -88,8 +88,9 @@ pub struct VmConfig {
     pub callback_time: Option<Arc<CallbackTime>>,
     pub clock: Clock,
     pub clusters: ClusterCheck,
-    /// Properties of the whole VM (`node`, `listener_direction`, ...).
-    pub properties: HashMap<String, PropertyValue>,
+    /// Where the proxy runs (`xds.node`), as Envoy's bootstrap node; built once per
+    /// configuration and shared by its VMs.
+    pub node: Arc<Attribute>,
 }
 
 impl VmConfig {
@@ -106,7 +107,7 @@ impl VmConfig {
             callback_time: None,
             clock: Clock::system(),
             clusters: Arc::new(|_| false),
-            properties: HashMap::new(),
+            node: Arc::new(Node::default().attribute()),
         }
     }
 }
@@ -388,7 +389,8 @@ impl Vm {
             env: config.env,
             clock: config.clock,
             clusters: config.clusters,
-            properties: config.properties,
+            properties: HashMap::new(),
+            node: config.node,
             next_token: 0,
             grpc_tokens: HashMap::new(),
             tick_periods: HashMap::new(),

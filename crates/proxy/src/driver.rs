@@ -135,22 +135,17 @@ fn connection_properties(
 fn stream_info(
     connection: &Connection,
     protocol: &str,
+    listener: &sluice_config::Listener,
     route: Option<&sluice_config::Route>,
 ) -> HttpStream {
     let mut info = HttpStream {
         connection: connection.properties.clone(),
         ..HttpStream::default()
     };
-    let values: [(&str, PropertyValue); 3] = [
-        ("request.protocol", protocol.into()),
-        ("route_name", route.map_or("", |r| r.name.as_str()).into()),
-        (
-            "cluster_name",
-            route.map_or("", |r| r.cluster.as_str()).into(),
-        ),
-    ];
-    for (key, value) in values {
-        info.properties.insert(key.to_string(), value);
+    info.properties
+        .insert("request.protocol".to_string(), protocol.into());
+    if let Some(route) = route {
+        info.set_route(&listener.name, &route.name, &route.cluster);
     }
     info
 }
@@ -267,6 +262,7 @@ async fn drive(
     let info = stream_info(
         &connection,
         protocol,
+        listener,
         route.map(|index| &listener.routes[index]),
     );
     let (callouts, callout_answers) = mpsc::unbounded_channel();

@@ -133,6 +133,7 @@ impl Generation {
         stats: Option<&Stats>,
     ) -> Result<Self, ChainError> {
         let pool = VmPool::new(&config.engine, clock.clone());
+        let node = sluice_filter::node_attribute(&config.config.node);
         let chain_for = |listener: &Listener, route: Option<&Route>| {
             let specs = config
                 .config
@@ -172,6 +173,7 @@ impl Generation {
                             isolated: canary,
                             callback_time: stats.map(|s| s.callback_time(&plugin.name)),
                             log_level: log_levels.of(&plugin.name),
+                            node: node.clone(),
                             ..VmConfig::new(plugin.name.clone())
                         },
                         fail_strategy: plugin.fail_strategy,

@@ -30,7 +30,14 @@
 //!   from `request_headers`, which pauses until the call ends and records how it ended (status
 //!   and `proxy_get_status` message);
 //! - `tick_metric`: a counter name the root context increments on every tick (with
-//!   `tick_resume_ms` for the period), to see from outside whether a VM still ticks.
+//!   `tick_resume_ms` for the period), to see from outside whether a VM still ticks;
+//! - `properties`: property paths (dotted) read at configure time and in `request_headers`;
+//! - `foreign`: `[{"on": "configure"|"request_headers", "name": "...", "args": "..."}]` (or
+//!   `"hex"` for binary arguments): foreign function calls and what they returned;
+//! - `expressions`: CEL expressions evaluated in `request_headers` through `expr_create`,
+//!   `expr_evaluate` and `expr_delete`.
+//!
+//! What is read at configure time is reported on every `request_headers` line.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -121,6 +128,20 @@ extern "C" {
     fn proxy_get_status(code: *mut u32, message: *mut *mut u8, size: *mut usize) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_get_metric(id: u32, value: *mut u64) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_call_foreign_function(
+        name: *const u8,
+        name_size: usize,
+        arguments: *const u8,
+        arguments_size: usize,
+        results: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
 }
 
 const REQUEST_HEADERS: u32 = 0;
@@ -169,6 +190,20 @@ struct Config {
     trap: Option<String>,
     tick_metric: Option<String>,
     grpc: Option<Grpc>,
+    properties: Vec<String>,
+    foreign: Vec<Foreign>,
+    expressions: Vec<String>,
+}
+
+/// A foreign function call: its name and arguments (text, or hex in `hex`), made from `on`
+/// (`configure` or `request_headers`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct Foreign {
+    on: String,
+    name: String,
+    args: String,
+    hex: Option<String>,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -198,6 +233,10 @@ struct Callout {
 
 struct Root {
     config: Config,
+    /// What the properties and foreign functions read at configure time gave, reported with
+    /// every request (a line of its own would be written once per VM, and Envoy has a VM on its
+    /// main thread as well as one per worker).
+    configured: String,
     /// Streams paused in `request_headers`, for the tick to resume.
     parked: Vec<u32>,
 }
@@ -408,6 +447,7 @@ pub extern "C" fn proxy_on_context_create(context: u32, parent: u32) {
                 context,
                 Root {
                     config: Config::default(),
+                    configured: String::new(),
                     parked: Vec::new(),
                 },
             );
@@ -455,12 +495,92 @@ pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> bool {
         // SAFETY: no pointers.
         unsafe { proxy_set_tick_period_milliseconds(period) };
     }
+    let mut configured = properties(&config.properties);
+    for foreign in config.foreign.iter().filter(|f| f.on == "configure") {
+        configured.push_str(&call_foreign(foreign));
+    }
     with(|probe| {
         if let Some(root) = probe.roots.get_mut(&root) {
             root.config = config;
+            root.configured = configured;
         }
     });
     true
+}
+
+/// Bytes as text, with anything but printable ASCII as `\xNN`.
+fn show(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in bytes {
+        if (0x20..0x7f).contains(&b) && b != b'\\' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// ` PATH=<status>:<value>` for each property path (dotted; `\0` is written between segments).
+fn properties(paths: &[String]) -> String {
+    let mut out = String::new();
+    for path in paths {
+        let wire = path.replace('.', "\0");
+        let (mut data, mut size) = (std::ptr::null_mut(), 0);
+        // SAFETY: valid pointers for the duration of the call.
+        let status = unsafe { proxy_get_property(wire.as_ptr(), wire.len(), &mut data, &mut size) };
+        let value = if status == 0 {
+            show(&owned(data, size))
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(" {path}={status}:{value}"));
+    }
+    out
+}
+
+fn foreign_function(name: &str, arguments: &[u8]) -> (u32, Vec<u8>) {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let status = unsafe {
+        proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            arguments.as_ptr(),
+            arguments.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    (status, owned(data, size))
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .filter_map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// ` foreign NAME=<status>:<result>`.
+fn call_foreign(foreign: &Foreign) -> String {
+    let arguments = match &foreign.hex {
+        Some(hex) => unhex(hex),
+        None => foreign.args.as_bytes().to_vec(),
+    };
+    let (status, result) = foreign_function(&foreign.name, &arguments);
+    format!(" foreign {}={status}:{}", foreign.name, show(&result))
+}
+
+/// ` expr=<create status>/<evaluate status>:<result>/<delete status>` for a CEL expression,
+/// through Envoy's `expr_create`, `expr_evaluate` and `expr_delete`.
+fn expression(text: &str) -> String {
+    let (created, token) = foreign_function("expr_create", text.as_bytes());
+    let (evaluated, result) = foreign_function("expr_evaluate", &token);
+    let (deleted, _) = foreign_function("expr_delete", &token);
+    format!(
+        " expr={created}/{evaluated}:{}/{deleted}",
+        show(&result)
+    )
 }
 
 /// What a stream callback returns after recording `line`: the configured reply, pause or trap.
@@ -548,8 +668,22 @@ pub extern "C" fn proxy_on_request_headers(context: u32, _count: usize, end: boo
         };
         return PAUSE;
     }
-    let config = with(|probe| probe.config(context));
+    let (config, configured) = with(|probe| {
+        let root = probe.streams.get(&context).map_or(0, |s| s.root);
+        let configured = probe.roots.get(&root).map(|r| r.configured.clone());
+        (probe.config(context), configured.unwrap_or_default())
+    });
     let mut line = format!("eos={end} {}", describe(REQUEST_HEADERS));
+    if !configured.is_empty() {
+        line.push_str(&format!(" configure:{configured}"));
+    }
+    line.push_str(&properties(&config.properties));
+    for foreign in config.foreign.iter().filter(|f| f.on == "request_headers") {
+        line.push_str(&call_foreign(foreign));
+    }
+    for text in &config.expressions {
+        line.push_str(&expression(text));
+    }
     if let Some(name) = &config.metric {
         line.push_str(&metric(name));
     }

@@ -134,14 +134,14 @@ impl InProcess {
 
     fn stream_info(properties: &BTreeMap<String, PropertyValue>) -> HttpStream {
         let mut info = HttpStream::default();
-        let defaults: [(&str, PropertyValue); 7] = [
+        info.set_route("default", "default", "upstream");
+        let defaults: [(&str, PropertyValue); 6] = [
             ("request.protocol", "HTTP/1.1".into()),
             ("source.address", "127.0.0.1:40000".into()),
             ("source.port", PropertyValue::Int(40000)),
             ("destination.address", "127.0.0.1:10000".into()),
             ("destination.port", PropertyValue::Int(10000)),
             ("connection.id", PropertyValue::UInt(1)),
-            ("route_name", "default".into()),
         ];
         for (key, value) in defaults {
             info.properties.insert(key.to_string(), value);

@@ -29,9 +29,17 @@ pub(super) fn register(r: &mut Registrar<'_>) {
     );
 }
 
-/// Resolves a property for the effective context: the plugin's identity, then the stream's
-/// attributes, then values the embedder supplied for the whole VM (`node`, `cluster_name`, ...).
-pub(crate) fn resolve(state: &HostState, path: &PropertyPath) -> Option<Vec<u8>> {
+/// Resolves a property for the effective context, as Envoy 1.40 does: the plugin's identity,
+/// the node (`xds.node...`, from any context), then the stream's attributes (the other `xds.*`
+/// ones among them), then what a root context set. `xds` alone is a map Envoy cannot serialize.
+pub(crate) fn resolve(state: &HostState, path: &PropertyPath) -> Result<Vec<u8>, Status> {
+    match path.segments() {
+        [xds] if xds == "xds" => return Err(Status::SerializationFailure),
+        [xds, node, rest @ ..] if xds == "xds" && node == "node" => {
+            return state.node.at(rest)?.serialize();
+        }
+        _ => {}
+    }
     let root = state.effective_root();
     let identity = match path.segments() {
         [one] if one == "plugin_name" => Some(state.plugin_name.clone()),
@@ -40,22 +48,26 @@ pub(crate) fn resolve(state: &HostState, path: &PropertyPath) -> Option<Vec<u8>>
         _ => None,
     };
     if let Some(value) = identity {
-        return Some(value.into_bytes());
+        return Ok(value.into_bytes());
     }
     if let Some(stream) = state.effective_stream()
-        && let Some(value) = stream.try_borrow().ok()?.property(path.segments())
+        && let Some(value) = stream
+            .try_borrow()
+            .map_err(|_| Status::NotFound)?
+            .property(path.segments())
     {
-        return Some(value);
+        return Ok(value);
     }
     state
         .properties
         .get(&path.dotted())
         .map(PropertyValue::encode)
+        .ok_or(Status::NotFound)
 }
 
 fn get_property(c: &mut Caller<'_>, path: (u32, u32), ptr: u32, len: u32) -> HostResult {
     let path = PropertyPath::from_wire(&read(c, path.0, path.1)?);
-    let value = resolve(c.data(), &path).ok_or(Status::NotFound)?;
+    let value = resolve(c.data(), &path)?;
     return_bytes(c, &value, ptr, len)
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::{Answer, built, origin, request, start};
+use crate::{Answer, built, origin, request};
 
 /// What an upstream received.
 #[derive(Clone, Debug, PartialEq)]
@@ -341,6 +341,19 @@ fn cases() -> Vec<Case> {
             ],
             requests: vec![req("GET", "/grpc", vec![], "")],
         },
+        // Properties as Envoy 1.40 answers them, from the root context (configure) and a stream:
+        // the node under `xds.node` (the legacy `node` is gone), the route's attributes under
+        // `xds.`, and what neither has. (A map of several entries is left out: Envoy serializes
+        // a protobuf map in its hash order, sluice in key order.)
+        Case {
+            cluster: "upstream",
+            name: "probe_properties",
+            plugins: vec![(
+                "probe",
+                r#"{"name": "a", "properties": ["node", "node.id", "xds", "xds.node.id", "xds.node.cluster", "xds.node.user_agent_name", "xds.node.user_agent_version", "xds.node.user_agent_build_version.version", "xds.node.metadata.ISTIO_VERSION", "xds.node.metadata.LABELS", "xds.node.metadata.LABELS.app", "xds.node.metadata.replicas", "xds.node.metadata.canary", "xds.node.metadata.zones", "xds.node.metadata.zones.1", "xds.node.metadata.missing", "xds.node.locality", "xds.node.locality.sub_zone", "xds.node.client_features", "xds.node.nope", "xds.cluster_name", "xds.cluster_metadata", "xds.route_name", "xds.route_metadata", "xds.virtual_host_name", "xds.virtual_host_metadata", "xds.listener_direction", "xds.listener_metadata", "xds.filter_chain_name", "cluster_name", "route_name", "plugin_name", "plugin_root_id"]}"#,
+            )],
+            requests: vec![req("GET", "/properties", vec![], "")],
+        },
         Case {
             cluster: "upstream",
             name: "probe_empty_reply",
@@ -354,6 +367,27 @@ fn cases() -> Vec<Case> {
             requests: vec![req("GET", "/empty", vec![], "")],
         },
     ]
+}
+
+/// The node both proxies run as: id, cluster and metadata (JSON); the locality is `eu`,
+/// `eu-1a`, `r1`.
+const NODE: (&str, &str, &str) = (
+    "node-1",
+    "shop",
+    r#"{"ISTIO_VERSION": "1.24", "LABELS": {"app": "shop"}, "replicas": 3, "canary": false, "zones": ["a", 2]}"#,
+);
+
+fn sluice_node() -> sluice_config::Node {
+    sluice_config::Node {
+        id: NODE.0.into(),
+        cluster: NODE.1.into(),
+        metadata: serde_json::from_str(NODE.2).unwrap(),
+        locality: sluice_config::Locality {
+            region: "eu".into(),
+            zone: "eu-1a".into(),
+            sub_zone: "r1".into(),
+        },
+    }
 }
 
 /// Real Envoy, killed when dropped.
@@ -416,10 +450,11 @@ fn envoy_config(
           codec_type: AUTO
           route_config:
             virtual_hosts:
-            - name: all
+            - name: default
               domains: ["*"]
               routes:
-              - match: {{ prefix: "/" }}
+              - name: default
+                match: {{ prefix: "/" }}
                 route: {{ cluster: {cluster} }}
           http_filters:{filters}
           - name: envoy.filters.http.router
@@ -451,7 +486,13 @@ fn envoy_config(
         )
     };
     format!(
-        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nstatic_resources:\n  listeners:{listeners}\n  clusters:{}{}{}{}",
+        "node: {}\nadmin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\nstatic_resources:\n  listeners:{listeners}\n  clusters:{}{}{}{}",
+        serde_json::json!({
+            "id": NODE.0,
+            "cluster": NODE.1,
+            "metadata": serde_json::from_str::<serde_json::Value>(NODE.2).unwrap(),
+            "locality": {"region": "eu", "zone": "eu-1a", "sub_zone": "r1"},
+        }),
         cluster("upstream", upstream),
         cluster("authz", authz),
         cluster("grpc-authz", grpc_authz),
@@ -664,8 +705,7 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
     let mut differences = Vec::new();
     let mut compared = 0;
     for (case, envoy_address) in cases.iter().zip(&envoy.listeners) {
-        let sluice = start(
-            sluice_plugins(case),
+        let mut config = crate::flags(
             Some(if case.cluster == "closed" {
                 closed
             } else {
@@ -676,8 +716,11 @@ fn envoy_and_sluice_agree_on_the_example_plugins() {
                 ("grpc-authz", grpc_authz),
                 ("closed", closed),
             ],
-            1,
         );
+        config.plugins = sluice_plugins(case);
+        config.workers = Some(1);
+        config.node = sluice_node();
+        let sluice = crate::start_source(None, config);
         for request in &case.requests {
             let expected = exchange(*envoy_address, &seen, request, case.traced());
             let actual = exchange(sluice.address, &seen, request, case.traced());

@@ -3,7 +3,7 @@
 
 use prost::Message;
 
-use crate::{Status, encode_pairs};
+use crate::{PropertyValue, Status, encode_pairs};
 
 /// A value of Envoy's attribute tree (a CEL value).
 #[derive(Clone, Debug, PartialEq)]
@@ -16,8 +16,8 @@ pub enum Attribute {
     String(String),
     Bytes(Vec<u8>),
     List(Vec<Attribute>),
-    /// A map with string keys (a `google.protobuf.Struct`, a metadata map).
-    Map(Vec<(String, Attribute)>),
+    /// A map (a `google.protobuf.Struct`, a header map, a CEL map), in its order.
+    Map(Vec<(Attribute, Attribute)>),
     /// A protobuf message: its serialization, and its fields by name for paths that go further.
     Message {
         serialized: Vec<u8>,
@@ -31,7 +31,10 @@ impl Attribute {
         let mut value = self;
         for part in path {
             value = match value {
-                Attribute::Map(entries) => entries.iter().find(|(k, _)| k == part).map(|(_, v)| v),
+                Attribute::Map(entries) => entries
+                    .iter()
+                    .find(|(k, _)| matches!(k, Attribute::String(k) if k == part))
+                    .map(|(_, v)| v),
                 Attribute::Message { fields, .. } => {
                     fields.iter().find(|(k, _)| k == part).map(|(_, v)| v)
                 }
@@ -60,7 +63,7 @@ impl Attribute {
             Attribute::Map(entries) => {
                 let pairs = entries
                     .iter()
-                    .map(|(k, v)| Ok((k.as_bytes().to_vec(), v.serialize()?)))
+                    .map(|(k, v)| Ok((k.serialize()?, v.serialize()?)))
                     .collect::<Result<Vec<_>, Status>>()?;
                 encode_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
             }
@@ -94,11 +97,45 @@ impl Attribute {
     }
 }
 
-fn protobuf_struct(entries: &[(String, Attribute)]) -> prost_types::Struct {
+impl Attribute {
+    /// A map with string keys.
+    pub fn map(entries: impl IntoIterator<Item = (String, Attribute)>) -> Attribute {
+        Attribute::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Attribute::String(k), v))
+                .collect(),
+        )
+    }
+}
+
+impl From<&str> for Attribute {
+    fn from(value: &str) -> Attribute {
+        Attribute::String(value.to_string())
+    }
+}
+
+impl From<&PropertyValue> for Attribute {
+    fn from(value: &PropertyValue) -> Attribute {
+        match value {
+            PropertyValue::String(s) => Attribute::String(s.clone()),
+            PropertyValue::Bytes(b) => Attribute::Bytes(b.clone()),
+            PropertyValue::Int(i) => Attribute::Int(*i),
+            PropertyValue::UInt(u) => Attribute::UInt(*u),
+            PropertyValue::Bool(b) => Attribute::Bool(*b),
+        }
+    }
+}
+
+/// A `google.protobuf.Struct` holds string keys only; other keys are left out.
+fn protobuf_struct(entries: &[(Attribute, Attribute)]) -> prost_types::Struct {
     prost_types::Struct {
         fields: entries
             .iter()
-            .map(|(k, v)| (k.clone(), v.to_protobuf()))
+            .filter_map(|(k, v)| match k {
+                Attribute::String(k) => Some((k.clone(), v.to_protobuf())),
+                _ => None,
+            })
             .collect(),
     }
 }
@@ -108,8 +145,8 @@ fn protobuf_struct(entries: &[(String, Attribute)]) -> prost_types::Struct {
 pub struct Node {
     pub id: String,
     pub cluster: String,
-    /// A `google.protobuf.Struct`: entries of any JSON value.
-    pub metadata: Vec<(String, Attribute)>,
+    /// A `google.protobuf.Struct`: string keys, any JSON value.
+    pub metadata: Vec<(Attribute, Attribute)>,
     pub region: String,
     pub zone: String,
     pub sub_zone: String,

@@ -9,7 +9,7 @@ pub fn node_attribute(node: &sluice_config::Node) -> Arc<Attribute> {
     let metadata = node
         .metadata
         .iter()
-        .map(|(key, value)| (key.clone(), json_attribute(value)))
+        .map(|(key, value)| (Attribute::String(key.clone()), json_attribute(value)))
         .collect();
     Arc::new(
         Node {
@@ -34,11 +34,8 @@ fn json_attribute(value: &serde_json::Value) -> Attribute {
         Value::Number(n) => Attribute::Double(n.as_f64().unwrap_or_default()),
         Value::String(s) => Attribute::String(s.clone()),
         Value::Array(items) => Attribute::List(items.iter().map(json_attribute).collect()),
-        Value::Object(entries) => Attribute::Map(
-            entries
-                .iter()
-                .map(|(k, v)| (k.clone(), json_attribute(v)))
-                .collect(),
-        ),
+        Value::Object(entries) => {
+            Attribute::map(entries.iter().map(|(k, v)| (k.clone(), json_attribute(v))))
+        }
     }
 }

@@ -407,6 +407,14 @@ impl Stream {
         &self.chain
     }
 
+    /// The route the request takes after the plugins, as `xds.*` properties show it (Envoy
+    /// routes again once a plugin changed the request headers or cleared the route cache).
+    pub fn set_route(&self, virtual_host: &str, route: &str, cluster: &str) {
+        self.data
+            .borrow_mut()
+            .set_route(virtual_host, route, cluster);
+    }
+
     pub fn outcome(&self) -> Outcome {
         let details = match self.data.borrow().properties.get("response.code_details") {
             Some(sluice_abi::PropertyValue::String(details)) => details.clone(),

@@ -5,6 +5,7 @@
 mod effects;
 mod engine;
 mod error;
+mod foreign;
 mod imports;
 mod inspect;
 mod memory;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_abi::{AbiVersion, Attribute, HeaderMap, LogLevel, PropertyValue};
+use sluice_abi::{AbiVersion, Attribute, HeaderMap, LogLevel};
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use crate::effects::Effect;
@@ -188,10 +188,13 @@ pub(crate) struct HostState {
     pub env: Vec<(String, String)>,
     pub clock: Clock,
     pub clusters: ClusterCheck,
-    /// Properties a root context set (`proxy_set_property` outside a stream).
-    pub properties: HashMap<String, PropertyValue>,
     /// `xds.node`.
     pub node: Arc<Attribute>,
+    /// Properties declared with the `declare_property` foreign function, by the context that
+    /// declared them (a stream's properties follow its root context's declarations).
+    pub declared: HashMap<u32, HashMap<String, crate::foreign::Declared>>,
+    /// CEL expressions of `expr_create`, per root context, as Envoy keeps them.
+    pub expressions: HashMap<u32, crate::foreign::Expressions>,
     pub next_token: u32,
     /// Open gRPC calls and streams, and whether each is a unary call (ended by its message).
     pub grpc_tokens: HashMap<u32, bool>,

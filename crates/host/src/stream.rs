@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use sluice_abi::{HeaderMap, PropertyValue};
+use sluice_abi::{Attribute, HeaderMap, PropertyValue};
 
 /// Headers, bodies and trailers of both directions, plus the stream's property values.
 #[derive(Debug, Default)]
@@ -19,12 +19,15 @@ pub struct HttpStream {
     pub response_headers: HeaderMap,
     pub response_body: Vec<u8>,
     pub response_trailers: HeaderMap,
-    /// Values the embedder supplies for this stream (`xds.route_name`, ...) and the ones plugins set
-    /// with `proxy_set_property`, by dotted path.
+    /// Values the embedder supplies for this stream (`xds.route_name`, `response.code_details`,
+    /// ...), by dotted path.
     pub properties: HashMap<String, PropertyValue>,
     /// Values shared by every stream of a connection (`source.address`, `connection.*`, ...),
     /// consulted after `properties`; shared so a stream does not copy them.
     pub connection: Rc<HashMap<String, PropertyValue>>,
+    /// Envoy's filter state of the stream, by key: the plugins' own properties (`wasm.NAME`)
+    /// and objects set with `set_envoy_filter_state`. Every plugin of the stream sees it.
+    pub filter_state: HashMap<String, FilterStateEntry>,
 }
 
 pub type SharedStream = Rc<RefCell<HttpStream>>;
@@ -58,40 +61,22 @@ impl HttpStream {
         }
     }
 
-    /// Resolves an Envoy attribute of this stream: the computed `request.*`/`response.*` ones from
-    /// the headers, then the explicitly supplied or plugin-set values.
-    pub fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+    /// Resolves an Envoy attribute of this stream, typed: the computed `request.*`/`response.*`
+    /// ones from the headers, then the supplied values (`properties`, then `connection`), then
+    /// the filter state (`filter_state.KEY`, and a plugin's own property `NAME`, kept as Envoy
+    /// keeps it under `wasm.NAME`). Paths below a value name nothing.
+    pub fn attribute(&self, path: &[String]) -> Option<Attribute> {
         let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-        let header = |map: &HeaderMap, name: &str| map.get(name).map(<[u8]>::to_vec);
         let computed = match segments.as_slice() {
-            ["request", "path"] => header(&self.request_headers, ":path"),
-            ["request", "url_path"] => self
-                .request_headers
-                .get(":path")
-                .map(|p| p.split(|b| *b == b'?').next().unwrap_or_default().to_vec()),
-            ["request", "query"] => self.request_headers.get(":path").map(|p| {
-                p.iter()
-                    .position(|b| *b == b'?')
-                    .map(|i| p[i + 1..].to_vec())
-                    .unwrap_or_default()
-            }),
-            ["request", "host"] => header(&self.request_headers, ":authority"),
-            ["request", "scheme"] => header(&self.request_headers, ":scheme"),
-            ["request", "method"] => header(&self.request_headers, ":method"),
-            ["request", "useragent"] => header(&self.request_headers, "user-agent"),
-            ["request", "referer"] => header(&self.request_headers, "referer"),
-            ["request", "id"] => header(&self.request_headers, "x-request-id"),
-            ["request", "headers", name] => header(&self.request_headers, name),
-            ["request", "headers"] => Some(self.request_headers.encode()),
-            ["request", "trailers"] => Some(self.request_trailers.encode()),
-            ["response", "headers", name] => header(&self.response_headers, name),
-            ["response", "headers"] => Some(self.response_headers.encode()),
-            ["response", "trailers"] => Some(self.response_trailers.encode()),
-            ["response", "code"] => self
-                .response_headers
-                .get(":status")
-                .and_then(|s| std::str::from_utf8(s).ok()?.parse::<i64>().ok())
-                .map(|code| PropertyValue::Int(code).encode()),
+            ["request", key] => self.request_attribute(key),
+            ["request", "headers", name] => self.request_headers.get(name).map(text),
+            ["response", key] => self.response_attribute(key),
+            ["response", "headers", name] => self.response_headers.get(name).map(text),
+            ["filter_state", key] => self.filter_state.get(*key).map(|s| s.value.clone()),
+            [name] => self
+                .filter_state
+                .get(&format!("{WASM_STATE_PREFIX}{name}"))
+                .map(|s| s.value.clone()),
             _ => None,
         };
         computed.or_else(|| {
@@ -99,7 +84,144 @@ impl HttpStream {
             self.properties
                 .get(&key)
                 .or_else(|| self.connection.get(&key))
-                .map(PropertyValue::encode)
+                .map(Attribute::from)
         })
     }
+
+    fn request_attribute(&self, key: &str) -> Option<Attribute> {
+        let headers = &self.request_headers;
+        let path = || headers.get(":path");
+        match key {
+            "path" => path().map(text),
+            "url_path" => path().map(|p| text(p.split(|b| *b == b'?').next().unwrap_or_default())),
+            "query" => path().map(|p| {
+                text(
+                    p.iter()
+                        .position(|b| *b == b'?')
+                        .map_or(&[][..], |i| &p[i + 1..]),
+                )
+            }),
+            "host" => headers.get(":authority").map(text),
+            "scheme" => headers.get(":scheme").map(text),
+            "method" => headers.get(":method").map(text),
+            "useragent" => headers.get("user-agent").map(text),
+            "referer" => headers.get("referer").map(text),
+            "id" => headers.get("x-request-id").map(text),
+            "headers" => Some(map_attribute(headers)),
+            "trailers" => Some(map_attribute(&self.request_trailers)),
+            _ => None,
+        }
+    }
+
+    fn response_attribute(&self, key: &str) -> Option<Attribute> {
+        match key {
+            "headers" => Some(map_attribute(&self.response_headers)),
+            "trailers" => Some(map_attribute(&self.response_trailers)),
+            "code" => self
+                .response_headers
+                .get(":status")
+                .and_then(|s| std::str::from_utf8(s).ok()?.parse::<i64>().ok())
+                .map(Attribute::Int),
+            _ => None,
+        }
+    }
+
+    /// A top-level attribute as a whole, as a CEL expression sees the name: the
+    /// [`WRAPPERS`] are maps of what this stream has under them (`xds` without the node, which
+    /// the VM has); `metadata` is empty; any other name is a plugin's own property.
+    pub fn top_level(&self, name: &str) -> Option<Attribute> {
+        let computed: &[&str] = match name {
+            "request" => &REQUEST_KEYS,
+            "response" => &["headers", "trailers", "code"],
+            "source" | "destination" | "connection" | "upstream" | "xds" => &[],
+            // Envoy's dynamic metadata: sluice sets none, an empty message.
+            "metadata" => {
+                return Some(Attribute::Message {
+                    serialized: Vec::new(),
+                    fields: Vec::new(),
+                });
+            }
+            "filter_state" => {
+                return Some(Attribute::map(
+                    self.filter_state
+                        .iter()
+                        .map(|(k, s)| (k.clone(), s.value.clone())),
+                ));
+            }
+            _ => return self.attribute(&[name.to_string()]),
+        };
+        let mut entries: Vec<(String, Attribute)> = computed
+            .iter()
+            .filter_map(|key| {
+                Some((
+                    key.to_string(),
+                    self.attribute(&[name.into(), key.to_string()])?,
+                ))
+            })
+            .collect();
+        let prefix = format!("{name}.");
+        for (key, value) in self.connection.iter().chain(self.properties.iter()) {
+            if let Some(rest) = key.strip_prefix(&prefix)
+                && !entries.iter().any(|(k, _)| k == rest)
+            {
+                entries.push((rest.to_string(), Attribute::from(value)));
+            }
+        }
+        Some(Attribute::map(entries))
+    }
+}
+
+/// Top-level names Envoy gives every stream as a map it builds on demand. CEL reads into them,
+/// but Envoy cannot serialize one as a whole (`SERIALIZATION_FAILURE`).
+pub const WRAPPERS: [&str; 8] = [
+    "request",
+    "response",
+    "source",
+    "destination",
+    "connection",
+    "upstream",
+    "filter_state",
+    "xds",
+];
+
+/// The `request.*` attributes computed from the request headers.
+const REQUEST_KEYS: [&str; 12] = [
+    "path",
+    "url_path",
+    "query",
+    "host",
+    "scheme",
+    "method",
+    "useragent",
+    "referer",
+    "id",
+    "headers",
+    "trailers",
+    "protocol",
+];
+
+/// Where Envoy keeps a property a plugin set (`proxy_set_property`): filter state `wasm.NAME`.
+pub const WASM_STATE_PREFIX: &str = "wasm.";
+
+/// A value in a stream's filter state: a plugin's property, or an object set with the
+/// `set_envoy_filter_state` foreign function.
+#[derive(Debug, Clone)]
+pub struct FilterStateEntry {
+    pub value: Attribute,
+    /// Declared read-only: set once.
+    pub readonly: bool,
+}
+
+/// Header values are text to CEL when they are UTF-8, bytes otherwise.
+fn text(bytes: &[u8]) -> Attribute {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Attribute::String(s.to_string()),
+        Err(_) => Attribute::Bytes(bytes.to_vec()),
+    }
+}
+
+/// A header map as a map attribute, in the map's order (duplicates stay separate entries, and
+/// serialize as the spec's header-map pairs).
+fn map_attribute(map: &HeaderMap) -> Attribute {
+    Attribute::Map(map.iter().map(|(k, v)| (text(k), text(v))).collect())
 }

@@ -389,8 +389,9 @@ impl Vm {
             env: config.env,
             clock: config.clock,
             clusters: config.clusters,
-            properties: HashMap::new(),
             node: config.node,
+            declared: HashMap::new(),
+            expressions: HashMap::new(),
             next_token: 0,
             grpc_tokens: HashMap::new(),
             tick_periods: HashMap::new(),
@@ -781,6 +782,12 @@ impl Vm {
         // Hashing the id is the cost of a remove; almost no context is pending.
         if !state.pending_done.is_empty() {
             state.pending_done.remove(&context);
+        }
+        if !state.declared.is_empty() {
+            state.declared.remove(&context);
+        }
+        if !state.expressions.is_empty() {
+            state.expressions.remove(&context);
         }
         result
     }

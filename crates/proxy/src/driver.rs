@@ -548,6 +548,8 @@ impl Driver {
             return;
         };
         self.route = Some(route.name.clone());
+        self.stream
+            .set_route(&listener.name, &route.name, &route.cluster);
         let (target, connect_timeout, timeout) = match generation.clusters.pick(&route.cluster) {
             Some(Target::Echo) => {
                 self.echo = Some((headers, Vec::new(), HeaderMap::new()));

@@ -31,7 +31,10 @@
 //!   and `proxy_get_status` message);
 //! - `tick_metric`: a counter name the root context increments on every tick (with
 //!   `tick_resume_ms` for the period), to see from outside whether a VM still ticks;
-//! - `properties`: property paths (dotted) read at configure time and in `request_headers`;
+//! - `properties`: property paths read at configure time and in `request_headers` (after the
+//!   `set` and `foreign` calls there), dotted, or split at `|` when a segment holds a dot;
+//! - `set`: `[{"on": "configure"|"request_headers", "path": "...", "value": "..."}]`:
+//!   `proxy_set_property` calls and what they returned;
 //! - `foreign`: `[{"on": "configure"|"request_headers", "name": "...", "args": "..."}]` (or
 //!   `"hex"` for binary arguments): foreign function calls and what they returned;
 //! - `expressions`: CEL expressions evaluated in `request_headers` through `expr_create`,
@@ -134,6 +137,12 @@ extern "C" {
         data: *mut *mut u8,
         size: *mut usize,
     ) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_call_foreign_function(
         name: *const u8,
         name_size: usize,
@@ -193,6 +202,16 @@ struct Config {
     properties: Vec<String>,
     foreign: Vec<Foreign>,
     expressions: Vec<String>,
+    set: Vec<SetProperty>,
+}
+
+/// A `proxy_set_property` call made from `on` (`configure` or `request_headers`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct SetProperty {
+    on: String,
+    path: String,
+    value: String,
 }
 
 /// A foreign function call: its name and arguments (text, or hex in `hex`), made from `on`
@@ -495,7 +514,8 @@ pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> bool {
         // SAFETY: no pointers.
         unsafe { proxy_set_tick_period_milliseconds(period) };
     }
-    let mut configured = properties(&config.properties);
+    let mut configured = set_properties(&config.set, "configure");
+    configured.push_str(&properties(&config.properties));
     for foreign in config.foreign.iter().filter(|f| f.on == "configure") {
         configured.push_str(&call_foreign(foreign));
     }
@@ -521,11 +541,32 @@ fn show(bytes: &[u8]) -> String {
     out
 }
 
-/// ` PATH=<status>:<value>` for each property path (dotted; `\0` is written between segments).
+/// A property path on the wire: segments split at `|` if there is one (for segments holding a
+/// dot, such as a filter state key), else at dots, and joined by NUL.
+fn wire_path(path: &str) -> String {
+    let separator = if path.contains('|') { '|' } else { '.' };
+    path.replace(separator, "\0")
+}
+
+/// ` set PATH=<status>` for each property set from `on`.
+fn set_properties(sets: &[SetProperty], on: &str) -> String {
+    let mut out = String::new();
+    for set in sets.iter().filter(|s| s.on == on) {
+        let wire = wire_path(&set.path);
+        // SAFETY: valid pointers for the duration of the call.
+        let status = unsafe {
+            proxy_set_property(wire.as_ptr(), wire.len(), set.value.as_ptr(), set.value.len())
+        };
+        out.push_str(&format!(" set {}={status}", set.path));
+    }
+    out
+}
+
+/// ` PATH=<status>:<value>` for each property path (see [`wire_path`]).
 fn properties(paths: &[String]) -> String {
     let mut out = String::new();
     for path in paths {
-        let wire = path.replace('.', "\0");
+        let wire = wire_path(path);
         let (mut data, mut size) = (std::ptr::null_mut(), 0);
         // SAFETY: valid pointers for the duration of the call.
         let status = unsafe { proxy_get_property(wire.as_ptr(), wire.len(), &mut data, &mut size) };
@@ -677,10 +718,11 @@ pub extern "C" fn proxy_on_request_headers(context: u32, _count: usize, end: boo
     if !configured.is_empty() {
         line.push_str(&format!(" configure:{configured}"));
     }
-    line.push_str(&properties(&config.properties));
+    line.push_str(&set_properties(&config.set, "request_headers"));
     for foreign in config.foreign.iter().filter(|f| f.on == "request_headers") {
         line.push_str(&call_foreign(foreign));
     }
+    line.push_str(&properties(&config.properties));
     for text in &config.expressions {
         line.push_str(&expression(text));
     }

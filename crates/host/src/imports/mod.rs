@@ -13,6 +13,8 @@ mod metrics;
 mod properties;
 mod shared;
 
+pub(crate) use properties::top_level;
+
 use std::collections::BTreeSet;
 
 use sluice_abi::Status;

@@ -1,9 +1,10 @@
 //! Properties (Envoy attributes) and foreign functions.
 
-use sluice_abi::{PropertyPath, PropertyValue, Status};
+use sluice_abi::{Attribute, PropertyPath, Status};
 
 use super::{Caller, HostResult, Registrar, finish, read, return_bytes};
 use crate::state::HostState;
+use crate::stream::{FilterStateEntry, WASM_STATE_PREFIX, WRAPPERS};
 
 pub(super) fn register(r: &mut Registrar<'_>) {
     r.func(
@@ -31,67 +32,89 @@ pub(super) fn register(r: &mut Registrar<'_>) {
 
 /// Resolves a property for the effective context, as Envoy 1.40 does: the plugin's identity,
 /// the node (`xds.node...`, from any context), then the stream's attributes (the other `xds.*`
-/// ones among them), then what a root context set. `xds` alone is a map Envoy cannot serialize.
-pub(crate) fn resolve(state: &HostState, path: &PropertyPath) -> Result<Vec<u8>, Status> {
-    match path.segments() {
-        [xds] if xds == "xds" => return Err(Status::SerializationFailure),
-        [xds, node, rest @ ..] if xds == "xds" && node == "node" => {
-            return state.node.at(rest)?.serialize();
+/// among them, and its filter state). Envoy cannot serialize `request`, `xds` and the other
+/// [`WRAPPERS`] as a whole.
+pub(crate) fn resolve(state: &HostState, path: &[String]) -> Result<Attribute, Status> {
+    let stream = state.effective_stream();
+    match path {
+        [whole] if whole == "xds" || (WRAPPERS.contains(&whole.as_str()) && stream.is_some()) => {
+            Err(Status::SerializationFailure)
         }
-        _ => {}
+        [xds, node, rest @ ..] if xds == "xds" && node == "node" => state.node.at(rest).cloned(),
+        [one] => top_level(state, one).ok_or(Status::NotFound),
+        _ => stream
+            .ok_or(Status::NotFound)?
+            .try_borrow()
+            .map_err(|_| Status::NotFound)?
+            .attribute(path)
+            .ok_or(Status::NotFound),
     }
-    let root = state.effective_root();
-    let identity = match path.segments() {
-        [one] if one == "plugin_name" => Some(state.plugin_name.clone()),
-        [one] if one == "plugin_root_id" => Some(state.root_id(root).to_string()),
-        [one] if one == "plugin_vm_id" => Some(state.vm_id.clone()),
+}
+
+/// A top-level name as a whole, as a CEL expression reads it (`request`, `xds`, `plugin_name`,
+/// a plugin's own property, ...). Stream attributes exist only for a stream context.
+pub(crate) fn top_level(state: &HostState, name: &str) -> Option<Attribute> {
+    let identity = match name {
+        "plugin_name" => Some(state.plugin_name.clone()),
+        "plugin_root_id" => Some(state.root_id(state.effective_root()).to_string()),
+        "plugin_vm_id" => Some(state.vm_id.clone()),
         _ => None,
     };
     if let Some(value) = identity {
-        return Ok(value.into_bytes());
+        return Some(Attribute::String(value));
     }
-    if let Some(stream) = state.effective_stream()
-        && let Some(value) = stream
-            .try_borrow()
-            .map_err(|_| Status::NotFound)?
-            .property(path.segments())
-    {
-        return Ok(value);
+    let stream = state.effective_stream()?.try_borrow().ok()?;
+    let value = stream.top_level(name);
+    if name == "xds" {
+        let Some(Attribute::Map(mut entries)) = value else {
+            return None;
+        };
+        entries.push((Attribute::String("node".into()), (*state.node).clone()));
+        return Some(Attribute::Map(entries));
     }
-    state
-        .properties
-        .get(&path.dotted())
-        .map(PropertyValue::encode)
-        .ok_or(Status::NotFound)
+    value
 }
 
 fn get_property(c: &mut Caller<'_>, path: (u32, u32), ptr: u32, len: u32) -> HostResult {
     let path = PropertyPath::from_wire(&read(c, path.0, path.1)?);
-    let value = resolve(c.data(), &path)?;
+    let value = resolve(c.data(), path.segments())?.serialize()?;
     return_bytes(c, &value, ptr, len)
 }
 
+/// Envoy keeps a plugin's property in the stream's filter state (`wasm.PATH`), typed as the root
+/// context declared it (`declare_property`), else as bytes; a read-only one is set once. There is
+/// no filter state outside a stream: NOT_FOUND.
 fn set_property(c: &mut Caller<'_>, path: (u32, u32), value: (u32, u32)) -> HostResult {
-    let path = PropertyPath::from_wire(&read(c, path.0, path.1)?);
-    let value = PropertyValue::Bytes(read(c, value.0, value.1)?);
-    let state = c.data_mut();
-    match state.effective_stream() {
-        Some(stream) => {
-            stream
-                .try_borrow_mut()
-                .map_err(|_| Status::NotFound)?
-                .properties
-                .insert(path.dotted(), value);
+    let path = String::from_utf8_lossy(&read(c, path.0, path.1)?).into_owned();
+    let value = read(c, value.0, value.1)?;
+    let state = c.data();
+    let stream = state.effective_stream().ok_or(Status::NotFound)?;
+    let declared = state
+        .declared
+        .get(&state.effective_root())
+        .and_then(|d| d.get(&path));
+    let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
+    let key = format!("{WASM_STATE_PREFIX}{path}");
+    match stream.filter_state.get_mut(&key) {
+        Some(entry) if entry.readonly => return Err(Status::BadArgument.into()),
+        Some(entry) => {
+            let string = matches!(entry.value, Attribute::String(_));
+            entry.value = crate::foreign::typed(value, string);
         }
         None => {
-            state.properties.insert(path.dotted(), value);
+            let string = declared.is_some_and(|d| d.string);
+            let entry = FilterStateEntry {
+                value: crate::foreign::typed(value, string),
+                readonly: declared.is_some_and(|d| d.readonly),
+            };
+            stream.filter_state.insert(key, entry);
         }
     }
     Ok(())
 }
 
-/// Sluice offers no foreign functions yet: every name is unknown, which the spec reports as
-/// `NOT_FOUND`. The arguments are still bounds-checked.
+/// Envoy's foreign functions (`crate::foreign`): an unknown name is NOT_FOUND and writes
+/// nothing; a known one always writes its result (empty when it has none), whatever its status.
 fn call_foreign_function(
     c: &mut Caller<'_>,
     name: (u32, u32),
@@ -100,10 +123,22 @@ fn call_foreign_function(
     len: u32,
 ) -> HostResult {
     let name = read(c, name.0, name.1)?;
-    read(c, args.0, args.1)?;
+    let arguments = read(c, args.0, args.1)?;
     let (memory, _) = super::parts(c)?;
     memory.check(ptr, 4)?;
     memory.check(len, 4)?;
-    tracing::debug!(function = %String::from_utf8_lossy(&name), "unknown foreign function");
-    Err(Status::NotFound.into())
+    let Some(function) = crate::foreign::Function::named(&name) else {
+        tracing::debug!(function = %String::from_utf8_lossy(&name), "unknown foreign function");
+        return Err(Status::NotFound.into());
+    };
+    let (status, result) = match function.call(c.data_mut(), &arguments) {
+        Ok(result) => (Status::Ok, result),
+        Err(status) => (status, Vec::new()),
+    };
+    return_bytes(c, &result, ptr, len)?;
+    if status == Status::Ok {
+        Ok(())
+    } else {
+        Err(status.into())
+    }
 }

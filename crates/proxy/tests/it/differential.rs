@@ -354,6 +354,29 @@ fn cases() -> Vec<Case> {
             )],
             requests: vec![req("GET", "/properties", vec![], "")],
         },
+        // Envoy's foreign functions, as a plugin sees them: zlib, declared and read-only
+        // properties, the filter state (`set_envoy_filter_state`, a second plugin reading what
+        // the first set), route cache clearing, and CEL expressions over the same attributes
+        // (`expr_create`, `expr_evaluate`, `expr_delete`), every status and encoding included.
+        // (Whole maps of several entries are left out: their order is Envoy's hash order.)
+        Case {
+            cluster: "upstream",
+            name: "probe_foreign",
+            plugins: vec![
+                (
+                    "probe",
+                    r#"{"name": "a", "foreign": [{"on": "configure", "name": "declare_property", "hex": "0a02726f10011801"}, {"on": "configure", "name": "declare_property", "hex": "0a02726f1801"}, {"on": "configure", "name": "declare_property", "hex": "ff"}, {"on": "configure", "name": "set_envoy_filter_state", "hex": "0a0c656e766f792e737472696e671203616263"}, {"on": "configure", "name": "compress", "args": "hello hello hello"}, {"on": "request_headers", "name": "compress", "args": ""}, {"on": "request_headers", "name": "uncompress", "hex": "789ccb48cdc9c90700062c0215"}, {"on": "request_headers", "name": "uncompress", "hex": "0011223344"}, {"on": "request_headers", "name": "clear_route_cache", "args": "x"}, {"on": "request_headers", "name": "set_envoy_filter_state", "hex": "0a0c656e766f792e737472696e671203616263"}, {"on": "request_headers", "name": "set_envoy_filter_state", "hex": "0a0a656e766f792e626f6f6c12056d61796265"}, {"on": "request_headers", "name": "set_envoy_filter_state", "hex": "0a0f6e6f2e737563682e666163746f7279120178"}, {"on": "request_headers", "name": "set_envoy_filter_state", "hex": "ff"}, {"on": "request_headers", "name": "nope", "args": ""}, {"on": "request_headers", "name": "expr_evaluate", "args": "ab"}, {"on": "request_headers", "name": "expr_evaluate", "hex": "63000000"}, {"on": "request_headers", "name": "expr_delete", "hex": "63000000"}], "set": [{"on": "configure", "path": "rootprop", "value": "r"}, {"on": "request_headers", "path": "ro", "value": "one"}, {"on": "request_headers", "path": "ro", "value": "two"}, {"on": "request_headers", "path": "free", "value": "f"}, {"on": "request_headers", "path": "request.path", "value": "/changed"}], "properties": ["ro", "free", "request.path", "filter_state", "filter_state|envoy.string", "filter_state|wasm.ro", "request", "source"], "expressions": ["request.path + '!'", "request.headers['user-agent']", "size(request.path) > 3 && request.method == 'GET'", "bad syntax ((", "{'a': 1}", "[1, 'two']", "null", "1.5", "3u", "duration('1.5s')", "timestamp('2020-01-01T00:00:00Z')", "b'abc'", "nope.field", "1/0", "xds.node.id", "xds.cluster_name", "plugin_name", "response.code", "ro + free", "filter_state['envoy.string']", "request", "rootprop", "[1, 2].all(x, x > 0)"]}"#,
+                ),
+                (
+                    "probe",
+                    r#"{"name": "b", "properties": ["ro", "free", "filter_state|envoy.string"], "expressions": ["ro", "free"]}"#,
+                ),
+            ],
+            requests: vec![
+                req("GET", "/foreign?x=1", vec![], ""),
+                req("GET", "/foreign", vec![], "").h2(),
+            ],
+        },
         Case {
             cluster: "upstream",
             name: "probe_empty_reply",

@@ -1,8 +1,10 @@
 //! Envoy's foreign functions (`proxy_call_foreign_function`), with Envoy 1.40's argument and
 //! result encodings and statuses (Envoy's `source/extensions/common/wasm/foreign.cc`): zlib
 //! `compress` / `uncompress`, `clear_route_cache`, `declare_property`, `set_envoy_filter_state`,
-//! and CEL expressions (`expr_create`, `expr_evaluate`, `expr_delete`) over the attributes
-//! `proxy_get_property` reads.
+//! CEL expressions (`expr_create`, `expr_evaluate`, `expr_delete`) over the attributes
+//! `proxy_get_property` reads, and `verify_signature` / `sign`.
+
+mod signature;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -26,6 +28,8 @@ pub(crate) enum Function {
     ExprCreate,
     ExprEvaluate,
     ExprDelete,
+    VerifySignature,
+    Sign,
 }
 
 /// What `declare_property` said about a property: set once, and a string (else bytes) to CEL.
@@ -80,6 +84,8 @@ impl Function {
             b"expr_create" => Function::ExprCreate,
             b"expr_evaluate" => Function::ExprEvaluate,
             b"expr_delete" => Function::ExprDelete,
+            b"verify_signature" => Function::VerifySignature,
+            b"sign" => Function::Sign,
             _ => return None,
         })
     }
@@ -97,6 +103,8 @@ impl Function {
             Function::SetEnvoyFilterState => set_envoy_filter_state(state, arguments),
             Function::ExprCreate => expr_create(state, arguments),
             Function::ExprEvaluate => expr_evaluate(state, arguments),
+            Function::VerifySignature => signature::verify_signature(arguments),
+            Function::Sign => signature::sign(arguments),
             Function::ExprDelete => {
                 let token = token(arguments)?;
                 if let Some(expressions) = state.expressions.get_mut(&state.effective_root()) {

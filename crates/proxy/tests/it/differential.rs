@@ -377,6 +377,14 @@ fn cases() -> Vec<Case> {
                 req("GET", "/foreign", vec![], "").h2(),
             ],
         },
+        // `verify_signature` and `sign` with RSA and ECDSA keys, DER and PEM, and each way they
+        // fail. (An ECDSA signature is random, so only RSA signing is compared.)
+        Case {
+            cluster: "upstream",
+            name: "probe_crypto",
+            plugins: vec![("probe", crypto_probe())],
+            requests: vec![req("GET", "/crypto", vec![], "")],
+        },
         Case {
             cluster: "upstream",
             name: "probe_empty_reply",
@@ -411,6 +419,119 @@ fn sluice_node() -> sluice_config::Node {
             sub_zone: "r1".into(),
         },
     }
+}
+
+/// A protobuf message of length-delimited fields (strings and bytes), as hex.
+fn protobuf_hex(fields: &[(u8, &[u8])]) -> String {
+    let mut out = Vec::new();
+    for (tag, value) in fields {
+        out.push((tag << 3) | 2);
+        let mut length = value.len();
+        while length >= 0x80 {
+            out.push((length as u8) | 0x80);
+            length >>= 7;
+        }
+        out.push(length as u8);
+        out.extend_from_slice(value);
+    }
+    out.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The probe configuration of `probe_crypto`: Envoy's `VerifySignatureArguments` (hash 1,
+/// public_key 2, signature 3, text 4, public_key_pem 5) and `SignArguments` (hash 1,
+/// private_key 2, text 3, private_key_pem 4), with the keys in fixtures/crypto.
+fn crypto_probe() -> &'static str {
+    let file = |name: &str| {
+        std::fs::read(
+            sluice_test_support::repo_root()
+                .join("fixtures/crypto")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let (rsa_pub, rsa_pub_pem, rsa_sig) =
+        (file("rsa_pub.der"), file("rsa_pub.pem"), file("rsa.sig"));
+    let (ec_pub, ec_sig) = (file("ec_pub.der"), file("ec.sig"));
+    let (rsa_priv, rsa_priv_pem) = (file("rsa_priv.der"), file("rsa_priv.pem"));
+    let calls: Vec<(&str, String)> = vec![
+        (
+            "verify_signature",
+            protobuf_hex(&[(1, b"sha256"), (2, &rsa_pub), (3, &rsa_sig), (4, b"hello")]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[(1, b"sha256"), (2, &rsa_pub), (3, &rsa_sig), (4, b"hellx")]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[
+                (1, b"SHA256"),
+                (5, &rsa_pub_pem),
+                (3, &rsa_sig),
+                (4, b"hello"),
+            ]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[(1, b"sha256"), (2, &ec_pub), (3, &ec_sig), (4, b"hello")]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[(1, b"md5"), (2, &rsa_pub), (3, &rsa_sig), (4, b"hello")]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[
+                (1, b"sha256"),
+                (2, b"garbage"),
+                (3, &rsa_sig),
+                (4, b"hello"),
+            ]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[(1, b"sha256"), (3, &rsa_sig), (4, b"hello")]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[
+                (1, b"sha256"),
+                (2, &rsa_pub),
+                (5, &rsa_pub_pem),
+                (3, &rsa_sig),
+                (4, b"hello"),
+            ]),
+        ),
+        (
+            "verify_signature",
+            protobuf_hex(&[(1, b"sha384"), (2, &rsa_pub), (3, &rsa_sig), (4, b"hello")]),
+        ),
+        ("verify_signature", "ff".into()),
+        (
+            "sign",
+            protobuf_hex(&[(1, b"sha256"), (2, &rsa_priv), (3, b"hello")]),
+        ),
+        (
+            "sign",
+            protobuf_hex(&[(1, b"sha512"), (4, &rsa_priv_pem), (3, b"hello")]),
+        ),
+        (
+            "sign",
+            protobuf_hex(&[(1, b"md5"), (2, &rsa_priv), (3, b"hello")]),
+        ),
+        (
+            "sign",
+            protobuf_hex(&[(1, b"sha256"), (2, b"garbage"), (3, b"hello")]),
+        ),
+        ("sign", protobuf_hex(&[(1, b"sha256"), (3, b"hello")])),
+        ("sign", "ff".into()),
+    ];
+    let foreign: Vec<serde_json::Value> = calls
+        .into_iter()
+        .map(|(name, hex)| serde_json::json!({"on": "request_headers", "name": name, "hex": hex}))
+        .collect();
+    let config = serde_json::json!({"name": "a", "foreign": foreign}).to_string();
+    Box::leak(config.into_boxed_str())
 }
 
 /// Real Envoy, killed when dropped.

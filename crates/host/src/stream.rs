@@ -19,8 +19,8 @@ pub struct HttpStream {
     pub response_headers: HeaderMap,
     pub response_body: Vec<u8>,
     pub response_trailers: HeaderMap,
-    /// Values the embedder supplies for this stream (`xds.route_name`, `response.code_details`,
-    /// ...), by dotted path.
+    /// Values the embedder supplies for this stream (`request.protocol`,
+    /// `response.code_details`, ...), by dotted path.
     pub properties: HashMap<String, PropertyValue>,
     /// Values shared by every stream of a connection (`source.address`, `connection.*`, ...),
     /// consulted after `properties`; shared so a stream does not copy them.
@@ -28,6 +28,8 @@ pub struct HttpStream {
     /// Envoy's filter state of the stream, by key: the plugins' own properties (`wasm.NAME`)
     /// and objects set with `set_envoy_filter_state`. Every plugin of the stream sees it.
     pub filter_state: HashMap<String, FilterStateEntry>,
+    /// The route the request takes, once routed.
+    pub route: Option<RouteInfo>,
 }
 
 pub type SharedStream = Rc<RefCell<HttpStream>>;
@@ -37,28 +39,33 @@ impl HttpStream {
         Rc::new(RefCell::new(self))
     }
 
+    /// The route the request takes, as plugins read it under `xds.`.
+    pub fn set_route(&mut self, virtual_host: &str, route: &str, cluster: &str) {
+        self.route = Some(RouteInfo {
+            virtual_host: virtual_host.to_string(),
+            route: route.to_string(),
+            cluster: cluster.to_string(),
+        });
+    }
+
     /// The route-level attributes Envoy 1.40 gives a stream under `xds.`: the route's name and
     /// cluster, its virtual host (a sluice listener holds its routes as Envoy's one virtual host
     /// does), empty metadata (sluice's config has none), the listener's direction (unspecified)
     /// and an unnamed filter chain.
-    pub fn set_route(&mut self, virtual_host: &str, route: &str, cluster: &str) {
-        let values: [(&str, PropertyValue); 9] = [
-            ("xds.virtual_host_name", virtual_host.into()),
-            (
-                "xds.virtual_host_metadata",
-                PropertyValue::Bytes(Vec::new()),
-            ),
-            ("xds.route_name", route.into()),
-            ("xds.cluster_name", cluster.into()),
-            ("xds.route_metadata", PropertyValue::Bytes(Vec::new())),
-            ("xds.cluster_metadata", PropertyValue::Bytes(Vec::new())),
-            ("xds.listener_metadata", PropertyValue::Bytes(Vec::new())),
-            ("xds.listener_direction", PropertyValue::Int(0)),
-            ("xds.filter_chain_name", "".into()),
-        ];
-        for (key, value) in values {
-            self.properties.insert(key.to_string(), value);
-        }
+    fn route_attribute(&self, key: &str) -> Option<Attribute> {
+        let route = self.route.as_ref()?;
+        Some(match key {
+            "virtual_host_name" => Attribute::String(route.virtual_host.clone()),
+            "route_name" => Attribute::String(route.route.clone()),
+            "cluster_name" => Attribute::String(route.cluster.clone()),
+            "filter_chain_name" => Attribute::String(String::new()),
+            "listener_direction" => Attribute::Int(0),
+            "virtual_host_metadata"
+            | "route_metadata"
+            | "cluster_metadata"
+            | "listener_metadata" => Attribute::Bytes(Vec::new()),
+            _ => return None,
+        })
     }
 
     /// Resolves an Envoy attribute of this stream, typed: the computed `request.*`/`response.*`
@@ -71,6 +78,7 @@ impl HttpStream {
             ["request", key] => self.request_attribute(key),
             ["request", "headers", name] => self.request_headers.get(name).map(text),
             ["response", key] => self.response_attribute(key),
+            ["xds", key] => self.route_attribute(key),
             ["response", "headers", name] => self.response_headers.get(name).map(text),
             ["filter_state", key] => self.filter_state.get(*key).map(|s| s.value.clone()),
             [name] => self
@@ -133,7 +141,8 @@ impl HttpStream {
         let computed: &[&str] = match name {
             "request" => &REQUEST_KEYS,
             "response" => &["headers", "trailers", "code"],
-            "source" | "destination" | "connection" | "upstream" | "xds" => &[],
+            "xds" => &XDS_KEYS,
+            "source" | "destination" | "connection" | "upstream" => &[],
             // Envoy's dynamic metadata: sluice sets none, an empty message.
             "metadata" => {
                 return Some(Attribute::Message {
@@ -183,6 +192,27 @@ pub const WRAPPERS: [&str; 8] = [
     "filter_state",
     "xds",
 ];
+
+/// The `xds.*` attributes of a routed stream.
+const XDS_KEYS: [&str; 9] = [
+    "virtual_host_name",
+    "virtual_host_metadata",
+    "route_name",
+    "route_metadata",
+    "cluster_name",
+    "cluster_metadata",
+    "listener_direction",
+    "listener_metadata",
+    "filter_chain_name",
+];
+
+/// The route a stream takes, for its `xds.*` attributes.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    pub virtual_host: String,
+    pub route: String,
+    pub cluster: String,
+}
 
 /// The `request.*` attributes computed from the request headers.
 const REQUEST_KEYS: [&str; 12] = [

@@ -555,7 +555,12 @@ fn set_properties(sets: &[SetProperty], on: &str) -> String {
         let wire = wire_path(&set.path);
         // SAFETY: valid pointers for the duration of the call.
         let status = unsafe {
-            proxy_set_property(wire.as_ptr(), wire.len(), set.value.as_ptr(), set.value.len())
+            proxy_set_property(
+                wire.as_ptr(),
+                wire.len(),
+                set.value.as_ptr(),
+                set.value.len(),
+            )
         };
         out.push_str(&format!(" set {}={status}", set.path));
     }
@@ -618,10 +623,7 @@ fn expression(text: &str) -> String {
     let (created, token) = foreign_function("expr_create", text.as_bytes());
     let (evaluated, result) = foreign_function("expr_evaluate", &token);
     let (deleted, _) = foreign_function("expr_delete", &token);
-    format!(
-        " expr={created}/{evaluated}:{}/{deleted}",
-        show(&result)
-    )
+    format!(" expr={created}/{evaluated}:{}/{deleted}", show(&result))
 }
 
 /// What a stream callback returns after recording `line`: the configured reply, pause or trap.

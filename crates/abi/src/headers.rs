@@ -25,6 +25,8 @@ type Entry = (Vec<u8>, Vec<u8>);
 pub struct HeaderMap {
     /// `None` while empty, so that the empty trailer maps of every stream allocate nothing.
     entries: Option<Arc<Vec<Entry>>>,
+    /// The bytes of every name and value, kept up to date so that sizing a map costs nothing.
+    bytes: usize,
 }
 
 impl PartialEq for HeaderMap {
@@ -59,6 +61,7 @@ impl HeaderMap {
     pub fn with_capacity(pairs: usize) -> Self {
         Self {
             entries: Some(Arc::new(Vec::with_capacity(pairs))),
+            bytes: 0,
         }
     }
 
@@ -119,8 +122,9 @@ impl HeaderMap {
     }
 
     pub fn add(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.entries_mut()
-            .push((lower(key.as_ref()), value.as_ref().to_vec()));
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.bytes += key.len() + value.len();
+        self.entries_mut().push((lower(key), value.to_vec()));
     }
 
     /// Sets `key` to one value: the first entry is replaced in place and any others removed, or the
@@ -129,35 +133,49 @@ impl HeaderMap {
         let key = lower(key.as_ref());
         let value = value.as_ref();
         let entries = self.entries_mut();
-        match entries.iter().position(|(k, _)| *k == key) {
+        let mut removed = 0;
+        let added = match entries.iter().position(|(k, _)| *k == key) {
             Some(first) => {
+                removed += entries[first].1.len();
                 entries[first].1 = value.to_vec();
                 let mut index = 0;
-                entries.retain(|(k, _)| {
+                entries.retain(|(k, v)| {
                     let keep = index <= first || *k != key;
+                    if !keep {
+                        removed += k.len() + v.len();
+                    }
                     index += 1;
                     keep
                 });
+                value.len()
             }
-            None => entries.push((key, value.to_vec())),
-        }
+            None => {
+                let added = key.len() + value.len();
+                entries.push((key, value.to_vec()));
+                added
+            }
+        };
+        self.bytes = self.bytes + added - removed;
     }
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         let key = key.as_ref();
         if self.get(key).is_some() {
-            self.entries_mut()
-                .retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+            let mut removed = 0;
+            self.entries_mut().retain(|(k, v)| {
+                let keep = !k.eq_ignore_ascii_case(key);
+                if !keep {
+                    removed += k.len() + v.len();
+                }
+                keep
+            });
+            self.bytes -= removed;
         }
     }
 
     /// Size of [`encode_pairs`]'s output for this map, without encoding it.
     pub fn encoded_len(&self) -> usize {
-        4 + self
-            .entries()
-            .iter()
-            .map(|(k, v)| 8 + k.len() + v.len() + 2)
-            .sum::<usize>()
+        4 + 10 * self.len() + self.bytes
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -291,6 +309,28 @@ mod tests {
         assert_eq!(decode_pairs(&bytes), Err(DecodeError::Truncated));
         assert!(decode_pairs(&[]).unwrap().is_empty());
         assert!(decode_pairs(&[0]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_size_follows_every_change() {
+        let mut map = HeaderMap::new();
+        let check = |map: &HeaderMap| assert_eq!(map.encoded_len(), map.encode().len());
+        check(&map);
+        map.add("A", "1");
+        map.add("b", "22");
+        map.add("a", "333");
+        check(&map);
+        map.replace("a", "x");
+        check(&map);
+        map.replace("c", "four");
+        check(&map);
+        let snapshot = map.clone();
+        map.remove("B");
+        check(&map);
+        check(&snapshot);
+        map.remove("missing");
+        check(&map);
+        check(&HeaderMap::from_pairs([("k", "v"), ("k", "w")]));
     }
 
     #[test]

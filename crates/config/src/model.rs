@@ -13,6 +13,9 @@ use crate::{FailStrategy, VmConfig};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default route timeout: the whole upstream response must arrive within it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// nginx's `client_header_timeout` (Envoy has none by default, which leaves a connection that
+/// sends nothing open for good).
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the admin API listens unless told otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// Where the proxy listens unless told otherwise.
@@ -33,6 +36,9 @@ pub struct Config {
     pub failure_body: crate::FailureBody,
     /// Where this proxy runs, as plugins read it (`xds.node.*`).
     pub node: Node,
+    /// How long a client has for its first bytes and each HTTP/1.1 request head (also the
+    /// longest an HTTP/1.1 connection stays idle between requests).
+    pub request_headers_timeout: Duration,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
@@ -323,6 +329,7 @@ impl Config {
             insecure_registries: Vec::new(),
             failure_body: crate::FailureBody::Empty,
             node: Node::default(),
+            request_headers_timeout: DEFAULT_REQUEST_HEADERS_TIMEOUT,
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

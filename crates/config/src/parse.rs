@@ -118,6 +118,8 @@ struct ProxySpec {
     #[serde(default)]
     node: Option<crate::Node>,
     #[serde(default)]
+    request_headers_timeout: Option<String>,
+    #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
@@ -543,6 +545,18 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
     if let Some(node) = spec.node {
         config.node = node;
     }
+    if let Some(text) = spec.request_headers_timeout {
+        match parse_duration(&text) {
+            Ok(timeout) if !timeout.is_zero() => config.request_headers_timeout = timeout,
+            Ok(_) => checker.error(
+                "spec.requestHeadersTimeout",
+                format!("`{text}`: must be more than zero"),
+            ),
+            Err(message) => {
+                checker.error("spec.requestHeadersTimeout", format!("`{text}`: {message}"));
+            }
+        }
+    }
     if let Some(destination) = spec.access_log {
         if destination.is_empty() {
             checker.error(
@@ -875,6 +889,7 @@ mod tests {
             insecure_registries: Vec::new(),
             failure_body: crate::FailureBody::Empty,
             node: crate::Node::default(),
+            request_headers_timeout: crate::DEFAULT_REQUEST_HEADERS_TIMEOUT,
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),

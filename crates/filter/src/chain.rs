@@ -378,8 +378,12 @@ impl VmPool {
         Ok(vm)
     }
 
+    /// Records a plugin failure for the metrics and the admin API. A call into a VM that had
+    /// failed already is no new failure (a failed VM's ticks would count one each).
     pub(crate) fn record_failure(&self, failure: PluginFailure) {
-        self.failures.borrow_mut().push(failure);
+        if failure.kind != sluice_host::FailureKind::AlreadyFailed {
+            self.failures.borrow_mut().push(failure);
+        }
     }
 
     /// Plugin failures (traps, deadlines, memory limits) since the last call.

@@ -24,7 +24,13 @@ pub struct SharedData {
 struct SharedDataInner {
     next_cas: u32,
     entries: HashMap<(String, Vec<u8>), (Vec<u8>, u32)>,
+    /// Bytes of keys and values held per vm_id.
+    bytes: HashMap<String, usize>,
 }
+
+/// The most bytes (keys and values) the shared data of one vm_id may hold. Envoy has no bound; a
+/// plugin that writes a new key per request would grow the proxy without end.
+pub const MAX_SHARED_DATA_BYTES: usize = 64 << 20;
 
 impl SharedData {
     pub fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
@@ -40,12 +46,22 @@ impl SharedData {
         inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
         let token = inner.next_cas;
         let slot = (vm_id.to_string(), key.to_vec());
-        if let Some((_, current)) = inner.entries.get(&slot)
-            && cas != 0
-            && cas != *current
-        {
-            return Err(Status::CasMismatch);
+        let old = match inner.entries.get(&slot) {
+            Some((_, current)) if cas != 0 && cas != *current => return Err(Status::CasMismatch),
+            Some((old, _)) => key.len() + old.len(),
+            None => 0,
+        };
+        let held = inner
+            .bytes
+            .get(vm_id)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(old);
+        let new = key.len() + value.len();
+        if held + new > MAX_SHARED_DATA_BYTES {
+            return Err(Status::InternalFailure);
         }
+        inner.bytes.insert(vm_id.to_string(), held + new);
         inner.entries.insert(slot, (value.to_vec(), token));
         Ok(())
     }
@@ -145,5 +161,28 @@ impl SharedQueues {
             .get_mut((id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
         queue.items.pop_front().ok_or(Status::Empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_data_of_a_vm_id_is_bounded_and_rewrites_count_once() {
+        let data = SharedData::default();
+        let big = vec![0u8; MAX_SHARED_DATA_BYTES / 4];
+        for key in [b"a", b"b", b"c"] {
+            data.set("vm", key, &big, 0).unwrap();
+        }
+        // Rewriting a key replaces its bytes rather than adding to them.
+        for _ in 0..10 {
+            data.set("vm", b"a", &big, 0).unwrap();
+        }
+        assert_eq!(data.set("vm", b"d", &big, 0), Err(Status::InternalFailure));
+        assert_eq!(data.get("vm", b"d"), None);
+        data.set("other-vm", b"d", &big, 0).unwrap();
+        data.set("vm", b"a", b"small", 0).unwrap();
+        data.set("vm", b"d", &big, 0).unwrap();
     }
 }

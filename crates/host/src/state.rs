@@ -156,10 +156,15 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// The longest plugin log line sluice writes; the rest is cut (a 64 MiB line would hold its
+/// worker while it is formatted and written).
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
 pub(crate) struct HostState {
     pub plugin_name: String,
-    /// Restricted capabilities this VM already tried to use (each is logged once).
-    pub denied_calls: std::collections::HashSet<String>,
+    /// What this VM was warned about already (restricted capabilities it tried to use, ...):
+    /// each warning is written once.
+    pub warned: std::collections::HashSet<String>,
     pub vm_id: String,
     pub abi: AbiVersion,
     pub shared: Arc<Shared>,
@@ -241,17 +246,39 @@ impl HostState {
 
     /// A call to a capability the plugin is not allowed: logged once per VM and capability.
     pub fn capability_denied(&mut self, call: &str) {
-        if self.denied_calls.insert(call.to_string()) {
-            tracing::warn!(
-                plugin = %self.plugin_name,
+        self.warn_once(
+            call,
+            format_args!(
                 "{call} denied: not in the plugin's allowed capabilities (it gets an error status)"
-            );
+            ),
+        );
+    }
+
+    /// A warning about this VM's use of the host, written the first time only per `what`.
+    pub fn warn_once(&mut self, what: &str, message: std::fmt::Arguments<'_>) {
+        if self.warned.insert(what.to_string()) {
+            tracing::warn!(plugin = %self.plugin_name, "{message}");
         }
     }
 
     pub fn log(&mut self, level: LogLevel, message: String) {
+        let length = message.len();
+        self.log_line(level, message, length);
+    }
+
+    /// Logs a plugin's line of `length` bytes, of which `message` holds at least the first
+    /// [`MAX_LOG_LINE`]: longer lines are cut there, saying so.
+    pub fn log_line(&mut self, level: LogLevel, mut message: String, length: usize) {
         if (level as u32) < self.log_level.load(Ordering::Relaxed) {
             return;
+        }
+        if length > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE.min(message.len());
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(&format!("... [cut: the line has {length} bytes]"));
         }
         if level >= LogLevel::Error {
             self.last_error_log = Some(message.clone());

@@ -362,7 +362,7 @@ impl Vm {
     pub fn new(engine: &Engine, code: &PluginCode, config: VmConfig) -> Result<Self, LoadError> {
         let abi = code.info.loadable()?;
         let state = HostState {
-            denied_calls: HashSet::new(),
+            warned: HashSet::new(),
             plugin_name: config.plugin_name,
             vm_id: config.vm_id,
             abi,

@@ -167,6 +167,8 @@ impl Admin {
             "lastReload": last,
             "admin": config.admin.map(|a| a.to_string()),
             "workers": current.workers(),
+            "requestHeadersTimeoutMs": config.request_headers_timeout.as_millis() as u64,
+            "node": config.node,
             "listeners": config.listeners.iter().map(|listener| json!({
                 "name": listener.name,
                 "address": listener.address.to_string(),

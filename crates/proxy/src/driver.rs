@@ -310,7 +310,13 @@ async fn drive(
         task.abort();
     }
     driver.stream.finish();
-    stats.plugin_failures(driver.stream.failures().len());
+    let new_failures = driver
+        .stream
+        .failures()
+        .iter()
+        .filter(|f| f.kind != sluice_host::FailureKind::AlreadyFailed)
+        .count();
+    stats.plugin_failures(new_failures);
     stats.request_finished(driver.status, started.elapsed());
     if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
         log.write(&driver.access_record(request, protocol, began, started.elapsed()));

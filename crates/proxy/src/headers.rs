@@ -112,7 +112,9 @@ fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap, upgrade: bool) {
 /// Regular headers of a map (pseudo-headers and hop-by-hop headers left out). Names or values a
 /// plugin made invalid for HTTP are dropped with a log line rather than failing the request.
 pub fn to_fields(map: &HeaderMap) -> http::HeaderMap {
-    let mut fields = http::HeaderMap::with_capacity(map.len());
+    // The host bounds plugin-made maps well below what `http::HeaderMap` holds, so the fallible
+    // calls below cannot fail; they are fallible so that nothing here can panic.
+    let mut fields = http::HeaderMap::try_with_capacity(map.len()).unwrap_or_default();
     // A map only carries `upgrade` when it is a protocol switch (see `add_fields`).
     let upgrade = map.get("upgrade").is_some();
     for (name, value) in map.iter() {
@@ -123,7 +125,10 @@ pub fn to_fields(map: &HeaderMap) -> http::HeaderMap {
         }
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             (Ok(name), Ok(value)) => {
-                fields.append(name, value);
+                if fields.try_append(name, value).is_err() {
+                    tracing::warn!("dropping headers beyond what an HTTP header map holds");
+                    break;
+                }
             }
             _ => {
                 tracing::warn!(name = %String::from_utf8_lossy(name), "dropping a header that is not valid HTTP");

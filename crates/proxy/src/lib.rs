@@ -10,6 +10,7 @@ mod body;
 mod client;
 mod driver;
 mod echo;
+mod first_byte;
 mod grpc;
 mod headers;
 mod load;

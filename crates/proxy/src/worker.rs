@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::Admin;
 use crate::driver::{Connection, handle};
+use crate::first_byte::FirstByteDeadline;
 use crate::logging::PluginLogLevels;
 use crate::reload::Reloader;
 use crate::stats::Stats;
@@ -455,10 +456,12 @@ async fn accept(
     mut stop: watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
+    let mut backoff = AcceptBackoff::default();
     loop {
-        tokio::select! {
+        let pause = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    backoff.recovered();
                     socket.set_nodelay(true).ok();
                     let local = local.unwrap_or(peer);
                     let state = state.clone();
@@ -484,10 +487,63 @@ async fn accept(
                         }
                         active.set(active.get() - 1);
                     });
+                    None
                 }
-                Err(error) => tracing::warn!("accept failed: {error}"),
+                Err(error) => backoff.failed(&error),
             },
             _ = stop.wait_for(|stopping| *stopping) => return,
+        };
+        // Out of file descriptors (or memory): the listener stays readable, so accepting again
+        // at once would spin. Wait, as nginx does, for connections to close.
+        if let Some(pause) = pause {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|stopping| *stopping) => return,
+            }
+        }
+    }
+}
+
+/// How an accept loop backs off while the process is out of file descriptors: one warning per
+/// episode (not one per attempt), pauses doubling from 10 ms to 1 s, and a line when it ends.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+    pause: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const LONGEST: Duration = Duration::from_secs(1);
+
+    /// The pause before the next accept, for an error that says the process or system is out of
+    /// a resource; `None` for an error of one connection only (it was reset before accept).
+    fn failed(&mut self, error: &std::io::Error) -> Option<Duration> {
+        let exhausted = matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !exhausted {
+            tracing::debug!("accept failed: {error}");
+            return None;
+        }
+        if self.failures == 0 {
+            tracing::warn!(
+                "accept failed: {error}; pausing accepts until connections close (raise `ulimit -n`?)"
+            );
+        }
+        self.failures += 1;
+        self.pause = (self.pause * 2).clamp(Self::FIRST, Self::LONGEST);
+        Some(self.pause)
+    }
+
+    fn recovered(&mut self) {
+        if self.failures > 0 {
+            tracing::warn!(
+                failures = self.failures,
+                "accepting again after running out of file descriptors"
+            );
+            *self = Self::default();
         }
     }
 }
@@ -543,11 +599,25 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = connection.peer;
+    // `request_headers_timeout` counts from when the connection opened or the previous exchange
+    // ended, so it also closes idle HTTP/1.1 keep-alive connections.
+    let timeout = connection
+        .state
+        .generation
+        .borrow()
+        .config
+        .config
+        .request_headers_timeout;
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             handle(request, connection.clone())
         });
-    let builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    let io = FirstByteDeadline::new(io, timeout);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
     if let Err(error) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await

@@ -40,11 +40,16 @@ fn assert_exit(output: &Output, code: i32, text: String, needle: &str) {
 
 /// Starts `sluice run` with `args`, returns it and the address from its `try: curl` line.
 fn spawn_run(args: &[&str]) -> (std::process::Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.arg("run").args(args);
+    spawn_serving(command)
+}
+
+/// Starts `command` (a `sluice run`), returns it and the address from its `try: curl` line.
+fn spawn_serving(mut command: Command) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .args(args)
+    let mut child = command
         .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
         .env_remove("SLUICE_LOG")
         .stdout(std::process::Stdio::piped())
@@ -520,5 +525,61 @@ fn new_makes_an_assemblyscript_project_that_builds_and_passes_its_scenarios() {
         2,
         stderr(&output),
         "expected rust or assemblyscript",
+    );
+}
+
+/// Out of file descriptors, `sluice run` pauses accepting (one warning, not one per attempt)
+/// instead of spinning on `EMFILE`, and serves again once connections close.
+#[test]
+fn run_backs_off_when_out_of_file_descriptors() {
+    use std::io::{Read, Write};
+
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        "ulimit -n 64 && exec \"$0\" run --listen 127.0.0.1:0 --admin off --workers 1",
+        env!("CARGO_BIN_EXE_sluice"),
+    ]);
+    let (mut child, address) = spawn_serving(command);
+    // More idle clients than the process has descriptors; the kernel queues the rest.
+    let idle: Vec<std::net::TcpStream> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(&address).ok())
+        .collect();
+    assert!(idle.len() > 64, "only {} connections", idle.len());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let answer = loop {
+        let mut answer = String::new();
+        if let Ok(mut socket) = std::net::TcpStream::connect(&address) {
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let sent = socket.write_all(
+                b"GET /again HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n",
+            );
+            if sent.is_ok() && socket.read_to_string(&mut answer).is_ok() && !answer.is_empty() {
+                break answer;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let warnings = stderr.matches("pausing accepts").count();
+    assert!(
+        (1..=5).contains(&warnings) && stderr.len() < 64 * 1024,
+        "{warnings} warnings, {} bytes of log:\n{}",
+        stderr.len(),
+        &stderr[..stderr.len().min(4000)]
     );
 }

@@ -112,11 +112,15 @@ pub(super) fn register(r: &mut Registrar<'_>) {
     );
 }
 
+/// Only the first [`MAX_LOG_LINE`](crate::state::MAX_LOG_LINE) bytes of a line are copied out
+/// of the guest (the whole range is still checked).
 fn log(c: &mut Caller<'_>, level: u32, ptr: u32, len: u32) -> HostResult {
-    let message = read(c, ptr, len)?;
     let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
-    c.data_mut()
-        .log(level, String::from_utf8_lossy(&message).into_owned());
+    let (memory, state) = super::parts(c)?;
+    memory.check(ptr, len)?;
+    let kept = len.min(crate::state::MAX_LOG_LINE as u32 + 1);
+    let message = String::from_utf8_lossy(memory.read(ptr, kept)?).into_owned();
+    state.log_line(level, message, len as usize);
     Ok(())
 }
 

@@ -136,6 +136,29 @@ fn modify(
         Some((ptr, len)) => memory.read(ptr, len)?,
         None => &[],
     };
-    with_map(state, map, |m| f(m, key, value))?;
+    let size = with_map(state, map, |m| {
+        f(m, key, value);
+        (m.len(), m.encoded_len())
+    })?;
+    within_limits(size)
+}
+
+/// The most entries a header map may hold once a plugin changed it, far above any real use and
+/// below what an HTTP header map can hold.
+const MAX_HEADER_MAP_ENTRIES: usize = 16384;
+/// The most bytes (names and values, serialized) a header map may hold once a plugin changed it:
+/// the largest header size Envoy can be configured to accept (`max_request_headers_kb` 8192).
+const MAX_HEADER_MAP_BYTES: usize = 8 << 20;
+
+/// A plugin that grows a header map past the limits fails (its failStrategy applies), with a
+/// message that says so, rather than growing the proxy's memory or a request nothing can send.
+fn within_limits((entries, bytes): (usize, usize)) -> HostResult {
+    if entries > MAX_HEADER_MAP_ENTRIES || bytes > MAX_HEADER_MAP_BYTES {
+        return Err(wasmtime::Error::msg(format!(
+            "a header map grew to {entries} entries and {bytes} bytes, past the limits of \
+             {MAX_HEADER_MAP_ENTRIES} entries and {MAX_HEADER_MAP_BYTES} bytes"
+        ))
+        .into());
+    }
     Ok(())
 }

@@ -68,8 +68,17 @@ fn get_shared_data(
 fn set_shared_data(c: &mut Caller<'_>, key: (u32, u32), value: (u32, u32), cas: u32) -> HostResult {
     let key = read(c, key.0, key.1)?;
     let value = read(c, value.0, value.1)?;
-    let state = c.data();
-    state.shared.data.set(&state.vm_id, &key, &value, cas)?;
+    let state = c.data_mut();
+    let result = state.shared.data.set(&state.vm_id, &key, &value, cas);
+    if result == Err(Status::InternalFailure) {
+        let message = format!(
+            "proxy_set_shared_data refused: the shared data of vm_id `{}` would pass {} bytes",
+            state.vm_id,
+            crate::MAX_SHARED_DATA_BYTES
+        );
+        state.warn_once("shared data full", format_args!("{message}"));
+    }
+    result?;
     Ok(())
 }
 

@@ -208,3 +208,37 @@ fn a_lying_allocator_cannot_make_the_host_write_out_of_bounds() {
         "an allocator trap inside a host call fails the plugin: {failure}"
     );
 }
+
+#[test]
+fn a_header_flood_fails_the_plugin_at_the_map_limit() {
+    let mut guest = Guest::fixture("header_flood");
+    let (context, stream) = guest.stream(GET);
+    let failure = guest.vm.request_headers(context, 4, false).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert!(
+        failure.message.contains("past the limits of 16384 entries"),
+        "{failure}"
+    );
+    let kept = stream.borrow().request_headers.len();
+    assert!(
+        kept <= 16385 + GET.len(),
+        "the map stopped at the limit: {kept}"
+    );
+}
+
+#[test]
+fn a_long_log_line_is_cut_and_says_how_long_it_was() {
+    let mut guest = Guest::fixture("long_log");
+    let (context, stream) = guest.stream(GET);
+    headers(&mut guest, context, &stream);
+    let messages = guest.messages();
+    let [line] = messages.as_slice() else {
+        panic!("one line: {} lines", messages.len());
+    };
+    assert!(line.len() < 17 * 1024, "{} bytes kept", line.len());
+    assert!(
+        line.ends_with("... [cut: the line has 1048576 bytes]"),
+        "{}",
+        &line[line.len() - 60..]
+    );
+}

@@ -4,6 +4,7 @@
 mod config;
 mod differential;
 mod e2e;
+mod hostile;
 mod oci;
 mod scenarios;
 

@@ -45,6 +45,20 @@ fn spawn_run(args: &[&str]) -> (std::process::Child, String) {
     spawn_serving(command)
 }
 
+/// Everything a finished child wrote to stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
 /// Starts `command` (a `sluice run`), returns it and the address from its `try: curl` line.
 fn spawn_serving(mut command: Command) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
@@ -229,13 +243,7 @@ fn run_serves_a_plugin_in_front_of_the_echo_upstream_until_interrupted() {
         exit.success(),
         "sluice run exits cleanly on SIGINT: {exit:?}"
     );
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(
         stderr.contains("sluice listening on http://") && stderr.contains("admin API on http://"),
         "{stderr}"
@@ -353,13 +361,7 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
     assert_eq!(version().as_deref(), Some("2"));
     signal("-TERM");
     assert!(child.wait().unwrap().success());
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(
         stderr.contains("a watched file changed, reloading"),
         "{stderr}"
@@ -568,13 +570,7 @@ fn run_backs_off_when_out_of_file_descriptors() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     let warnings = stderr.matches("pausing accepts").count();
     assert!(
         (1..=5).contains(&warnings) && stderr.len() < 64 * 1024,

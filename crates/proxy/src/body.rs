@@ -38,6 +38,14 @@ pub fn empty() -> ChannelBody {
     ChannelBody { receiver: None }
 }
 
+/// A body of one frame, already sent (the caller gives its `content-length`).
+pub fn full(data: Bytes) -> ChannelBody {
+    let (sender, body) = channel();
+    // A fresh channel has room for FRAMES_IN_FLIGHT frames.
+    let _ = sender.try_send(Ok(Frame::data(data)));
+    body
+}
+
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = BodyReset;

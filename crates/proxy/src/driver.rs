@@ -75,6 +75,9 @@ pub async fn handle(
     request: http::Request<Incoming>,
     connection: Rc<Connection>,
 ) -> Result<http::Response<ChannelBody>, Infallible> {
+    if let Some(refused) = refuse_malformed(&request) {
+        return Ok(refused);
+    }
     let (head, head_rx) = oneshot::channel();
     tokio::task::spawn_local(drive(request, connection, head));
     Ok(head_rx.await.unwrap_or_else(|_| {
@@ -82,6 +85,51 @@ pub async fn handle(
         *response.status_mut() = http::StatusCode::BAD_GATEWAY;
         response
     }))
+}
+
+/// Envoy's answer to a request it will not pass on, before any plugin sees it: an HTTP/1.1
+/// request without `Host` (400) or with a transfer coding besides `chunked` (501), and
+/// `CONNECT` (404: no route takes it). The connection closes after the answer, as Envoy's does.
+/// (A request with both `Content-Length` and `Transfer-Encoding` never gets here: hyper frames
+/// it by `Transfer-Encoding`, drops `Content-Length` and closes the connection after it, as
+/// RFC 9112 allows; Envoy answers 400.)
+fn refuse_malformed(request: &http::Request<Incoming>) -> Option<http::Response<ChannelBody>> {
+    use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+    let headers = request.headers();
+    let (status, body) = if request.method() == http::Method::CONNECT {
+        (http::StatusCode::NOT_FOUND, "")
+    } else if request.version() != http::Version::HTTP_11 {
+        return None;
+    } else if !headers.contains_key(HOST) {
+        (http::StatusCode::BAD_REQUEST, "")
+    } else if headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        (http::StatusCode::NOT_IMPLEMENTED, "Not Implemented")
+    } else {
+        return None;
+    };
+    let mut response = http::Response::new(if body.is_empty() {
+        body::empty()
+    } else {
+        body::full(bytes::Bytes::from_static(body.as_bytes()))
+    });
+    *response.status_mut() = status;
+    let fields = response.headers_mut();
+    fields.insert(CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    if !body.is_empty() {
+        fields.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+    }
+    fields.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    Some(response)
 }
 
 impl Connection {
@@ -381,6 +429,14 @@ async fn exchange(
                     downstream_open = false;
                     driver.stream.request_data(Vec::new(), true);
                 }
+                Some(Err(error)) if malformed_body(&error) => {
+                    // A body the codec cannot read (a bad chunk size, say): Envoy's 400, or a
+                    // reset when the response began.
+                    tracing::debug!("malformed request body: {error}");
+                    driver.stream.local_reply_from_proxy(400, "http1.codec_error", "Bad Request");
+                    driver.apply_steps().await;
+                    break;
+                }
                 Some(Err(error)) => {
                     tracing::debug!("client went away: {error}");
                     break;
@@ -414,6 +470,19 @@ async fn exchange(
         driver.request_body_pending_http1 &= downstream_open;
         last_activity = tokio::time::Instant::now();
     }
+}
+
+/// Whether a request body failed because its bytes are not HTTP (rather than because the client
+/// went away).
+fn malformed_body(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        })
 }
 
 impl Driver {

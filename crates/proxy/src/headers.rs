@@ -92,13 +92,25 @@ fn stops_here(name: &[u8], value: &[u8]) -> bool {
         && !(name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers"))
 }
 
-/// Copies the end-to-end headers. For a protocol switch, `upgrade` goes on and `connection`
+/// Copies the end-to-end headers: not the hop-by-hop ones, nor those `Connection` names as
+/// hop-by-hop (RFC 9110 7.6.1). For a protocol switch, `upgrade` goes on and `connection`
 /// becomes just `upgrade`, so the next hop is asked to switch too.
 fn add_fields(map: &mut HeaderMap, fields: &http::HeaderMap, upgrade: bool) {
+    let nominated: Vec<&[u8]> = fields
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty())
+        .collect();
     for (name, value) in fields {
         let switch = upgrade && name == http::header::UPGRADE;
+        let named_hop = nominated
+            .iter()
+            .any(|hop| hop.eq_ignore_ascii_case(name.as_str().as_bytes()));
         if switch
             || (name != http::header::HOST
+                && !named_hop
                 && !stops_here(name.as_str().as_bytes(), value.as_bytes()))
         {
             map.add(name.as_str(), value.as_bytes());

@@ -27,6 +27,10 @@ use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists, g
 /// How long a stopping worker lets in-flight connections finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest request head a client may send: Envoy's default `max_request_headers_kb` (60).
+/// A larger one is answered 431 (HTTP/1.1) or refused by the HTTP/2 codec.
+const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
+
 /// A started proxy: where it listens, how to reload it and how to stop it.
 pub struct RunningProxy {
     /// The first listener's address.
@@ -617,7 +621,11 @@ where
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(timeout);
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_REQUEST_HEADERS_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32);
     if let Err(error) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await

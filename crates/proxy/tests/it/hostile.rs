@@ -68,3 +68,66 @@ fn silent_slow_and_idle_clients_are_closed_at_the_request_headers_timeout() {
     assert_eq!(get(proxy.address, "/quick", &[]).status, 200);
     proxy.stop();
 }
+
+/// Sends raw bytes on a fresh connection and returns what came back until the proxy closed it
+/// (or 5 s passed).
+fn raw_exchange(address: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Requests Envoy refuses get Envoy's status (measured against Envoy 1.40), and a header that
+/// `Connection` names as hop-by-hop does not reach the upstream.
+#[test]
+fn malformed_http1_requests_get_envoys_answers() {
+    let proxy = start(Vec::new(), None, &[], 1);
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("no Host", b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (
+            "a transfer coding besides chunked",
+            b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 501",
+        ),
+        (
+            "a bad chunk size",
+            b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "CONNECT",
+            b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+            "HTTP/1.1 404",
+        ),
+        ("a 70 KiB header", big.as_bytes(), "HTTP/1.1 431"),
+        (
+            "two different Content-Lengths",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let answer = raw_exchange(proxy.address, request);
+        assert!(answer.starts_with(expected), "{what}: {answer:.200}");
+    }
+    let echoed = raw_exchange(
+        proxy.address,
+        b"GET / HTTP/1.1\r\nhost: a\r\nconnection: x-secret, close\r\nx-secret: 1\r\nx-public: 2\r\n\r\n",
+    );
+    assert!(echoed.starts_with("HTTP/1.1 200"), "{echoed}");
+    assert!(
+        echoed.contains("x-public") && !echoed.contains("x-secret"),
+        "{echoed}"
+    );
+    assert_eq!(get(proxy.address, "/after", &[]).status, 200);
+    proxy.stop();
+}

@@ -52,6 +52,9 @@ pub enum ClientError {
 /// `BODY{DETAILS}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResetBeforeResponse {
+    /// Envoy's router: 502 for an upstream that does not speak HTTP (a protocol error), 503 for
+    /// every other reset.
+    pub status: u32,
     pub body: String,
     pub details: String,
 }
@@ -70,6 +73,7 @@ impl ResetBeforeResponse {
         }
         details.push('}');
         Self {
+            status: if reason == "protocol error" { 502 } else { 503 },
             body: format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
             ),

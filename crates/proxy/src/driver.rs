@@ -810,7 +810,7 @@ impl Driver {
                     tracing::warn!("upstream failed: {detail}");
                     // Envoy's body and details: the kind of reset, not the socket error.
                     self.stream
-                        .local_reply_from_proxy(503, &reply.details, &reply.body);
+                        .local_reply_from_proxy(reply.status, &reply.details, &reply.body);
                 }
             }
         }

@@ -131,3 +131,26 @@ fn malformed_http1_requests_get_envoys_answers() {
     assert_eq!(get(proxy.address, "/after", &[]).status, 200);
     proxy.stop();
 }
+
+/// An upstream that answers with bytes that are not HTTP: Envoy's 502 (a protocol error), not
+/// the 503 of an upstream that reset.
+#[test]
+fn an_upstream_that_does_not_speak_http_is_a_502() {
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = garbage.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut client in garbage.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = client.read(&mut request);
+            let _ = client.write_all(b"this is not http\r\n\r\n");
+        }
+    });
+    let proxy = start(Vec::new(), Some(address), &[], 1);
+    let answer = get(proxy.address, "/", &[]);
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(
+        answer.text(),
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+    );
+    proxy.stop();
+}

@@ -102,6 +102,42 @@ impl ClientError {
     }
 }
 
+/// A copy of a request that may be sent again: an idempotent method (RFC 9110 9.2.2) and no
+/// body, so the copy is the whole request.
+fn replayable(request: &http::Request<ChannelBody>) -> Option<http::Request<ChannelBody>> {
+    use http::Method;
+    let idempotent = [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ];
+    if !idempotent.contains(request.method()) || !http_body::Body::is_end_stream(request.body()) {
+        return None;
+    }
+    let mut copy = http::Request::new(crate::body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// Whether a request failed because its connection closed or reset before any answer.
+fn closed_unanswered(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            })
+}
+
 impl Endpoint {
     async fn connect(&self, timeout: Duration) -> Result<tokio::net::TcpStream, ClientError> {
         connect(Some(self.address), &self.host, self.port, timeout).await
@@ -273,7 +309,9 @@ impl Pool {
     }
 
     /// Sends a request on an idle connection, or a new one. A request the reused connection never
-    /// began to send (the upstream closed it meanwhile) is sent again on a new connection.
+    /// began to send (the upstream closed it meanwhile) is sent again on a new connection, and so
+    /// is one without a body and with an idempotent method that the upstream closed the
+    /// connection on without answering.
     async fn send_http1(
         &self,
         target: &Endpoint,
@@ -286,11 +324,21 @@ impl Pool {
         };
         let mut request = request;
         if let Some(mut sender) = self.idle_sender(target.address) {
+            let replay = replayable(&request);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, sender)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return Err(http(error.into_error())),
+                    None => {
+                        let error = error.into_error();
+                        match replay {
+                            // The upstream closed the kept-alive connection as the request went
+                            // out (it never answered): sent again on a new connection, as nginx
+                            // does, when sending it twice cannot change anything.
+                            Some(again) if closed_unanswered(&error) => request = again,
+                            _ => return Err(http(error)),
+                        }
+                    }
                 },
             }
         }

@@ -88,7 +88,7 @@ pub async fn handle(
 }
 
 /// Envoy's answer to a request it will not pass on, before any plugin sees it: an HTTP/1.1
-/// request without `Host` (400) or with a transfer coding besides `chunked` (501), and
+/// request without `Host` or an absolute-form target (400), or with a transfer coding besides `chunked` (501), and
 /// `CONNECT` (404: no route takes it). The connection closes after the answer, as Envoy's does.
 /// (A request with both `Content-Length` and `Transfer-Encoding` never gets here: hyper frames
 /// it by `Transfer-Encoding`, drops `Content-Length` and closes the connection after it, as
@@ -100,7 +100,7 @@ fn refuse_malformed(request: &http::Request<Incoming>) -> Option<http::Response<
         (http::StatusCode::NOT_FOUND, "")
     } else if request.version() != http::Version::HTTP_11 {
         return None;
-    } else if !headers.contains_key(HOST) {
+    } else if !headers.contains_key(HOST) && request.uri().authority().is_none() {
         (http::StatusCode::BAD_REQUEST, "")
     } else if headers
         .get_all(TRANSFER_ENCODING)
@@ -456,6 +456,12 @@ async fn exchange(
                     driver.stream.grpc_event(plugin, token, event);
                 }
             },
+            () = client_gone(&mut driver.head, &driver.response_body) => {
+                // The client reset its stream or closed its connection: the upstream request
+                // ends with it (the caller aborts it), as Envoy ends it.
+                tracing::debug!("client went away before the response ended");
+                break;
+            }
             () = &mut idle => {
                 let deadline = last_activity + STREAM_IDLE_TIMEOUT;
                 if tokio::time::Instant::now() < deadline {
@@ -469,6 +475,19 @@ async fn exchange(
         }
         driver.request_body_pending_http1 &= downstream_open;
         last_activity = tokio::time::Instant::now();
+    }
+}
+
+/// Completes when nobody waits for the response any more: hyper dropped the receiver of its
+/// head (the client left before it) or of its body (the client reset the stream while it came).
+async fn client_gone(
+    head: &mut Option<oneshot::Sender<http::Response<ChannelBody>>>,
+    body: &Option<mpsc::Sender<FrameResult>>,
+) {
+    match (head, body) {
+        (Some(head), _) => head.closed().await,
+        (None, Some(body)) => body.closed().await,
+        (None, None) => std::future::pending().await,
     }
 }
 

@@ -91,8 +91,13 @@ fn malformed_http1_requests_get_envoys_answers() {
         "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
         "a".repeat(70 * 1024)
     );
-    let cases: [(&str, &[u8], &str); 6] = [
+    let cases: [(&str, &[u8], &str); 7] = [
         ("no Host", b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (
+            "no Host, an absolute-form target",
+            b"GET http://example.com/x HTTP/1.1\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
         (
             "a transfer coding besides chunked",
             b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -151,6 +156,88 @@ fn an_upstream_that_does_not_speak_http_is_a_502() {
     assert_eq!(
         answer.text(),
         "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+    );
+    proxy.stop();
+}
+
+/// An upstream that says keep-alive and then closes each connection: a request that meets such
+/// a connection closing is sent again on a new one (it has no body and an idempotent method), so
+/// no client sees an error.
+#[test]
+fn an_upstream_closing_kept_alive_connections_costs_no_request() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut client in upstream.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = client.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            // Closed a moment later, without saying so and without reading what came meanwhile:
+            // the proxy has taken it for the next request by then.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let proxy = start(Vec::new(), Some(address), &[], 1);
+    let failed: Vec<u16> = (0..300)
+        .map(|_| get(proxy.address, "/", &[]).status)
+        .filter(|status| *status != 200)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 300 failed: {failed:?}",
+        failed.len()
+    );
+    proxy.stop();
+}
+
+/// An HTTP/2 client that resets its stream while the upstream is still working: the upstream
+/// request ends with it (its connection closes) instead of running to the cluster timeout.
+#[test]
+fn an_abandoned_http2_stream_ends_its_upstream_request() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = upstream.local_addr().unwrap();
+    let (closed, closed_after) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut client, _)) = upstream.accept() {
+            client
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let started = Instant::now();
+            let mut buffer = [0u8; 4096];
+            // Never answers; reads until the proxy closes the connection.
+            while matches!(client.read(&mut buffer), Ok(n) if n > 0) {}
+            let _ = closed.send(started.elapsed());
+        }
+    });
+    let proxy = start(Vec::new(), Some(address), &[], 1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let io = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+        let request = http::Request::get("http://example.com/slow")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        // The response never comes: the request is dropped (RST_STREAM) after a moment.
+        let answer = tokio::time::timeout(
+            Duration::from_millis(500),
+            crate::send_once(io, request, true),
+        )
+        .await;
+        assert!(answer.is_err(), "the upstream never answers");
+        // Keep the client connection open: only the stream is gone.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    let waited = closed_after
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the upstream connection closed");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the upstream request lived {waited:?} after the client left"
     );
     proxy.stop();
 }

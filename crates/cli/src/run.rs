@@ -255,6 +255,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {notice}");
     }
     let watched = source.watched_files(&loaded.config);
+    // The signal handlers and their runtime take file descriptors: taken before the proxy
+    // listens, so that clients exhausting the descriptors cannot make them fail.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut interrupt, mut terminate, mut hangup) = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        anyhow::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
     let proxy = sluice_proxy::start(source, engine)?;
     let config = &loaded.config;
     let chain: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
@@ -302,16 +315,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "http"
     };
     println!("try: curl -i {scheme}://{}/hello", proxy.address);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut hangup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => {
                     eprintln!("sluice: SIGHUP, reloading the config");

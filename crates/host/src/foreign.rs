@@ -274,10 +274,6 @@ fn comprehension_nesting(expression: &cel::IdedExpr) -> usize {
         }
         Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => 0,
     }
-    .max(match &expression.expr {
-        Expr::Comprehension(_) => 1,
-        _ => 0,
-    })
 }
 
 fn entry_children(entry: &cel::common::ast::EntryExpr) -> Vec<&cel::IdedExpr> {
@@ -300,16 +296,13 @@ fn expr_evaluate(state: &mut HostState, arguments: &[u8]) -> Result<Vec<u8>, Sta
         .ok_or(Status::NotFound)?;
     let mut context = cel::Context::default();
     for name in program.references().variables() {
-        if let Some(value) = top_level(state, name) {
-            let mut value = to_cel(value);
+        if let Some(mut value) = top_level(state, name) {
             if WRAPPERS.contains(&name)
-                && let cel::Value::Map(map) = &mut value
+                && let Attribute::Map(entries) = &mut value
             {
-                let mut entries = (*map.map).clone();
-                entries.insert(key(WRAPPER_KEY), cel::Value::Null);
-                value = cel::Value::from(entries);
+                entries.push((Attribute::String(WRAPPER_KEY.into()), Attribute::Null));
             }
-            context.add_variable_from_value(name, value);
+            context.add_variable_from_value(name, to_cel(value));
         }
     }
     let result =

@@ -102,9 +102,9 @@ impl ClientError {
     }
 }
 
-/// A copy of a request that may be sent again: an idempotent method (RFC 9110 9.2.2) and no
-/// body, so the copy is the whole request.
-fn replayable(request: &http::Request<ChannelBody>) -> Option<http::Request<ChannelBody>> {
+/// Whether a request may be sent again: an idempotent method (RFC 9110 9.2.2) and no body, so
+/// that its head is the whole request.
+fn replayable(request: &http::Request<ChannelBody>) -> bool {
     use http::Method;
     let idempotent = [
         Method::GET,
@@ -114,15 +114,7 @@ fn replayable(request: &http::Request<ChannelBody>) -> Option<http::Request<Chan
         Method::PUT,
         Method::DELETE,
     ];
-    if !idempotent.contains(request.method()) || !http_body::Body::is_end_stream(request.body()) {
-        return None;
-    }
-    let mut copy = http::Request::new(crate::body::empty());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    Some(copy)
+    idempotent.contains(request.method()) && http_body::Body::is_end_stream(request.body())
 }
 
 /// Whether a request failed because its connection closed or reset before any answer.
@@ -236,11 +228,15 @@ impl Pool {
 
     /// Sends a request: over HTTP/2 on the endpoint's shared connection, or over HTTP/1.1 on an
     /// idle connection or a new one. An HTTP/1.1 connection comes back for [`Pool::put_back`].
+    ///
+    /// `rebuild` makes the request again, only in the rare case it has to be sent twice (see
+    /// `send_http1`), so that no request pays for a copy it almost never needs.
     pub async fn send(
         &self,
         target: &Endpoint,
         request: http::Request<ChannelBody>,
         connect_timeout: Duration,
+        rebuild: impl FnOnce() -> Option<http::Request<ChannelBody>>,
     ) -> Result<(http::Response<hyper::body::Incoming>, Option<Sender>), ClientError> {
         if target.http2 {
             return self
@@ -248,7 +244,7 @@ impl Pool {
                 .await
                 .map(|r| (r, None));
         }
-        self.send_http1(target, request, connect_timeout)
+        self.send_http1(target, request, connect_timeout, rebuild)
             .await
             .map(|(response, sender)| (response, Some(sender)))
     }
@@ -317,6 +313,7 @@ impl Pool {
         target: &Endpoint,
         request: http::Request<ChannelBody>,
         connect_timeout: Duration,
+        rebuild: impl FnOnce() -> Option<http::Request<ChannelBody>>,
     ) -> Result<(http::Response<hyper::body::Incoming>, Sender), ClientError> {
         let http = |source| ClientError::Http {
             target: target.host.to_string(),
@@ -324,19 +321,22 @@ impl Pool {
         };
         let mut request = request;
         if let Some(mut sender) = self.idle_sender(target.address) {
-            let replay = replayable(&request);
+            let replayable = replayable(&request);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, sender)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
                     None => {
                         let error = error.into_error();
-                        match replay {
-                            // The upstream closed the kept-alive connection as the request went
-                            // out (it never answered): sent again on a new connection, as nginx
-                            // does, when sending it twice cannot change anything.
-                            Some(again) if closed_unanswered(&error) => request = again,
-                            _ => return Err(http(error)),
+                        // The upstream closed the kept-alive connection as the request went out
+                        // (it never answered): sent again on a new connection, as nginx does,
+                        // when sending it twice cannot change anything.
+                        match (replayable && closed_unanswered(&error))
+                            .then(rebuild)
+                            .flatten()
+                        {
+                            Some(again) => request = again,
+                            None => return Err(http(error)),
                         }
                     }
                 },

@@ -696,13 +696,19 @@ impl Driver {
                 return;
             }
         };
+        // Only for a request without a body: the client sends it again from the same head (a
+        // shared copy of the map, nothing copied unless it is needed).
+        let rebuild = {
+            let (head, host, http2) = (headers.clone(), target.host.clone(), target.http2);
+            move || client::upstream_request(&head, &host, body::empty(), http2).ok()
+        };
         let (events, receiver) = mpsc::channel(16);
         self.upstream_events = Some(receiver);
         let pool = self.connection.state.upstreams.clone();
         self.upstream_task = Some(tokio::task::spawn_local(async move {
             let exchange = async {
                 let (response, connection) =
-                    match pool.send(&target, request, connect_timeout).await {
+                    match pool.send(&target, request, connect_timeout, rebuild).await {
                         Ok(exchange) => exchange,
                         Err(error) => {
                             let _ = events

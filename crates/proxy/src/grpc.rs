@@ -222,7 +222,8 @@ async fn exchange(
                     port,
                     http2,
                 };
-                pool.send(&endpoint, http, connect_timeout)
+                // A gRPC call has a body: never sent twice.
+                pool.send(&endpoint, http, connect_timeout, || None)
                     .await
                     .map(|(response, _)| response)
                     .map_err(failed)

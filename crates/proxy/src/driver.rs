@@ -19,6 +19,7 @@ use sluice_host::{CallResponse, GrpcEvent, HttpCallRequest, HttpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{self, BodyReset, ChannelBody, FrameResult};
+use crate::framing::Framing;
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
 use crate::worker::{Generation, WorkerState};
 use crate::{Target, client, echo, grpc};
@@ -264,6 +265,11 @@ struct Driver {
     /// The client's HTTP/1.x request body is still arriving: a response now closes the
     /// connection (`connection: close`), as Envoy's does.
     request_body_pending_http1: bool,
+    /// The request is a `HEAD`: its answer's `content-length` describes no body.
+    head_request: bool,
+    /// The `content-length` promises sent upstream and to the client, held against the bodies.
+    request_framing: Framing,
+    response_framing: Framing,
 }
 
 async fn drive(
@@ -284,6 +290,7 @@ async fn drive(
     let client_switch =
         crate::headers::is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
     let (parts, mut body) = request.into_parts();
+    let head_request = parts.method == http::Method::HEAD;
     let scheme = if connection.tls.is_some() {
         "https"
     } else {
@@ -335,6 +342,9 @@ async fn drive(
         upstream_switched: None,
         status: None,
         request_body_pending_http1: false,
+        head_request,
+        request_framing: Framing::default(),
+        response_framing: Framing::default(),
     };
     let logged = driver
         .connection
@@ -527,6 +537,15 @@ impl Driver {
                 data,
                 end_of_stream,
             } => {
+                if let Err(mismatch) = self.request_framing.admit(data.len(), end_of_stream) {
+                    tracing::warn!("{mismatch}; the request is refused");
+                    self.stream.local_reply_from_proxy(
+                        500,
+                        "request_body_length_changed_by_plugin",
+                        "the request body no longer matches its content-length",
+                    );
+                    return;
+                }
                 if let Some((_, body, _)) = &mut self.echo {
                     body.extend_from_slice(&data);
                 } else if let Some(sender) = &self.upstream_body
@@ -540,6 +559,15 @@ impl Driver {
                 }
             }
             Step::RequestTrailers { trailers } => {
+                if let Err(mismatch) = self.request_framing.admit(0, true) {
+                    tracing::warn!("{mismatch}; the request is refused");
+                    self.stream.local_reply_from_proxy(
+                        500,
+                        "request_body_length_changed_by_plugin",
+                        "the request body no longer matches its content-length",
+                    );
+                    return;
+                }
                 if let Some((_, _, echo_trailers)) = &mut self.echo {
                     *echo_trailers = trailers;
                 } else if let Some(sender) = &self.upstream_body {
@@ -555,6 +583,11 @@ impl Driver {
                 data,
                 end_of_stream,
             } => {
+                if let Err(mismatch) = self.response_framing.admit(data.len(), end_of_stream) {
+                    tracing::warn!("{mismatch}; the response is reset");
+                    self.stream.reset_downstream(&mismatch.to_string());
+                    return;
+                }
                 if !data.is_empty() {
                     self.bytes_sent += data.len() as u64;
                     self.send_response_frame(Frame::data(Bytes::from(data)))
@@ -565,6 +598,11 @@ impl Driver {
                 }
             }
             Step::ResponseTrailers { trailers } => {
+                if let Err(mismatch) = self.response_framing.admit(0, true) {
+                    tracing::warn!("{mismatch}; the response is reset");
+                    self.stream.reset_downstream(&mismatch.to_string());
+                    return;
+                }
                 self.send_response_frame(Frame::trailers(to_fields(&trailers)))
                     .await;
                 self.response_body = None;
@@ -642,6 +680,7 @@ impl Driver {
             return;
         };
         self.route = Some(route.name.clone());
+        self.request_framing = Framing::of(&headers, true);
         self.stream
             .set_route(&listener.name, &route.name, &route.cluster);
         let (target, connect_timeout, timeout) = match generation.clusters.pick(&route.cluster) {
@@ -851,6 +890,12 @@ impl Driver {
         };
         let mut response = http::Response::new(body);
         *response.status_mut() = status(headers);
+        let code = response.status();
+        let carries_body = !(self.head_request
+            || code.is_informational()
+            || code == http::StatusCode::NO_CONTENT
+            || code == http::StatusCode::NOT_MODIFIED);
+        self.response_framing = Framing::of(headers, carries_body);
         self.status = Some(response.status().as_u16());
         *response.headers_mut() = to_fields(headers);
         if self.request_body_pending_http1 {

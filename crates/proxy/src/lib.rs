@@ -11,6 +11,7 @@ mod client;
 mod driver;
 mod echo;
 mod first_byte;
+mod framing;
 mod grpc;
 mod headers;
 mod load;

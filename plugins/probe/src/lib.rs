@@ -96,6 +96,13 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_set_buffer_bytes(
+        kind: u32,
+        start: usize,
+        length: usize,
+        data: *const u8,
+        size: usize,
+    ) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_effective_context(context: u32) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
@@ -203,6 +210,15 @@ struct Config {
     foreign: Vec<Foreign>,
     expressions: Vec<String>,
     set: Vec<SetProperty>,
+    replace_body: Option<ReplaceBody>,
+}
+
+/// A body replaced by `size` bytes at the end of the `on` body callback.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct ReplaceBody {
+    on: String,
+    size: usize,
 }
 
 /// A `proxy_set_property` call made from `on` (`configure` or `request_headers`).
@@ -827,6 +843,20 @@ pub extern "C" fn proxy_on_request_body(context: u32, size: usize, end: bool) ->
 /// A body callback: `pause` here means buffering until the end of the stream.
 fn body_callback(context: u32, callback: &str, size: usize, end: bool) -> u32 {
     let action = stream_callback(context, callback, format!("size={size} eos={end}"));
+    let replace = with(|probe| probe.config(context)).replace_body;
+    let dump = with(|probe| probe.is_dump(context));
+    if let Some(replace) = replace.filter(|r| end && !dump && r.on == callback) {
+        let kind = if callback == "request_body" { 0 } else { 1 };
+        let body = vec![b'x'; replace.size];
+        // SAFETY: `body` lives across the call; the host copies it.
+        let status = unsafe { proxy_set_buffer_bytes(kind, 0, size, body.as_ptr(), body.len()) };
+        with(|probe| {
+            probe.record(
+                context,
+                format!("{callback} replaced with {} bytes: {status}", replace.size),
+            )
+        });
+    }
     let replied = with(|probe| probe.config(context))
         .reply
         .is_some_and(|r| r.on == callback);

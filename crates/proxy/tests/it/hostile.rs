@@ -241,3 +241,103 @@ fn an_abandoned_http2_stream_ends_its_upstream_request() {
     );
     proxy.stop();
 }
+
+/// A plugin that replaces a body but leaves the `content-length` that went ahead of it: the
+/// client never gets a body cut at the old length as if it were whole (hyper's silent cut) nor
+/// bytes beyond it (Envoy's: the next message on the connection), and the upstream never gets
+/// a request body that overflows into a second request (Envoy sends it so).
+#[test]
+fn a_body_a_plugin_resized_under_a_sent_content_length_ends_in_error() {
+    use crate::{built, origin, request};
+    let upstream = origin(|parts, body| {
+        let text = format!(
+            "seen {} {}",
+            parts.uri.path(),
+            String::from_utf8_lossy(&body)
+        );
+        http::Response::builder()
+            .header("content-length", text.len())
+            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+            .unwrap()
+    });
+    let replacing = |on: &str, size: usize| {
+        built(
+            "probe",
+            &format!(r#"{{"pause": ["{on}"], "replace_body": {{"on": "{on}", "size": {size}}}}}"#),
+        )
+    };
+    // Response bodies, larger (past the buffer limit too) and smaller than their length.
+    for size in [100, 2 << 20, 5] {
+        let proxy = start(
+            vec![replacing("response_body", size)],
+            Some(upstream),
+            &[],
+            1,
+        );
+        for http2 in [false, true] {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let outcome = runtime.block_on(async {
+                let io = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+                let request = http::Request::get("http://example.com/abc")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                    let response = crate::try_send_once(io, request, http2).await?;
+                    http_body_util::BodyExt::collect(response.into_body()).await
+                })
+                .await
+                .expect("an answer or an error within 10 s");
+                answer.map(|body| body.to_bytes().len())
+            });
+            assert!(
+                outcome.is_err(),
+                "size {size}, HTTP/2 {http2}: the body must end in error, got {outcome:?} bytes"
+            );
+        }
+        // A body that keeps its length still passes, and the proxy serves on.
+        let kept = get(proxy.address, "/", &[("x-probe-dump", "1")]);
+        assert_eq!(kept.status, 200);
+        proxy.stop();
+    }
+    // A request body made longer than its content-length is refused before it reaches the
+    // upstream; one made shorter too.
+    for size in [100, 2] {
+        let proxy = start(
+            vec![replacing("request_body", size)],
+            Some(upstream),
+            &[],
+            1,
+        );
+        for http2 in [false, true] {
+            let post = http::Request::post("http://example.com/abc")
+                .header("content-length", "5")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"hello",
+                )))
+                .unwrap();
+            let answer = request(proxy.address, post, http2);
+            assert_eq!(answer.status, 500, "size {size}: {}", answer.text());
+            assert_eq!(
+                answer.text(),
+                "the request body no longer matches its content-length"
+            );
+        }
+        proxy.stop();
+    }
+    // The same length passes untouched.
+    let proxy = start(vec![replacing("request_body", 5)], Some(upstream), &[], 1);
+    let post = http::Request::post("http://example.com/abc")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"hello",
+        )))
+        .unwrap();
+    let answer = request(proxy.address, post, false);
+    assert_eq!(
+        (answer.status, answer.text()),
+        (200, "seen /abc xxxxx".to_string())
+    );
+    proxy.stop();
+}

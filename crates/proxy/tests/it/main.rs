@@ -167,18 +167,30 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    try_send_once(io, request, http2).await.unwrap()
+}
+
+/// [`send_once`], for a response that may fail before its head.
+pub async fn try_send_once<I, B>(
+    io: I,
+    request: http::Request<B>,
+    http2: bool,
+) -> hyper::Result<http::Response<hyper::body::Incoming>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let io = TokioIo::new(io);
     if http2 {
         let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .unwrap();
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(connection);
-        sender.send_request(request).await.unwrap()
+        sender.send_request(request).await
     } else {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(connection);
-        sender.send_request(request).await.unwrap()
+        sender.send_request(request).await
     }
 }
 

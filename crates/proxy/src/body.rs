@@ -1,11 +1,17 @@
 //! A body fed frame by frame through a bounded channel, so data streams with backpressure.
+//!
+//! The bound is in bytes as well as frames: a client that never reads (an HTTP/2 stream whose
+//! window stays shut) or an upstream that never takes a request body holds at most
+//! [`BYTES_IN_FLIGHT`] (plus the one frame that crossed it) per body, and the reader of the
+//! other side stops reading its socket, so flow control reaches the peer.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Why a streamed body ended early.
 #[derive(Debug, thiserror::Error)]
@@ -14,19 +20,76 @@ pub struct BodyReset(pub String);
 
 pub type FrameResult = Result<Frame<Bytes>, BodyReset>;
 
-/// Frames buffered per body before the sender waits: the bound on in-flight data.
+/// Frames buffered per body before the sender waits.
 const FRAMES_IN_FLIGHT: usize = 16;
+
+/// Body bytes buffered per hop before the sender waits: enough to keep a loopback or LAN link
+/// busy, little enough that a client holding a hundred streams shut costs a few megabytes.
+pub const BYTES_IN_FLIGHT: usize = 64 * 1024;
+
+/// Bytes a hop may hold; each frame carries its share until the reader takes it.
+#[derive(Clone)]
+pub struct Budget(Arc<Semaphore>);
+
+impl Budget {
+    pub fn new() -> Budget {
+        Budget(Arc::new(Semaphore::new(BYTES_IN_FLIGHT)))
+    }
+
+    /// Waits until `bytes` fit (a frame larger than the whole budget waits for all of it).
+    pub async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        if bytes == 0 {
+            return None;
+        }
+        let share = u32::try_from(bytes.min(BYTES_IN_FLIGHT)).unwrap_or(u32::MAX);
+        // The semaphore is never closed, so the acquisition only waits.
+        self.0.clone().acquire_many_owned(share).await.ok()
+    }
+}
+
+/// The sending end of a [`ChannelBody`].
+pub struct BodySender {
+    frames: mpsc::Sender<(FrameResult, Option<OwnedSemaphorePermit>)>,
+    budget: Budget,
+}
+
+/// The body's reader is gone.
+#[derive(Debug)]
+pub struct Gone;
+
+impl BodySender {
+    /// Sends `frame` once the body's budget has room for it.
+    pub async fn send(&self, frame: FrameResult) -> Result<(), Gone> {
+        let size = match &frame {
+            Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
+            Err(_) => 0,
+        };
+        let share = tokio::select! {
+            share = self.budget.reserve(size) => share,
+            () = self.frames.closed() => return Err(Gone),
+        };
+        self.frames.send((frame, share)).await.map_err(|_| Gone)
+    }
+
+    /// Completes when the body's reader is gone.
+    pub async fn closed(&self) {
+        self.frames.closed().await;
+    }
+}
 
 pub struct ChannelBody {
     /// `None`: a body known to be empty, so hyper sends `content-length: 0` where one belongs
     /// (as Envoy's codec does for a reply without a body) instead of chunked encoding.
-    receiver: Option<mpsc::Receiver<FrameResult>>,
+    receiver: Option<mpsc::Receiver<(FrameResult, Option<OwnedSemaphorePermit>)>>,
 }
 
-pub fn channel() -> (mpsc::Sender<FrameResult>, ChannelBody) {
-    let (sender, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
+pub fn channel() -> (BodySender, ChannelBody) {
+    let (frames, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
     (
-        sender,
+        BodySender {
+            frames,
+            budget: Budget::new(),
+        },
         ChannelBody {
             receiver: Some(receiver),
         },
@@ -41,8 +104,8 @@ pub fn empty() -> ChannelBody {
 /// A body of one frame, already sent (the caller gives its `content-length`).
 pub fn full(data: Bytes) -> ChannelBody {
     let (sender, body) = channel();
-    // A fresh channel has room for FRAMES_IN_FLIGHT frames.
-    let _ = sender.try_send(Ok(Frame::data(data)));
+    // A fresh channel has room for FRAMES_IN_FLIGHT frames; this one's bytes are not counted.
+    let _ = sender.frames.try_send((Ok(Frame::data(data)), None));
     body
 }
 
@@ -52,7 +115,10 @@ impl http_body::Body for ChannelBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
         match &mut self.receiver {
-            Some(receiver) => receiver.poll_recv(cx),
+            // The frame's share of the budget is given back as hyper takes it.
+            Some(receiver) => receiver
+                .poll_recv(cx)
+                .map(|frame| frame.map(|(frame, _share)| frame)),
             None => Poll::Ready(None),
         }
     }

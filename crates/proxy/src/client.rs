@@ -185,7 +185,11 @@ where
     B: http_body::Body<Data = Bytes> + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // Reads from the upstream in pieces no larger than a body hop's budget (the response head
+    // too: Envoy's 60 KiB bound on it fits), so a client that stops reading holds little.
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(crate::body::BYTES_IN_FLIGHT)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ClientError::Http {
             target: host.to_string(),

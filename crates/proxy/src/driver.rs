@@ -18,7 +18,7 @@ use sluice_filter::{Step, Stream};
 use sluice_host::{CallResponse, GrpcEvent, HttpCallRequest, HttpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::body::{self, BodyReset, ChannelBody, FrameResult};
+use crate::body::{self, BodyReset, BodySender, ChannelBody};
 use crate::framing::Framing;
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
 use crate::worker::{Generation, WorkerState};
@@ -48,8 +48,9 @@ enum UpstreamEvent {
         Option<hyper::upgrade::OnUpgrade>,
     ),
     /// A frame, and whether it ends the body (only on HTTP/2: an HTTP/1.1 body's end comes as
-    /// `End`, so plugins see it in one more, empty, body callback, as in Envoy).
-    Frame(Frame<Bytes>, bool),
+    /// `End`, so plugins see it in one more, empty, body callback, as in Envoy); with its share
+    /// of the bytes the upstream task may read ahead, given back once the frame is handled.
+    Frame(Frame<Bytes>, bool, Option<tokio::sync::OwnedSemaphorePermit>),
     End,
     /// How Envoy would report the failure, and what exactly happened (for the log).
     Failed(client::ResetBeforeResponse, String),
@@ -243,8 +244,8 @@ struct Driver {
     generation: Rc<Generation>,
     stream: Stream,
     head: Option<oneshot::Sender<http::Response<ChannelBody>>>,
-    response_body: Option<mpsc::Sender<FrameResult>>,
-    upstream_body: Option<mpsc::Sender<FrameResult>>,
+    response_body: Option<BodySender>,
+    upstream_body: Option<BodySender>,
     upstream_events: Option<mpsc::Receiver<UpstreamEvent>>,
     upstream_task: Option<tokio::task::JoinHandle<()>>,
     upstream_head_seen: bool,
@@ -492,7 +493,7 @@ async fn exchange(
 /// head (the client left before it) or of its body (the client reset the stream while it came).
 async fn client_gone(
     head: &mut Option<oneshot::Sender<http::Response<ChannelBody>>>,
-    body: &Option<mpsc::Sender<FrameResult>>,
+    body: &Option<BodySender>,
 ) {
     match (head, body) {
         (Some(head), _) => head.closed().await,
@@ -765,6 +766,7 @@ impl Driver {
                 let reusable = switched.is_none();
                 let (parts, mut body) = response.into_parts();
                 let end = body.is_end_stream();
+                let budget = body::Budget::new();
                 if events
                     .send(UpstreamEvent::Head(parts, end, switched))
                     .await
@@ -779,7 +781,10 @@ impl Driver {
                         // frame.
                         let last = target.http2 && body.is_end_stream();
                         let event = match frame {
-                            Ok(frame) => UpstreamEvent::Frame(frame, last),
+                            Ok(frame) => {
+                                let size = frame.data_ref().map_or(0, Bytes::len);
+                                UpstreamEvent::Frame(frame, last, budget.reserve(size).await)
+                            }
                             Err(error) => {
                                 let _ = events
                                     .send(UpstreamEvent::Failed(
@@ -829,7 +834,7 @@ impl Driver {
                 self.stream
                     .response_headers(response_map(&parts), end_of_stream);
             }
-            Some(UpstreamEvent::Frame(frame, last)) => match frame.into_data() {
+            Some(UpstreamEvent::Frame(frame, last, _share)) => match frame.into_data() {
                 Ok(data) => {
                     self.upstream_finished = last;
                     self.stream.response_data(data.to_vec(), last);

@@ -321,7 +321,7 @@ async fn exchange(
 /// command channel (the plugin's stream is gone) is a cancel too.
 async fn apply(
     command: Option<Command>,
-    sending: &mut Option<mpsc::Sender<body::FrameResult>>,
+    sending: &mut Option<body::BodySender>,
 ) -> bool {
     match command {
         None | Some(Command::Cancel) => false,

@@ -299,3 +299,55 @@ impl Default for RefusingPort {
         RefusingPort::new()
     }
 }
+
+/// Raw HTTP/2 frames, for clients that misbehave in ways a real client library will not.
+pub mod h2_frames {
+    /// The client connection preface followed by a SETTINGS frame with `settings` (id, value).
+    pub fn preface(settings: &[(u16, u32)]) -> Vec<u8> {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| id.to_be_bytes().into_iter().chain(value.to_be_bytes()))
+            .collect();
+        out.extend(frame(0x4, 0, 0, &payload));
+        out
+    }
+
+    /// One frame: its 9-byte header and `payload`.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).expect("a frame payload fits 24 bits");
+        let mut out = length.to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags]);
+        out.extend((stream & 0x7fff_ffff).to_be_bytes());
+        out.extend(payload);
+        out
+    }
+
+    /// A GET for `path` on `stream` (HEADERS with END_STREAM and END_HEADERS), the header block
+    /// in HPACK literals that never touch the dynamic table.
+    pub fn get(stream: u32, authority: &str, path: &str) -> Vec<u8> {
+        // Indexed :method GET (2) and :scheme http (6); literal :authority (1), :path (4).
+        let mut block = vec![0x82, 0x86];
+        for (name_index, value) in [(1u8, authority), (4, path)] {
+            block.push(name_index);
+            let length = u8::try_from(value.len()).expect("a short header value");
+            assert!(length < 0x7f, "a short header value");
+            block.push(length);
+            block.extend(value.as_bytes());
+        }
+        frame(0x1, 0x5, stream, &block)
+    }
+
+    /// A WINDOW_UPDATE of `increment` on `stream` (0: the connection).
+    pub fn window_update(stream: u32, increment: u32) -> Vec<u8> {
+        frame(0x8, 0, stream, &increment.to_be_bytes())
+    }
+
+    /// The SETTINGS acknowledgement.
+    pub fn settings_ack() -> Vec<u8> {
+        frame(0x4, 0x1, 0, &[])
+    }
+
+    /// SETTINGS_INITIAL_WINDOW_SIZE: with 0, a server may send no DATA until told it may.
+    pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
+}

@@ -588,3 +588,102 @@ fn run_backs_off_when_out_of_file_descriptors() {
         &stderr[..stderr.len().min(4000)]
     );
 }
+
+/// The resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// An HTTP/2 client that opens many streams and never lets the proxy send (its stream window is
+/// zero) while the upstream has 64 MiB for each: what the proxy holds for them stays bounded.
+#[test]
+fn run_holds_little_for_clients_that_never_read() {
+    use sluice_test_support::h2_frames;
+    use std::io::{Read, Write};
+
+    const STREAMS: u32 = 100;
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_address = origin.local_addr().unwrap();
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = sending.clone();
+    std::thread::spawn(move || {
+        for socket in origin.incoming().flatten() {
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut socket = socket;
+                let mut head = [0u8; 4096];
+                let _ = socket.read(&mut head);
+                let length = 64u64 << 20;
+                let chunk = vec![b'x'; 64 * 1024];
+                let _ = write!(socket, "HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Blocks once the proxy stops reading; ends when it closes the connection.
+                for _ in 0..length / chunk.len() as u64 {
+                    if socket.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--workers",
+        "1",
+        "--upstream",
+        &format!("http://{origin_address}"),
+    ]);
+    let (mut child, address) = spawn_serving(command);
+    let before = resident_bytes(child.id());
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    let mut frames = h2_frames::preface(&[(h2_frames::INITIAL_WINDOW_SIZE, 0)]);
+    frames.extend(h2_frames::settings_ack());
+    for stream in 0..STREAMS {
+        frames.extend(h2_frames::get(2 * stream + 1, "example.com", "/large"));
+    }
+    client.write_all(&frames).unwrap();
+    let mut reader = client.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 16384];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    // Until the proxy's memory stops growing (it waits on the client), at most 20 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = before;
+    let mut peak = before;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = resident_bytes(child.id());
+        peak = peak.max(now);
+        if now == last && now > before || std::time::Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    let grown = peak.saturating_sub(before);
+    let answered = sending.load(std::sync::atomic::Ordering::SeqCst);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(client);
+    eprintln!(
+        "{STREAMS} stalled streams: resident memory grew {} MiB",
+        grown >> 20
+    );
+    assert_eq!(answered, STREAMS, "every stream reached the upstream");
+    assert!(
+        grown < 96 << 20,
+        "{STREAMS} stalled streams grew the proxy by {} MiB",
+        grown >> 20
+    );
+}

@@ -16,6 +16,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// nginx's `client_header_timeout` (Envoy has none by default, which leaves a connection that
 /// sends nothing open for good).
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Envoy's default `stream_idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the admin API listens unless told otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// Where the proxy listens unless told otherwise.
@@ -39,6 +41,9 @@ pub struct Config {
     /// How long a client has for its first bytes and each HTTP/1.1 request head (also the
     /// longest an HTTP/1.1 connection stays idle between requests).
     pub request_headers_timeout: Duration,
+    /// How long a stream may go without progress either way (no client or upstream data taken
+    /// or given) before it is ended: Envoy's `stream_idle_timeout`.
+    pub stream_idle_timeout: Duration,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
@@ -330,6 +335,7 @@ impl Config {
             failure_body: crate::FailureBody::Empty,
             node: Node::default(),
             request_headers_timeout: DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

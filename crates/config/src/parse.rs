@@ -120,6 +120,8 @@ struct ProxySpec {
     #[serde(default)]
     request_headers_timeout: Option<String>,
     #[serde(default)]
+    stream_idle_timeout: Option<String>,
+    #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
@@ -545,16 +547,23 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
     if let Some(node) = spec.node {
         config.node = node;
     }
-    if let Some(text) = spec.request_headers_timeout {
+    for (field, text, timeout) in [
+        (
+            "spec.requestHeadersTimeout",
+            spec.request_headers_timeout,
+            &mut config.request_headers_timeout,
+        ),
+        (
+            "spec.streamIdleTimeout",
+            spec.stream_idle_timeout,
+            &mut config.stream_idle_timeout,
+        ),
+    ] {
+        let Some(text) = text else { continue };
         match parse_duration(&text) {
-            Ok(timeout) if !timeout.is_zero() => config.request_headers_timeout = timeout,
-            Ok(_) => checker.error(
-                "spec.requestHeadersTimeout",
-                format!("`{text}`: must be more than zero"),
-            ),
-            Err(message) => {
-                checker.error("spec.requestHeadersTimeout", format!("`{text}`: {message}"));
-            }
+            Ok(duration) if !duration.is_zero() => *timeout = duration,
+            Ok(_) => checker.error(field, format!("`{text}`: must be more than zero")),
+            Err(message) => checker.error(field, format!("`{text}`: {message}")),
         }
     }
     if let Some(destination) = spec.access_log {
@@ -890,6 +899,7 @@ mod tests {
             failure_body: crate::FailureBody::Empty,
             node: crate::Node::default(),
             request_headers_timeout: crate::DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            stream_idle_timeout: crate::DEFAULT_STREAM_IDLE_TIMEOUT,
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),
@@ -1017,6 +1027,8 @@ spec: {url: audit.wasm, priority: 100}
 apiVersion: sluice.dev/v1alpha1
 kind: Proxy
 spec:
+  streamIdleTimeout: 0s
+  requestHeadersTimeout: soon
   listeners:
   - address: 127.0.0.1:8080
     routes:
@@ -1046,6 +1058,8 @@ kind: VirtualService
             "document 1 (Proxy) spec.clusters[0].endpoints[0]: `no-port` is not HOST:PORT",
             "document 1 (Proxy) spec.clusters[0].timeout: `5 seconds`: expected a unit",
             "document 1 (Proxy) spec.listeners[0].routes[0].match: `api` must start with `/`",
+            "document 1 (Proxy) spec.requestHeadersTimeout: `soon`:",
+            "document 1 (Proxy) spec.streamIdleTimeout: `0s`: must be more than zero",
             "document 2 (WasmPlugin p) spec.url: `ftp://ghcr.io/x/y:1`: unknown scheme",
             "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",
             "document 2 (WasmPlugin p) spec.phase: `LATE`: expected AUTHN",

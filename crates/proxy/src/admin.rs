@@ -168,6 +168,7 @@ impl Admin {
             "admin": config.admin.map(|a| a.to_string()),
             "workers": current.workers(),
             "requestHeadersTimeoutMs": config.request_headers_timeout.as_millis() as u64,
+            "streamIdleTimeoutMs": config.stream_idle_timeout.as_millis() as u64,
             "node": config.node,
             "listeners": config.listeners.iter().map(|listener| json!({
                 "name": listener.name,

@@ -5,13 +5,14 @@
 //! [`BYTES_IN_FLIGHT`] (plus the one frame that crossed it) per body, and the reader of the
 //! other side stops reading its socket, so flow control reaches the peer.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Why a streamed body ended early.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,7 @@ impl Budget {
 pub struct BodySender {
     frames: mpsc::Sender<(FrameResult, Option<OwnedSemaphorePermit>)>,
     budget: Budget,
+    reset: oneshot::Sender<BodyReset>,
 }
 
 /// The body's reader is gone.
@@ -71,6 +73,13 @@ impl BodySender {
         self.frames.send((frame, share)).await.map_err(|_| Gone)
     }
 
+    /// Ends the body in error ahead of whatever frames still wait (they may never be taken: a
+    /// client that keeps its window shut), so the reader resets the stream rather than take
+    /// the body as complete.
+    pub fn abort(self, reason: BodyReset) {
+        let _ = self.reset.send(reason);
+    }
+
     /// Completes when the body's reader is gone.
     pub async fn closed(&self) {
         self.frames.closed().await;
@@ -81,24 +90,32 @@ pub struct ChannelBody {
     /// `None`: a body known to be empty, so hyper sends `content-length: 0` where one belongs
     /// (as Envoy's codec does for a reply without a body) instead of chunked encoding.
     receiver: Option<mpsc::Receiver<(FrameResult, Option<OwnedSemaphorePermit>)>>,
+    /// A reset that goes ahead of the frames; `None` once the sender is gone without one.
+    reset: Option<oneshot::Receiver<BodyReset>>,
 }
 
 pub fn channel() -> (BodySender, ChannelBody) {
     let (frames, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
+    let (reset, resets) = oneshot::channel();
     (
         BodySender {
             frames,
             budget: Budget::new(),
+            reset,
         },
         ChannelBody {
             receiver: Some(receiver),
+            reset: Some(resets),
         },
     )
 }
 
 /// A body that ends at once.
 pub fn empty() -> ChannelBody {
-    ChannelBody { receiver: None }
+    ChannelBody {
+        receiver: None,
+        reset: None,
+    }
 }
 
 /// A body of one frame, already sent (the caller gives its `content-length`).
@@ -114,6 +131,18 @@ impl http_body::Body for ChannelBody {
     type Error = BodyReset;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
+        if let Some(reset) = &mut self.reset {
+            match Pin::new(reset).poll(cx) {
+                Poll::Ready(Ok(reason)) => {
+                    self.reset = None;
+                    self.receiver = None;
+                    return Poll::Ready(Some(Err(reason)));
+                }
+                // The sender went without a reset: the frames tell how the body ends.
+                Poll::Ready(Err(_)) => self.reset = None,
+                Poll::Pending => {}
+            }
+        }
         match &mut self.receiver {
             // The frame's share of the budget is given back as hyper takes it.
             Some(receiver) => receiver

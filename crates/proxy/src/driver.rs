@@ -24,9 +24,6 @@ use crate::headers::{fields_map, request_map, response_map, status, to_fields};
 use crate::worker::{Generation, WorkerState};
 use crate::{Target, client, echo, grpc};
 
-/// A stream with nothing happening for this long is answered (or reset) and ended.
-pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// One client connection: which listener took it, and the worker it runs on.
 pub struct Connection {
     pub state: Rc<WorkerState>,
@@ -50,7 +47,11 @@ enum UpstreamEvent {
     /// A frame, and whether it ends the body (only on HTTP/2: an HTTP/1.1 body's end comes as
     /// `End`, so plugins see it in one more, empty, body callback, as in Envoy); with its share
     /// of the bytes the upstream task may read ahead, given back once the frame is handled.
-    Frame(Frame<Bytes>, bool, Option<tokio::sync::OwnedSemaphorePermit>),
+    Frame(
+        Frame<Bytes>,
+        bool,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
     End,
     /// How Envoy would report the failure, and what exactly happened (for the log).
     Failed(client::ResetBeforeResponse, String),
@@ -401,7 +402,8 @@ async fn exchange(
     driver.stream.request_headers(headers, !downstream_open);
     // One timer per stream: activity only moves `last_activity`, and the timer checks it when it
     // fires, rather than re-arming a timer on every event.
-    let idle = tokio::time::sleep(STREAM_IDLE_TIMEOUT);
+    let idle_timeout = driver.generation.config.config.stream_idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let mut last_activity = tokio::time::Instant::now();
     loop {
@@ -474,7 +476,7 @@ async fn exchange(
                 break;
             }
             () = &mut idle => {
-                let deadline = last_activity + STREAM_IDLE_TIMEOUT;
+                let deadline = last_activity + idle_timeout;
                 if tokio::time::Instant::now() < deadline {
                     idle.as_mut().reset(deadline);
                     continue;
@@ -664,7 +666,7 @@ impl Driver {
             Step::ResetDownstream { reason } => {
                 self.status = None;
                 if let Some(sender) = self.response_body.take() {
-                    let _ = sender.send(Err(BodyReset(reason))).await;
+                    sender.abort(BodyReset(reason));
                 }
             }
         }
@@ -930,11 +932,20 @@ impl Driver {
     }
 
     async fn send_response_frame(&mut self, frame: Frame<Bytes>) {
-        if let Some(sender) = &self.response_body
-            && sender.send(Ok(frame)).await.is_err()
-        {
+        let Some(sender) = &self.response_body else {
+            return;
+        };
+        let idle_timeout = self.generation.config.config.stream_idle_timeout;
+        match tokio::time::timeout(idle_timeout, sender.send(Ok(frame))).await {
+            Ok(Ok(())) => {}
             // The client went away; what is left of the response goes nowhere.
-            self.response_body = None;
+            Ok(Err(_)) => self.response_body = None,
+            Err(_) => {
+                // The client took nothing for a whole idle timeout (an HTTP/2 window it keeps
+                // shut, a socket it does not read): Envoy's stream idle timeout ends it.
+                tracing::debug!("the client took no response data for {idle_timeout:?}");
+                self.stream.reset_downstream("stream idle timeout");
+            }
         }
     }
 

@@ -319,10 +319,7 @@ async fn exchange(
 
 /// Applies a plugin's command to the request body; `false` when the call is cancelled. A closed
 /// command channel (the plugin's stream is gone) is a cancel too.
-async fn apply(
-    command: Option<Command>,
-    sending: &mut Option<body::BodySender>,
-) -> bool {
+async fn apply(command: Option<Command>, sending: &mut Option<body::BodySender>) -> bool {
     match command {
         None | Some(Command::Cancel) => false,
         Some(Command::Close) => {

@@ -621,7 +621,10 @@ fn run_holds_little_for_clients_that_never_read() {
                 let _ = socket.read(&mut head);
                 let length = 64u64 << 20;
                 let chunk = vec![b'x'; 64 * 1024];
-                let _ = write!(socket, "HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+                let _ = write!(
+                    socket,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n"
+                );
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 // Blocks once the proxy stops reading; ends when it closes the connection.
                 for _ in 0..length / chunk.len() as u64 {

@@ -341,3 +341,51 @@ fn a_body_a_plugin_resized_under_a_sent_content_length_ends_in_error() {
     );
     proxy.stop();
 }
+
+/// An HTTP/2 client that keeps its stream window shut: once the stream has made no progress
+/// for `streamIdleTimeout`, the proxy ends it and its upstream request (Envoy's stream idle
+/// timeout), rather than wait for the client for good.
+#[test]
+fn a_stream_the_client_never_reads_ends_at_the_stream_idle_timeout() {
+    use sluice_test_support::h2_frames;
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = upstream.local_addr().unwrap();
+    let (closed, closed_after) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut socket, _)) = upstream.accept() {
+            let mut head = [0u8; 4096];
+            let _ = socket.read(&mut head);
+            let started = Instant::now();
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n");
+            let chunk = vec![b'x'; 16 * 1024];
+            // Blocks when the proxy stops reading; fails once it closes the connection.
+            while socket.write_all(&chunk).is_ok() {}
+            let _ = closed.send(started.elapsed());
+        }
+    });
+    let mut config = crate::flags(Some(address), &[]);
+    config.workers = Some(1);
+    config.stream_idle_timeout = Duration::from_millis(500);
+    let proxy = crate::start_source(None, config);
+    let mut client = TcpStream::connect(proxy.address).unwrap();
+    let mut frames = h2_frames::preface(&[(h2_frames::INITIAL_WINDOW_SIZE, 0)]);
+    frames.extend(h2_frames::settings_ack());
+    frames.extend(h2_frames::get(1, "example.com", "/large"));
+    client.write_all(&frames).unwrap();
+    let mut reader = client.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 16384];
+        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let waited = closed_after
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the upstream connection closed");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the upstream request lived {waited:?} for a client that never read"
+    );
+    // The proxy still answers (its upstream is gone now: 503).
+    assert_eq!(get(proxy.address, "/", &[]).status, 503);
+    drop(client);
+    proxy.stop();
+}

@@ -13,6 +13,7 @@ mod echo;
 mod first_byte;
 mod framing;
 mod grpc;
+mod h2_guard;
 mod headers;
 mod load;
 mod logging;

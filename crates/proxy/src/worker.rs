@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::Admin;
 use crate::driver::{Connection, handle};
 use crate::first_byte::FirstByteDeadline;
+use crate::h2_guard::FloodGuard;
 use crate::logging::PluginLogLevels;
 use crate::reload::Reloader;
 use crate::stats::Stats;
@@ -616,7 +617,7 @@ where
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             handle(request, connection.clone())
         });
-    let io = FirstByteDeadline::new(io, timeout);
+    let io = FirstByteDeadline::new(FloodGuard::new(io), timeout);
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     builder
         .http1()

@@ -389,3 +389,55 @@ fn a_stream_the_client_never_reads_ends_at_the_stream_idle_timeout() {
     drop(client);
     proxy.stop();
 }
+
+/// A client that sends WINDOW_UPDATE frames by the thousand, or empty DATA frames, and never
+/// lets the proxy send anything: the connection is closed at Envoy's flood limits, and a client
+/// behaving well is served as before.
+#[test]
+fn http2_floods_close_the_connection() {
+    use sluice_test_support::h2_frames;
+    let proxy = start(Vec::new(), None, &[], 1);
+    let floods = [
+        (0..100_000)
+            .flat_map(|_| h2_frames::window_update(0, 1))
+            .collect::<Vec<u8>>(),
+        {
+            let mut frames = h2_frames::frame(0x1, 0x4, 1, &[0x83, 0x86, 0x84, 0x01, 0x01, b'x']);
+            frames.extend((0..10_000).flat_map(|_| h2_frames::frame(0x0, 0, 1, &[])));
+            frames
+        },
+    ];
+    for flood in floods {
+        let mut client = TcpStream::connect(proxy.address).unwrap();
+        let mut frames = h2_frames::preface(&[]);
+        frames.extend(h2_frames::settings_ack());
+        client.write_all(&frames).unwrap();
+        // The proxy may close while the flood is still being written.
+        let started = Instant::now();
+        let _ = client.write_all(&flood);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut sink = [0u8; 16384];
+        // Closed (or reset, the flood unread) rather than timed out.
+        let ended = loop {
+            match client.read(&mut sink) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        assert!(ended.is_ok(), "still open after a flood: {ended:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let answer = crate::request(
+        proxy.address,
+        http::Request::get("http://example.com/")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+        true,
+    );
+    assert_eq!(answer.status, 200);
+    proxy.stop();
+}

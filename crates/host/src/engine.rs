@@ -77,6 +77,23 @@ impl PluginCode {
     }
 }
 
+/// A host function's name and wasm signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFunction {
+    pub module: String,
+    pub name: String,
+    pub params: Vec<WasmType>,
+    pub results: Vec<WasmType>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WasmType {
+    I32,
+    I64,
+    F32,
+    F64,
+}
+
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<EngineInner>,
@@ -226,6 +243,41 @@ impl Engine {
             info: Arc::new(info),
             allowed: None,
         })
+    }
+
+    /// Every host function a plugin may import, with its wasm signature (for `sluice inspect`
+    /// and for guests generated to call them all, as the host-call fuzzer does).
+    pub fn host_functions(&self) -> Vec<HostFunction> {
+        let state = crate::vm::host_state(
+            self,
+            sluice_abi::AbiVersion::V0_2_1,
+            crate::VmConfig::new("host-functions"),
+        );
+        let mut store = wasmtime::Store::new(&self.inner.wasmtime, state);
+        let kind = |ty: wasmtime::ValType| match ty {
+            wasmtime::ValType::I64 => WasmType::I64,
+            wasmtime::ValType::F32 => WasmType::F32,
+            wasmtime::ValType::F64 => WasmType::F64,
+            _ => WasmType::I32,
+        };
+        let externs: Vec<(String, String, wasmtime::Extern)> = self
+            .inner
+            .linker
+            .iter(&mut store)
+            .map(|(module, name, item)| (module.to_string(), name.to_string(), item))
+            .collect();
+        externs
+            .into_iter()
+            .filter_map(|(module, name, item)| {
+                let ty = item.into_func()?.ty(&store);
+                Some(HostFunction {
+                    module,
+                    name,
+                    params: ty.params().map(kind).collect(),
+                    results: ty.results().map(kind).collect(),
+                })
+            })
+            .collect()
     }
 
     /// Every name a capability allow-list may contain: the `proxy_*` and WASI host functions

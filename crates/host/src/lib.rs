@@ -17,11 +17,14 @@ mod vm;
 mod wasi;
 
 pub use effects::{Effect, GrpcCallRequest, HttpCallRequest, LocalResponse};
-pub use engine::{Engine, EngineOptions, PluginCode};
+pub use engine::{Engine, EngineOptions, HostFunction, PluginCode, WasmType};
 pub use error::{FailureKind, LoadError, PluginFailure};
 pub use inspect::{ImportInfo, ModuleInfo};
 pub use metrics::{HISTOGRAM_BOUNDS, Metric, Metrics};
-pub use shared::{MAX_QUEUE_ITEMS, MAX_SHARED_DATA_BYTES, QueueInbox, SharedData, SharedQueues};
+pub use shared::{
+    MAX_QUEUE_BYTES, MAX_QUEUE_ITEMS, MAX_QUEUES, MAX_SHARED_DATA_BYTES, QueueInbox, SharedData,
+    SharedQueues,
+};
 pub use state::{Clock, ClusterCheck, LogRecord};
 pub use stream::{HttpStream, SharedStream};
 pub use vm::{

@@ -56,15 +56,25 @@ struct MetricsInner {
     metrics: Vec<Arc<Metric>>,
 }
 
+/// Bound on the distinct metrics (name and type) of a process. Envoy has none: a plugin that
+/// names a metric after each request would grow the proxy, and its stats page, without end.
+pub const MAX_METRICS: usize = 16384;
+/// Bound on the ids one VM holds. cpp-host gives a new id to every `proxy_define_metric`, even of
+/// a name already defined; past this bound a VM gets the id it already has for that metric.
+const MAX_METRIC_IDS: usize = 65536;
+
 impl Metrics {
-    /// The metric of this name and type, defined now if it is new.
-    pub fn define(&self, kind: MetricType, name: &str) -> Arc<Metric> {
+    /// The metric of this name and type, defined now if it is new; `None` past [`MAX_METRICS`].
+    pub fn define(&self, kind: MetricType, name: &str) -> Option<Arc<Metric>> {
         let mut inner = self
             .inner
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(metric) = inner.by_key.get(&(name.to_string(), kind)) {
-            return metric.clone();
+            return Some(metric.clone());
+        }
+        if inner.metrics.len() >= MAX_METRICS {
+            return None;
         }
         let metric = Arc::new(Metric {
             name: name.to_string(),
@@ -77,7 +87,7 @@ impl Metrics {
         inner
             .by_key
             .insert((name.to_string(), kind), metric.clone());
-        metric
+        Some(metric)
     }
 
     /// The first metric defined with this name.
@@ -104,6 +114,8 @@ impl Metrics {
 #[derive(Default)]
 pub(crate) struct MetricIds {
     by_id: HashMap<u32, Arc<Metric>>,
+    /// The last id given per metric (by address), for when `by_id` is full.
+    last_by_metric: HashMap<usize, u32>,
     /// The last id given per type (counter, gauge, histogram).
     last: [u32; 3],
 }
@@ -113,15 +125,31 @@ const TYPE_MASK: u32 = 0x3;
 const ID_STEP: u32 = 0x4;
 
 impl MetricIds {
-    pub(crate) fn define(&mut self, metrics: &Metrics, kind: MetricType, name: &str) -> u32 {
+    /// A new id for the metric, or INTERNAL_FAILURE past the process's [`MAX_METRICS`].
+    pub(crate) fn define(
+        &mut self,
+        metrics: &Metrics,
+        kind: MetricType,
+        name: &str,
+    ) -> Result<u32, Status> {
+        let metric = metrics.define(kind, name).ok_or(Status::InternalFailure)?;
+        let address = Arc::as_ptr(&metric) as usize;
+        if self.by_id.len() >= MAX_METRIC_IDS {
+            return self
+                .last_by_metric
+                .get(&address)
+                .copied()
+                .ok_or(Status::InternalFailure);
+        }
         let slot = &mut self.last[kind as usize];
         if *slot == 0 {
             *slot = kind as u32;
         }
         *slot = slot.wrapping_add(ID_STEP);
         let id = *slot;
-        self.by_id.insert(id, metrics.define(kind, name));
-        id
+        self.by_id.insert(id, metric);
+        self.last_by_metric.insert(address, id);
+        Ok(id)
     }
 
     /// The metric behind an id: BAD_ARGUMENT for an id of no type, NOT_FOUND for an unknown one.
@@ -178,5 +206,36 @@ impl MetricIds {
             MetricType::Counter | MetricType::Gauge => Ok(metric.value() as u64),
             MetricType::Histogram => Err(Status::BadArgument),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_and_a_vms_ids_are_bounded() {
+        let metrics = Metrics::default();
+        let mut ids = MetricIds::default();
+        for i in 0..MAX_METRICS {
+            assert!(
+                ids.define(&metrics, MetricType::Counter, &format!("m{i}"))
+                    .is_ok()
+            );
+        }
+        assert_eq!(
+            ids.define(&metrics, MetricType::Counter, "one more"),
+            Err(Status::InternalFailure)
+        );
+        // An existing metric can still be defined: new ids until the VM holds its bound, then
+        // the last id it got for that metric.
+        let mut last = 0;
+        for _ in 0..MAX_METRIC_IDS {
+            last = ids.define(&metrics, MetricType::Counter, "m0").unwrap();
+        }
+        assert_eq!(ids.define(&metrics, MetricType::Counter, "m0"), Ok(last));
+        assert_eq!(ids.by_id.len(), MAX_METRIC_IDS);
+        ids.increment(last, 1).unwrap();
+        assert_eq!(ids.read(last), Ok(1));
     }
 }

@@ -95,9 +95,9 @@ impl QueueInbox {
 }
 
 struct Queue {
-    vm_id: String,
-    name: Vec<u8>,
     items: VecDeque<Vec<u8>>,
+    /// Bytes of the items held.
+    bytes: usize,
     owner: QueueInbox,
     owner_root: u32,
 }
@@ -105,49 +105,84 @@ struct Queue {
 /// Shared queues: registered by one VM, enqueued to by any.
 #[derive(Default)]
 pub struct SharedQueues {
-    queues: Mutex<Vec<Queue>>,
+    queues: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    /// A queue's id is its index plus one.
+    list: Vec<Queue>,
+    by_name: HashMap<(String, Vec<u8>), usize>,
+    /// Queues registered per vm_id.
+    per_vm: HashMap<String, usize>,
 }
 
 /// Bound on the items one queue holds: an enqueue beyond it drops the oldest item, so a plugin that
 /// never dequeues cannot grow the process without limit.
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
+/// Bound on the bytes one queue holds, dropping the oldest items in the same way; a single item
+/// larger than this is refused.
+pub const MAX_QUEUE_BYTES: usize = 16 << 20;
+/// Bound on the queues of one vm_id (Envoy has none: a plugin registering a queue per request
+/// would grow the proxy without end).
+pub const MAX_QUEUES: usize = 1024;
 
 impl SharedQueues {
-    pub fn register(&self, vm_id: &str, name: &[u8], owner: &QueueInbox, owner_root: u32) -> u32 {
+    /// The queue's id, or INTERNAL_FAILURE when the vm_id has [`MAX_QUEUES`] already.
+    pub fn register(
+        &self,
+        vm_id: &str,
+        name: &[u8],
+        owner: &QueueInbox,
+        owner_root: u32,
+    ) -> Result<u32, Status> {
         let mut queues = lock(&self.queues);
-        if let Some(index) = queues
-            .iter()
-            .position(|q| q.vm_id == vm_id && q.name == name)
-        {
-            queues[index].owner = owner.clone();
-            queues[index].owner_root = owner_root;
-            return index as u32 + 1;
+        let key = (vm_id.to_string(), name.to_vec());
+        if let Some(&index) = queues.by_name.get(&key) {
+            let queue = &mut queues.list[index];
+            queue.owner = owner.clone();
+            queue.owner_root = owner_root;
+            return Ok(index as u32 + 1);
         }
-        queues.push(Queue {
-            vm_id: vm_id.to_string(),
-            name: name.to_vec(),
+        let count = queues.per_vm.entry(key.0.clone()).or_default();
+        if *count >= MAX_QUEUES {
+            return Err(Status::InternalFailure);
+        }
+        *count += 1;
+        let index = queues.list.len();
+        queues.list.push(Queue {
             items: VecDeque::new(),
+            bytes: 0,
             owner: owner.clone(),
             owner_root,
         });
-        queues.len() as u32
+        queues.by_name.insert(key, index);
+        Ok(index as u32 + 1)
     }
 
     pub fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32> {
         lock(&self.queues)
-            .iter()
-            .position(|q| q.vm_id == vm_id && q.name == name)
-            .map(|index| index as u32 + 1)
+            .by_name
+            .get(&(vm_id.to_string(), name.to_vec()))
+            .map(|index| *index as u32 + 1)
     }
 
     pub fn enqueue(&self, id: u32, value: &[u8]) -> Result<(), Status> {
         let mut queues = lock(&self.queues);
         let queue = queues
+            .list
             .get_mut((id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
-        if queue.items.len() >= MAX_QUEUE_ITEMS {
-            queue.items.pop_front();
+        if value.len() > MAX_QUEUE_BYTES {
+            return Err(Status::InternalFailure);
         }
+        while queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + value.len() > MAX_QUEUE_BYTES {
+            let Some(oldest) = queue.items.pop_front() else {
+                break;
+            };
+            queue.bytes -= oldest.len();
+        }
+        queue.bytes += value.len();
         queue.items.push_back(value.to_vec());
         let (owner, root) = (queue.owner.clone(), queue.owner_root);
         drop(queues);
@@ -158,9 +193,12 @@ impl SharedQueues {
     pub fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
         let mut queues = lock(&self.queues);
         let queue = queues
+            .list
             .get_mut((id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
-        queue.items.pop_front().ok_or(Status::Empty)
+        let item = queue.items.pop_front().ok_or(Status::Empty)?;
+        queue.bytes -= item.len();
+        Ok(item)
     }
 }
 
@@ -184,5 +222,45 @@ mod tests {
         data.set("other-vm", b"d", &big, 0).unwrap();
         data.set("vm", b"a", b"small", 0).unwrap();
         data.set("vm", b"d", &big, 0).unwrap();
+    }
+
+    #[test]
+    fn queues_are_bounded_in_number_items_and_bytes() {
+        let queues = SharedQueues::default();
+        let inbox = QueueInbox::default();
+        for i in 0..MAX_QUEUES {
+            let name = format!("q{i}");
+            assert_eq!(
+                queues.register("vm", name.as_bytes(), &inbox, 1),
+                Ok(i as u32 + 1)
+            );
+        }
+        assert_eq!(
+            queues.register("vm", b"one more", &inbox, 1),
+            Err(Status::InternalFailure)
+        );
+        assert_eq!(
+            queues.register("vm", b"q7", &inbox, 1),
+            Ok(8),
+            "an existing queue"
+        );
+        assert_eq!(queues.resolve("vm", b"q7"), Some(8));
+        assert!(queues.register("other-vm", b"q", &inbox, 1).is_ok());
+
+        let big = vec![0u8; MAX_QUEUE_BYTES / 4];
+        for _ in 0..10 {
+            queues.enqueue(1, &big).unwrap();
+        }
+        let held = (0..).take_while(|_| queues.dequeue(1).is_ok()).count();
+        assert_eq!(held, 4, "the oldest items went to make room");
+        assert_eq!(
+            queues.enqueue(1, &vec![0u8; MAX_QUEUE_BYTES + 1]),
+            Err(Status::InternalFailure)
+        );
+        for _ in 0..MAX_QUEUE_ITEMS + 5 {
+            queues.enqueue(2, b"x").unwrap();
+        }
+        let held = (0..).take_while(|_| queues.dequeue(2).is_ok()).count();
+        assert_eq!(held, MAX_QUEUE_ITEMS);
     }
 }

@@ -356,52 +356,59 @@ fn format_backtrace(backtrace: &WasmBacktrace) -> String {
     out
 }
 
+/// A VM's host state before its instance exists.
+pub(crate) fn host_state(engine: &Engine, abi: AbiVersion, config: VmConfig) -> HostState {
+    HostState {
+        warned: HashSet::new(),
+        plugin_name: config.plugin_name,
+        vm_id: config.vm_id,
+        abi,
+        shared: if config.isolated {
+            Arc::default()
+        } else {
+            engine.inner.shared.clone()
+        },
+        memory: None,
+        allocate: None,
+        limiter: MemoryCap {
+            max_bytes: config.limits.memory_bytes,
+            hit: false,
+        },
+        contexts: ContextMap::default(),
+        effective_context: 0,
+        effects: Vec::new(),
+        scope: None,
+        vm_configuration: config.vm_configuration,
+        last_status: (0, Vec::new()),
+        log_level: config.log_level,
+        captured_logs: config.capture_logs.then(Vec::new),
+        last_error_log: None,
+        env: config.env,
+        clock: config.clock,
+        clusters: config.clusters,
+        node: config.node,
+        declared: HashMap::new(),
+        expressions: HashMap::new(),
+        next_token: 0,
+        grpc_tokens: HashMap::new(),
+        tick_periods: HashMap::new(),
+        pending_done: HashSet::new(),
+        queue_inbox: QueueInbox::default(),
+        metric_ids: Default::default(),
+    }
+}
+
 impl Vm {
     /// Instantiates `code` and runs its start-up (`_initialize` then `main`, or `_start`, or the
     /// start section).
     pub fn new(engine: &Engine, code: &PluginCode, config: VmConfig) -> Result<Self, LoadError> {
         let abi = code.info.loadable()?;
-        let state = HostState {
-            warned: HashSet::new(),
-            plugin_name: config.plugin_name,
-            vm_id: config.vm_id,
-            abi,
-            shared: if config.isolated {
-                Arc::default()
-            } else {
-                engine.inner.shared.clone()
-            },
-            memory: None,
-            allocate: None,
-            limiter: MemoryCap {
-                max_bytes: config.limits.memory_bytes,
-                hit: false,
-            },
-            contexts: ContextMap::default(),
-            effective_context: 0,
-            effects: Vec::new(),
-            scope: None,
-            vm_configuration: config.vm_configuration,
-            last_status: (0, Vec::new()),
-            log_level: config.log_level,
-            captured_logs: config.capture_logs.then(Vec::new),
-            last_error_log: None,
-            env: config.env,
-            clock: config.clock,
-            clusters: config.clusters,
-            node: config.node,
-            declared: HashMap::new(),
-            expressions: HashMap::new(),
-            next_token: 0,
-            grpc_tokens: HashMap::new(),
-            tick_periods: HashMap::new(),
-            pending_done: HashSet::new(),
-            queue_inbox: QueueInbox::default(),
-            metric_ids: Default::default(),
-        };
+        let limits = config.limits.clone();
+        let callback_time = config.callback_time.clone();
+        let state = host_state(engine, abi, config);
         let mut store = Store::new(&engine.inner.wasmtime, state);
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(ticks(config.limits.start_timeout));
+        store.set_epoch_deadline(ticks(limits.start_timeout));
         let instance =
             code.pre
                 .instantiate(&mut store)
@@ -439,8 +446,8 @@ impl Vm {
             callbacks,
             failure: None,
             next_context: 0,
-            limits: config.limits,
-            callback_time: config.callback_time,
+            limits,
+            callback_time,
         };
         vm.run_entry_points(&instance)?;
         Ok(vm)

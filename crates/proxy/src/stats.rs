@@ -285,7 +285,10 @@ mod tests {
         stats.request_finished(Some(404), Duration::from_millis(3));
         stats.request_finished(None, Duration::from_millis(2000));
         let metrics = Metrics::default();
-        metrics.define(MetricType::Counter, "my.plugin/hits").add(2);
+        metrics
+            .define(MetricType::Counter, "my.plugin/hits")
+            .expect("room for a metric")
+            .add(2);
         let text = stats.render(&metrics);
         assert!(
             text.contains("sluice_responses_total{class=\"4xx\"} 1"),

@@ -39,7 +39,19 @@ fn define(c: &mut Caller<'_>, kind: u32, name: (u32, u32), id_ptr: u32) -> HostR
     let kind = MetricType::from_raw(kind).ok_or(Status::BadArgument)?;
     let name = String::from_utf8(name).map_err(|_| Status::BadArgument)?;
     let state = c.data_mut();
-    let id = state.metric_ids.define(&state.shared.metrics, kind, &name);
+    let id = match state.metric_ids.define(&state.shared.metrics, kind, &name) {
+        Ok(id) => id,
+        Err(status) => {
+            state.warn_once(
+                "metrics full",
+                format_args!(
+                    "proxy_define_metric({name:?}): the process holds {} metrics already",
+                    crate::metrics::MAX_METRICS
+                ),
+            );
+            return Err(status.into());
+        }
+    };
     super::write_u32(c, id_ptr, id)?;
     Ok(())
 }

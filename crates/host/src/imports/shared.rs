@@ -91,7 +91,7 @@ fn register_queue(c: &mut Caller<'_>, name: (u32, u32), id_ptr: u32) -> HostResu
         &name,
         &state.queue_inbox,
         state.effective_root(),
-    );
+    )?;
     super::write_u32(c, id_ptr, id)?;
     Ok(())
 }

@@ -95,9 +95,8 @@ impl QueueInbox {
 }
 
 struct Queue {
+    vm_id: String,
     items: VecDeque<Vec<u8>>,
-    /// Bytes of the items held.
-    bytes: usize,
     owner: QueueInbox,
     owner_root: u32,
 }
@@ -113,16 +112,16 @@ struct Queues {
     /// A queue's id is its index plus one.
     list: Vec<Queue>,
     by_name: HashMap<(String, Vec<u8>), usize>,
-    /// Queues registered per vm_id.
-    per_vm: HashMap<String, usize>,
+    /// Queues registered, and bytes their items hold, per vm_id.
+    per_vm: HashMap<String, (usize, usize)>,
 }
 
 /// Bound on the items one queue holds: an enqueue beyond it drops the oldest item, so a plugin that
 /// never dequeues cannot grow the process without limit.
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
-/// Bound on the bytes one queue holds, dropping the oldest items in the same way; a single item
-/// larger than this is refused.
-pub const MAX_QUEUE_BYTES: usize = 16 << 20;
+/// Bound on the bytes the queues of one vm_id hold together: an enqueue beyond it drops the oldest
+/// items of its queue, or is refused when that queue has none left to drop.
+pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 /// Bound on the queues of one vm_id (Envoy has none: a plugin registering a queue per request
 /// would grow the proxy without end).
 pub const MAX_QUEUES: usize = 1024;
@@ -144,15 +143,15 @@ impl SharedQueues {
             queue.owner_root = owner_root;
             return Ok(index as u32 + 1);
         }
-        let count = queues.per_vm.entry(key.0.clone()).or_default();
+        let (count, _) = queues.per_vm.entry(key.0.clone()).or_default();
         if *count >= MAX_QUEUES {
             return Err(Status::InternalFailure);
         }
         *count += 1;
         let index = queues.list.len();
         queues.list.push(Queue {
+            vm_id: key.0.clone(),
             items: VecDeque::new(),
-            bytes: 0,
             owner: owner.clone(),
             owner_root,
         });
@@ -169,20 +168,18 @@ impl SharedQueues {
 
     pub fn enqueue(&self, id: u32, value: &[u8]) -> Result<(), Status> {
         let mut queues = lock(&self.queues);
-        let queue = queues
-            .list
+        let Queues { list, per_vm, .. } = &mut *queues;
+        let queue = list
             .get_mut((id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
-        if value.len() > MAX_QUEUE_BYTES {
-            return Err(Status::InternalFailure);
-        }
-        while queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + value.len() > MAX_QUEUE_BYTES {
+        let (_, held) = per_vm.entry(queue.vm_id.clone()).or_default();
+        while queue.items.len() >= MAX_QUEUE_ITEMS || *held + value.len() > MAX_QUEUE_BYTES {
             let Some(oldest) = queue.items.pop_front() else {
-                break;
+                return Err(Status::InternalFailure);
             };
-            queue.bytes -= oldest.len();
+            *held -= oldest.len();
         }
-        queue.bytes += value.len();
+        *held += value.len();
         queue.items.push_back(value.to_vec());
         let (owner, root) = (queue.owner.clone(), queue.owner_root);
         drop(queues);
@@ -192,12 +189,14 @@ impl SharedQueues {
 
     pub fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
         let mut queues = lock(&self.queues);
-        let queue = queues
-            .list
+        let Queues { list, per_vm, .. } = &mut *queues;
+        let queue = list
             .get_mut((id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
         let item = queue.items.pop_front().ok_or(Status::Empty)?;
-        queue.bytes -= item.len();
+        if let Some((_, held)) = per_vm.get_mut(&queue.vm_id) {
+            *held -= item.len();
+        }
         Ok(item)
     }
 }
@@ -257,6 +256,15 @@ mod tests {
             queues.enqueue(1, &vec![0u8; MAX_QUEUE_BYTES + 1]),
             Err(Status::InternalFailure)
         );
+        // The bound is the vm_id's: a queue with nothing to drop cannot take another's room.
+        for _ in 0..4 {
+            queues.enqueue(1, &big).unwrap();
+        }
+        assert_eq!(queues.enqueue(3, &big), Err(Status::InternalFailure));
+        queues.dequeue(1).unwrap();
+        queues.enqueue(3, &big).unwrap();
+        while queues.dequeue(1).is_ok() {}
+        while queues.dequeue(3).is_ok() {}
         for _ in 0..MAX_QUEUE_ITEMS + 5 {
             queues.enqueue(2, b"x").unwrap();
         }

@@ -36,6 +36,23 @@ pub use load::Source;
 pub use reload::{LastReload, ReloadError, Reloader, canary};
 pub use worker::{RunningProxy, start};
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use sluice_abi::HeaderMap;
+
+    /// What the proxy makes of a head the plugins left: the upstream request over HTTP/1.1 and
+    /// HTTP/2, the response head, and the fields read back into a map.
+    pub fn plugin_head_to_http(head: &HeaderMap) {
+        for http2 in [false, true] {
+            let _ = crate::client::upstream_request(head, "example.com:80", (), http2);
+        }
+        let _ = crate::headers::status(head);
+        let fields = crate::headers::to_fields(head);
+        let _ = crate::headers::fields_map(&fields);
+    }
+}
+
 /// A plugin of the config, ready to instantiate.
 #[derive(Clone)]
 pub struct LoadedPlugin {

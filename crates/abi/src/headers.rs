@@ -240,8 +240,11 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(&[u8], &[u8])>, DecodeError> {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
     let read_u32 = |at: usize| -> Result<usize, DecodeError> {
-        let word = bytes.get(at..at + 4).ok_or(DecodeError::Truncated)?;
-        Ok(u32::from_le_bytes(word.try_into().expect("4 bytes")) as usize)
+        let word: [u8; 4] = bytes
+            .get(at..at + 4)
+            .and_then(|word| word.try_into().ok())
+            .ok_or(DecodeError::Truncated)?;
+        Ok(u32::from_le_bytes(word) as usize)
     };
     let count = read_u32(0)?;
     if count > MAX_DECODED_PAIRS {

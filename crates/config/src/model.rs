@@ -307,6 +307,8 @@ impl Plugin {
 /// A plugin of the chain for one route, with the configuration it runs with there.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChainEntry<'a> {
+    /// The plugin's index in [`Config::plugins`].
+    pub index: usize,
     pub plugin: &'a Plugin,
     pub configuration: Option<&'a serde_json::Value>,
 }
@@ -362,13 +364,15 @@ impl Config {
     ) -> Vec<ChainEntry<'a>> {
         self.plugins
             .iter()
-            .filter(|plugin| plugin.runs_on(listener, route))
-            .map(|plugin| {
+            .enumerate()
+            .filter(|(_, plugin)| plugin.runs_on(listener, route))
+            .map(|(index, plugin)| {
                 let configuration = match route.and_then(|r| r.overrides.get(&plugin.name)) {
                     Some(PluginOverride::Configuration(value)) => Some(value),
                     _ => plugin.configuration.as_ref(),
                 };
                 ChainEntry {
+                    index,
                     plugin,
                     configuration,
                 }

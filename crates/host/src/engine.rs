@@ -212,7 +212,8 @@ impl Engine {
             }),
             compatibility,
         });
-        spawn_epoch_ticker(Arc::downgrade(&inner));
+        spawn_epoch_ticker(Arc::downgrade(&inner))
+            .map_err(|e| LoadError::Compile(format!("starting the CPU-deadline clock: {e}")))?;
         Ok(Self { inner })
     }
 
@@ -431,7 +432,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Advances the epoch every [`EPOCH_TICK`] while the engine lives.
-fn spawn_epoch_ticker(engine: Weak<EngineInner>) {
+fn spawn_epoch_ticker(engine: Weak<EngineInner>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("sluice-epoch".into())
         .spawn(move || {
@@ -441,5 +442,5 @@ fn spawn_epoch_ticker(engine: Weak<EngineInner>) {
                 std::thread::sleep(EPOCH_TICK);
             }
         })
-        .expect("spawning the epoch thread");
+        .map(drop)
 }

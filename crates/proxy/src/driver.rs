@@ -455,7 +455,7 @@ async fn exchange(
                     break;
                 }
             },
-            event = async { driver.upstream_events.as_mut().expect("guarded").recv().await }, if upstream_open => {
+            event = next_upstream_event(&mut driver.upstream_events), if upstream_open => {
                 driver.upstream_event(event);
             }
             Some(answer) = callout_answers.recv() => match answer {
@@ -488,6 +488,16 @@ async fn exchange(
         }
         driver.request_body_pending_http1 &= downstream_open;
         last_activity = tokio::time::Instant::now();
+    }
+}
+
+/// The upstream's next event; never, when there is no upstream (the caller's guard).
+async fn next_upstream_event(
+    events: &mut Option<mpsc::Receiver<UpstreamEvent>>,
+) -> Option<UpstreamEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -146,13 +146,7 @@ impl Generation {
                 .chain(listener, route)
                 .into_iter()
                 .map(|entry| {
-                    let index = config
-                        .config
-                        .plugins
-                        .iter()
-                        .position(|p| std::ptr::eq(p, entry.plugin))
-                        .expect("chain entries are plugins of the config");
-                    let (plugin, loaded) = (entry.plugin, &config.plugins[index]);
+                    let (plugin, loaded) = (entry.plugin, &config.plugins[entry.index]);
                     let check = config.clone();
                     let allowed = plugin.capabilities.clusters.clone();
                     let name = plugin.name.clone();

@@ -144,6 +144,9 @@ impl<'a> Registrar<'a> {
         name: &str,
         func: impl IntoFunc<HostState, Params, Results>,
     ) {
+        // Registration is fixed at build time: a second function of one name is a bug every
+        // test would meet at its first engine, not something input can cause.
+        #[allow(clippy::panic)]
         self.linker
             .func_wrap(module, name, func)
             .unwrap_or_else(|e| panic!("host function {module}::{name} registered twice: {e}"));

@@ -18,6 +18,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Envoy's default `stream_idle_timeout`.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's default connection `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Where the admin API listens unless told otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// Where the proxy listens unless told otherwise.
@@ -44,6 +46,11 @@ pub struct Config {
     /// How long a stream may go without progress either way (no client or upstream data taken
     /// or given) before it is ended: Envoy's `stream_idle_timeout`.
     pub stream_idle_timeout: Duration,
+    /// How long a client connection may go without a stream before it is closed: Envoy's
+    /// `idle_timeout`.
+    pub idle_timeout: Duration,
+    /// How long a client connection may live, if bounded: Envoy's `max_connection_duration`.
+    pub max_connection_duration: Option<Duration>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
@@ -338,6 +345,8 @@ impl Config {
             node: Node::default(),
             request_headers_timeout: DEFAULT_REQUEST_HEADERS_TIMEOUT,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connection_duration: None,
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

@@ -122,6 +122,10 @@ struct ProxySpec {
     #[serde(default)]
     stream_idle_timeout: Option<String>,
     #[serde(default)]
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    max_connection_duration: Option<String>,
+    #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
@@ -558,12 +562,29 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
             spec.stream_idle_timeout,
             &mut config.stream_idle_timeout,
         ),
+        (
+            "spec.idleTimeout",
+            spec.idle_timeout,
+            &mut config.idle_timeout,
+        ),
     ] {
         let Some(text) = text else { continue };
         match parse_duration(&text) {
             Ok(duration) if !duration.is_zero() => *timeout = duration,
             Ok(_) => checker.error(field, format!("`{text}`: must be more than zero")),
             Err(message) => checker.error(field, format!("`{text}`: {message}")),
+        }
+    }
+    if let Some(text) = spec.max_connection_duration {
+        match parse_duration(&text) {
+            Ok(duration) if !duration.is_zero() => config.max_connection_duration = Some(duration),
+            Ok(_) => checker.error(
+                "spec.maxConnectionDuration",
+                format!("`{text}`: must be more than zero (leave it out for no bound)"),
+            ),
+            Err(message) => {
+                checker.error("spec.maxConnectionDuration", format!("`{text}`: {message}"));
+            }
         }
     }
     if let Some(destination) = spec.access_log {
@@ -900,6 +921,8 @@ mod tests {
             node: crate::Node::default(),
             request_headers_timeout: crate::DEFAULT_REQUEST_HEADERS_TIMEOUT,
             stream_idle_timeout: crate::DEFAULT_STREAM_IDLE_TIMEOUT,
+            idle_timeout: crate::DEFAULT_IDLE_TIMEOUT,
+            max_connection_duration: None,
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),
@@ -1029,6 +1052,7 @@ kind: Proxy
 spec:
   streamIdleTimeout: 0s
   requestHeadersTimeout: soon
+  maxConnectionDuration: 0s
   listeners:
   - address: 127.0.0.1:8080
     routes:
@@ -1060,6 +1084,7 @@ kind: VirtualService
             "document 1 (Proxy) spec.listeners[0].routes[0].match: `api` must start with `/`",
             "document 1 (Proxy) spec.requestHeadersTimeout: `soon`:",
             "document 1 (Proxy) spec.streamIdleTimeout: `0s`: must be more than zero",
+            "document 1 (Proxy) spec.maxConnectionDuration: `0s`: must be more than zero",
             "document 2 (WasmPlugin p) spec.url: `ftp://ghcr.io/x/y:1`: unknown scheme",
             "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",
             "document 2 (WasmPlugin p) spec.phase: `LATE`: expected AUTHN",

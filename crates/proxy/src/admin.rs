@@ -169,6 +169,8 @@ impl Admin {
             "workers": current.workers(),
             "requestHeadersTimeoutMs": config.request_headers_timeout.as_millis() as u64,
             "streamIdleTimeoutMs": config.stream_idle_timeout.as_millis() as u64,
+            "idleTimeoutMs": config.idle_timeout.as_millis() as u64,
+            "maxConnectionDurationMs": config.max_connection_duration.map(|d| d.as_millis() as u64),
             "node": config.node,
             "listeners": config.listeners.iter().map(|listener| json!({
                 "name": listener.name,

@@ -34,6 +34,9 @@ pub struct Connection {
     pub tls: Option<crate::tls::TlsInfo>,
     /// What [`connection_properties`] says about this connection.
     pub properties: Rc<HashMap<String, PropertyValue>>,
+    /// Streams running now, and since when there are none (for the idle timeout).
+    streams: Cell<usize>,
+    idle_since: Cell<tokio::time::Instant>,
 }
 
 enum UpstreamEvent {
@@ -149,6 +152,45 @@ impl Connection {
             listener,
             peer,
             tls,
+            streams: Cell::new(0),
+            idle_since: Cell::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Completes once the connection has had no stream for `timeout` (Envoy's idle timeout).
+    pub async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let deadline = self.idle_since.get() + timeout;
+            tokio::time::sleep_until(deadline).await;
+            if self.streams.get() == 0
+                && tokio::time::Instant::now() >= self.idle_since.get() + timeout
+            {
+                return;
+            }
+            if self.streams.get() > 0 {
+                // Busy: look again a whole timeout later (the last stream's end moves the mark).
+                self.idle_since.set(tokio::time::Instant::now());
+            }
+        }
+    }
+}
+
+/// Counts a stream on its connection for as long as it lives.
+struct StreamCount(Rc<Connection>);
+
+impl StreamCount {
+    fn new(connection: &Rc<Connection>) -> Self {
+        connection.streams.set(connection.streams.get() + 1);
+        Self(connection.clone())
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        let left = self.0.streams.get().saturating_sub(1);
+        self.0.streams.set(left);
+        if left == 0 {
+            self.0.idle_since.set(tokio::time::Instant::now());
         }
     }
 }
@@ -279,6 +321,7 @@ async fn drive(
     connection: Rc<Connection>,
     head: oneshot::Sender<http::Response<ChannelBody>>,
 ) {
+    let _counted = StreamCount::new(&connection);
     let started = Instant::now();
     let began = std::time::SystemTime::now();
     let stats = connection.state.stats.clone();

@@ -32,6 +32,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A larger one is answered 431 (HTTP/1.1) or refused by the HTTP/2 codec.
 const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
 
+/// How long a connection closed for its idle timeout or its age may take to finish what it has
+/// in flight: Envoy's `drain_timeout`.
+const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A started proxy: where it listens, how to reload it and how to stop it.
 pub struct RunningProxy {
     /// The first listener's address.
@@ -600,16 +604,19 @@ where
     let peer = connection.peer;
     // `request_headers_timeout` counts from when the connection opened or the previous exchange
     // ended, so it also closes idle HTTP/1.1 keep-alive connections.
-    let timeout = connection
-        .state
-        .generation
-        .borrow()
-        .config
-        .config
-        .request_headers_timeout;
+    let (timeout, idle_timeout, max_duration) = {
+        let generation = connection.state.generation.borrow();
+        let config = &generation.config.config;
+        (
+            config.request_headers_timeout,
+            config.idle_timeout,
+            config.max_connection_duration,
+        )
+    };
+    let served = connection.clone();
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            handle(request, connection.clone())
+            handle(request, served.clone())
         });
     let io = FirstByteDeadline::new(FloodGuard::new(io), timeout);
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
@@ -621,10 +628,40 @@ where
     builder
         .http2()
         .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32);
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+    let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(serving);
+    // Envoy's idle timeout (no stream for that long) and max connection duration end a
+    // connection the graceful way: HTTP/2 says GOAWAY, HTTP/1.1 closes after its exchange.
+    let too_old = async {
+        match max_duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ending = tokio::select! {
+        result = serving.as_mut() => Some(result),
+        () = connection.idle_for(idle_timeout) => {
+            tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+            None
+        }
+        () = too_old => {
+            tracing::debug!(%peer, "closing a connection open for {max_duration:?}");
+            None
+        }
+    };
+    let result = match ending {
+        Some(result) => result,
+        None => {
+            serving.as_mut().graceful_shutdown();
+            // A client that never answers the GOAWAY's PING (or keeps a stream going) is cut
+            // off after Envoy's drain timeout.
+            match tokio::time::timeout(CONNECTION_DRAIN_TIMEOUT, serving).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(%peer, "connection ended: {error}");
     }
 }

@@ -441,3 +441,88 @@ fn http2_floods_close_the_connection() {
     assert_eq!(answer.status, 200);
     proxy.stop();
 }
+
+/// Reads HTTP/2 frames until the proxy closes the connection, answering its PINGs as a client
+/// does; whether a GOAWAY came first, and how long it took.
+fn goaway_then_close(mut socket: TcpStream) -> (bool, Duration) {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 16384];
+    let mut at = 0;
+    let mut goaway = false;
+    while let Ok(n) = socket.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buffer[..n]);
+        while at + 9 <= bytes.len() {
+            let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+            if at + 9 + length > bytes.len() {
+                break;
+            }
+            let (kind, flags) = (bytes[at + 3], bytes[at + 4]);
+            goaway |= kind == 0x7;
+            if kind == 0x6 && flags & 0x1 == 0 {
+                let payload = bytes[at + 9..at + 9 + length].to_vec();
+                let _ = socket.write_all(&sluice_test_support::h2_frames::frame(
+                    0x6, 0x1, 0, &payload,
+                ));
+            }
+            at += 9 + length;
+        }
+    }
+    (goaway, started.elapsed())
+}
+
+/// An HTTP/2 connection without streams for `idleTimeout` is closed with a GOAWAY, and one
+/// older than `maxConnectionDuration` too, busy or not (Envoy's connection timeouts).
+#[test]
+fn http2_connections_end_when_idle_or_too_old() {
+    use sluice_test_support::h2_frames;
+    let mut config = crate::flags(None, &[]);
+    config.workers = Some(1);
+    config.idle_timeout = Duration::from_millis(400);
+    let proxy = crate::start_source(None, config);
+    let mut client = TcpStream::connect(proxy.address).unwrap();
+    let mut frames = h2_frames::preface(&[]);
+    frames.extend(h2_frames::settings_ack());
+    frames.extend(h2_frames::get(1, "example.com", "/"));
+    client.write_all(&frames).unwrap();
+    let (goaway, waited) = goaway_then_close(client);
+    assert!(goaway, "a GOAWAY before the close");
+    assert!(
+        waited < Duration::from_secs(5),
+        "idle connection open {waited:?}"
+    );
+    proxy.stop();
+
+    let mut config = crate::flags(None, &[]);
+    config.workers = Some(1);
+    config.max_connection_duration = Some(Duration::from_millis(600));
+    let proxy = crate::start_source(None, config);
+    let mut client = TcpStream::connect(proxy.address).unwrap();
+    let mut frames = h2_frames::preface(&[]);
+    frames.extend(h2_frames::settings_ack());
+    client.write_all(&frames).unwrap();
+    let mut writer = client.try_clone().unwrap();
+    // Busy: a request every 100 ms, so only the duration can end it.
+    std::thread::spawn(move || {
+        for stream in 0..100u32 {
+            let get = h2_frames::get(2 * stream + 1, "example.com", "/");
+            if writer.write_all(&get).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (goaway, waited) = goaway_then_close(client);
+    assert!(goaway, "a GOAWAY before the close");
+    assert!(
+        waited < Duration::from_secs(5),
+        "connection open {waited:?}"
+    );
+    proxy.stop();
+}

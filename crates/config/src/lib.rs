@@ -21,9 +21,10 @@ mod parse;
 
 pub use model::{
     Capabilities, ChainEntry, Cluster, ClusterKind, Config, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_REQUEST_HEADERS_TIMEOUT,
-    DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TIMEOUT, HeaderMatch, HostMatch, Listener, Locality, Node,
-    Notice, PathMatch, Phase, Plugin, PluginOverride, PullPolicy, Route, RouteMatch, TlsFiles,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_REQUEST_HEADERS_KB,
+    DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TIMEOUT, HeaderMatch,
+    HostMatch, Listener, Locality, MAX_REQUEST_HEADERS_KB, Node, Notice, PathMatch, Phase, Plugin,
+    PluginOverride, PullPolicy, Route, RouteMatch, TlsFiles,
 };
 pub use parse::{ConfigError, PROXY_API, WASM_PLUGIN_API, parse, parse_duration};
 

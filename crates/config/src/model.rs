@@ -18,6 +18,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Envoy's default `stream_idle_timeout`.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's default `max_request_headers_kb`, and the most it allows.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+pub const MAX_REQUEST_HEADERS_KB: u32 = 8192;
 /// Envoy's default connection `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Where the admin API listens unless told otherwise.
@@ -51,6 +54,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long a client connection may live, if bounded: Envoy's `max_connection_duration`.
     pub max_connection_duration: Option<Duration>,
+    /// The most body bytes a stream buffers per direction for its plugins (413/500 past it);
+    /// `None`: the embedder's default (1 MiB, Envoy's `per_connection_buffer_limit_bytes`).
+    pub buffer_limit_bytes: Option<usize>,
+    /// The largest request head a client may send, in KiB: Envoy's `max_request_headers_kb`.
+    pub max_request_headers_kb: u32,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
@@ -347,6 +355,8 @@ impl Config {
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_duration: None,
+            buffer_limit_bytes: None,
+            max_request_headers_kb: DEFAULT_MAX_REQUEST_HEADERS_KB,
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

@@ -126,6 +126,10 @@ struct ProxySpec {
     #[serde(default)]
     max_connection_duration: Option<String>,
     #[serde(default)]
+    buffer_limit_bytes: Option<u64>,
+    #[serde(default)]
+    max_request_headers_kb: Option<u32>,
+    #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
     #[serde(default)]
@@ -575,6 +579,28 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
             Err(message) => checker.error(field, format!("`{text}`: {message}")),
         }
     }
+    if let Some(bytes) = spec.buffer_limit_bytes {
+        match usize::try_from(bytes) {
+            Ok(bytes) if bytes > 0 => config.buffer_limit_bytes = Some(bytes),
+            _ => checker.error(
+                "spec.bufferLimitBytes",
+                format!("`{bytes}`: must be more than zero and fit this machine's memory"),
+            ),
+        }
+    }
+    if let Some(kb) = spec.max_request_headers_kb {
+        if (1..=crate::MAX_REQUEST_HEADERS_KB).contains(&kb) {
+            config.max_request_headers_kb = kb;
+        } else {
+            checker.error(
+                "spec.maxRequestHeadersKb",
+                format!(
+                    "`{kb}`: must be from 1 to {} (as Envoy's)",
+                    crate::MAX_REQUEST_HEADERS_KB
+                ),
+            );
+        }
+    }
     if let Some(text) = spec.max_connection_duration {
         match parse_duration(&text) {
             Ok(duration) if !duration.is_zero() => config.max_connection_duration = Some(duration),
@@ -923,6 +949,8 @@ mod tests {
             stream_idle_timeout: crate::DEFAULT_STREAM_IDLE_TIMEOUT,
             idle_timeout: crate::DEFAULT_IDLE_TIMEOUT,
             max_connection_duration: None,
+            buffer_limit_bytes: None,
+            max_request_headers_kb: crate::DEFAULT_MAX_REQUEST_HEADERS_KB,
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),
@@ -1053,6 +1081,8 @@ spec:
   streamIdleTimeout: 0s
   requestHeadersTimeout: soon
   maxConnectionDuration: 0s
+  bufferLimitBytes: 0
+  maxRequestHeadersKb: 9000
   listeners:
   - address: 127.0.0.1:8080
     routes:
@@ -1085,6 +1115,8 @@ kind: VirtualService
             "document 1 (Proxy) spec.requestHeadersTimeout: `soon`:",
             "document 1 (Proxy) spec.streamIdleTimeout: `0s`: must be more than zero",
             "document 1 (Proxy) spec.maxConnectionDuration: `0s`: must be more than zero",
+            "document 1 (Proxy) spec.bufferLimitBytes: `0`: must be more than zero",
+            "document 1 (Proxy) spec.maxRequestHeadersKb: `9000`: must be from 1 to 8192",
             "document 2 (WasmPlugin p) spec.url: `ftp://ghcr.io/x/y:1`: unknown scheme",
             "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",
             "document 2 (WasmPlugin p) spec.phase: `LATE`: expected AUTHN",

@@ -171,6 +171,8 @@ impl Admin {
             "streamIdleTimeoutMs": config.stream_idle_timeout.as_millis() as u64,
             "idleTimeoutMs": config.idle_timeout.as_millis() as u64,
             "maxConnectionDurationMs": config.max_connection_duration.map(|d| d.as_millis() as u64),
+            "bufferLimitBytes": current.buffer_limit,
+            "maxRequestHeadersKb": config.max_request_headers_kb,
             "node": config.node,
             "listeners": config.listeners.iter().map(|listener| json!({
                 "name": listener.name,

@@ -253,13 +253,14 @@ fn load(
             .iter()
             .any(|u: &Unavailable| u.plugin.name == p.name)
     });
+    let buffer_limit = config.buffer_limit_bytes.unwrap_or(source.buffer_limit);
     Ok(ProxyConfig {
         config,
         plugins,
         unavailable,
         endpoints,
         tls,
-        buffer_limit: source.buffer_limit,
+        buffer_limit,
         engine: engine.clone(),
     })
 }

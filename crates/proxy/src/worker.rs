@@ -28,10 +28,6 @@ use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists, g
 /// How long a stopping worker lets in-flight connections finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest request head a client may send: Envoy's default `max_request_headers_kb` (60).
-/// A larger one is answered 431 (HTTP/1.1) or refused by the HTTP/2 codec.
-const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
-
 /// How long a connection closed for its idle timeout or its age may take to finish what it has
 /// in flight: Envoy's `drain_timeout`.
 const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -604,13 +600,16 @@ where
     let peer = connection.peer;
     // `request_headers_timeout` counts from when the connection opened or the previous exchange
     // ended, so it also closes idle HTTP/1.1 keep-alive connections.
-    let (timeout, idle_timeout, max_duration) = {
+    let (timeout, idle_timeout, max_duration, max_head) = {
         let generation = connection.state.generation.borrow();
         let config = &generation.config.config;
         (
             config.request_headers_timeout,
             config.idle_timeout,
             config.max_connection_duration,
+            // The largest request head (`maxRequestHeadersKb`): a larger one is answered 431
+            // (HTTP/1.1) or refused by the HTTP/2 codec. hyper's buffer cannot go below 8 KiB.
+            (config.max_request_headers_kb as usize * 1024).max(8192),
         )
     };
     let served = connection.clone();
@@ -624,10 +623,10 @@ where
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout)
-        .max_buf_size(MAX_REQUEST_HEADERS_BYTES);
+        .max_buf_size(max_head);
     builder
         .http2()
-        .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32);
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(serving);
     // Envoy's idle timeout (no stream for that long) and max connection duration end a

@@ -526,3 +526,40 @@ fn http2_connections_end_when_idle_or_too_old() {
     );
     proxy.stop();
 }
+
+/// `maxRequestHeadersKb` and `bufferLimitBytes` from the `Proxy` document bound request heads
+/// (431) and the body bytes plugins hold (413), as Envoy's `max_request_headers_kb` and buffer
+/// limit do.
+#[test]
+fn the_documents_limits_bound_heads_and_held_bodies() {
+    let mut config = crate::flags(None, &[]);
+    config.workers = Some(1);
+    config.max_request_headers_kb = 16;
+    config.buffer_limit_bytes = Some(1024);
+    config.plugins = vec![crate::built("probe", r#"{"pause": ["request_body"]}"#)];
+    let proxy = crate::start_source(None, config);
+    let big = "a".repeat(20 * 1024);
+    let answer = raw_exchange(
+        proxy.address,
+        format!("GET / HTTP/1.1\r\nhost: example.com\r\nx-big: {big}\r\n\r\n").as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let small = "a".repeat(10 * 1024);
+    let answer = get(proxy.address, "/", &[("x-big", small.as_str())]);
+    assert_eq!(answer.status, 200, "a head under the bound passes");
+    let post = |size: usize| {
+        crate::request(
+            proxy.address,
+            http::Request::post("http://example.com/")
+                .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                    b'x';
+                    size
+                ])))
+                .unwrap(),
+            false,
+        )
+    };
+    assert_eq!(post(4096).status, 413, "a held body over the bound");
+    assert_eq!(post(512).status, 200, "a held body under it");
+    proxy.stop();
+}

@@ -59,12 +59,30 @@ pub struct Config {
     pub buffer_limit_bytes: Option<usize>,
     /// The largest request head a client may send, in KiB: Envoy's `max_request_headers_kb`.
     pub max_request_headers_kb: u32,
+    /// Bounds on every plugin; what is not set keeps the host's default.
+    pub plugin_limits: PluginLimits,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// In execution order (phase, then priority, then name).
     pub plugins: Vec<Plugin>,
     /// Fields that were accepted but mean nothing to sluice, with where they were.
     pub notices: Vec<Notice>,
+}
+
+/// `spec.pluginLimits`: bounds on every plugin instance, each optional (the host's default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginLimits {
+    /// Linear memory per instance.
+    pub memory_bytes: Option<u64>,
+    /// CPU time of one callback, and of start-up (`proxy_on_vm_start`, `proxy_on_configure`).
+    pub call_timeout: Option<Duration>,
+    pub start_timeout: Option<Duration>,
+    /// The longest log line written.
+    pub log_line_bytes: Option<u64>,
+    /// The most entries, and bytes, of a header map the plugin changed.
+    pub header_map_entries: Option<u64>,
+    pub header_map_bytes: Option<u64>,
 }
 
 /// Envoy's bootstrap `node`: what plugins read under `xds.node` (Istio's metadata exchange and
@@ -357,6 +375,7 @@ impl Config {
             max_connection_duration: None,
             buffer_limit_bytes: None,
             max_request_headers_kb: DEFAULT_MAX_REQUEST_HEADERS_KB,
+            plugin_limits: PluginLimits::default(),
             listeners: vec![Listener {
                 name: "default".into(),
                 address: listen,

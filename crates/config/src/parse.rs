@@ -101,6 +101,71 @@ struct PortSelector {
     number: u32,
 }
 
+/// `spec.pluginLimits` as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PluginLimitsSpec {
+    #[serde(default)]
+    memory_bytes: Option<u64>,
+    #[serde(default)]
+    call_timeout: Option<String>,
+    #[serde(default)]
+    start_timeout: Option<String>,
+    #[serde(default)]
+    log_line_bytes: Option<u64>,
+    #[serde(default)]
+    header_map_entries: Option<u64>,
+    #[serde(default)]
+    header_map_bytes: Option<u64>,
+}
+
+impl PluginLimitsSpec {
+    fn check(self, checker: &mut Checker<'_>) -> crate::PluginLimits {
+        let mut positive = |field: &str, value: Option<u64>| match value {
+            Some(0) => {
+                checker.error(
+                    &format!("spec.pluginLimits.{field}"),
+                    "`0`: must be more than zero",
+                );
+                None
+            }
+            other => other,
+        };
+        let memory_bytes = positive("memoryBytes", self.memory_bytes);
+        let log_line_bytes = positive("logLineBytes", self.log_line_bytes);
+        let header_map_entries = positive("headerMapEntries", self.header_map_entries);
+        let header_map_bytes = positive("headerMapBytes", self.header_map_bytes);
+        let mut duration = |field: &str, text: Option<String>| {
+            let text = text?;
+            match parse_duration(&text) {
+                Ok(duration) if !duration.is_zero() => Some(duration),
+                Ok(_) => {
+                    checker.error(
+                        &format!("spec.pluginLimits.{field}"),
+                        format!("`{text}`: must be more than zero"),
+                    );
+                    None
+                }
+                Err(message) => {
+                    checker.error(
+                        &format!("spec.pluginLimits.{field}"),
+                        format!("`{text}`: {message}"),
+                    );
+                    None
+                }
+            }
+        };
+        crate::PluginLimits {
+            memory_bytes,
+            call_timeout: duration("callTimeout", self.call_timeout),
+            start_timeout: duration("startTimeout", self.start_timeout),
+            log_line_bytes,
+            header_map_entries,
+            header_map_bytes,
+        }
+    }
+}
+
 /// Sluice's own `Proxy` spec.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -129,6 +194,8 @@ struct ProxySpec {
     buffer_limit_bytes: Option<u64>,
     #[serde(default)]
     max_request_headers_kb: Option<u32>,
+    #[serde(default)]
+    plugin_limits: Option<PluginLimitsSpec>,
     #[serde(default)]
     plugin_capabilities: BTreeMap<String, CapabilitiesSpec>,
     listeners: Vec<ListenerSpec>,
@@ -588,6 +655,9 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
             ),
         }
     }
+    if let Some(limits) = spec.plugin_limits {
+        config.plugin_limits = limits.check(checker);
+    }
     if let Some(kb) = spec.max_request_headers_kb {
         if (1..=crate::MAX_REQUEST_HEADERS_KB).contains(&kb) {
             config.max_request_headers_kb = kb;
@@ -951,6 +1021,7 @@ mod tests {
             max_connection_duration: None,
             buffer_limit_bytes: None,
             max_request_headers_kb: crate::DEFAULT_MAX_REQUEST_HEADERS_KB,
+            plugin_limits: crate::PluginLimits::default(),
             listeners: Vec::new(),
             clusters: Vec::new(),
             plugins: Vec::new(),
@@ -1083,6 +1154,7 @@ spec:
   maxConnectionDuration: 0s
   bufferLimitBytes: 0
   maxRequestHeadersKb: 9000
+  pluginLimits: {memoryBytes: 0, callTimeout: 1 minute}
   listeners:
   - address: 127.0.0.1:8080
     routes:
@@ -1117,6 +1189,8 @@ kind: VirtualService
             "document 1 (Proxy) spec.maxConnectionDuration: `0s`: must be more than zero",
             "document 1 (Proxy) spec.bufferLimitBytes: `0`: must be more than zero",
             "document 1 (Proxy) spec.maxRequestHeadersKb: `9000`: must be from 1 to 8192",
+            "document 1 (Proxy) spec.pluginLimits.memoryBytes: `0`: must be more than zero",
+            "document 1 (Proxy) spec.pluginLimits.callTimeout: `1 minute`:",
             "document 2 (WasmPlugin p) spec.url: `ftp://ghcr.io/x/y:1`: unknown scheme",
             "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",
             "document 2 (WasmPlugin p) spec.phase: `LATE`: expected AUTHN",

@@ -156,11 +156,9 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// The longest plugin log line sluice writes; the rest is cut (a 64 MiB line would hold its
-/// worker while it is formatted and written).
-pub const MAX_LOG_LINE: usize = 16 * 1024;
-
 pub(crate) struct HostState {
+    /// The VM's limits, for the host calls that apply them (log lines, header maps).
+    pub limits: crate::Limits,
     pub plugin_name: String,
     /// What this VM was warned about already (restricted capabilities it tried to use, ...):
     /// each warning is written once.
@@ -267,13 +265,14 @@ impl HostState {
     }
 
     /// Logs a plugin's line of `length` bytes, of which `message` holds at least the first
-    /// [`MAX_LOG_LINE`]: longer lines are cut there, saying so.
+    /// `limits.log_line_bytes`: longer lines are cut there, saying so.
     pub fn log_line(&mut self, level: LogLevel, mut message: String, length: usize) {
         if (level as u32) < self.log_level.load(Ordering::Relaxed) {
             return;
         }
-        if length > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE.min(message.len());
+        let most = self.limits.log_line_bytes;
+        if length > most {
+            let mut cut = most.min(message.len());
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }

@@ -31,6 +31,12 @@ pub struct Limits {
     /// CPU deadline of start-up calls (`_initialize`, `main`, `proxy_on_vm_start`, `proxy_on_configure`),
     /// which legitimately do more work (parsing configuration, compiling regexes).
     pub start_timeout: Duration,
+    /// The longest log line written; the rest is cut, saying how long the line was.
+    pub log_line_bytes: usize,
+    /// The most entries, and bytes of names and values, a header map may hold once the plugin
+    /// changed it; past either the plugin fails (its failStrategy applies).
+    pub header_map_entries: usize,
+    pub header_map_bytes: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +45,12 @@ impl Default for Limits {
             memory_bytes: 512 << 20,
             call_timeout: Duration::from_secs(1),
             start_timeout: Duration::from_secs(10),
+            // A 64 MiB line would hold its worker while it is formatted and written.
+            log_line_bytes: 16 * 1024,
+            // Far above any real use, below what an HTTP header map holds.
+            header_map_entries: 16384,
+            // The largest header size Envoy can be configured to accept.
+            header_map_bytes: 8 << 20,
         }
     }
 }
@@ -359,6 +371,7 @@ fn format_backtrace(backtrace: &WasmBacktrace) -> String {
 /// A VM's host state before its instance exists.
 pub(crate) fn host_state(engine: &Engine, abi: AbiVersion, config: VmConfig) -> HostState {
     HostState {
+        limits: config.limits.clone(),
         warned: HashSet::new(),
         plugin_name: config.plugin_name,
         vm_id: config.vm_id,

@@ -155,6 +155,8 @@ impl Admin {
     fn config_dump(&self) -> Value {
         let current = self.reloader.current();
         let config = &current.config;
+        let limits =
+            crate::load::plugin_limits(&self.reloader.source().limits, &config.plugin_limits);
         let last = self.reloader.last().map(|last| {
             json!({
                 "at": last.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -173,6 +175,14 @@ impl Admin {
             "maxConnectionDurationMs": config.max_connection_duration.map(|d| d.as_millis() as u64),
             "bufferLimitBytes": current.buffer_limit,
             "maxRequestHeadersKb": config.max_request_headers_kb,
+            "pluginLimits": {
+                "memoryBytes": limits.memory_bytes,
+                "callTimeoutMs": limits.call_timeout.as_millis() as u64,
+                "startTimeoutMs": limits.start_timeout.as_millis() as u64,
+                "logLineBytes": limits.log_line_bytes,
+                "headerMapEntries": limits.header_map_entries,
+                "headerMapBytes": limits.header_map_bytes,
+            },
             "node": config.node,
             "listeners": config.listeners.iter().map(|listener| json!({
                 "name": listener.name,

@@ -199,7 +199,7 @@ fn load(
                 plugins.push(LoadedPlugin {
                     code,
                     env,
-                    limits: source.limits.clone(),
+                    limits: plugin_limits(&source.limits, &config.plugin_limits),
                 });
             }
             Err(error) => errors.push(ConfigError {
@@ -263,4 +263,19 @@ fn load(
         buffer_limit,
         engine: engine.clone(),
     })
+}
+
+/// The embedder's limits with what the config's `pluginLimits` sets.
+pub(crate) fn plugin_limits(base: &Limits, set: &sluice_config::PluginLimits) -> Limits {
+    let size = |value: Option<u64>, default: usize| {
+        value.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    Limits {
+        memory_bytes: size(set.memory_bytes, base.memory_bytes),
+        call_timeout: set.call_timeout.unwrap_or(base.call_timeout),
+        start_timeout: set.start_timeout.unwrap_or(base.start_timeout),
+        log_line_bytes: size(set.log_line_bytes, base.log_line_bytes),
+        header_map_entries: size(set.header_map_entries, base.header_map_entries),
+        header_map_bytes: size(set.header_map_bytes, base.header_map_bytes),
+    }
 }

@@ -112,13 +112,14 @@ pub(super) fn register(r: &mut Registrar<'_>) {
     );
 }
 
-/// Only the first [`MAX_LOG_LINE`](crate::state::MAX_LOG_LINE) bytes of a line are copied out
-/// of the guest (the whole range is still checked).
+/// Only the first `limits.log_line_bytes` bytes of a line are copied out of the guest (the whole
+/// range is still checked).
 fn log(c: &mut Caller<'_>, level: u32, ptr: u32, len: u32) -> HostResult {
     let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
     let (memory, state) = super::parts(c)?;
     memory.check(ptr, len)?;
-    let kept = len.min(crate::state::MAX_LOG_LINE as u32 + 1);
+    let most = u32::try_from(state.limits.log_line_bytes).unwrap_or(u32::MAX);
+    let kept = len.min(most.saturating_add(1));
     let message = String::from_utf8_lossy(memory.read(ptr, kept)?).into_owned();
     state.log_line(level, message, len as usize);
     Ok(())

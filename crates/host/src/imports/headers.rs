@@ -140,23 +140,17 @@ fn modify(
         f(m, key, value);
         (m.len(), m.encoded_len())
     })?;
-    within_limits(size)
+    within_limits(&state.limits, size)
 }
-
-/// The most entries a header map may hold once a plugin changed it, far above any real use and
-/// below what an HTTP header map can hold.
-const MAX_HEADER_MAP_ENTRIES: usize = 16384;
-/// The most bytes (names and values, serialized) a header map may hold once a plugin changed it:
-/// the largest header size Envoy can be configured to accept (`max_request_headers_kb` 8192).
-const MAX_HEADER_MAP_BYTES: usize = 8 << 20;
 
 /// A plugin that grows a header map past the limits fails (its failStrategy applies), with a
 /// message that says so, rather than growing the proxy's memory or a request nothing can send.
-fn within_limits((entries, bytes): (usize, usize)) -> HostResult {
-    if entries > MAX_HEADER_MAP_ENTRIES || bytes > MAX_HEADER_MAP_BYTES {
+fn within_limits(limits: &crate::Limits, (entries, bytes): (usize, usize)) -> HostResult {
+    let (most_entries, most_bytes) = (limits.header_map_entries, limits.header_map_bytes);
+    if entries > most_entries || bytes > most_bytes {
         return Err(wasmtime::Error::msg(format!(
             "a header map grew to {entries} entries and {bytes} bytes, past the limits of \
-             {MAX_HEADER_MAP_ENTRIES} entries and {MAX_HEADER_MAP_BYTES} bytes"
+             {most_entries} entries and {most_bytes} bytes"
         ))
         .into());
     }

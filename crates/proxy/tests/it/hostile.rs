@@ -563,3 +563,18 @@ fn the_documents_limits_bound_heads_and_held_bodies() {
     assert_eq!(post(512).status, 200, "a held body under it");
     proxy.stop();
 }
+
+/// `pluginLimits` in the `Proxy` document reaches the plugins: a header map bound small enough
+/// for one added header to pass it fails the plugin (503), the default does not.
+#[test]
+fn plugin_limits_from_the_document_apply() {
+    for (entries, status) in [(None, 200), (Some(3), 503)] {
+        let mut config = crate::flags(None, &[]);
+        config.workers = Some(1);
+        config.plugin_limits.header_map_entries = entries;
+        config.plugins = vec![crate::built("probe", r#"{"stamp": true}"#)];
+        let proxy = crate::start_source(None, config);
+        assert_eq!(get(proxy.address, "/", &[]).status, status, "{entries:?}");
+        proxy.stop();
+    }
+}

@@ -73,6 +73,26 @@ impl BodySender {
         self.frames.send((frame, share)).await.map_err(|_| Gone)
     }
 
+    /// Sends `frame` if the body has room for it now; gives it back if it would have to wait.
+    pub fn try_send(&self, frame: FrameResult) -> Result<(), FrameResult> {
+        let size = match &frame {
+            Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
+            Err(_) => 0,
+        };
+        let share = if size == 0 {
+            None
+        } else {
+            let share = u32::try_from(size.min(BYTES_IN_FLIGHT)).unwrap_or(u32::MAX);
+            match self.budget.0.clone().try_acquire_many_owned(share) {
+                Ok(share) => Some(share),
+                Err(_) => return Err(frame),
+            }
+        };
+        self.frames
+            .try_send((frame, share))
+            .map_err(|error| error.into_inner().0)
+    }
+
     /// Ends the body in error ahead of whatever frames still wait (they may never be taken: a
     /// client that keeps its window shut), so the reader resets the stream rather than take
     /// the body as complete.

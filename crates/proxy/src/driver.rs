@@ -988,8 +988,13 @@ impl Driver {
         let Some(sender) = &self.response_body else {
             return;
         };
+        // Most frames find room at once: no timer for them.
+        let frame = match sender.try_send(Ok(frame)) {
+            Ok(()) => return,
+            Err(frame) => frame,
+        };
         let idle_timeout = self.generation.config.config.stream_idle_timeout;
-        match tokio::time::timeout(idle_timeout, sender.send(Ok(frame))).await {
+        match tokio::time::timeout(idle_timeout, sender.send(frame)).await {
             Ok(Ok(())) => {}
             // The client went away; what is left of the response goes nowhere.
             Ok(Err(_)) => self.response_body = None,

@@ -140,9 +140,7 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         .transpose()?;
     let http2 = upstream.as_ref().is_some_and(|(_, http2)| *http2);
     let upstream = upstream.map(|(endpoint, _)| endpoint);
-    let listen = args
-        .listen
-        .unwrap_or_else(|| sluice_config::DEFAULT_LISTEN.parse().expect("valid"));
+    let listen = args.listen.unwrap_or(sluice_config::DEFAULT_LISTEN);
     let mut config = Config::single_route(listen, upstream, admin_address(args.admin.as_deref())?);
     config.workers = args.workers;
     config.clusters[0].http2 = http2;
@@ -401,11 +399,7 @@ pub fn check(file: &Path, insecure_registries: &[String]) -> anyhow::Result<Exit
     let source = Source {
         file: Some(file.to_path_buf()),
         // What `sluice run --config FILE` with no other flag reads the file on top of.
-        base: Config::single_route(
-            sluice_config::DEFAULT_LISTEN.parse().expect("valid"),
-            None,
-            admin_address(None)?,
-        ),
+        base: Config::single_route(sluice_config::DEFAULT_LISTEN, None, admin_address(None)?),
         limits: Limits::default(),
         buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
         plugin_log_level: sluice_abi::LogLevel::Warn,

@@ -26,7 +26,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Where the admin API listens unless told otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// Where the proxy listens unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:10000";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    10000,
+));
 
 /// Everything `sluice run` serves.
 #[derive(Clone, Debug, PartialEq)]

@@ -3,6 +3,9 @@
 //! over many streams. Run with `cargo bench -p sluice-filter`; it prints µs per stream.
 //! `CHAIN_BENCH_STREAMS=N` changes the count (e.g. a small one to run it under callgrind).
 
+// Test code: a failure is a failed test, so helpers unwrap and panic as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::rc::Rc;
 use std::time::Instant;
 

@@ -2,6 +2,8 @@
 //! test process and loads WAT fixtures. It must never be a dependency of shipped code.
 
 #![forbid(unsafe_code)]
+// Test helpers: a failure here is a failed test, so they unwrap and panic like tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

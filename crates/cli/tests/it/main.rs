@@ -1,5 +1,8 @@
 //! Black-box runs of the `sluice` binary: exit codes and what users read.
 
+// Test code: a failure is a failed test, so helpers unwrap and panic as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

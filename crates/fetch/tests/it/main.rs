@@ -1,6 +1,9 @@
 //! The supply chain against real peers on 127.0.0.1: Debian's `docker-registry`, `skopeo`, and a
 //! plain HTTP server.
 
+// Test code: a failure is a failed test, so helpers unwrap and panic as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;

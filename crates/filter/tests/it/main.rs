@@ -1,6 +1,9 @@
 //! Integration tests of the chain engine and the scenario runner: real plugins from `plugins/`
 //! and WAT fixtures, driven through scenario files.
 
+// Test code: a failure is a failed test, so helpers unwrap and panic as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod chains;
 mod failures;
 mod scenarios;

@@ -1,6 +1,9 @@
 //! Integration tests of the host: real plugins and hand-written WAT guests, driven through the
 //! public `Vm` API without a chain or a network.
 
+// Test code: a failure is a failed test, so helpers unwrap and panic as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod fixtures;
 mod hostile;
 mod plugins;

@@ -1,6 +1,9 @@
 //! End-to-end tests through real sockets on 127.0.0.1: a client, the proxy with real plugins, and
 //! in-process origins.
 
+// Test code: a failure is a failed test, so helpers unwrap and panic as tests do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod config;
 mod differential;
 mod e2e;

@@ -54,17 +54,21 @@ struct MetricsInner {
     by_key: HashMap<(String, MetricType), Arc<Metric>>,
     /// In order of definition.
     metrics: Vec<Arc<Metric>>,
+    name_bytes: usize,
 }
 
 /// Bound on the distinct metrics (name and type) of a process. Envoy has none: a plugin that
 /// names a metric after each request would grow the proxy, and its stats page, without end.
 pub const MAX_METRICS: usize = 16384;
+/// Bound on the bytes of those metrics' names together.
+pub const MAX_METRIC_NAME_BYTES: usize = 16 << 20;
 /// Bound on the ids one VM holds. cpp-host gives a new id to every `proxy_define_metric`, even of
 /// a name already defined; past this bound a VM gets the id it already has for that metric.
 const MAX_METRIC_IDS: usize = 65536;
 
 impl Metrics {
-    /// The metric of this name and type, defined now if it is new; `None` past [`MAX_METRICS`].
+    /// The metric of this name and type, defined now if it is new; `None` past [`MAX_METRICS`]
+    /// or [`MAX_METRIC_NAME_BYTES`].
     pub fn define(&self, kind: MetricType, name: &str) -> Option<Arc<Metric>> {
         let mut inner = self
             .inner
@@ -73,9 +77,12 @@ impl Metrics {
         if let Some(metric) = inner.by_key.get(&(name.to_string(), kind)) {
             return Some(metric.clone());
         }
-        if inner.metrics.len() >= MAX_METRICS {
+        if inner.metrics.len() >= MAX_METRICS
+            || inner.name_bytes + name.len() > MAX_METRIC_NAME_BYTES
+        {
             return None;
         }
+        inner.name_bytes += name.len();
         let metric = Arc::new(Metric {
             name: name.to_string(),
             kind,

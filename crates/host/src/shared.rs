@@ -119,8 +119,9 @@ struct Queues {
 /// Bound on the items one queue holds: an enqueue beyond it drops the oldest item, so a plugin that
 /// never dequeues cannot grow the process without limit.
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
-/// Bound on the bytes the queues of one vm_id hold together: an enqueue beyond it drops the oldest
-/// items of its queue, or is refused when that queue has none left to drop.
+/// Bound on the bytes the queues of one vm_id hold together, their names included: an enqueue
+/// beyond it drops the oldest items of its queue, or is refused when that queue has none left to
+/// drop; a new queue whose name does not fit is refused.
 pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 /// Bound on the queues of one vm_id (Envoy has none: a plugin registering a queue per request
 /// would grow the proxy without end).
@@ -143,11 +144,12 @@ impl SharedQueues {
             queue.owner_root = owner_root;
             return Ok(index as u32 + 1);
         }
-        let (count, _) = queues.per_vm.entry(key.0.clone()).or_default();
-        if *count >= MAX_QUEUES {
+        let (count, held) = queues.per_vm.entry(key.0.clone()).or_default();
+        if *count >= MAX_QUEUES || *held + name.len() > MAX_QUEUE_BYTES {
             return Err(Status::InternalFailure);
         }
         *count += 1;
+        *held += name.len();
         let index = queues.list.len();
         queues.list.push(Queue {
             vm_id: key.0.clone(),
@@ -246,7 +248,8 @@ mod tests {
         assert_eq!(queues.resolve("vm", b"q7"), Some(8));
         assert!(queues.register("other-vm", b"q", &inbox, 1).is_ok());
 
-        let big = vec![0u8; MAX_QUEUE_BYTES / 4];
+        // Four fit with the queue names (about 4 KiB) counted.
+        let big = vec![0u8; MAX_QUEUE_BYTES / 4 - 2048];
         for _ in 0..10 {
             queues.enqueue(1, &big).unwrap();
         }

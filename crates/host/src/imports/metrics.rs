@@ -45,8 +45,11 @@ fn define(c: &mut Caller<'_>, kind: u32, name: (u32, u32), id_ptr: u32) -> HostR
             state.warn_once(
                 "metrics full",
                 format_args!(
-                    "proxy_define_metric({name:?}): the process holds {} metrics already",
-                    crate::metrics::MAX_METRICS
+                    "proxy_define_metric({:?}...): the process holds {} metrics (or {} bytes of \
+                     names) already",
+                    name.chars().take(64).collect::<String>(),
+                    crate::metrics::MAX_METRICS,
+                    crate::metrics::MAX_METRIC_NAME_BYTES
                 ),
             );
             return Err(status.into());

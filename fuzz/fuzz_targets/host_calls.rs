@@ -16,7 +16,8 @@ use std::fmt::Write;
 use libfuzzer_sys::fuzz_target;
 use sluice_abi::{HeaderMap, LogLevel};
 use sluice_host::{
-    Engine, EngineOptions, HostFunction, HttpStream, PluginCode, Vm, VmConfig, WasmType,
+    Effect, Engine, EngineOptions, GrpcEvent, HostFunction, HttpStream, PluginCode, Vm, VmConfig,
+    WasmType,
 };
 
 /// Where the guest keeps the program it runs (copied out of the body), and its largest size.
@@ -207,6 +208,31 @@ impl Harness {
             let _ = vm.log(context);
             let _ = vm.done(context);
             let _ = vm.delete(context);
+        }
+        // Every call the program started ends, as the proxy ends them (a failure or a timeout
+        // at the latest), so a long-lived VM holds no more than the proxy's would.
+        for effect in vm.take_effects() {
+            match effect {
+                Effect::HttpCall {
+                    root_context,
+                    token,
+                    ..
+                } => {
+                    let _ = vm.http_call_response(root_context, token, None);
+                }
+                Effect::GrpcCall {
+                    root_context,
+                    token,
+                    ..
+                } => {
+                    let close = GrpcEvent::Close {
+                        status: 14,
+                        message: b"fuzz".to_vec(),
+                    };
+                    let _ = vm.grpc_event(root_context, token, close);
+                }
+                _ => {}
+            }
         }
         let _ = vm.take_effects();
         let _ = vm.take_logs();

@@ -141,6 +141,9 @@ fn uncompress(arguments: &[u8], limit: usize) -> Result<Vec<u8>, Status> {
     Ok(out)
 }
 
+/// The properties one context may declare.
+const MAX_DECLARED_PROPERTIES: usize = 1024;
+
 /// Declares a property on the calling context: its type (string or bytes to CEL) and whether
 /// it can be set once only. A stream's properties follow its root context's declarations.
 fn declare_property(state: &mut HostState, arguments: &[u8]) -> Result<Vec<u8>, Status> {
@@ -148,6 +151,10 @@ fn declare_property(state: &mut HostState, arguments: &[u8]) -> Result<Vec<u8>, 
     let declared = state.declared.entry(state.effective_context).or_default();
     if declared.contains_key(&arguments.name) {
         return Err(Status::BadArgument);
+    }
+    // Envoy has no bound; a plugin declaring a new name per request would grow its VM for good.
+    if declared.len() >= MAX_DECLARED_PROPERTIES {
+        return Err(Status::InternalFailure);
     }
     declared.insert(
         arguments.name,

@@ -77,7 +77,16 @@ pub struct QueueInbox {
 
 impl QueueInbox {
     fn push(&self, root_context: u32, queue_id: u32) {
-        lock(&self.events).push((root_context, queue_id));
+        {
+            let mut events = lock(&self.events);
+            // One notification per enqueue, as Envoy posts them, up to as many as a queue holds
+            // items: past that the plugin has more to read than notices to get, and a plugin
+            // enqueuing in a loop would grow the inbox without end before its owner drains it.
+            if events.len() >= MAX_QUEUE_ITEMS {
+                return;
+            }
+            events.push((root_context, queue_id));
+        }
         if let Some(wake) = lock(&self.waker).as_ref() {
             wake();
         }

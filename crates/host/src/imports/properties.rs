@@ -84,6 +84,9 @@ fn get_property(c: &mut Caller<'_>, path: (u32, u32), ptr: u32, len: u32) -> Hos
 /// Envoy keeps a plugin's property in the stream's filter state (`wasm.PATH`), typed as the root
 /// context declared it (`declare_property`), else as bytes; a read-only one is set once. There is
 /// no filter state outside a stream: NOT_FOUND.
+/// The filter-state entries one stream may hold.
+const MAX_FILTER_STATE_ENTRIES: usize = 1024;
+
 fn set_property(c: &mut Caller<'_>, path: (u32, u32), value: (u32, u32)) -> HostResult {
     let path = String::from_utf8_lossy(&read(c, path.0, path.1)?).into_owned();
     let value = read(c, value.0, value.1)?;
@@ -95,11 +98,17 @@ fn set_property(c: &mut Caller<'_>, path: (u32, u32), value: (u32, u32)) -> Host
         .and_then(|d| d.get(&path));
     let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
     let key = format!("{WASM_STATE_PREFIX}{path}");
+    let full = stream.filter_state.len() >= MAX_FILTER_STATE_ENTRIES;
     match stream.filter_state.get_mut(&key) {
         Some(entry) if entry.readonly => return Err(Status::BadArgument.into()),
         Some(entry) => {
             let string = matches!(entry.value, Attribute::String(_));
             entry.value = crate::foreign::typed(value, string);
+        }
+        // Envoy has no bound; a plugin setting new paths in a loop would grow the stream until
+        // its CPU deadline.
+        None if full => {
+            return Err(Status::InternalFailure.into());
         }
         None => {
             let string = declared.is_some_and(|d| d.string);

@@ -13,12 +13,6 @@
 //! pass; payloads are skipped by count. A connection that does not start with the HTTP/2
 //! preface is passed through untouched.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const DATA: u8 = 0x0;
@@ -224,86 +218,6 @@ impl FrameLimits {
             return Err(Flood::WindowUpdate);
         }
         Ok(())
-    }
-}
-
-/// A client connection whose reads fail once the client floods (hyper then closes it).
-pub struct FloodGuard<I> {
-    inner: I,
-    limits: FrameLimits,
-}
-
-impl<I> FloodGuard<I> {
-    pub fn new(inner: I) -> Self {
-        Self {
-            inner,
-            limits: FrameLimits::default(),
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for FloodGuard<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = read
-            && let Err(flood) = this.limits.received(&buf.filled()[before..])
-        {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, flood)));
-        }
-        read
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for FloodGuard<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.limits.sent(&buf[..n]);
-        }
-        written
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(mut n)) = written {
-            for slice in bufs {
-                if n == 0 {
-                    break;
-                }
-                let taken = n.min(slice.len());
-                this.limits.sent(&slice[..taken]);
-                n -= taken;
-            }
-        }
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 

@@ -17,9 +17,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Admin;
+use crate::client_io::ClientIo;
 use crate::driver::{Connection, handle};
-use crate::first_byte::FirstByteDeadline;
-use crate::h2_guard::FloodGuard;
 use crate::logging::PluginLogLevels;
 use crate::reload::Reloader;
 use crate::stats::Stats;
@@ -617,7 +616,7 @@ where
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             handle(request, served.clone())
         });
-    let io = FirstByteDeadline::new(FloodGuard::new(io), timeout);
+    let io = ClientIo::new(io, timeout);
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     builder
         .http1()

@@ -593,13 +593,7 @@ impl Driver {
                 data,
                 end_of_stream,
             } => {
-                if let Err(mismatch) = self.request_framing.admit(data.len(), end_of_stream) {
-                    tracing::warn!("{mismatch}; the request is refused");
-                    self.stream.local_reply_from_proxy(
-                        500,
-                        "request_body_length_changed_by_plugin",
-                        "the request body no longer matches its content-length",
-                    );
+                if !self.request_body_fits(data.len(), end_of_stream) {
                     return;
                 }
                 if let Some((_, body, _)) = &mut self.echo {
@@ -615,13 +609,7 @@ impl Driver {
                 }
             }
             Step::RequestTrailers { trailers } => {
-                if let Err(mismatch) = self.request_framing.admit(0, true) {
-                    tracing::warn!("{mismatch}; the request is refused");
-                    self.stream.local_reply_from_proxy(
-                        500,
-                        "request_body_length_changed_by_plugin",
-                        "the request body no longer matches its content-length",
-                    );
+                if !self.request_body_fits(0, true) {
                     return;
                 }
                 if let Some((_, _, echo_trailers)) = &mut self.echo {
@@ -639,9 +627,7 @@ impl Driver {
                 data,
                 end_of_stream,
             } => {
-                if let Err(mismatch) = self.response_framing.admit(data.len(), end_of_stream) {
-                    tracing::warn!("{mismatch}; the response is reset");
-                    self.stream.reset_downstream(&mismatch.to_string());
+                if !self.response_body_fits(data.len(), end_of_stream) {
                     return;
                 }
                 if !data.is_empty() {
@@ -654,9 +640,7 @@ impl Driver {
                 }
             }
             Step::ResponseTrailers { trailers } => {
-                if let Err(mismatch) = self.response_framing.admit(0, true) {
-                    tracing::warn!("{mismatch}; the response is reset");
-                    self.stream.reset_downstream(&mismatch.to_string());
+                if !self.response_body_fits(0, true) {
                     return;
                 }
                 self.send_response_frame(Frame::trailers(to_fields(&trailers)))
@@ -723,6 +707,32 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Whether `length` more request body bytes (the last when `end`) fit the `content-length`
+    /// sent upstream; if not, the request is refused with a 500 before they go.
+    fn request_body_fits(&mut self, length: usize, end: bool) -> bool {
+        let Err(mismatch) = self.request_framing.admit(length, end) else {
+            return true;
+        };
+        tracing::warn!("{mismatch}; the request is refused");
+        self.stream.local_reply_from_proxy(
+            500,
+            "request_body_length_changed_by_plugin",
+            "the request body no longer matches its content-length",
+        );
+        false
+    }
+
+    /// Whether `length` more response body bytes (the last when `end`) fit the `content-length`
+    /// the client was given; if not, the response is reset before they go.
+    fn response_body_fits(&mut self, length: usize, end: bool) -> bool {
+        let Err(mismatch) = self.response_framing.admit(length, end) else {
+            return true;
+        };
+        tracing::warn!("{mismatch}; the response is reset");
+        self.stream.reset_downstream(&mismatch.to_string());
+        false
     }
 
     /// Routes the request by the head the plugins left (a plugin may have rewritten `:path` or

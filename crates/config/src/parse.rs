@@ -135,30 +135,18 @@ impl PluginLimitsSpec {
         let log_line_bytes = positive("logLineBytes", self.log_line_bytes);
         let header_map_entries = positive("headerMapEntries", self.header_map_entries);
         let header_map_bytes = positive("headerMapBytes", self.header_map_bytes);
-        let mut duration = |field: &str, text: Option<String>| {
-            let text = text?;
-            match parse_duration(&text) {
-                Ok(duration) if !duration.is_zero() => Some(duration),
-                Ok(_) => {
-                    checker.error(
-                        &format!("spec.pluginLimits.{field}"),
-                        format!("`{text}`: must be more than zero"),
-                    );
-                    None
-                }
-                Err(message) => {
-                    checker.error(
-                        &format!("spec.pluginLimits.{field}"),
-                        format!("`{text}`: {message}"),
-                    );
-                    None
-                }
-            }
-        };
         crate::PluginLimits {
             memory_bytes,
-            call_timeout: duration("callTimeout", self.call_timeout),
-            start_timeout: duration("startTimeout", self.start_timeout),
+            call_timeout: checker.positive_duration(
+                "spec.pluginLimits.callTimeout",
+                self.call_timeout,
+                "",
+            ),
+            start_timeout: checker.positive_duration(
+                "spec.pluginLimits.startTimeout",
+                self.start_timeout,
+                "",
+            ),
             log_line_bytes,
             header_map_entries,
             header_map_bytes,
@@ -308,6 +296,31 @@ impl Checker<'_> {
             place: format!("{} {field}", self.document),
             message: message.into(),
         });
+    }
+
+    /// A duration that must be more than zero, if given: an error naming `field` otherwise
+    /// (`zero_hint` follows the message for zero).
+    fn positive_duration(
+        &mut self,
+        field: &str,
+        text: Option<String>,
+        zero_hint: &str,
+    ) -> Option<Duration> {
+        let text = text?;
+        match parse_duration(&text) {
+            Ok(duration) if !duration.is_zero() => Some(duration),
+            Ok(_) => {
+                self.error(
+                    field,
+                    format!("`{text}`: must be more than zero{zero_hint}"),
+                );
+                None
+            }
+            Err(message) => {
+                self.error(field, format!("`{text}`: {message}"));
+                None
+            }
+        }
     }
 }
 
@@ -639,11 +652,8 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
             &mut config.idle_timeout,
         ),
     ] {
-        let Some(text) = text else { continue };
-        match parse_duration(&text) {
-            Ok(duration) if !duration.is_zero() => *timeout = duration,
-            Ok(_) => checker.error(field, format!("`{text}`: must be more than zero")),
-            Err(message) => checker.error(field, format!("`{text}`: {message}")),
+        if let Some(duration) = checker.positive_duration(field, text, "") {
+            *timeout = duration;
         }
     }
     if let Some(bytes) = spec.buffer_limit_bytes {
@@ -671,17 +681,12 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
             );
         }
     }
-    if let Some(text) = spec.max_connection_duration {
-        match parse_duration(&text) {
-            Ok(duration) if !duration.is_zero() => config.max_connection_duration = Some(duration),
-            Ok(_) => checker.error(
-                "spec.maxConnectionDuration",
-                format!("`{text}`: must be more than zero (leave it out for no bound)"),
-            ),
-            Err(message) => {
-                checker.error("spec.maxConnectionDuration", format!("`{text}`: {message}"));
-            }
-        }
+    if let Some(duration) = checker.positive_duration(
+        "spec.maxConnectionDuration",
+        spec.max_connection_duration,
+        " (leave it out for no bound)",
+    ) {
+        config.max_connection_duration = Some(duration);
     }
     if let Some(destination) = spec.access_log {
         if destination.is_empty() {

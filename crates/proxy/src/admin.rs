@@ -155,8 +155,7 @@ impl Admin {
     fn config_dump(&self) -> Value {
         let current = self.reloader.current();
         let config = &current.config;
-        let limits =
-            crate::load::plugin_limits(&self.reloader.source().limits, &config.plugin_limits);
+        let limits = &current.plugin_limits;
         let last = self.reloader.last().map(|last| {
             json!({
                 "at": last.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),

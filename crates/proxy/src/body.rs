@@ -39,12 +39,36 @@ impl Budget {
 
     /// Waits until `bytes` fit (a frame larger than the whole budget waits for all of it).
     pub async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        if bytes == 0 {
-            return None;
-        }
-        let share = u32::try_from(bytes.min(BYTES_IN_FLIGHT)).unwrap_or(u32::MAX);
+        let share = share(bytes)?;
         // The semaphore is never closed, so the acquisition only waits.
         self.0.clone().acquire_many_owned(share).await.ok()
+    }
+
+    /// The share of `bytes` if they fit now (`Ok(None)`: nothing to hold), `Err` if they would
+    /// have to wait.
+    fn try_reserve(&self, bytes: usize) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match share(bytes) {
+            None => Ok(None),
+            Some(share) => self
+                .0
+                .clone()
+                .try_acquire_many_owned(share)
+                .map(Some)
+                .map_err(drop),
+        }
+    }
+}
+
+/// The permits `bytes` take: none for none, at most the whole budget.
+fn share(bytes: usize) -> Option<u32> {
+    (bytes > 0).then(|| u32::try_from(bytes.min(BYTES_IN_FLIGHT)).unwrap_or(u32::MAX))
+}
+
+/// The data bytes of a frame (trailers and resets have none).
+fn data_len(frame: &FrameResult) -> usize {
+    match frame {
+        Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
+        Err(_) => 0,
     }
 }
 
@@ -62,12 +86,8 @@ pub struct Gone;
 impl BodySender {
     /// Sends `frame` once the body's budget has room for it.
     pub async fn send(&self, frame: FrameResult) -> Result<(), Gone> {
-        let size = match &frame {
-            Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
-            Err(_) => 0,
-        };
         let share = tokio::select! {
-            share = self.budget.reserve(size) => share,
+            share = self.budget.reserve(data_len(&frame)) => share,
             () = self.frames.closed() => return Err(Gone),
         };
         self.frames.send((frame, share)).await.map_err(|_| Gone)
@@ -75,18 +95,8 @@ impl BodySender {
 
     /// Sends `frame` if the body has room for it now; gives it back if it would have to wait.
     pub fn try_send(&self, frame: FrameResult) -> Result<(), FrameResult> {
-        let size = match &frame {
-            Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
-            Err(_) => 0,
-        };
-        let share = if size == 0 {
-            None
-        } else {
-            let share = u32::try_from(size.min(BYTES_IN_FLIGHT)).unwrap_or(u32::MAX);
-            match self.budget.0.clone().try_acquire_many_owned(share) {
-                Ok(share) => Some(share),
-                Err(_) => return Err(frame),
-            }
+        let Ok(share) = self.budget.try_reserve(data_len(&frame)) else {
+            return Err(frame);
         };
         self.frames
             .try_send((frame, share))

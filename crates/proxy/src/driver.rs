@@ -160,17 +160,16 @@ impl Connection {
     /// Completes once the connection has had no stream for `timeout` (Envoy's idle timeout).
     pub async fn idle_for(&self, timeout: Duration) {
         loop {
+            if self.streams.get() > 0 {
+                // Busy: look again a whole timeout later; the last stream's end sets the mark.
+                tokio::time::sleep(timeout).await;
+                continue;
+            }
             let deadline = self.idle_since.get() + timeout;
-            tokio::time::sleep_until(deadline).await;
-            if self.streams.get() == 0
-                && tokio::time::Instant::now() >= self.idle_since.get() + timeout
-            {
+            if tokio::time::Instant::now() >= deadline {
                 return;
             }
-            if self.streams.get() > 0 {
-                // Busy: look again a whole timeout later (the last stream's end moves the mark).
-                self.idle_since.set(tokio::time::Instant::now());
-            }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }

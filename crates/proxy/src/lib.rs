@@ -91,6 +91,8 @@ pub struct ProxyConfig {
     /// Each listener's TLS settings (same order as `config.listeners`); `None` for cleartext.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     pub buffer_limit: usize,
+    /// Every plugin's limits: the embedder's, with what `spec.pluginLimits` sets.
+    pub plugin_limits: sluice_host::Limits,
     pub engine: Engine,
 }
 

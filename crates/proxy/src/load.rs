@@ -118,6 +118,7 @@ fn load(
     engine: &Engine,
 ) -> Result<ProxyConfig, Vec<ConfigError>> {
     let base_dir = &source.base_dir();
+    let limits = plugin_limits(&source.limits, &config.plugin_limits);
     let mut errors = Vec::new();
     let mut plugins = Vec::new();
     let mut unavailable = Vec::new();
@@ -199,7 +200,7 @@ fn load(
                 plugins.push(LoadedPlugin {
                     code,
                     env,
-                    limits: plugin_limits(&source.limits, &config.plugin_limits),
+                    limits: limits.clone(),
                 });
             }
             Err(error) => errors.push(ConfigError {
@@ -261,12 +262,13 @@ fn load(
         endpoints,
         tls,
         buffer_limit,
+        plugin_limits: limits,
         engine: engine.clone(),
     })
 }
 
 /// The embedder's limits with what the config's `pluginLimits` sets.
-pub(crate) fn plugin_limits(base: &Limits, set: &sluice_config::PluginLimits) -> Limits {
+fn plugin_limits(base: &Limits, set: &sluice_config::PluginLimits) -> Limits {
     let size = |value: Option<u64>, default: usize| {
         value.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
     };

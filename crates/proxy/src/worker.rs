@@ -653,10 +653,9 @@ where
             serving.as_mut().graceful_shutdown();
             // A client that never answers the GOAWAY's PING (or keeps a stream going) is cut
             // off after Envoy's drain timeout.
-            match tokio::time::timeout(CONNECTION_DRAIN_TIMEOUT, serving).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
-            }
+            tokio::time::timeout(CONNECTION_DRAIN_TIMEOUT, serving)
+                .await
+                .unwrap_or(Ok(()))
         }
     };
     if let Err(error) = result {

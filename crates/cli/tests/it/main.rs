@@ -638,9 +638,8 @@ fn run_holds_little_for_clients_that_never_read() {
             });
         }
     });
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command.args([
-        "run",
+    let upstream = format!("http://{origin_address}");
+    let (mut child, address) = spawn_run(&[
         "--listen",
         "127.0.0.1:0",
         "--admin",
@@ -648,9 +647,8 @@ fn run_holds_little_for_clients_that_never_read() {
         "--workers",
         "1",
         "--upstream",
-        &format!("http://{origin_address}"),
+        &upstream,
     ]);
-    let (mut child, address) = spawn_serving(command);
     let before = resident_bytes(child.id());
     let mut client = std::net::TcpStream::connect(&address).unwrap();
     let mut frames = h2_frames::preface(&[(h2_frames::INITIAL_WINDOW_SIZE, 0)]);

@@ -17,7 +17,7 @@ pub fn run(dir: &Path, debug: bool) -> anyhow::Result<ExitCode> {
         &wasm,
         &info,
         problem.as_ref().map(ToString::to_string).as_deref(),
-    );
+    )?;
     Ok(if problem.is_some() {
         ExitCode::from(1)
     } else {

@@ -6,20 +6,39 @@ use std::process::ExitCode;
 use anyhow::Context;
 use sluice_host::ModuleInfo;
 
-pub fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+/// `what` is a file, or a `file://`, `http(s)://` or `oci://` URL fetched as `sluice run` fetches
+/// a plugin (through the module cache).
+pub fn run(what: &str, json: bool, insecure_registries: &[String]) -> anyhow::Result<ExitCode> {
+    let (bytes, shown) = if what.contains("://") {
+        let fetcher = sluice_fetch::Fetcher::new(crate::fetch_options(insecure_registries)?);
+        let fetched = fetcher.fetch(&sluice_fetch::Request {
+            url: what,
+            base_dir: Path::new("."),
+            sha256: None,
+            pull_policy: None,
+            pull_secret: None,
+        })?;
+        if let Some(digest) = &fetched.image_digest {
+            eprintln!("{what}: image {digest}, module {}", fetched.path.display());
+        }
+        (fetched.bytes, what.to_string())
+    } else {
+        let bytes = std::fs::read(what).with_context(|| format!("{what}: cannot read"))?;
+        (bytes, what.to_string())
+    };
+    let path = Path::new(&shown);
     let engine = crate::engine()?;
     let (info, problem) = engine
         .inspect(&bytes)
         .with_context(|| format!("{}: not a loadable WebAssembly module", path.display()))?;
     let problem = problem.map(|p| p.to_string());
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&to_json(path, &info, problem.as_deref()))?
         );
     } else {
-        print_text(path, &info, problem.as_deref());
+        print_text(path, &info, problem.as_deref())?;
     }
     Ok(if problem.is_some() {
         ExitCode::from(1)
@@ -29,9 +48,9 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// Text report, shared with `sluice build`.
-pub fn print_text(path: &Path, info: &ModuleInfo, problem: Option<&str>) {
-    println!("{}", path.display());
-    println!(
+pub fn print_text(path: &Path, info: &ModuleInfo, problem: Option<&str>) -> std::io::Result<()> {
+    out!("{}", path.display());
+    out!(
         "  loadable:     {}",
         problem.map_or("yes".to_string(), |p| format!("NO: {p}"))
     );
@@ -40,9 +59,9 @@ pub fn print_text(path: &Path, info: &ModuleInfo, problem: Option<&str>) {
         Err(None) => "none (no proxy_abi_version_* export)".into(),
         Err(Some(marker)) => format!("unsupported ({marker})"),
     };
-    println!("  abi:          {abi}");
-    println!("  sdk:          {}", info.sdk);
-    println!(
+    out!("  abi:          {abi}");
+    out!("  sdk:          {}", info.sdk);
+    out!(
         "  entry point:  {}",
         if info.entry_points.is_empty() {
             "none".into()
@@ -50,7 +69,7 @@ pub fn print_text(path: &Path, info: &ModuleInfo, problem: Option<&str>) {
             info.entry_points.join(" then ")
         }
     );
-    println!(
+    out!(
         "  allocator:    {}",
         info.allocator.as_deref().unwrap_or("none")
     );
@@ -58,12 +77,12 @@ pub fn print_text(path: &Path, info: &ModuleInfo, problem: Option<&str>) {
         let max = max.map_or("no maximum".to_string(), |m| format!("max {} KiB", m * 64));
         format!("{} KiB initial, {max}", min * 64)
     });
-    println!("  memory:       {memory}");
-    println!("  size:         {} bytes", info.size);
-    println!("  sha256:       {}", info.sha256);
-    println!("  callbacks:    {}", info.callbacks.join(", "));
+    out!("  memory:       {memory}");
+    out!("  size:         {} bytes", info.size);
+    out!("  sha256:       {}", info.sha256);
+    out!("  callbacks:    {}", info.callbacks.join(", "));
     let missing = info.missing_imports();
-    println!(
+    out!(
         "  imports:      {} ({} provided by sluice{})",
         info.imports.len(),
         info.imports.len() - missing.len(),
@@ -75,14 +94,17 @@ pub fn print_text(path: &Path, info: &ModuleInfo, problem: Option<&str>) {
     );
     for import in &info.imports {
         let mark = if import.provided { " " } else { "!" };
-        println!(
+        out!(
             "    {mark} {}::{} {}",
-            import.module, import.name, import.signature
+            import.module,
+            import.name,
+            import.signature
         );
     }
     if !info.producers.is_empty() {
-        println!("  producers:    {}", info.producers.join("; "));
+        out!("  producers:    {}", info.producers.join("; "));
     }
+    Ok(())
 }
 
 fn to_json(path: &Path, info: &ModuleInfo, problem: Option<&str>) -> serde_json::Value {

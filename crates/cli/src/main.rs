@@ -3,6 +3,15 @@
 
 #![forbid(unsafe_code)]
 
+/// Writes a line to stdout, as `println!` does, but returns the error (a closed pipe) instead of
+/// panicking on it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod build;
 mod inspect;
 mod new;
@@ -30,9 +39,13 @@ struct Cli {
         long,
         global = true,
         env = "SLUICE_LOG",
-        default_value = "warn,plugin=trace"
+        default_value = "warn,sluice=info,plugin=trace"
     )]
     log: String,
+    /// How diagnostics on stderr are written: `text` (one line per event, coloured only on a
+    /// terminal) or `json` (one JSON object per line)
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,11 +63,14 @@ enum Command {
     },
     /// Describe a .wasm module: ABI version, SDK, callbacks, imports sluice cannot provide, sha256
     Inspect {
-        /// The .wasm file
-        wasm: PathBuf,
+        /// The .wasm file, or a file://, http(s):// or oci:// URL (fetched into the module cache)
+        wasm: String,
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// Speak plain HTTP to this registry (HOST or HOST:PORT, or `*`; repeatable)
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
     },
     /// Run the proxy: plugins in order in front of an upstream (the built-in echo upstream by default)
     Run(Box<run::RunArgs>),
@@ -143,15 +159,32 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!(
+                "error: --log `{}`: {error} (expected tracing filter syntax, e.g. `info` or `warn,sluice_proxy=debug`)",
+                cli.log
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Test { scenarios, json } => test::run(&scenarios, json),
-        Command::Inspect { wasm, json } => inspect::run(&wasm, json),
+        Command::Inspect {
+            wasm,
+            json,
+            insecure_registries,
+        } => inspect::run(&wasm, json, &insecure_registries),
         Command::Build { dir, debug } => build::run(&dir, debug),
         Command::Run(args) => run::run(*args),
         Command::Check {
@@ -200,11 +233,37 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A reader that went away (`sluice inspect --json X | head`) is not an error.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// An error and its causes on one line, each cause once: library errors often say their cause
+/// in their own message already.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Where remote plugin modules are cached (next to the compiled ones), and which registries are

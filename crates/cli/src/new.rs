@@ -108,11 +108,11 @@ pub fn run(dir: &Path, lang: &str) -> anyhow::Result<ExitCode> {
             .replace("{{crate}}", &crate_name);
         std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    println!("created {} ({described})", dir.display());
-    println!(
+    out!("created {} ({described})", dir.display());
+    out!(
         "  cd {} && sluice build && sluice test tests/*.yaml",
         dir.display()
     );
-    println!("  sluice run --config wasmplugin.yaml   # then: curl -si http://127.0.0.1:10000/");
+    out!("  sluice run --config wasmplugin.yaml   # then: curl -si http://127.0.0.1:10000/");
     Ok(ExitCode::SUCCESS)
 }

@@ -33,7 +33,7 @@ pub fn push(
         "pushed: module sha256 {}, image digest {}",
         pushed.module_sha256, pushed.digest
     );
-    println!("{}", pushed.digest);
+    out!("{}", pushed.digest);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -57,7 +57,7 @@ pub fn pull(
             .with_context(|| format!("{}: cannot write", output.display()))?;
         eprintln!("wrote {}", output.display());
     }
-    println!("{}", fetched.image_digest.unwrap_or_default());
+    out!("{}", fetched.image_digest.unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
 

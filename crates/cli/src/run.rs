@@ -18,8 +18,9 @@ pub struct RunArgs {
     /// (listeners, routes, clusters); see docs/config.md
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:10000] (without a Proxy document)
-    #[arg(long)]
+    /// Address to listen on, IP:PORT or HOST:PORT [default: 127.0.0.1:10000] (without a Proxy
+    /// document)
+    #[arg(long, value_parser = parse_address)]
     listen: Option<SocketAddr>,
     /// Serve TLS (with ALPN h2 and http/1.1) with this PEM certificate chain (without a Proxy document)
     #[arg(long, requires = "tls_key")]
@@ -90,14 +91,30 @@ fn parse_log_level(text: &str) -> Result<sluice_abi::LogLevel, String> {
         .ok_or_else(|| format!("`{text}`: expected trace, debug, info, warn, error or critical"))
 }
 
+/// An IP:PORT, or a HOST:PORT whose host resolves (its first address, as Envoy takes it).
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    if !text.contains(':') {
+        return Err(format!("`{text}`: expected IP:PORT or HOST:PORT"));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addresses) => addresses
+            .next()
+            .ok_or_else(|| format!("`{text}`: the host resolves to no address")),
+        Err(error) => Err(format!("`{text}`: {error}")),
+    }
+}
+
 fn admin_address(text: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
     let text = text.unwrap_or(sluice_config::DEFAULT_ADMIN);
     if text == "off" {
         return Ok(None);
     }
-    let address = text
-        .parse()
-        .with_context(|| format!("--admin `{text}`: expected an IP:PORT address or `off`"))?;
+    let address =
+        parse_address(text).map_err(|error| anyhow::anyhow!("--admin {error} (or `off`)"))?;
     Ok(Some(address))
 }
 
@@ -250,7 +267,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for notice in &loaded.config.notices {
-        eprintln!("note: {notice}");
+        tracing::info!("note: {notice}");
     }
     let watched = source.watched_files(&loaded.config);
     // The signal handlers and their runtime take file descriptors: taken before the proxy
@@ -286,7 +303,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(cluster) => format!("cluster {}", cluster.name),
         None => "no route".to_string(),
     };
-    eprintln!(
+    tracing::info!(
         "sluice listening on {} ({} workers, {plugins}, first route to {upstream}; ready in {:.1?})",
         proxy
             .addresses
@@ -299,7 +316,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         started.elapsed()
     );
     if let Some(admin) = proxy.admin_address {
-        eprintln!(
+        tracing::info!(
             "admin API on http://{admin} (/ready, /stats, /plugins, /config_dump, /logging, POST /reload)"
         );
     }
@@ -312,33 +329,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         "http"
     };
-    println!("try: curl -i {scheme}://{}/hello", proxy.address);
+    tracing::info!("try: curl -i {scheme}://{}/hello", proxy.address);
     runtime.block_on(async {
         loop {
             tokio::select! {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => {
-                    eprintln!("sluice: SIGHUP, reloading the config");
+                    tracing::info!("SIGHUP: reloading the config");
                     let reloader = reloader.clone();
-                    report(tokio::task::spawn_blocking(move || reloader.reload()).await?);
+                    // The reloader logs the outcome.
+                    let _outcome = tokio::task::spawn_blocking(move || reloader.reload()).await?;
                 }
             }
         }
         anyhow::Ok(())
     })?;
-    eprintln!("sluice: draining in-flight requests and stopping");
+    tracing::info!("draining in-flight requests and stopping");
     proxy.stop();
     Ok(ExitCode::SUCCESS)
-}
-
-fn report(result: Result<(), sluice_proxy::ReloadError>) {
-    match result {
-        Ok(()) => eprintln!("sluice: config reloaded"),
-        Err(error) => {
-            eprintln!("sluice: reload refused, still running the previous config: {error}");
-        }
-    }
 }
 
 /// Reloads when one of `files` changes, waiting for writes to settle (200 ms) first.
@@ -368,7 +377,7 @@ fn watch(files: Vec<PathBuf>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
             .watch(dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("--watch: cannot watch {}", dir.display()))?;
     }
-    eprintln!(
+    tracing::info!(
         "watching {} for changes",
         files
             .iter()
@@ -386,8 +395,9 @@ fn watch(files: Vec<PathBuf>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
                 }
                 // Editors and compilers write in several steps; take the last one.
                 while changes.recv_timeout(Duration::from_millis(200)).is_ok() {}
-                eprintln!("sluice: a watched file changed, reloading the config");
-                report(reloader.reload());
+                tracing::info!("a watched file changed: reloading the config");
+                // The reloader logs the outcome.
+                let _outcome = reloader.reload();
             }
         })?;
     Ok(())
@@ -409,21 +419,21 @@ pub fn check(file: &Path, insecure_registries: &[String]) -> anyhow::Result<Exit
         Ok(loaded) => loaded,
         Err(errors) => {
             for error in &errors {
-                println!("error: {error}");
+                out!("error: {error}");
             }
-            println!("{}: {} error(s)", file.display(), errors.len());
+            out!("{}: {} error(s)", file.display(), errors.len());
             return Ok(ExitCode::FAILURE);
         }
     };
     let config = &loaded.config;
     for notice in &config.notices {
-        println!("note: {notice}");
+        out!("note: {notice}");
     }
     // `sluice run` would start without these (FAIL_OPEN) or refuse their requests; a check
     // says the config is not usable as written.
     if !loaded.unavailable.is_empty() {
         for unavailable in &loaded.unavailable {
-            println!(
+            out!(
                 "error: WasmPlugin {} spec.url: {} (failStrategy {}: `sluice run` would {})",
                 unavailable.plugin.name,
                 unavailable.error,
@@ -435,12 +445,12 @@ pub fn check(file: &Path, insecure_registries: &[String]) -> anyhow::Result<Exit
                 }
             );
         }
-        println!("{}: {} error(s)", file.display(), loaded.unavailable.len());
+        out!("{}: {} error(s)", file.display(), loaded.unavailable.len());
         return Ok(ExitCode::FAILURE);
     }
     if let Err(error) = sluice_proxy::canary(&loaded) {
-        println!("error: {error}");
-        println!("{}: 1 error(s)", file.display());
+        out!("error: {error}");
+        out!("{}: 1 error(s)", file.display());
         return Ok(ExitCode::FAILURE);
     }
     let routes: usize = config.listeners.iter().map(|l| l.routes.len()).sum();
@@ -457,7 +467,7 @@ pub fn check(file: &Path, insecure_registries: &[String]) -> anyhow::Result<Exit
             )
         })
         .collect();
-    println!(
+    out!(
         "{}: ok: {} listener(s), {routes} route(s), {} cluster(s), {} plugin(s){}",
         file.display(),
         config.listeners.len(),

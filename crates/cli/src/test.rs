@@ -13,13 +13,13 @@ pub fn run(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
         match scenario::run_file(file, cache.clone()) {
             Ok(report) => {
                 if !json {
-                    println!("{report}");
+                    out!("{report}");
                 }
                 reports.push(report);
             }
             Err(error) => {
                 if !json {
-                    println!("ERROR {error}");
+                    out!("ERROR {error}");
                 }
                 errors.push(error.to_string());
             }
@@ -36,14 +36,14 @@ pub fn run(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
                 "file": r.file, "name": r.name, "steps": r.steps, "passed": r.passed(), "mismatches": r.mismatches, "notChecked": r.not_checked,
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         let error_note = if errors.is_empty() {
             String::new()
         } else {
             format!(", {} could not run", errors.len())
         };
-        println!("\nscenarios: {passed} passed, {failed} failed{error_note}");
+        out!("\nscenarios: {passed} passed, {failed} failed{error_note}");
     }
     Ok(if !errors.is_empty() {
         ExitCode::from(2)

@@ -5,15 +5,17 @@
 
 #![forbid(unsafe_code)]
 
+mod locate;
 mod model;
 mod parse;
 
+pub use locate::{Location, locate};
 pub use model::{
     Capabilities, ChainEntry, Cluster, ClusterKind, Config, DEFAULT_ADMIN, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_REQUEST_HEADERS_KB,
     DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TIMEOUT, HeaderMatch,
-    HostMatch, Listener, Locality, MAX_REQUEST_HEADERS_KB, Node, Notice, PathMatch, Phase, Plugin,
-    PluginLimits, PluginOverride, PullPolicy, Route, RouteMatch, TlsFiles,
+    HostMatch, Listener, Locality, MAX_REQUEST_HEADERS_KB, Node, Notice, Origin, PathMatch, Phase,
+    Plugin, PluginLimits, PluginOverride, PullPolicy, Route, RouteMatch, TlsFiles,
 };
 pub use parse::{ConfigError, PROXY_API, WASM_PLUGIN_API, parse, parse_duration};
 

@@ -281,6 +281,48 @@ pub struct Plugin {
     /// Istio's `imagePullSecret`, here a docker config JSON file (a `dockerconfigjson` secret's
     /// content), relative to the config file.
     pub pull_secret: Option<String>,
+    /// Where the plugin was declared, for messages about it.
+    pub origin: Origin,
+}
+
+/// Where a plugin was declared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `--plugin GIVEN` on the command line.
+    Flag { given: String },
+    /// A WasmPlugin document: its label (`document 2 (WasmPlugin auth)`) and where its
+    /// `spec.url` and `spec.sha256` are.
+    Document {
+        label: String,
+        url: Option<crate::Location>,
+        sha256: Option<crate::Location>,
+    },
+}
+
+impl Origin {
+    /// The place of the plugin's module (`spec.url`, or the flag) in an error.
+    pub fn url_place(&self) -> (String, Option<crate::Location>) {
+        match self {
+            Self::Flag { given } => (format!("--plugin {given}"), None),
+            Self::Document { label, url, .. } => (format!("{label} spec.url"), *url),
+        }
+    }
+
+    /// The place of the plugin's `spec.sha256`.
+    pub fn sha256_place(&self) -> (String, Option<crate::Location>) {
+        match self {
+            Self::Flag { given } => (format!("--plugin {given}"), None),
+            Self::Document { label, sha256, .. } => (format!("{label} spec.sha256"), *sha256),
+        }
+    }
+
+    /// The place of another field of a WasmPlugin document (`metadata.name`).
+    pub fn field(&self, field: &str) -> String {
+        match self {
+            Self::Flag { given } => format!("--plugin {given}"),
+            Self::Document { label, .. } => format!("{label} {field}"),
+        }
+    }
 }
 
 /// Istio's `imagePullPolicy`.
@@ -297,6 +339,9 @@ pub struct Capabilities {
     pub allow: Option<std::collections::BTreeSet<String>>,
     /// The clusters it may call; `None`: any.
     pub clusters: Option<std::collections::BTreeSet<String>>,
+    /// Where the allow-list was written (the Proxy document's field), for errors about it.
+    pub place: String,
+    pub location: Option<crate::Location>,
 }
 
 impl Plugin {
@@ -309,6 +354,7 @@ impl Plugin {
         fail_strategy: FailStrategy,
     ) -> Self {
         Self {
+            origin: Origin::Flag { given: url.clone() },
             root_id: name.clone(),
             name,
             url,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::locate::{Location, locate};
 use crate::model::{
     Cluster, ClusterKind, Config, HeaderMatch, HostMatch, Listener, Notice, PathMatch, Phase,
     Plugin, PluginOverride, Route, RouteMatch, TlsFiles,
@@ -17,13 +18,57 @@ use crate::{FailStrategy, VmConfig};
 pub const WASM_PLUGIN_API: &str = "extensions.istio.io/v1alpha1";
 pub const PROXY_API: &str = "sluice.dev/v1alpha1";
 
-/// One thing wrong with a config, and where.
+/// One thing wrong with a config, and where: `FILE:LINE:COLUMN: PLACE: MESSAGE` when all is known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{place}: {message}")]
 pub struct ConfigError {
-    /// The document and field, e.g. `document 2 (WasmPlugin auth) spec.phase`.
+    /// The config file, once the caller who read it says which.
+    pub file: Option<String>,
+    /// Where in the file's YAML, when the place is in the file.
+    pub location: Option<Location>,
+    /// The document and field, e.g. `document 2 (WasmPlugin auth) spec.phase`, or the flag.
     pub place: String,
     pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(place: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: None,
+            location: None,
+            place: place.into(),
+            message: message.into(),
+        }
+    }
+
+    #[must_use]
+    pub fn at(self, location: Option<Location>) -> Self {
+        Self { location, ..self }
+    }
+
+    /// The error as found in `file`.
+    #[must_use]
+    pub fn in_file(self, file: &std::path::Path) -> Self {
+        Self {
+            file: Some(file.display().to_string()),
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, self.location) {
+            (Some(file), Some(at)) => write!(f, "{file}:{}:{}: ", at.line, at.column)?,
+            (Some(file), None) => write!(f, "{file}: ")?,
+            (None, Some(at)) => write!(f, "line {} column {}: ", at.line, at.column)?,
+            (None, None) => {}
+        }
+        if self.place.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.place, self.message)
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -279,16 +324,23 @@ struct ClusterSpec {
 /// Collects errors and notices for one document.
 struct Checker<'a> {
     document: String,
+    /// The whole config text and the document's index in it, to find fields' lines.
+    text: &'a str,
+    index: usize,
     errors: &'a mut Vec<ConfigError>,
     notices: &'a mut Vec<Notice>,
 }
 
 impl Checker<'_> {
     fn error(&mut self, field: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            place: format!("{} {field}", self.document),
-            message: message.into(),
-        });
+        let location = self.locate(field);
+        self.errors.push(
+            ConfigError::new(format!("{} {field}", self.document).trim_end(), message).at(location),
+        );
+    }
+
+    fn locate(&self, field: &str) -> Option<Location> {
+        locate(self.text, self.index, field)
     }
 
     fn notice(&mut self, field: &str, message: impl Into<String>) {
@@ -344,6 +396,15 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
             break;
         }
     }
+    if values
+        .iter()
+        .all(|value| matches!(value, Ok(serde_json::Value::Null)))
+    {
+        return Err(vec![ConfigError::new(
+            "",
+            "no documents: expected Istio WasmPlugin documents and at most one sluice Proxy document (see docs/config.md)",
+        )]);
+    }
     let mut documents = yaml_serde::Deserializer::from_str(text);
     for (index, value) in values.into_iter().enumerate() {
         let number = index + 1;
@@ -352,10 +413,13 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
             Ok(serde_json::Value::Null) => continue,
             Ok(value) => value,
             Err(error) => {
-                errors.push(ConfigError {
-                    place: format!("document {number}"),
-                    message: format!("not valid YAML: {error}"),
-                });
+                errors.push(
+                    ConfigError::new(
+                        format!("document {number}"),
+                        format!("not valid YAML: {}", without_location(&error.to_string())),
+                    )
+                    .at(Location::of(&error)),
+                );
                 continue;
             }
         };
@@ -371,14 +435,16 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
         };
         let mut checker = Checker {
             document: label.clone(),
+            text,
+            index,
             errors: &mut errors,
             notices: &mut notices,
         };
         let Some(document) = document else { break };
         match (api_version, kind) {
             (WASM_PLUGIN_API, "WasmPlugin") => {
-                if let Some(document) = typed::<WasmPluginSpec>(document, &mut checker)
-                    && let Some(plugin) = wasm_plugin(document, &mut checker)
+                if let Some(document) = typed::<WasmPluginSpec>(document, &value, &mut checker)
+                    && let Some(plugin) = wasm_plugin(document, &label, &mut checker)
                 {
                     plugins.push(plugin);
                 }
@@ -392,12 +458,15 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
                     continue;
                 }
                 proxy_seen = Some(number);
-                if let Some(mut document) = typed::<ProxySpec>(document, &mut checker) {
+                if let Some(mut document) = typed::<ProxySpec>(document, &value, &mut checker) {
                     for (plugin, spec) in std::mem::take(&mut document.spec.plugin_capabilities) {
-                        let place = format!("{label} spec.pluginCapabilities.{plugin}");
+                        let field = format!("spec.pluginCapabilities.{plugin}");
+                        let place = format!("{label} {field}");
                         let granted = crate::Capabilities {
                             allow: spec.allow,
                             clusters: spec.clusters,
+                            place: place.clone(),
+                            location: checker.locate(&field),
                         };
                         capabilities.push((place, plugin, granted));
                     }
@@ -415,10 +484,10 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
     for (place, name, granted) in capabilities {
         match plugins.iter_mut().find(|p| p.name == name) {
             Some(plugin) => plugin.capabilities = granted,
-            None => errors.push(ConfigError {
+            None => errors.push(ConfigError::new(
                 place,
-                message: format!("no WasmPlugin is named `{name}`"),
-            }),
+                format!("no WasmPlugin is named `{name}`"),
+            )),
         }
     }
     check_plugins(&mut plugins, &mut errors);
@@ -433,42 +502,110 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
-/// Deserializes one document, naming the failing field.
+/// At most this many errors are reported for one document's fields.
+const MAX_ERRORS_PER_DOCUMENT: usize = 20;
+
+/// Deserializes one document, naming every failing field (up to `MAX_ERRORS_PER_DOCUMENT`).
 fn typed<S: DeserializeOwned>(
     document: yaml_serde::Deserializer<'_>,
+    value: &serde_json::Value,
     checker: &mut Checker<'_>,
 ) -> Option<Document<S>> {
-    match serde_path_to_error::deserialize::<_, Document<S>>(document) {
-        Ok(document) => {
-            for key in document.metadata.kubernetes.keys() {
-                checker.notice(
-                    &format!("metadata.{key}"),
-                    "ignored: it only means something inside Kubernetes",
-                );
-            }
-            if document.status.is_some() {
-                checker.notice("status", "ignored: written by Kubernetes, not by users");
-            }
-            Some(document)
-        }
-        Err(error) => {
-            let path = error.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let message = error.into_inner().to_string();
-            // The YAML error names the enclosing map itself; the path above is more precise.
-            let message = match message.split_once(": ") {
-                Some((place, rest)) if !place.contains(' ') && path.starts_with(place) => {
-                    rest.to_string()
+    let (mut path, message, location) =
+        match serde_path_to_error::deserialize::<_, Document<S>>(document) {
+            Ok(document) => {
+                for key in document.metadata.kubernetes.keys() {
+                    checker.notice(
+                        &format!("metadata.{key}"),
+                        "ignored: it only means something inside Kubernetes",
+                    );
                 }
-                _ => message,
-            };
-            checker.error(&path, message);
-            None
+                if document.status.is_some() {
+                    checker.notice("status", "ignored: written by Kubernetes, not by users");
+                }
+                return Some(document);
+            }
+            Err(error) => {
+                let path = error.path().to_string();
+                let location = Location::of(error.inner());
+                (path, error.into_inner().to_string(), location)
+            }
+        };
+    let mut report = |path: &str, message: &str, location: Option<Location>| {
+        let path = if path == "." { "" } else { path };
+        let place = format!("{} {path}", checker.document);
+        checker.errors.push(
+            ConfigError::new(place.trim_end(), humane(path, message))
+                .at(location.or_else(|| checker.locate(path))),
+        );
+    };
+    report(&path, &message, location);
+    // The rest: each field that failed is taken out of the document's value and it is read
+    // again, so that one run shows every mistake.
+    let mut value = value.clone();
+    let mut removed = Vec::new();
+    for _ in 1..MAX_ERRORS_PER_DOCUMENT {
+        if !crate::locate::remove(&mut value, &path) {
+            break;
         }
+        removed.push(path);
+        let Err(error) = serde_path_to_error::deserialize::<_, Document<S>>(&value) else {
+            break;
+        };
+        path = error.path().to_string();
+        let message = error.into_inner().to_string();
+        // A required field missing because it was taken out was reported already.
+        if removed.iter().any(|r| r.starts_with(&path)) {
+            break;
+        }
+        report(&path, &message, None);
+    }
+    None
+}
+
+/// A serde message as a person would say it, without the place the error already names.
+fn humane(path: &str, message: &str) -> String {
+    let message = without_location(message);
+    // The YAML error names the enclosing map itself; the path is more precise.
+    let message = match message.split_once(": ") {
+        Some((place, rest)) if !place.contains(' ') && path.starts_with(place) => rest,
+        _ => message,
+    };
+    let mut message = message.to_string();
+    for (rust, human) in [
+        ("expected u16", "expected an integer from 0 to 65535"),
+        ("expected u8", "expected an integer from 0 to 255"),
+        ("expected u32", "expected an integer from 0 to 4294967295"),
+        ("expected u64", "expected an integer of 0 or more"),
+        ("expected usize", "expected an integer of 0 or more"),
+        ("expected i64", "expected an integer"),
+        ("expected i32", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(start) = message.find(rust)
+            && !message[start + rust.len()..].starts_with(char::is_alphanumeric)
+        {
+            message.replace_range(start..start + rust.len(), human);
+        }
+    }
+    message
+}
+
+/// A YAML message without its ` at line L column C` (the location is reported on its own).
+fn without_location(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(start) if message[start..].contains(" column ") => &message[..start],
+        _ => message,
     }
 }
 
-fn wasm_plugin(document: Document<WasmPluginSpec>, checker: &mut Checker<'_>) -> Option<Plugin> {
+fn wasm_plugin(
+    document: Document<WasmPluginSpec>,
+    label: &str,
+    checker: &mut Checker<'_>,
+) -> Option<Plugin> {
     let spec = document.spec;
     let Some(name) = document.metadata.name.filter(|n| !n.is_empty()) else {
         checker.error("metadata.name", "missing: every WasmPlugin needs a name");
@@ -609,6 +746,11 @@ fn wasm_plugin(document: Document<WasmPluginSpec>, checker: &mut Checker<'_>) ->
         capabilities: crate::Capabilities::default(),
         pull_policy: pull_policy.filter(|_| oci),
         pull_secret: spec.image_pull_secret.filter(|_| oci),
+        origin: crate::Origin::Document {
+            label: label.to_string(),
+            url: checker.locate("spec.url"),
+            sha256: checker.locate("spec.sha256"),
+        },
     })
 }
 
@@ -940,10 +1082,10 @@ fn check_plugins(plugins: &mut [Plugin], errors: &mut Vec<ConfigError>) {
     let mut names = HashSet::new();
     for plugin in plugins.iter() {
         if !names.insert(plugin.name.as_str()) {
-            errors.push(ConfigError {
-                place: format!("WasmPlugin {}", plugin.name),
-                message: "two plugins have this name; names must be unique".into(),
-            });
+            errors.push(ConfigError::new(
+                plugin.origin.field("metadata.name"),
+                "two plugins have this name; names must be unique",
+            ));
         }
     }
 }
@@ -955,9 +1097,9 @@ fn check_references(config: &Config, plugins: &[Plugin], errors: &mut Vec<Config
             let place = format!("listener {} route {}", listener.name, route.name);
             if config.cluster(&route.cluster).is_none() {
                 let known: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
-                errors.push(ConfigError {
-                    place: place.clone(),
-                    message: format!(
+                errors.push(ConfigError::new(
+                    place.clone(),
+                    format!(
                         "cluster `{}` is not declared (clusters: {})",
                         route.cluster,
                         if known.is_empty() {
@@ -966,14 +1108,14 @@ fn check_references(config: &Config, plugins: &[Plugin], errors: &mut Vec<Config
                             known.join(", ")
                         }
                     ),
-                });
+                ));
             }
             for name in route.overrides.keys() {
                 if !plugins.iter().any(|p| &p.name == name) {
-                    errors.push(ConfigError {
-                        place: format!("{place} plugins.{name}"),
-                        message: format!("no WasmPlugin is named `{name}`"),
-                    });
+                    errors.push(ConfigError::new(
+                        format!("{place} plugins.{name}"),
+                        format!("no WasmPlugin is named `{name}`"),
+                    ));
                 }
             }
         }
@@ -1180,11 +1322,20 @@ spec: {url: q.wasm, pluginConfg: {}}
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 "#;
-        let errors: Vec<String> = parse(text, base())
-            .unwrap_err()
+        let found = parse(text, base()).unwrap_err();
+        let errors: Vec<String> = found
             .iter()
-            .map(ToString::to_string)
+            .map(|e| format!("{}: {}", e.place, e.message))
             .collect();
+        // Each at the line and column of its field in the text.
+        let at = |place: &str| {
+            let error = found.iter().find(|e| e.place.ends_with(place)).unwrap();
+            error.location.map(|l| (l.line, l.column))
+        };
+        assert_eq!(at("spec.clusters[0].endpoints[0]"), Some((16, 27)));
+        assert_eq!(at("spec.pluginConfg"), Some((26, 21)));
+        assert_eq!(at("spec.phase"), Some((21, 43)));
+        assert_eq!(at("route route-0"), None, "a check across documents");
         let expect = [
             "document 1 (Proxy) spec.clusters[0].endpoints[0]: `no-port` is not HOST:PORT",
             "document 1 (Proxy) spec.clusters[0].timeout: `5 seconds`: expected a unit",
@@ -1258,9 +1409,47 @@ kind: VirtualService
         assert_eq!(config.plugins[0].name, "a");
         let bad = parse("a: [unclosed", base()).unwrap_err();
         assert!(
-            bad[0].to_string().starts_with("document 1: not valid YAML"),
+            bad[0]
+                .to_string()
+                .starts_with("line 2 column 1: document 1: not valid YAML"),
             "{bad:?}"
         );
+    }
+
+    #[test]
+    fn every_wrong_field_of_a_document_is_reported_in_plain_words() {
+        let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec:\n  url: a.wasm\n  priority: high\n  colour: blue\n  failStrategy: SOMETIMES\n  match: [{ports: [{number: -1}]}]\n";
+        let errors: Vec<String> = parse(text, base())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "line 6 column 13: document 1 (WasmPlugin a) spec.priority: invalid type: string \"high\", expected an integer",
+                "line 7 column 11: document 1 (WasmPlugin a) spec.colour: unknown field `colour`, expected one of `url`, `sha256`, `imagePullPolicy`, `imagePullSecret`, `pluginConfig`, `pluginName`, `phase`, `priority`, `vmConfig`, `match`, `failStrategy`, `type`, `selector`, `targetRef`, `targetRefs`, `verificationKey`",
+                "line 8 column 17: document 1 (WasmPlugin a) spec.failStrategy: unknown variant `SOMETIMES`, expected one of `FAIL_CLOSE`, `FAIL_OPEN`, `FAIL_RELOAD`",
+                "line 9 column 29: document 1 (WasmPlugin a) spec.match[0].ports[0].number: invalid value: integer `-1`, expected an integer from 0 to 4294967295",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_config_without_documents_is_an_error() {
+        for text in ["", "\n# only a comment\n", "---\n---\n"] {
+            let errors = parse(text, base()).unwrap_err();
+            assert!(errors[0].message.starts_with("no documents"), "{errors:?}");
+        }
+    }
+
+    #[test]
+    fn a_plugin_remembers_where_its_url_is() {
+        let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec:\n  url: a.wasm\n";
+        let plugin = &parse(text, base()).unwrap().plugins[0];
+        let (place, location) = plugin.origin.url_place();
+        assert_eq!(place, "document 1 (WasmPlugin a) spec.url");
+        assert_eq!(location.map(|l| (l.line, l.column)), Some((5, 8)));
     }
 
     #[test]

@@ -312,13 +312,15 @@ fn check_digest(
 }
 
 /// A plain path or `file://` url as a path, relative ones taken from `base_dir`.
+/// Absolute (without `.` components), so that messages name the file that was looked for.
 pub fn local_path(url: &str, base_dir: &Path) -> PathBuf {
     let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
-    if path.is_absolute() {
+    let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
         base_dir.join(path)
-    }
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
 }
 
 /// Whether `url` names something that has to be downloaded.

@@ -166,6 +166,51 @@ fn remote(url: &str, what: &str, error: &dyn std::error::Error) -> FetchError {
     }
 }
 
+/// Why a manifest could not be pulled, in words: for a tag or digest the registry does not have,
+/// the tags it does have.
+async fn manifest_error(
+    client: &Client,
+    image: &Reference,
+    auth: &RegistryAuth,
+    url: &str,
+    error: &oci_client::errors::OciDistributionError,
+) -> FetchError {
+    let text = describe(error).to_ascii_lowercase();
+    if !(text.contains("manifest unknown")
+        || text.contains("name unknown")
+        || text.contains("not found"))
+    {
+        return remote(url, "pulling the manifest", error);
+    }
+    let wanted = match (image.digest(), image.tag()) {
+        (Some(digest), _) => format!("digest {digest}"),
+        (None, Some(tag)) => format!("tag `{tag}`"),
+        (None, None) => "tag `latest`".to_string(),
+    };
+    let repository = format!("{}/{}", image.registry(), image.repository());
+    const SHOWN: usize = 20;
+    let message = match client.list_tags(image, auth, Some(100), None).await {
+        Ok(listed) if listed.tags.is_empty() => {
+            format!("{repository} has no {wanted}: the repository has no tags")
+        }
+        Ok(listed) => {
+            let more = listed.tags.len().saturating_sub(SHOWN);
+            let mut tags = listed.tags[..listed.tags.len().min(SHOWN)].join(", ");
+            if more > 0 {
+                tags.push_str(&format!(" and {more} more"));
+            }
+            format!("{repository} has no {wanted}; its tags: {tags}")
+        }
+        Err(_) => format!(
+            "{repository} has no {wanted} (nor could its tags be listed: the repository may not exist)"
+        ),
+    };
+    FetchError::Remote {
+        url: url.into(),
+        message,
+    }
+}
+
 /// The layer holding the module, by the order Istio's fetcher tries: a tar+gzip image layer
 /// (the last one), else a raw Wasm layer.
 fn module_layer(manifest: &OciImageManifest) -> Option<&OciDescriptor> {
@@ -229,10 +274,10 @@ pub(crate) async fn pull(
         .or(fetcher.options.docker_config.as_deref());
     let auth = credentials(secret, image.resolve_registry(), url)?;
     let client = client(fetcher);
-    let (manifest, digest) = client
-        .pull_image_manifest(&image, &auth)
-        .await
-        .map_err(|e| remote(url, "pulling the manifest", &e))?;
+    let (manifest, digest) = match client.pull_image_manifest(&image, &auth).await {
+        Ok(found) => found,
+        Err(error) => return Err(manifest_error(&client, &image, &auth, url, &error).await),
+    };
     // As Istio: the pinned digest is the image's, checked before any layer is downloaded.
     crate::check_digest(
         url,

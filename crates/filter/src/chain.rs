@@ -44,6 +44,8 @@ pub struct ChainError {
     pub source: LoadError,
     /// What the plugin logged before it failed to start (why `proxy_on_configure` said no).
     pub logs: Vec<sluice_host::LogRecord>,
+    /// The configuration it was given: where a line and column in its complaint point.
+    pub configuration: Vec<u8>,
 }
 
 /// First delay before a FAIL_RELOAD plugin gets a fresh instance (Envoy's default base interval).
@@ -308,6 +310,7 @@ impl VmPool {
                 plugin: spec.name.clone(),
                 source,
                 logs,
+                configuration: spec.plugin_configuration.clone(),
             };
             let vm = self
                 .vm_for(&spec)

@@ -238,13 +238,13 @@ fn expr_create(state: &mut HostState, arguments: &[u8]) -> Result<Vec<u8>, Statu
     let program = match compiled {
         Ok(Ok(program)) => program,
         Ok(Err(error)) => {
-            tracing::info!(plugin = %state.plugin_name, "expr_create parse error: {error}");
+            tracing::debug!(plugin = %state.plugin_name, "expr_create parse error: {error}");
             return Err(Status::BadArgument);
         }
         Err(_) => return Err(Status::BadArgument),
     };
     if comprehension_nesting(program.expression()) > MAX_COMPREHENSION_NESTING {
-        tracing::info!(plugin = %state.plugin_name, "expr_create: comprehensions nest deeper than {MAX_COMPREHENSION_NESTING}");
+        tracing::debug!(plugin = %state.plugin_name, "expr_create: comprehensions nest deeper than {MAX_COMPREHENSION_NESTING}");
         return Err(Status::BadArgument);
     }
     let expressions = state.expressions.entry(state.effective_root()).or_default();

@@ -244,7 +244,11 @@ fn guess_sdk(exports: &[(String, String)], imports: &[ImportInfo], sections: &Se
         "Rust (proxy-wasm-rust-sdk)".to_string()
     } else if emscripten || named("proxy_wasm_api") || produced("Emscripten") {
         "C++ (proxy-wasm-cpp-sdk, Emscripten)".to_string()
-    } else if exported("__new") || exported("__pin") || assemblyscript_abort {
+    } else if exported("__new")
+        || exported("__pin")
+        || exported("__rtti_base")
+        || assemblyscript_abort
+    {
         "AssemblyScript (proxy-runtime)".to_string()
     } else if produced("language: Rust") {
         "Rust".to_string()

@@ -36,9 +36,7 @@ impl Admin {
     ) -> http::Response<Full<Bytes>> {
         let json = |value: Value| (200, "application/json", format!("{value:#}\n"));
         let (status, content_type, body) = match (method.as_str(), path) {
-            ("GET", "/ready") if self.ready.load(Ordering::Relaxed) => {
-                (200, "text/plain", "LIVE\n".to_string())
-            }
+            ("GET", "/ready") if self.ready.load(Ordering::Relaxed) => self.readiness(),
             ("GET", "/ready") => (503, "text/plain", "PRE_INITIALIZING\n".to_string()),
             ("GET", "/stats" | "/stats/prometheus" | "/metrics") => {
                 let current = self.reloader.current();
@@ -150,6 +148,34 @@ impl Admin {
             }
         }
         Ok(())
+    }
+
+    /// LIVE, unless a plugin that guards traffic (FAIL_CLOSE or FAIL_RELOAD) could not be
+    /// fetched: the requests it would run get 503, so the proxy is not ready to take traffic.
+    /// This is Istio's intent for a fail-close module it cannot fetch (the listener waited
+    /// for the module, later a deny-all filter stands in): no request passes without it.
+    fn readiness(&self) -> (u16, &'static str, String) {
+        let current = self.reloader.current();
+        let blocking: Vec<String> = current
+            .unavailable
+            .iter()
+            .filter(|u| u.blocks())
+            .map(|u| {
+                format!(
+                    "plugin {} ({}) is unavailable",
+                    u.plugin.name, u.plugin.fail_strategy
+                )
+            })
+            .collect();
+        if blocking.is_empty() {
+            (200, "text/plain", "LIVE\n".to_string())
+        } else {
+            (
+                503,
+                "text/plain",
+                format!("NOT_READY: {}; see /plugins\n", blocking.join(", ")),
+            )
+        }
     }
 
     fn config_dump(&self) -> Value {

@@ -399,9 +399,9 @@ async fn drive(
     match blocked {
         // As Istio's fail-close for a module it could not fetch: this request would run the
         // plugin, so it is refused; the plugins' callbacks never see it.
-        Some(reason) => {
-            tracing::debug!("503 for a request whose chain is blocked: {reason}");
-            driver.refuse_unavailable(&reason).await;
+        Some(plugin) => {
+            tracing::debug!("503 for a request whose chain runs the unavailable plugin {plugin}");
+            driver.refuse_unavailable(&plugin).await;
         }
         None => {
             let http1 = protocol != "HTTP/2";
@@ -980,9 +980,16 @@ impl Driver {
         }
     }
 
-    /// A 503 with `reason` as its body, straight to the client.
-    async fn refuse_unavailable(&mut self, reason: &str) {
-        let body = format!("{reason}\n");
+    /// A 503 straight to the client, for a request whose chain runs `plugin`, which could not be
+    /// fetched. The body names no more than the plugin (and only when the config asks for
+    /// descriptive bodies): why it is unavailable is for the operator's log and admin API.
+    async fn refuse_unavailable(&mut self, plugin: &str) {
+        let body = match self.generation.config.config.failure_body {
+            sluice_config::FailureBody::Empty => String::new(),
+            sluice_config::FailureBody::Descriptive => {
+                format!("plugin '{plugin}' is unavailable\n")
+            }
+        };
         let mut head = HeaderMap::new();
         head.add(":status", "503");
         head.add("content-type", "text/plain");

@@ -112,6 +112,9 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    /// A plugin refused to start (`proxy_on_vm_start` or `proxy_on_configure`), with its logs.
+    #[error("{0}")]
+    Plugin(String),
     #[error("worker {worker}: {message}")]
     Worker { worker: usize, message: String },
     #[error("the config cannot be used:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]

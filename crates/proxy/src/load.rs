@@ -36,23 +36,20 @@ impl Source {
             None => self.base.clone(),
             Some(file) => {
                 let text = std::fs::read_to_string(file).map_err(|error| {
-                    vec![ConfigError {
-                        place: file.display().to_string(),
-                        message: format!("cannot read: {error}"),
-                    }]
+                    vec![ConfigError::new("", format!("cannot read: {error}")).in_file(file)]
                 })?;
                 sluice_config::parse(&text, self.base.clone()).map_err(|errors| {
                     errors
                         .into_iter()
-                        .map(|e| ConfigError {
-                            place: format!("{}: {}", file.display(), e.place),
-                            message: e.message,
-                        })
+                        .map(|e| e.in_file(file))
                         .collect::<Vec<_>>()
                 })?
             }
         };
-        load(config, self, engine)
+        load(config, self, engine).map_err(|errors| match &self.file {
+            Some(file) => errors.into_iter().map(|e| e.in_file(file)).collect(),
+            None => errors,
+        })
     }
 
     /// Where relative paths in the config point from: the config file's directory, else the
@@ -78,6 +75,43 @@ impl Source {
                     .map(|plugin| local_path(&plugin.url, &base_dir)),
             )
             .collect()
+    }
+}
+
+/// Says, once per start, which plugins the proxy serves without and what that does to requests
+/// (the background retry then stays quiet until it succeeds).
+pub(crate) fn log_unavailable(config: &ProxyConfig) {
+    for lost in &config.unavailable {
+        let effect = if lost.blocks() {
+            "requests that would run it get 503 and /ready says not ready"
+        } else {
+            "requests skip it (FAIL_OPEN)"
+        };
+        tracing::error!(plugin = %lost.plugin.name, "plugin unavailable, {effect}; retrying in the background: {}", lost.error);
+    }
+}
+
+/// What to do about a plugin module that is not where the config says: build it, when the path
+/// is a Cargo build's output; else where relative paths are taken from.
+fn missing_file_hint(path: &str, config_file: Option<&Path>) -> String {
+    if let Some((project, _)) = path.split_once("/target/wasm32-wasip1/") {
+        let project = Path::new(project);
+        let project = std::env::current_dir()
+            .ok()
+            .and_then(|cwd| project.strip_prefix(cwd).ok().map(Path::to_path_buf))
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| project.to_path_buf());
+        return format!(
+            "; build the plugin first: `sluice build {}`",
+            project.display()
+        );
+    }
+    match config_file {
+        Some(file) => format!(
+            "; relative paths are taken from the config file's directory ({})",
+            local_path(".", file.parent().unwrap_or(Path::new("."))).display()
+        ),
+        None => String::new(),
     }
 }
 
@@ -118,6 +152,7 @@ fn load(
     engine: &Engine,
 ) -> Result<ProxyConfig, Vec<ConfigError>> {
     let base_dir = &source.base_dir();
+    let source_file = source.file.as_deref();
     let limits = plugin_limits(&source.limits, &config.plugin_limits);
     let mut errors = Vec::new();
     let mut plugins = Vec::new();
@@ -128,7 +163,7 @@ fn load(
         .extend(config.insecure_registries.iter().cloned());
     let fetcher = sluice_fetch::Fetcher::new(fetch);
     for plugin in &config.plugins {
-        let place = format!("WasmPlugin {} spec.url", plugin.name);
+        let (place, location) = plugin.origin.url_place();
         let pull_secret = plugin.pull_secret.as_ref().map(|s| local_path(s, base_dir));
         let fetched = fetcher.fetch(&sluice_fetch::Request {
             url: &plugin.url,
@@ -150,29 +185,30 @@ fn load(
                 | sluice_fetch::FetchError::Cache { .. }
                 | sluice_fetch::FetchError::Local { .. }),
             ) => {
-                let lost = Unavailable {
+                unavailable.push(Unavailable {
                     plugin: plugin.clone(),
                     error: error.to_string(),
-                };
-                let effect = if lost.blocks() {
-                    "requests that would run it get 503"
-                } else {
-                    "requests skip it (FAIL_OPEN)"
-                };
-                tracing::error!(plugin = %plugin.name, "plugin unavailable, {effect}; retrying in the background: {error}");
-                unavailable.push(lost);
+                });
                 continue;
             }
             Err(error) => {
-                let place = match error {
-                    sluice_fetch::FetchError::Digest { .. } => {
-                        format!("WasmPlugin {} spec.sha256", plugin.name)
+                let message = match &error {
+                    sluice_fetch::FetchError::Read { path, source }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        format!(
+                            "{path}: no such file{}",
+                            missing_file_hint(path, source_file)
+                        )
                     }
-                    _ => place,
+                    _ => error.to_string(),
                 };
-                errors.push(ConfigError {
-                    place,
-                    message: error.to_string(),
+                errors.push(match error {
+                    sluice_fetch::FetchError::Digest { .. } => {
+                        let (place, location) = plugin.origin.sha256_place();
+                        ConfigError::new(place, message).at(location)
+                    }
+                    _ => ConfigError::new(place, message).at(location),
                 });
                 continue;
             }
@@ -180,20 +216,22 @@ fn load(
         let env = match plugin.vm.environment(|name| std::env::var(name).ok()) {
             Ok(env) => env,
             Err(error) => {
-                errors.push(ConfigError {
-                    place: format!("WasmPlugin {} spec", plugin.name),
-                    message: error.to_string(),
-                });
+                errors.push(ConfigError::new(
+                    plugin.origin.field("spec.vmConfig"),
+                    error.to_string(),
+                ));
                 continue;
             }
         };
         match engine.compile(&fetched.bytes) {
             Ok(code) => {
-                let place = format!("pluginCapabilities.{}", plugin.name);
                 let code = match restrict(engine, code, plugin, &config) {
                     Ok(code) => code,
                     Err(message) => {
-                        errors.push(ConfigError { place, message });
+                        let granted = &plugin.capabilities;
+                        errors.push(
+                            ConfigError::new(granted.place.clone(), message).at(granted.location),
+                        );
                         continue;
                     }
                 };
@@ -203,10 +241,10 @@ fn load(
                     limits: limits.clone(),
                 });
             }
-            Err(error) => errors.push(ConfigError {
-                place,
-                message: format!("{}: {error}", fetched.path.display()),
-            }),
+            Err(error) => errors.push(
+                ConfigError::new(place, format!("{}: {error}", fetched.path.display()))
+                    .at(location),
+            ),
         }
     }
     let mut endpoints = HashMap::new();
@@ -218,14 +256,14 @@ fn load(
         for name in names {
             match name.to_socket_addrs().map(|mut a| a.next()) {
                 Ok(Some(address)) => addresses.push(address),
-                Ok(None) => errors.push(ConfigError {
-                    place: format!("cluster {}", cluster.name),
-                    message: format!("endpoint `{name}` resolves to no address"),
-                }),
-                Err(error) => errors.push(ConfigError {
-                    place: format!("cluster {}", cluster.name),
-                    message: format!("endpoint `{name}`: {error}"),
-                }),
+                Ok(None) => errors.push(ConfigError::new(
+                    format!("cluster {}", cluster.name),
+                    format!("endpoint `{name}` resolves to no address"),
+                )),
+                Err(error) => errors.push(ConfigError::new(
+                    format!("cluster {}", cluster.name),
+                    format!("endpoint `{name}`: {error}"),
+                )),
             }
         }
         endpoints.insert(cluster.name.clone(), addresses);
@@ -238,10 +276,10 @@ fn load(
                 &local_path(&files.private_key, base_dir),
             )
             .map_err(|message| {
-                errors.push(ConfigError {
-                    place: format!("listener {} tls", listener.name),
+                errors.push(ConfigError::new(
+                    format!("listener {} tls", listener.name),
                     message,
-                });
+                ));
             })
             .ok()
         }));

@@ -108,7 +108,7 @@ impl Reloader {
         match &result {
             Ok(()) => tracing::info!("config reloaded"),
             Err(error) => {
-                tracing::error!("reload refused, the running config is unchanged: {error}");
+                tracing::error!("reload refused, still running the previous config: {error}");
             }
         }
         self.stats.reload(result.is_ok());
@@ -185,10 +185,35 @@ pub fn canary(config: &ProxyConfig) -> Result<(), String> {
             .iter()
             .map(|log| format!("{}: {}", log.level.as_str(), log.message))
             .collect();
-        if said.is_empty() {
-            error.to_string()
-        } else {
-            format!("{error} (it logged: {})", said.join("; "))
+        let mut message = error.to_string();
+        if !said.is_empty() {
+            message = format!("{message} (it logged: {})", said.join("; "));
         }
+        // A plugin names a line and column of the JSON text it was given, which sluice wrote
+        // from the YAML: show that text.
+        if matches!(error.source, sluice_host::LoadError::ConfigureRejected)
+            && !error.configuration.is_empty()
+        {
+            const SHOWN: usize = 300;
+            let text = String::from_utf8_lossy(&error.configuration);
+            let cut = text.char_indices().nth(SHOWN).map_or(text.len(), |(i, _)| i);
+            let more = if cut < text.len() { "..." } else { "" };
+            message = format!(
+                "{message}; the configuration it was given: {}{more}",
+                &text[..cut]
+            );
+        }
+        // Some SDKs (AssemblyScript's proxy-runtime) find their root context by pluginName.
+        let unnamed = config
+            .config
+            .plugins
+            .iter()
+            .any(|p| p.name == error.plugin && p.root_id.is_empty());
+        if unnamed && message.to_ascii_lowercase().contains("root") {
+            message.push_str(
+                "; hint: its pluginName (Envoy's root_id) is empty, and this SDK looks its root context up by name: set spec.pluginName (`sluice manifest --plugin-name`)",
+            );
+        }
+        message
     })
 }

@@ -187,7 +187,7 @@ impl Generation {
                 .unavailable
                 .iter()
                 .find(|u| u.blocks() && u.plugin.runs_on(listener, route))
-                .map(|u| format!("plugin {} is unavailable: {}", u.plugin.name, u.error).into())
+                .map(|u| u.plugin.name.as_str().into())
         };
         let mut chains = Vec::new();
         let mut blocked = Vec::new();
@@ -238,6 +238,10 @@ pub(crate) struct WorkerState {
 /// listeners open, or with the first error.
 pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError> {
     let config = source.load(&engine).map_err(StartError::Config)?;
+    // Every plugin once on a throwaway instance first, as a reload does: a plugin that refuses
+    // to start is reported with what it logged, not as N workers' bare `returned false`.
+    crate::reload::canary(&config).map_err(StartError::Plugin)?;
+    crate::load::log_unavailable(&config);
     let mut addresses = Vec::new();
     let mut first_sockets = Vec::new();
     for listener in &config.config.listeners {
@@ -264,10 +268,10 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
         None => None,
         Some(destination) => Some(Arc::new(
             crate::access_log::AccessLog::open(destination, stats.clone()).map_err(|e| {
-                StartError::Config(vec![sluice_config::ConfigError {
-                    place: "accessLog".into(),
-                    message: format!("cannot open `{destination}`: {e}"),
-                }])
+                StartError::Config(vec![sluice_config::ConfigError::new(
+                    "accessLog",
+                    format!("cannot open `{destination}`: {e}"),
+                )])
             })?,
         )),
     };

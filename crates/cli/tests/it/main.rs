@@ -41,29 +41,27 @@ fn assert_exit(output: &Output, code: i32, text: String, needle: &str) {
     assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
 }
 
-/// Starts `sluice run` with `args`, returns it and the address from its `try: curl` line.
-fn spawn_run(args: &[&str]) -> (std::process::Child, String) {
+/// Starts `sluice run` with `args`, returns it, the address from its `try: curl` line and its
+/// stderr.
+fn spawn_run(args: &[&str]) -> (std::process::Child, String, Stderr) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command.arg("run").args(args);
     spawn_serving(command)
 }
 
-/// Everything a finished child wrote to stderr.
-fn stderr_of(child: &mut std::process::Child) -> String {
-    use std::io::Read;
+/// What a running `sluice run` writes to stderr, read as it comes (so that the pipe never fills).
+struct Stderr(std::thread::JoinHandle<String>);
 
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    stderr
+impl Stderr {
+    /// Everything it wrote, once it has exited.
+    fn all(self) -> String {
+        self.0.join().unwrap()
+    }
 }
 
-/// Starts `command` (a `sluice run`), returns it and the address from its `try: curl` line.
-fn spawn_serving(mut command: Command) -> (std::process::Child, String) {
+/// Starts `command` (a `sluice run`), returns it, the address from its `try: curl` line (a log
+/// line on stderr) and its stderr.
+fn spawn_serving(mut command: Command) -> (std::process::Child, String, Stderr) {
     use std::io::{BufRead, BufReader};
 
     let mut child = command
@@ -73,16 +71,26 @@ fn spawn_serving(mut command: Command) -> (std::process::Child, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting sluice run");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("try: curl -i http://")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, address)
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (found, address) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, rest)) = line.split_once("try: curl -i http://") {
+                let _ = found.send(rest.split('/').next().unwrap_or_default().to_string());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let Ok(address) = address.recv_timeout(std::time::Duration::from_secs(120)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no `try: curl` line; stderr:\n{}", reader.join().unwrap());
+    };
+    (child, address, Stderr(reader))
 }
 
 #[test]
@@ -215,7 +223,7 @@ fn run_serves_a_plugin_in_front_of_the_echo_upstream_until_interrupted() {
     let wasm = sluice_test_support::plugin_wasm("add_header")
         .display()
         .to_string();
-    let (mut child, address) = spawn_run(&[
+    let (mut child, address, stderr_log) = spawn_run(&[
         "--listen",
         "127.0.0.1:0",
         "--admin",
@@ -246,7 +254,7 @@ fn run_serves_a_plugin_in_front_of_the_echo_upstream_until_interrupted() {
         exit.success(),
         "sluice run exits cleanly on SIGINT: {exit:?}"
     );
-    let stderr = stderr_of(&mut child);
+    let stderr = stderr_log.all();
     assert!(
         stderr.contains("sluice listening on http://") && stderr.contains("admin API on http://"),
         "{stderr}"
@@ -293,7 +301,7 @@ fn check_accepts_the_example_and_names_every_error_with_its_place() {
     std::fs::write(&bad, format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: b}}\nspec: {{url: {}, sha256: {}}}\n", auth.display(), "0".repeat(64))).unwrap();
     let output = sluice(&["check", bad.to_str().unwrap()]);
     let text = stdout(&output);
-    assert_exit(&output, 1, text.clone(), "WasmPlugin b spec.sha256:");
+    assert_exit(&output, 1, text.clone(), "(WasmPlugin b) spec.sha256:");
     assert!(
         text.contains("sha256 mismatch") && text.contains(&"0".repeat(64)),
         "{text}"
@@ -318,7 +326,7 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
         .unwrap();
     };
     write(1);
-    let (mut child, address) = spawn_run(&[
+    let (mut child, address, stderr_log) = spawn_run(&[
         "--config",
         file.to_str().unwrap(),
         "--watch",
@@ -364,13 +372,13 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
     assert_eq!(version().as_deref(), Some("2"));
     signal("-TERM");
     assert!(child.wait().unwrap().success());
-    let stderr = stderr_of(&mut child);
+    let stderr = stderr_log.all();
     assert!(
-        stderr.contains("a watched file changed, reloading"),
+        stderr.contains("a watched file changed: reloading"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("SIGHUP, reloading the config\nsluice: config reloaded"),
+        stderr.contains("SIGHUP: reloading the config") && stderr.contains("config reloaded"),
         "{stderr}"
     );
 }
@@ -456,7 +464,26 @@ fn push_pull_and_manifest_work_against_a_registry() {
         "--insecure-registry",
         address,
     ]);
-    assert_exit(&output, 2, stderr(&output), "manifest unknown");
+    assert_exit(
+        &output,
+        2,
+        stderr(&output),
+        &format!("{address}/plugins/add-header has no tag `v2`; its tags: v1"),
+    );
+
+    // inspect takes the same reference, through the same fetcher and cache.
+    let output = sluice(&[
+        "inspect",
+        &format!("oci://{reference}"),
+        "--insecure-registry",
+        address,
+    ]);
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains("sdk:          Rust (proxy-wasm-rust-sdk)"),
+        "{}",
+        stdout(&output)
+    );
 
     let config = dir.path().join("config.json");
     std::fs::write(&config, r#"{"response": {"set": {"x-from": "manifest"}}}"#).unwrap();
@@ -498,12 +525,7 @@ fn push_pull_and_manifest_work_against_a_registry() {
     registry.stop();
     std::fs::write(&file, format!("{yaml}  imagePullPolicy: Always\n")).unwrap();
     let output = check();
-    assert_exit(
-        &output,
-        1,
-        stdout(&output),
-        "error: WasmPlugin add-header spec.url",
-    );
+    assert_exit(&output, 1, stdout(&output), "spec.url: `oci://");
     assert!(
         stdout(&output).contains("would answer 503"),
         "{}",
@@ -539,17 +561,13 @@ fn new_makes_an_assemblyscript_project_that_builds_and_passes_its_scenarios() {
 fn run_backs_off_when_out_of_file_descriptors() {
     use std::io::{Read, Write};
 
-    // The log goes to a file: a pipe nobody reads while the test runs could fill and block it.
-    let dir = tempfile::tempdir().unwrap();
-    let log_file = dir.path().join("sluice.log");
     let mut command = Command::new("sh");
     command.args([
         "-c",
-        "ulimit -n 64 && exec \"$0\" run --listen 127.0.0.1:0 --admin off --workers 1 2>\"$1\"",
+        "ulimit -n 64 && exec \"$0\" run --listen 127.0.0.1:0 --admin off --workers 1",
         env!("CARGO_BIN_EXE_sluice"),
-        log_file.to_str().unwrap(),
     ]);
-    let (mut child, address) = spawn_serving(command);
+    let (mut child, address, stderr_log) = spawn_serving(command);
     // More idle clients than the process has descriptors; the kernel queues the rest.
     let idle: Vec<std::net::TcpStream> = (0..120)
         .filter_map(|_| std::net::TcpStream::connect(&address).ok())
@@ -574,15 +592,14 @@ fn run_backs_off_when_out_of_file_descriptors() {
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
             child.wait().unwrap();
-            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-            panic!("never served again; its log:\n{log}");
+            panic!("never served again; its log:\n{}", stderr_log.all());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     child.kill().unwrap();
     child.wait().unwrap();
-    let stderr = std::fs::read_to_string(&log_file).unwrap();
+    let stderr = stderr_log.all();
     let warnings = stderr.matches("pausing accepts").count();
     assert!(
         (1..=5).contains(&warnings) && stderr.len() < 64 * 1024,
@@ -639,7 +656,7 @@ fn run_holds_little_for_clients_that_never_read() {
         }
     });
     let upstream = format!("http://{origin_address}");
-    let (mut child, address) = spawn_run(&[
+    let (mut child, address, _stderr_log) = spawn_run(&[
         "--listen",
         "127.0.0.1:0",
         "--admin",
@@ -690,4 +707,163 @@ fn run_holds_little_for_clients_that_never_read() {
         "{STREAMS} stalled streams grew the proxy by {} MiB",
         grown >> 20
     );
+}
+
+/// The mistakes of a first hour, each answered with what was wrong, where, and what to do.
+#[test]
+fn first_hour_mistakes_get_errors_that_say_where_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+
+    // An empty file (a `sluice manifest ... > file` that failed) is not an empty, valid config.
+    let empty = write("empty.yaml", "");
+    let output = sluice(&["check", &empty]);
+    assert_exit(&output, 1, stdout(&output), "empty.yaml: no documents");
+
+    // Every wrong field of a document at once, at its line and column, in plain words.
+    let wrong = write(
+        "wrong.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec:\n  url: a.wasm\n  priority: high\n  colour: blue\n",
+    );
+    let output = sluice(&["check", &wrong]);
+    let text = stdout(&output);
+    assert_exit(
+        &output,
+        1,
+        text.clone(),
+        "wrong.yaml:6:13: document 1 (WasmPlugin a) spec.priority: invalid type: string \"high\", expected an integer",
+    );
+    assert!(
+        text.contains(
+            "wrong.yaml:7:11: document 1 (WasmPlugin a) spec.colour: unknown field `colour`"
+        ),
+        "{text}"
+    );
+
+    // A module that was never built: the resolved path and the command that builds it.
+    let unbuilt = write(
+        "unbuilt.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec:\n  url: proj/target/wasm32-wasip1/release/a.wasm\n",
+    );
+    let output = sluice(&["check", &unbuilt]);
+    let resolved = dir.path().join("proj/target/wasm32-wasip1/release/a.wasm");
+    assert_exit(
+        &output,
+        1,
+        stdout(&output),
+        &format!(
+            "unbuilt.yaml:5:8: document 1 (WasmPlugin a) spec.url: {}: no such file; build the plugin first: `sluice build {}`",
+            resolved.display(),
+            dir.path().join("proj").display()
+        ),
+    );
+
+    // A --plugin is named as the flag, with the path it looked at.
+    let output = sluice(&["run", "--plugin", "./nope.wasm", "--admin", "off"]);
+    let resolved = sluice_test_support::repo_root().join("nope.wasm");
+    assert_exit(
+        &output,
+        2,
+        stderr(&output),
+        &format!("--plugin ./nope.wasm: {}: no such file", resolved.display()),
+    );
+
+    // A plugin that refuses its configuration: its own words and the JSON it was given.
+    let wasm = sluice_test_support::plugins_dir().join("add_header.wasm");
+    let output = sluice(&[
+        "run",
+        "--plugin",
+        wasm.to_str().unwrap(),
+        "--plugin-config",
+        r#"{"bogus":1}"#,
+        "--admin",
+        "off",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let text = stderr(&output);
+    assert_exit(&output, 2, text.clone(), "unknown field `bogus`");
+    assert!(
+        text.contains(r#"the configuration it was given: {"bogus":1}"#),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "no colours in a pipe: {text:?}");
+
+    // A port in use is said once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = sluice(&["run", "--listen", &address, "--admin", "off"]);
+    let text = stderr(&output);
+    assert_exit(
+        &output,
+        2,
+        text.clone(),
+        &format!("cannot listen on {address}"),
+    );
+    assert_eq!(text.matches("Address already in use").count(), 1, "{text}");
+
+    // A bad --log filter is an error, not silently `warn`.
+    let output = sluice(&["--log", "sluice=loud", "check", &empty]);
+    assert_exit(&output, 2, stderr(&output), "--log `sluice=loud`");
+}
+
+#[test]
+fn run_listens_on_a_host_name_and_keeps_stdout_for_data() {
+    let (mut child, address, stderr_log) = spawn_run(&[
+        "--listen",
+        "localhost:0",
+        "--admin",
+        "off",
+        "--workers",
+        "1",
+    ]);
+    assert!(
+        address.starts_with("127.0.0.1:") || address.starts_with("[::1]:"),
+        "{address}"
+    );
+    let mut stdout = child.stdout.take().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut written = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut written).unwrap();
+    assert_eq!(
+        written, "",
+        "stdout carries only data (the access log with `-`)"
+    );
+    let stderr = stderr_log.all();
+    assert!(stderr.contains("INFO"), "{stderr}");
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_a_crash() {
+    use std::io::Read;
+
+    let wasm = sluice_test_support::plugins_dir().join("add_header.wasm");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["inspect", "--json", wasm.to_str().unwrap()])
+        .env("SLUICE_CACHE_DIR", sluice_test_support::cache_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -c 0`: the pipe closes before sluice writes (it reads and inspects the module
+    // first), so its first write fails.
+    drop(child.stdout.take());
+    let exit = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(exit.code(), Some(0), "{stderr}");
 }

@@ -616,11 +616,16 @@ metadata: {name: q}
 spec: {url: "{plugins}/add_header.wasm"}
 "#,
     );
+    let path = file.display().to_string();
     assert_eq!(
         errors(file),
         [
-            "pluginCapabilities.p: allow: `proxy_teleport` is not a capability (a proxy_* or WASI host function, or a proxy_on_* callback)",
-            "pluginCapabilities.q: clusters: `nowhere` is neither a declared cluster nor an outbound|PORT||HOST name",
+            format!(
+                "{path}:6:8: document 1 (Proxy) spec.pluginCapabilities.p: allow: `proxy_teleport` is not a capability (a proxy_* or WASI host function, or a proxy_on_* callback)"
+            ),
+            format!(
+                "{path}:7:8: document 1 (Proxy) spec.pluginCapabilities.q: clusters: `nowhere` is neither a declared cluster nor an outbound|PORT||HOST name"
+            ),
         ]
     );
 }

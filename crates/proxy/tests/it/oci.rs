@@ -139,14 +139,20 @@ fn an_oci_plugin_is_served_then_cached_and_always_pulls_again() {
     let proxy = sluice_proxy::start(source(file, &cache), crate::engine()).unwrap();
     let refused = get(proxy.address, "/", &[]);
     assert_eq!(refused.status, 503);
-    assert!(
-        refused.text().contains("plugin headers is unavailable")
-            && refused.text().contains(&format!("oci://{reference}")),
-        "{}",
-        refused.text()
-    );
+    // The client is told nothing about the registry (Envoy's empty body by default).
+    assert_eq!(refused.text(), "", "{}", refused.text());
     assert_eq!(get(proxy.address, "/open", &[]).status, 200);
     let admin = proxy.admin_address.unwrap();
+    // Not ready while the plugin that guards traffic is missing.
+    let ready = get(admin, "/ready", &[]);
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready
+            .text()
+            .contains("plugin headers (FAIL_CLOSE) is unavailable"),
+        "{}",
+        ready.text()
+    );
     let plugins = get(admin, "/plugins", &[]).text();
     assert!(plugins.contains("\"unavailable\""), "{plugins}");
     let stats = get(admin, "/stats", &[]).text();
@@ -175,5 +181,6 @@ fn an_oci_plugin_is_served_then_cached_and_always_pulls_again() {
             .text()
             .contains("sluice_plugin_unavailable{")
     );
+    assert_eq!(get(admin, "/ready", &[]).text(), "LIVE\n");
     proxy.stop();
 }

@@ -110,6 +110,41 @@ pub fn plugin_scenarios() -> Vec<PathBuf> {
     files
 }
 
+/// Whether the outside programs a test needs are installed. When one is missing the test should
+/// return early: this says which and how to get it, and under `CI=true` (where `.ci/run` installs
+/// them) it fails instead, so that CI never passes a test it did not run.
+pub fn has_tools(tools: &[(&str, &str)]) -> bool {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(program, _)| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .map_or(true, |o| !o.status.success())
+        })
+        .map(|(program, install)| format!("{program} ({install})"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must run this test; missing: {}",
+        missing.join(", ")
+    );
+    eprintln!(
+        "skipping: this test needs {} (`.ci/run` installs what the tests need)",
+        missing.join(", ")
+    );
+    false
+}
+
+/// What the supply-chain tests need: a registry and skopeo.
+pub const REGISTRY_TOOLS: &[(&str, &str)] = &[
+    ("docker-registry", "apt-get install docker-registry"),
+    ("skopeo", "apt-get install skopeo"),
+];
+
 /// A real OCI registry (Debian's `docker-registry`) on a free loopback port, with its storage in
 /// a directory of its own; stopped when dropped. Plain HTTP, as a loopback registry is.
 pub struct Registry {

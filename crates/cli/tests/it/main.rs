@@ -424,6 +424,9 @@ fn new_makes_a_project_that_builds_passes_its_scenarios_and_checks() {
 
 #[test]
 fn push_pull_and_manifest_work_against_a_registry() {
+    if !sluice_test_support::has_tools(sluice_test_support::REGISTRY_TOOLS) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut registry = sluice_test_support::Registry::start(dir.path());
     let address = registry.address.clone();
@@ -535,6 +538,9 @@ fn push_pull_and_manifest_work_against_a_registry() {
 
 #[test]
 fn new_makes_an_assemblyscript_project_that_builds_and_passes_its_scenarios() {
+    if !sluice_test_support::has_tools(&[("npm", "apt-get install nodejs npm")]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("as-demo");
     let project_arg = project.to_str().unwrap();

@@ -3,6 +3,8 @@
 // Test code: a failure is a failed test, so helpers unwrap and panic as tests do.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod docs;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

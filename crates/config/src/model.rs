@@ -260,7 +260,8 @@ impl Phase {
 pub struct Plugin {
     /// Unique; the WasmPlugin's `metadata.name`.
     pub name: String,
-    /// Where the module is: a path (relative to the config file) or `file://` URL.
+    /// Where the module is: a path (relative to the config file), or a `file://`, `http(s)://` or
+    /// `oci://` URL.
     pub url: String,
     /// Lowercase hex, when given: the module must have this digest.
     pub sha256: Option<String>,

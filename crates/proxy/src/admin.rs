@@ -1,10 +1,11 @@
-//! The admin API on its own thread: `/ready`, `/stats` (Prometheus text), `/plugins` and
-//! `/config_dump` (JSON), `POST /reload`. It reads only shared, thread-safe state: counters, plugin
+//! The admin API on its own thread: the admin page at `/`, `/ready`, `/stats` (Prometheus text),
+//! `/plugins`, `/config_dump` and `/history` (JSON), `POST /reload`. It reads only shared, thread-safe state: counters, plugin
 //! metrics, and the config the workers currently run.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,9 +24,19 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub reloader: Arc<Reloader>,
     pub log_levels: Arc<PluginLogLevels>,
+    /// The last `HISTORY_LENGTH` samples of the totals, one per `SAMPLE_EVERY`, for the page.
+    pub history: Mutex<VecDeque<Value>>,
 }
 
-const PATHS: &str = "GET /ready, /stats, /plugins, /config_dump, /logging; POST /reload, /logging?level=L[&plugin=NAME]";
+/// How often the admin thread samples the totals the page plots, and how many samples it keeps
+/// (ten minutes).
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const HISTORY_LENGTH: usize = 600;
+
+/// The admin page: plain HTML and JavaScript, no outside resources.
+const PAGE: &str = include_str!("admin_page.html");
+
+const PATHS: &str = "GET / (the admin page), /ready, /stats, /plugins, /config_dump, /logging, /history; POST /reload, /logging?level=L[&plugin=NAME]";
 
 impl Admin {
     async fn answer(
@@ -38,17 +49,29 @@ impl Admin {
         let (status, content_type, body) = match (method.as_str(), path) {
             ("GET", "/ready") if self.ready.load(Ordering::Relaxed) => self.readiness(),
             ("GET", "/ready") => (503, "text/plain", "PRE_INITIALIZING\n".to_string()),
+            ("GET", "/") => (200, "text/html; charset=utf-8", PAGE.to_string()),
+            ("GET", "/history") => {
+                let samples: Vec<Value> = self
+                    .history
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .cloned()
+                    .collect();
+                json(json!({"intervalMs": SAMPLE_EVERY.as_millis() as u64, "samples": samples}))
+            }
             ("GET", "/stats" | "/stats/prometheus" | "/metrics") => {
                 let current = self.reloader.current();
-                let mut text = self.stats.render(current.engine.metrics());
-                text.push_str("# HELP sluice_plugin_unavailable Plugins whose module could not be fetched (retried in the background).\n# TYPE sluice_plugin_unavailable gauge\n");
-                for unavailable in &current.unavailable {
-                    text.push_str(&format!(
-                        "sluice_plugin_unavailable{{plugin=\"{}\",fail_strategy=\"{}\"}} 1\n",
-                        unavailable.plugin.name, unavailable.plugin.fail_strategy
-                    ));
-                }
-                (200, "text/plain; version=0.0.4", text)
+                let unavailable: Vec<(String, String)> = current
+                    .unavailable
+                    .iter()
+                    .map(|u| (u.plugin.name.clone(), u.plugin.fail_strategy.to_string()))
+                    .collect();
+                (
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.stats.render(current.engine.metrics(), &unavailable),
+                )
             }
             ("GET", "/plugins") => json(plugins(&self.reloader.current(), &self.stats)),
             ("GET", "/config_dump") => json(self.config_dump()),
@@ -65,7 +88,11 @@ impl Admin {
                     Err(error) => (500, "text/plain", format!("reload failed: {error}\n")),
                 }
             }
-            (_, "/ready" | "/stats" | "/plugins" | "/config_dump" | "/reload" | "/logging") => (
+            (
+                _,
+                "/" | "/history" | "/ready" | "/stats" | "/plugins" | "/config_dump" | "/reload"
+                | "/logging",
+            ) => (
                 405,
                 "text/plain",
                 format!("wrong method for {path}; {PATHS}\n"),
@@ -184,7 +211,7 @@ impl Admin {
         let limits = &current.plugin_limits;
         let last = self.reloader.last().map(|last| {
             json!({
-                "at": last.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "at": crate::access_log::timestamp(last.at),
                 "ok": last.error.is_none(),
                 "error": last.error,
             })
@@ -313,6 +340,18 @@ pub fn start(
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             runtime.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                let sampled = admin.clone();
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(SAMPLE_EVERY);
+                    loop {
+                        every.tick().await;
+                        let mut history = sampled.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if history.len() == HISTORY_LENGTH {
+                            history.pop_front();
+                        }
+                        history.push_back(sampled.stats.sample());
+                    }
+                });
                 loop {
                     tokio::select! {
                         accepted = listener.accept() => {

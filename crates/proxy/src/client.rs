@@ -1,4 +1,4 @@
-//! Outgoing HTTP/1.1: upstream requests and plugin callouts.
+//! Outgoing HTTP/1.1 and HTTP/2 (h2c): upstream requests and plugin callouts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{self, BodyReset, BodySender, ChannelBody};
 use crate::framing::Framing;
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
+use crate::stats::Traffic;
 use crate::worker::{Generation, WorkerState};
 use crate::{Target, client, echo, grpc};
 
@@ -301,7 +303,10 @@ struct Driver {
     /// For the access log: body bytes from the client and to it, and the upstream used.
     bytes_received: u64,
     bytes_sent: u64,
-    route: Option<String>,
+    /// The route the request took (the last one selected): its index in the listener.
+    route: Option<usize>,
+    /// Where the request sent upstream is counted: its route's cluster.
+    cluster_traffic: Option<Arc<Traffic>>,
     upstream: Option<SocketAddr>,
     /// The upstream's side of a switched protocol (101), spliced to the client's at the end.
     upstream_switched: Option<hyper::upgrade::OnUpgrade>,
@@ -381,7 +386,8 @@ async fn drive(
         grpc_calls: HashMap::new(),
         bytes_received: 0,
         bytes_sent: 0,
-        route: None,
+        route,
+        cluster_traffic: None,
         upstream: None,
         upstream_switched: None,
         status: None,
@@ -420,6 +426,13 @@ async fn drive(
         .count();
     stats.plugin_failures(new_failures);
     stats.request_finished(driver.status, started.elapsed());
+    let traffic = &driver.generation.traffic[driver.connection.listener];
+    let route_traffic = driver
+        .route
+        .and_then(|index| traffic.routes.get(index))
+        .map_or(&traffic.unrouted, |route| &route.route);
+    route_traffic.started();
+    route_traffic.answered(driver.status);
     if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
         log.write(&driver.access_record(request, protocol, began, started.elapsed()));
     }
@@ -739,12 +752,20 @@ impl Driver {
     fn start_upstream(&mut self, headers: HeaderMap, end_of_stream: bool) {
         let generation = self.generation.clone();
         let listener = &generation.config.config.listeners[self.connection.listener];
-        let Some(route) = route_of(listener, &headers).map(|index| &listener.routes[index]) else {
+        self.route = route_of(listener, &headers);
+        let Some(route) = self.route.map(|index| &listener.routes[index]) else {
             self.stream
                 .local_reply_from_proxy(404, "route_not_found", "");
             return;
         };
-        self.route = Some(route.name.clone());
+        if let Some(traffic) = self.route.and_then(|index| {
+            generation.traffic[self.connection.listener]
+                .routes
+                .get(index)
+        }) {
+            traffic.cluster.started();
+            self.cluster_traffic = Some(traffic.cluster.clone());
+        }
         self.request_framing = Framing::of(&headers, true);
         self.stream
             .set_route(&listener.name, &route.name, &route.cluster);
@@ -893,6 +914,9 @@ impl Driver {
         match event {
             Some(UpstreamEvent::Head(parts, end_of_stream, switched)) => {
                 self.upstream_head_seen = true;
+                if let Some(traffic) = &self.cluster_traffic {
+                    traffic.answered(Some(parts.status.as_u16()));
+                }
                 self.upstream_switched = switched;
                 self.upstream_finished = end_of_stream;
                 self.stream
@@ -920,6 +944,9 @@ impl Driver {
             Some(UpstreamEvent::TimedOut(after)) => {
                 self.upstream_events = None;
                 self.connection.state.stats.upstream_error();
+                if let Some(traffic) = &self.cluster_traffic {
+                    traffic.failed();
+                }
                 if self.upstream_head_seen {
                     self.stream.reset_downstream(&format!(
                         "upstream response not complete within the cluster timeout ({after:?})"
@@ -936,6 +963,9 @@ impl Driver {
             Some(UpstreamEvent::Failed(reply, detail)) => {
                 self.upstream_events = None;
                 self.connection.state.stats.upstream_error();
+                if let Some(traffic) = &self.cluster_traffic {
+                    traffic.failed();
+                }
                 if self.upstream_head_seen {
                     self.stream
                         .reset_downstream(&format!("upstream reset: {detail}"));
@@ -1045,11 +1075,12 @@ impl Driver {
             "requestId": request.get_str("x-request-id"),
             "status": self.status,
             "details": outcome.details,
-            "route": self.route,
+            "route": self.route.map(|index| &listener.routes[index].name),
             "upstream": self.upstream.map(|address| address.to_string()),
             "bytesReceived": self.bytes_received,
             "bytesSent": self.bytes_sent,
-            "durationMs": elapsed.as_secs_f64() * 1000.0,
+            // Microseconds, shown as milliseconds with three decimals and no float noise.
+            "durationMs": elapsed.as_micros() as f64 / 1000.0,
             "plugins": {
                 "chain": (0..chain.len()).map(|i| chain.plugin_name(i)).collect::<Vec<_>>(),
                 "localReplyBy": outcome.local_reply_by,

@@ -2,7 +2,6 @@
 //! of them together with the plugins' own metrics.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,8 +13,55 @@ use sluice_host::{CALLBACK_TIME_SAMPLE, CallbackTime, HISTOGRAM_BOUNDS, Metrics}
 /// Upper bounds of the request latency histogram, in milliseconds.
 const LATENCY_BOUNDS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
 
+/// Requests and their outcomes on one route, or to one cluster. Counted when they end.
+#[derive(Default, Debug)]
+pub struct Traffic {
+    requests: AtomicU64,
+    responses_by_class: [AtomicU64; 5],
+    /// On a route: client streams reset instead of answered. To a cluster: connect, protocol and
+    /// timeout failures.
+    failures: AtomicU64,
+}
+
+impl Traffic {
+    pub fn started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The status of the answer; `None`, a failure.
+    pub fn answered(&self, status: Option<u16>) {
+        match status {
+            Some(code @ 100..=599) => {
+                self.responses_by_class[usize::from(code / 100 - 1)]
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self.failed(),
+        }
+    }
+
+    pub fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> (u64, [u64; 5], u64) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            load(&self.requests),
+            std::array::from_fn(|i| load(&self.responses_by_class[i])),
+            load(&self.failures),
+        )
+    }
+}
+
+/// The route label of requests that no route takes.
+pub const NO_ROUTE: &str = "(none)";
+
 #[derive(Default)]
 pub struct Stats {
+    /// Per (listener, route) name; kept across reloads, so that counters never go back.
+    routes: Mutex<BTreeMap<(String, String), Arc<Traffic>>>,
+    /// Per cluster name, requests sent upstream.
+    clusters: Mutex<BTreeMap<String, Arc<Traffic>>>,
     requests: AtomicU64,
     responses_by_class: [AtomicU64; 5],
     resets: AtomicU64,
@@ -72,6 +118,26 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Where requests on `route` of `listener` are counted.
+    pub fn route(&self, listener: &str, route: &str) -> Arc<Traffic> {
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((listener.to_string(), route.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Where requests sent to `cluster` are counted.
+    pub fn cluster(&self, cluster: &str) -> Arc<Traffic> {
+        self.clusters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(cluster.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// Where instances of `plugin` count their guest calls.
     pub fn callback_time(&self, plugin: &str) -> Arc<CallbackTime> {
         self.callback_times
@@ -108,157 +174,394 @@ impl Stats {
             .fetch_add(count as u64, Ordering::Relaxed);
     }
 
-    /// Prometheus text exposition of these counters and the plugins' metrics.
-    pub fn render(&self, plugin_metrics: &Metrics) -> String {
-        let mut out = String::new();
+    /// The totals the admin page plots, now, as JSON: requests, error answers (5xx and resets),
+    /// the latency sum and count, and each plugin's guest-call time.
+    pub fn sample(&self) -> serde_json::Value {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
-            &mut out,
-            "sluice_requests_total",
-            "Requests received from clients.",
-            load(&self.requests),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sluice_responses_total Responses sent to clients, by status class.\n# TYPE sluice_responses_total counter"
-        );
-        for (i, class) in self.responses_by_class.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "sluice_responses_total{{class=\"{}xx\"}} {}",
-                i + 1,
-                load(class)
-            );
-        }
-        counter(
-            &mut out,
-            "sluice_resets_total",
-            "Client streams reset instead of answered.",
-            load(&self.resets),
-        );
-        counter(
-            &mut out,
-            "sluice_upstream_errors_total",
-            "Upstream connect or protocol failures.",
-            load(&self.upstream_errors),
-        );
-        counter(
-            &mut out,
-            "sluice_plugin_failures_total",
-            "Plugin traps, deadline overruns and memory-limit hits.",
-            load(&self.plugin_failures),
-        );
-        counter(
-            &mut out,
-            "sluice_access_log_dropped_total",
-            "Access-log lines dropped because the writer fell behind.",
-            load(&self.access_log_dropped),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sluice_config_reloads_total Config reloads, by outcome (a failed one changed nothing).\n# TYPE sluice_config_reloads_total counter\nsluice_config_reloads_total{{result=\"ok\"}} {}\nsluice_config_reloads_total{{result=\"failed\"}} {}",
-            load(&self.reloads),
-            load(&self.reload_failures)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sluice_request_duration_seconds Time from request head to stream end."
-        );
-        let bounds: Vec<String> = LATENCY_BOUNDS_MS
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let plugins: serde_json::Map<String, serde_json::Value> = lock(&self.callback_times)
             .iter()
-            .map(|ms| (*ms as f64 / 1000.0).to_string())
+            .map(|(name, time)| (name.clone(), serde_json::json!(time.estimated_seconds())))
             .collect();
-        let buckets: Vec<u64> = self.latency_buckets.iter().map(load).collect();
-        let sum = load(&self.latency_sum_us) as f64 / 1e6;
-        histogram(
-            &mut out,
-            "sluice_request_duration_seconds",
-            &bounds,
-            &buckets,
-            &sum.to_string(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sluice_plugin_callbacks_total Guest calls (callbacks) per plugin.\n# TYPE sluice_plugin_callbacks_total counter"
-        );
-        let times = self
-            .callback_times
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for (plugin, time) in &times {
-            let _ = writeln!(
-                out,
-                "sluice_plugin_callbacks_total{{plugin=\"{plugin}\"}} {}",
-                load(&time.calls)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_plugin_callback_seconds_total Time in guest calls per plugin, estimated from 1 call in {CALLBACK_TIME_SAMPLE}.\n# TYPE sluice_plugin_callback_seconds_total counter"
-        );
-        for (plugin, time) in &times {
-            let _ = writeln!(
-                out,
-                "sluice_plugin_callback_seconds_total{{plugin=\"{plugin}\"}} {}",
-                time.estimated_seconds()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_plugin_memory_bytes Linear memory of each plugin's instances, per worker.\n# TYPE sluice_plugin_memory_bytes gauge"
-        );
-        for (worker, instances) in self.instances() {
-            let mut memory: BTreeMap<&str, usize> = BTreeMap::new();
-            for instance in &instances {
-                *memory.entry(instance.plugin.as_str()).or_default() += instance.memory_bytes;
-            }
-            for (plugin, bytes) in memory {
-                let _ = writeln!(
-                    out,
-                    "sluice_plugin_memory_bytes{{plugin=\"{plugin}\",worker=\"{worker}\"}} {bytes}"
-                );
-            }
-        }
-        let plugin_bounds: Vec<String> = HISTOGRAM_BOUNDS.iter().map(u64::to_string).collect();
-        for metric in plugin_metrics.all() {
-            let name = format!("sluice_plugin_{}", sanitize(&metric.name));
-            match metric.kind {
-                MetricType::Counter | MetricType::Gauge => {
-                    let _ = writeln!(
-                        out,
-                        "# TYPE {name} {}\n{name} {}",
-                        metric.kind.as_str(),
-                        metric.value()
-                    );
-                }
-                MetricType::Histogram => {
-                    let (sum, buckets) = metric.histogram();
-                    histogram(&mut out, &name, &plugin_bounds, &buckets, &sum.to_string());
-                }
-            }
-        }
+        serde_json::json!({
+            "atMs": at.as_millis() as u64,
+            "requests": load(&self.requests),
+            "errors": load(&self.responses_by_class[4]) + load(&self.resets),
+            "latencyCount": self.latency_buckets.iter().map(load).sum::<u64>(),
+            "latencySumUs": load(&self.latency_sum_us),
+            "pluginSeconds": plugins,
+        })
+    }
+
+    /// The counters, the plugins' metrics and the plugins that could not be fetched
+    /// (`unavailable`: name and failStrategy), in the Prometheus (OpenMetrics) text format,
+    /// written by `prometheus-client`, which escapes label values.
+    pub fn render(&self, plugin_metrics: &Metrics, unavailable: &[(String, String)]) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Snapshot {
+            families: self.families(plugin_metrics, unavailable),
+        }));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    fn families(&self, plugin_metrics: &Metrics, unavailable: &[(String, String)]) -> Vec<Family> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let single = |name: &str, help: &str, value: u64| Family {
+            name: name.into(),
+            help: help.into(),
+            values: Values::Counter(vec![(Vec::new(), value)]),
+        };
+        let classes = |by_class: [u64; 5], base: Labels| {
+            (0..5).map(move |i| {
+                let mut labels = base.clone();
+                labels.push(("class".into(), format!("{}xx", i + 1)));
+                (labels, by_class[i])
+            })
+        };
+        let mut families = vec![
+            single(
+                "sluice_requests",
+                "Requests received from clients.",
+                load(&self.requests),
+            ),
+            Family {
+                name: "sluice_responses".into(),
+                help: "Responses sent to clients, by status class.".into(),
+                values: Values::Counter(
+                    classes(
+                        std::array::from_fn(|i| load(&self.responses_by_class[i])),
+                        Vec::new(),
+                    )
+                    .collect(),
+                ),
+            },
+            single(
+                "sluice_resets",
+                "Client streams reset instead of answered.",
+                load(&self.resets),
+            ),
+            single(
+                "sluice_upstream_errors",
+                "Upstream connect, protocol and timeout failures.",
+                load(&self.upstream_errors),
+            ),
+            single(
+                "sluice_plugin_failures",
+                "Plugin traps, deadline overruns and memory-limit hits.",
+                load(&self.plugin_failures),
+            ),
+            single(
+                "sluice_access_log_dropped",
+                "Access-log lines dropped because the writer fell behind.",
+                load(&self.access_log_dropped),
+            ),
+            Family {
+                name: "sluice_config_reloads".into(),
+                help: "Config reloads, by outcome (a failed one changed nothing).".into(),
+                values: Values::Counter(vec![
+                    (vec![("result".into(), "ok".into())], load(&self.reloads)),
+                    (
+                        vec![("result".into(), "failed".into())],
+                        load(&self.reload_failures),
+                    ),
+                ]),
+            },
+        ];
+        let bounds: Vec<f64> = LATENCY_BOUNDS_MS
+            .iter()
+            .map(|ms| *ms as f64 / 1000.0)
+            .collect();
+        families.push(Family {
+            name: "sluice_request_duration_seconds".into(),
+            help: "Time from request head to stream end.".into(),
+            values: Values::Histogram(vec![(
+                Vec::new(),
+                load(&self.latency_sum_us) as f64 / 1e6,
+                with_bounds(&bounds, self.latency_buckets.iter().map(load)),
+            )]),
+        });
+        let (mut requests, mut responses, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+        for ((listener, route), traffic) in lock(&self.routes).iter() {
+            let (count, by_class, resets) = traffic.read();
+            let labels: Labels = vec![
+                ("listener".into(), listener.clone()),
+                ("route".into(), route.clone()),
+            ];
+            requests.push((labels.clone(), count));
+            responses.extend(classes(by_class, labels.clone()));
+            failures.push((labels, resets));
+        }
+        families.push(counter(
+            "sluice_route_requests",
+            "Requests per route, counted as they end.",
+            requests,
+        ));
+        families.push(counter(
+            "sluice_route_responses",
+            "Responses per route, by status class.",
+            responses,
+        ));
+        families.push(counter(
+            "sluice_route_resets",
+            "Client streams reset per route.",
+            failures,
+        ));
+        let (mut requests, mut responses, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+        for (cluster, traffic) in lock(&self.clusters).iter() {
+            let (count, by_class, errors) = traffic.read();
+            let labels: Labels = vec![("cluster".into(), cluster.clone())];
+            requests.push((labels.clone(), count));
+            responses.extend(classes(by_class, labels.clone()));
+            failures.push((labels, errors));
+        }
+        families.push(counter(
+            "sluice_cluster_requests",
+            "Requests sent to each cluster.",
+            requests,
+        ));
+        families.push(counter(
+            "sluice_cluster_responses",
+            "Responses from each cluster, by status class.",
+            responses,
+        ));
+        families.push(counter(
+            "sluice_cluster_errors",
+            "Connect, protocol and timeout failures per cluster.",
+            failures,
+        ));
+        let times = lock(&self.callback_times).clone();
+        let plugin = |name: &str| -> Labels { vec![("plugin".into(), name.to_string())] };
+        families.push(counter(
+            "sluice_plugin_callbacks",
+            "Guest calls (callbacks) per plugin.",
+            times
+                .iter()
+                .map(|(name, time)| (plugin(name), load(&time.calls)))
+                .collect(),
+        ));
+        families.push(Family {
+            name: "sluice_plugin_callback_seconds".into(),
+            help: format!(
+                "Time in guest calls per plugin, estimated from 1 call in {CALLBACK_TIME_SAMPLE}."
+            ),
+            values: Values::CounterF64(
+                times
+                    .iter()
+                    .map(|(name, time)| (plugin(name), time.estimated_seconds()))
+                    .collect(),
+            ),
+        });
+        let mut memory = Vec::new();
+        for (worker, instances) in self.instances() {
+            let mut by_plugin: BTreeMap<&str, usize> = BTreeMap::new();
+            for instance in &instances {
+                *by_plugin.entry(instance.plugin.as_str()).or_default() += instance.memory_bytes;
+            }
+            for (name, bytes) in by_plugin {
+                let mut labels = plugin(name);
+                labels.push(("worker".into(), worker.to_string()));
+                memory.push((labels, bytes as i64));
+            }
+        }
+        families.push(Family {
+            name: "sluice_plugin_memory_bytes".into(),
+            help: "Linear memory of each plugin's instances, per worker.".into(),
+            values: Values::Gauge(memory),
+        });
+        families.push(Family {
+            name: "sluice_plugin_unavailable".into(),
+            help: "Plugins whose module could not be fetched (retried in the background).".into(),
+            values: Values::Gauge(
+                unavailable
+                    .iter()
+                    .map(|(name, strategy)| {
+                        let mut labels = plugin(name);
+                        labels.push(("fail_strategy".into(), strategy.clone()));
+                        (labels, 1)
+                    })
+                    .collect(),
+            ),
+        });
+        families.extend(plugin_families(plugin_metrics));
+        families
     }
 }
 
-/// A histogram in Prometheus text: `buckets` holds per-bucket counts for `bounds` and a last +Inf
-/// bucket; the exposition wants them cumulative.
-fn histogram(out: &mut String, name: &str, bounds: &[String], buckets: &[u64], sum: &str) {
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    let mut cumulative = 0;
-    for (i, count) in buckets.iter().enumerate() {
-        cumulative += count;
-        let le = bounds.get(i).map_or("+Inf", String::as_str);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type Labels = Vec<(String, String)>;
+
+/// One metric family of a scrape, read from the atomics when the scrape began.
+#[derive(Debug)]
+struct Family {
+    name: String,
+    help: String,
+    values: Values,
+}
+
+#[derive(Debug)]
+enum Values {
+    Counter(Vec<(Labels, u64)>),
+    CounterF64(Vec<(Labels, f64)>),
+    Gauge(Vec<(Labels, i64)>),
+    /// Labels, sum, and per-bucket counts with their upper bounds (the last is +Inf).
+    Histogram(Vec<(Labels, f64, Vec<(f64, u64)>)>),
+}
+
+fn counter(name: &str, help: &str, values: Vec<(Labels, u64)>) -> Family {
+    Family {
+        name: name.into(),
+        help: help.into(),
+        values: Values::Counter(values),
     }
-    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+}
+
+/// Per-bucket counts paired with their upper bounds; the count after the last bound is +Inf's.
+fn with_bounds(bounds: &[f64], counts: impl Iterator<Item = u64>) -> Vec<(f64, u64)> {
+    counts
+        .enumerate()
+        .map(|(i, count)| (bounds.get(i).copied().unwrap_or(f64::INFINITY), count))
+        .collect()
+}
+
+/// The plugins' own metrics (`proxy_define_metric`). The name is made a valid Prometheus name
+/// (`sluice_plugin_` and `[a-zA-Z0-9_:]`) and the plugin's own name kept in a `name` label, so
+/// that two names that read the same once cleaned up (`a.b`, `a_b`) stay two series; one
+/// cleaned-up name with two types gets the type as a suffix.
+fn plugin_families(metrics: &Metrics) -> Vec<Family> {
+    let all = metrics.all();
+    let mut kinds: BTreeMap<String, std::collections::BTreeSet<&'static str>> = BTreeMap::new();
+    for metric in &all {
+        kinds
+            .entry(sanitize(&metric.name))
+            .or_default()
+            .insert(metric.kind.as_str());
+    }
+    let bounds: Vec<f64> = HISTOGRAM_BOUNDS.iter().map(|b| *b as f64).collect();
+    let mut families: BTreeMap<(String, &'static str), Values> = BTreeMap::new();
+    for metric in &all {
+        let clean = sanitize(&metric.name);
+        let mut name = if kinds.get(&clean).is_some_and(|k| k.len() > 1) {
+            format!("sluice_plugin_{clean}_{}", metric.kind.as_str())
+        } else {
+            format!("sluice_plugin_{clean}")
+        };
+        // The encoder adds `_total` to counters; a name that has it already keeps one.
+        if metric.kind == MetricType::Counter && name.ends_with("_total") {
+            name.truncate(name.len() - "_total".len());
+        }
+        let labels: Labels = vec![("name".into(), metric.name.clone())];
+        let entry = families.entry((name, metric.kind.as_str()));
+        match metric.kind {
+            MetricType::Counter => {
+                if let Values::Counter(values) =
+                    entry.or_insert_with(|| Values::Counter(Vec::new()))
+                {
+                    values.push((labels, u64::try_from(metric.value()).unwrap_or(0)));
+                }
+            }
+            MetricType::Gauge => {
+                if let Values::Gauge(values) = entry.or_insert_with(|| Values::Gauge(Vec::new())) {
+                    values.push((labels, metric.value()));
+                }
+            }
+            MetricType::Histogram => {
+                let (sum, buckets) = metric.histogram();
+                if let Values::Histogram(values) =
+                    entry.or_insert_with(|| Values::Histogram(Vec::new()))
+                {
+                    values.push((
+                        labels,
+                        sum as f64,
+                        with_bounds(&bounds, buckets.into_iter()),
+                    ));
+                }
+            }
+        }
+    }
+    families
+        .into_iter()
+        .map(|((name, _), values)| Family {
+            help: "A plugin's own metric (proxy_define_metric); `name` is its name as defined."
+                .into(),
+            name,
+            values,
+        })
+        .collect()
+}
+
+/// What `prometheus-client` encodes on a scrape.
+#[derive(Debug)]
+struct Snapshot {
+    families: Vec<Family>,
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::NoLabelSet;
+        use prometheus_client::metrics::MetricType as Kind;
+        for family in &self.families {
+            let kind = match &family.values {
+                Values::Counter(_) | Values::CounterF64(_) => Kind::Counter,
+                Values::Gauge(_) => Kind::Gauge,
+                Values::Histogram(_) => Kind::Histogram,
+            };
+            let mut metric = encoder.encode_descriptor(&family.name, &family.help, None, kind)?;
+            match &family.values {
+                Values::Counter(values) => {
+                    for (labels, value) in values {
+                        series(&mut metric, labels, |m| {
+                            m.encode_counter::<NoLabelSet, _, f64>(value, None)
+                        })?;
+                    }
+                }
+                Values::CounterF64(values) => {
+                    for (labels, value) in values {
+                        series(&mut metric, labels, |m| {
+                            m.encode_counter::<NoLabelSet, _, f64>(value, None)
+                        })?;
+                    }
+                }
+                Values::Gauge(values) => {
+                    for (labels, value) in values {
+                        series(&mut metric, labels, |m| m.encode_gauge(value))?;
+                    }
+                }
+                Values::Histogram(values) => {
+                    for (labels, sum, buckets) in values {
+                        let count = buckets.iter().map(|(_, c)| c).sum();
+                        series(&mut metric, labels, |m| {
+                            m.encode_histogram::<NoLabelSet>(*sum, count, buckets, None)
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One series of a family: with its labels, or bare when it has none (`name 1`, not `name{} 1`).
+fn series(
+    metric: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    labels: &Labels,
+    encode: impl FnOnce(&mut prometheus_client::encoding::MetricEncoder<'_>) -> std::fmt::Result,
+) -> std::fmt::Result {
+    if labels.is_empty() {
+        encode(metric)
+    } else {
+        encode(&mut metric.encode_family(labels)?)
+    }
 }
 
 /// A plugin metric name as a Prometheus metric name: `[a-zA-Z0-9_:]`, everything else `_`.
@@ -289,7 +592,18 @@ mod tests {
             .define(MetricType::Counter, "my.plugin/hits")
             .expect("room for a metric")
             .add(2);
-        let text = stats.render(&metrics);
+        metrics
+            .define(MetricType::Counter, "my_plugin.hits")
+            .expect("room for a metric")
+            .add(3);
+        metrics
+            .define(MetricType::Gauge, "my.plugin.hits")
+            .expect("room for a metric")
+            .add(-1);
+        let route = stats.route("main", "api \"v1\"");
+        route.started();
+        route.answered(Some(503));
+        let text = stats.render(&metrics, &[("auth".into(), "FAIL_CLOSE".into())]);
         assert!(
             text.contains("sluice_responses_total{class=\"4xx\"} 1"),
             "{text}"
@@ -303,6 +617,32 @@ mod tests {
             text.contains("sluice_request_duration_seconds_count 2"),
             "{text}"
         );
-        assert!(text.contains("sluice_plugin_my_plugin_hits 2"), "{text}");
+        // Two names that clean up alike stay two series, and two types two families.
+        assert!(
+            text.contains("sluice_plugin_my_plugin_hits_counter_total{name=\"my.plugin/hits\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_plugin_my_plugin_hits_counter_total{name=\"my_plugin.hits\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_plugin_my_plugin_hits_gauge{name=\"my.plugin.hits\"} -1"),
+            "{text}"
+        );
+        // Label values are escaped.
+        assert!(
+            text.contains(
+                "sluice_route_responses_total{listener=\"main\",route=\"api \\\"v1\\\"\",class=\"5xx\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sluice_plugin_unavailable{plugin=\"auth\",fail_strategy=\"FAIL_CLOSE\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

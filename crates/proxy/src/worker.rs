@@ -21,7 +21,7 @@ use crate::client_io::ClientIo;
 use crate::driver::{Connection, handle};
 use crate::logging::PluginLogLevels;
 use crate::reload::Reloader;
-use crate::stats::Stats;
+use crate::stats::{Stats, Traffic};
 use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists, grpc};
 
 /// How long a stopping worker lets in-flight connections finish.
@@ -114,6 +114,20 @@ pub(crate) struct Generation {
     /// Per listener, like `chains`: why a chain's requests are refused (a FAIL_CLOSE plugin of
     /// it is unavailable), if they are.
     pub blocked: Vec<(Vec<Option<Rc<str>>>, Option<Rc<str>>)>,
+    /// Per listener: where its requests are counted.
+    pub traffic: Vec<ListenerTraffic>,
+}
+
+/// Where one listener's requests are counted: per route (with the route's cluster), and those
+/// no route takes.
+pub(crate) struct ListenerTraffic {
+    pub routes: Vec<RouteTraffic>,
+    pub unrouted: Arc<Traffic>,
+}
+
+pub(crate) struct RouteTraffic {
+    pub route: Arc<Traffic>,
+    pub cluster: Arc<Traffic>,
 }
 
 /// A generation ends when it is replaced and its last request finished, or when the worker
@@ -207,12 +221,31 @@ impl Generation {
                 blocked_for(listener, None),
             ));
         }
+        // A canary's requests are never counted.
+        let counted = |count: &dyn Fn(&Stats) -> Arc<Traffic>| stats.map(count).unwrap_or_default();
+        let traffic = config
+            .config
+            .listeners
+            .iter()
+            .map(|listener| ListenerTraffic {
+                routes: listener
+                    .routes
+                    .iter()
+                    .map(|route| RouteTraffic {
+                        route: counted(&|s| s.route(&listener.name, &route.name)),
+                        cluster: counted(&|s| s.cluster(&route.cluster)),
+                    })
+                    .collect(),
+                unrouted: counted(&|s| s.route(&listener.name, crate::stats::NO_ROUTE)),
+            })
+            .collect();
         Ok(Self {
             clusters: Rc::new(Clusters::new(&config)),
             config,
             pool,
             chains,
             blocked,
+            traffic,
         })
     }
 }
@@ -285,6 +318,7 @@ pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError>
                 ready: ready.clone(),
                 reloader: reloader.clone(),
                 log_levels: log_levels.clone(),
+                history: std::sync::Mutex::default(),
             };
             let (bound, thread) = crate::admin::start(address, admin, stop.subscribe())?;
             threads.push(thread);

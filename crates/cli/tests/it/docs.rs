@@ -14,7 +14,11 @@ fn documents(root: &Path) -> Vec<PathBuf> {
         root.join("plugins/README.md"),
         root.join("fuzz/README.md"),
     ];
-    for dir in ["docs", "crates/cli/templates/rust", "crates/cli/templates/assemblyscript"] {
+    for dir in [
+        "docs",
+        "crates/cli/templates/rust",
+        "crates/cli/templates/assemblyscript",
+    ] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             if entry.path().extension().is_some_and(|e| e == "md") {
                 files.push(entry.path());
@@ -39,12 +43,7 @@ fn code(text: &str) -> Vec<String> {
             continue;
         }
         // Inline spans: the odd pieces between backticks.
-        out.extend(
-            line.split('`')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_string),
-        );
+        out.extend(line.split('`').skip(1).step_by(2).map(str::to_string));
     }
     out
 }
@@ -129,16 +128,53 @@ fn rust_name(span: &str) -> Option<Vec<String>> {
 /// Words that look like Rust names but name something outside this repository.
 const FOREIGN: &[&str] = &[
     // Istio, Envoy and SDK names the docs compare with.
-    "WasmPlugin", "EnvoyFilter", "VirtualService", "DestinationRule", "PluginConfig",
-    "RootContext", "HttpContext", "StreamContext", "FilterHeadersStatus", "FilterDataStatus",
-    "RemoteDataSource", "VmConfig", "TypedExtensionConfig", "PortSelector", "EnvValueSource",
-    "FailStrategy", "PluginPhase", "PullPolicy", "ImagePullPolicy", "WorkloadSelector",
-    "ContinueAndEndStream", "StopIteration", "StopAllIterationAndBuffer",
-    "StopAllIterationAndWatermark", "ContinueAndDontEndStream", "StopIterationAndBuffer",
-    "StopIterationAndWatermark", "StopIterationNoBuffer", "LocalSet", "TokioIo",
-    "GitHub", "JavaScript", "TypeScript", "AssemblyScript", "WebAssembly", "WebSocket",
-    "HashMap", "BTreeMap", "BTreeSet", "HashSet", "RefCell", "JoinHandle", "SystemTime",
-    "CloudEvents", "OpenTelemetry", "DataDog", "TinyGo",
+    "WasmPlugin",
+    "EnvoyFilter",
+    "VirtualService",
+    "DestinationRule",
+    "PluginConfig",
+    "RootContext",
+    "HttpContext",
+    "StreamContext",
+    "FilterHeadersStatus",
+    "FilterDataStatus",
+    "RemoteDataSource",
+    "VmConfig",
+    "TypedExtensionConfig",
+    "PortSelector",
+    "EnvValueSource",
+    "FailStrategy",
+    "PluginPhase",
+    "PullPolicy",
+    "ImagePullPolicy",
+    "WorkloadSelector",
+    "ContinueAndEndStream",
+    "StopIteration",
+    "StopAllIterationAndBuffer",
+    "StopAllIterationAndWatermark",
+    "ContinueAndDontEndStream",
+    "StopIterationAndBuffer",
+    "StopIterationAndWatermark",
+    "StopIterationNoBuffer",
+    "LocalSet",
+    "TokioIo",
+    "GitHub",
+    "JavaScript",
+    "TypeScript",
+    "AssemblyScript",
+    "WebAssembly",
+    "WebSocket",
+    "HashMap",
+    "BTreeMap",
+    "BTreeSet",
+    "HashSet",
+    "RefCell",
+    "JoinHandle",
+    "SystemTime",
+    "CloudEvents",
+    "OpenTelemetry",
+    "DataDog",
+    "TinyGo",
 ];
 
 #[test]
@@ -161,7 +197,16 @@ fn the_docs_name_only_files_rust_names_and_flags_that_exist() {
             // Repository paths.
             for token in span.split_whitespace() {
                 let token = token.trim_matches(|c: char| ",;:()'\"".contains(c));
-                let tops = ["crates/", "plugins/", "fixtures/", "examples/", "docs/", "bench/", "fuzz/", ".ci/"];
+                let tops = [
+                    "crates/",
+                    "plugins/",
+                    "fixtures/",
+                    "examples/",
+                    "docs/",
+                    "bench/",
+                    "fuzz/",
+                    ".ci/",
+                ];
                 let is_path = tops.iter().any(|top| token.starts_with(top))
                     && !token.contains(['*', '{', '<', '$', '|']);
                 if is_path && !template && !root.join(token).exists() {
@@ -190,7 +235,9 @@ fn the_docs_name_only_files_rust_names_and_flags_that_exist() {
                     let flag = token.split('=').next().unwrap_or_default();
                     if flag.starts_with("--")
                         && flag.len() > 2
-                        && flag[2..].chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                        && flag[2..]
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '-')
                         && !flags.contains(flag)
                     {
                         wrong.push(format!(

@@ -875,3 +875,103 @@ fn a_reader_that_stops_early_is_not_a_crash() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(exit.code(), Some(0), "{stderr}");
 }
+
+/// The admin page in a real browser (headless Chromium): it shows the running proxy's
+/// readiness, plugins, routes and clusters, and plots from the sampled history.
+#[test]
+fn the_admin_page_shows_the_running_proxy_in_a_browser() {
+    if !sluice_test_support::has_tools(&[("chromium", "apt-get install chromium")]) {
+        return;
+    }
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = free.local_addr().unwrap().to_string();
+    drop(free);
+    let wasm = sluice_test_support::plugins_dir().join("add_header.wasm");
+    let (mut child, address, _stderr_log) = spawn_run(&[
+        "--plugin",
+        wasm.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        &admin,
+        "--workers",
+        "1",
+    ]);
+    let get = |address: &str, path: &str| {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    // Traffic over at least three history samples (one a second), so the plots have lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for _ in 0..5 {
+            assert!(get(&address, "/hello").starts_with("HTTP/1.1 200"));
+        }
+        let history = get(&admin, "/history");
+        if history.matches("\"atMs\"").count() >= 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{history}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--window-size=1280,1000",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            &format!("http://{admin}/"),
+        ])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("data-refreshes=\""),
+        "the page never refreshed:\n{dom}"
+    );
+    for shown in [
+        ">LIVE<",
+        ">add-header<",
+        ">1 running<",
+        ">echo<",
+        ">default<",
+        "127.0.0.1:",
+        "0 reloads done, 0 refused",
+    ] {
+        assert!(
+            dom.contains(shown),
+            "the page does not show {shown:?}:\n{dom}"
+        );
+    }
+    let plotted = dom
+        .split("<canvas id=\"rate\"")
+        .nth(1)
+        .and_then(|rest| rest.split('>').next())
+        .and_then(|tag| tag.split("data-points=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(
+        plotted >= 4,
+        "the request-rate plot has {plotted} points:\n{dom}"
+    );
+}

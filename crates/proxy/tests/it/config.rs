@@ -465,6 +465,17 @@ spec:
     assert_eq!(denied["plugins"]["localReplyBy"], "auth");
     assert_eq!(denied["plugins"]["chain"], serde_json::json!(["auth"]));
     assert_eq!(denied["upstream"], serde_json::Value::Null);
+    // The route a plugin answered on is still the request's route.
+    assert_eq!(denied["route"], "all");
+    // Microseconds as milliseconds: at most three decimals, no float noise.
+    let duration = denied["durationMs"].to_string();
+    assert!(
+        duration
+            .split('.')
+            .nth(1)
+            .is_none_or(|decimals| decimals.len() <= 3),
+        "{duration}"
+    );
     assert_eq!(allowed["status"], 200);
     assert_eq!(allowed["details"], "via_upstream");
     assert_eq!(allowed["route"], "all");

@@ -283,8 +283,10 @@ fn the_admin_api_reports_readiness_stats_and_plugins() {
         "sluice_responses_total{class=\"2xx\"} 1",
         "sluice_responses_total{class=\"4xx\"} 1",
         "sluice_request_duration_seconds_count 2",
-        "sluice_plugin_rate_limit_allowed_total 1",
-        "# TYPE sluice_plugin_callback_seconds_total counter",
+        "sluice_plugin_rate_limit_allowed_total{name=\"rate_limit_allowed_total\"} 1",
+        "# TYPE sluice_plugin_callback_seconds counter",
+        "sluice_route_requests_total{listener=\"default\",route=\"default\"} 2",
+        "sluice_cluster_requests_total{cluster=\"echo\"} 1",
         "sluice_plugin_memory_bytes{plugin=\"auth\",worker=\"0\"} ",
         "sluice_plugin_memory_bytes{plugin=\"rate-limit\",worker=\"1\"} ",
     ] {

@@ -460,8 +460,23 @@ impl Backend for Live {
         Ok(Observed::default())
     }
 
+    /// A plugin metric by the name it was defined with (the `name` label of a `sluice_plugin_*`
+    /// series; a histogram's `_count`).
     fn metric(&self, name: &str) -> Option<i64> {
-        self.stat(&format!("sluice_plugin_{name}"))
+        let text = crate::get(self.admin(), "/stats", &[]).text();
+        let label = format!(
+            "{{name=\"{}\"}}",
+            name.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        text.lines()
+            .filter(|line| line.starts_with("sluice_plugin_"))
+            .filter_map(|line| line.rsplit_once(' '))
+            .find(|(sample, _)| {
+                sample.ends_with(&label)
+                    && !sample.contains("_bucket{")
+                    && !sample.contains("_sum{")
+            })
+            .and_then(|(_, value)| value.parse::<i64>().ok())
     }
 
     fn shared_data(&self, key: &str) -> Option<String> {

@@ -9,7 +9,10 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_BENCH:-$repo/../shared/bench}
-[ -f "$shared/bench.sh" ] || { echo "no harness at $shared (set SHARED_BENCH)" >&2; exit 1; }
+[ -f "$shared/bench.sh" ] || {
+  echo "no benchmark harness at $shared: set SHARED_BENCH to the directory holding bench.sh (see README.md, Benchmarks)" >&2
+  exit 1
+}
 (cd "$repo" && cargo build --release -p sluice-cli)
 export SLUICE="$repo/target/release/sluice"
 # The harness substitutes $WASM_* when it runs a candidate; expand $SLUICE here.

@@ -139,7 +139,9 @@ enum Command {
         /// Also copy the module to this file
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Refuse the image unless its digest is this (hex, with or without sha256:)
+        /// Refuse the image unless its digest is this (hex, with or without sha256:): the image's
+        /// manifest digest, as `sluice push` prints it and a WasmPlugin's sha256 pins it; not the
+        /// module's sha256
         #[arg(long)]
         sha256: Option<String>,
         /// Speak plain HTTP to this registry (HOST or HOST:PORT, or `*`; repeatable)

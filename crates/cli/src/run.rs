@@ -460,7 +460,7 @@ pub fn check(file: &Path, insecure_registries: &[String]) -> anyhow::Result<Exit
         .zip(&loaded.plugins)
         .map(|(p, l)| {
             format!(
-                "{} ({}, sha256 {})",
+                "{} ({}, module sha256 {})",
                 p.name,
                 p.phase.as_str(),
                 &l.code.info.sha256[..12]

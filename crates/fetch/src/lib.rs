@@ -30,7 +30,8 @@ pub enum FetchError {
     #[error("`{url}`: {message}")]
     Remote { url: String, message: String },
     #[error(
-        "`{url}`: sha256 mismatch: the config expects {expected}, the {what} has {actual}; refusing it"
+        "`{url}`: sha256 mismatch: the config expects {expected}, the {what} has {actual}; refusing it{}",
+        digest_hint(what)
     )]
     Digest {
         url: String,
@@ -52,6 +53,15 @@ pub enum FetchError {
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+/// Which digest a pin means, said where people mix them up.
+fn digest_hint(what: &str) -> &'static str {
+    if what == "image" {
+        " (for an oci:// url, sha256 pins the image's manifest digest, which `sluice push` and `sluice pull` print, as Istio checks it; not the module's sha256, which `sluice inspect` prints)"
+    } else {
+        " (the sha256 of the .wasm module itself, as `sluice inspect` prints it)"
+    }
 }
 
 /// When a remote module is downloaded again, as Istio's `imagePullPolicy` says.

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -305,8 +304,6 @@ struct Driver {
     bytes_sent: u64,
     /// The route the request took (the last one selected): its index in the listener.
     route: Option<usize>,
-    /// Where the request sent upstream is counted: its route's cluster.
-    cluster_traffic: Option<Arc<Traffic>>,
     upstream: Option<SocketAddr>,
     /// The upstream's side of a switched protocol (101), spliced to the client's at the end.
     upstream_switched: Option<hyper::upgrade::OnUpgrade>,
@@ -387,7 +384,6 @@ async fn drive(
         bytes_received: 0,
         bytes_sent: 0,
         route,
-        cluster_traffic: None,
         upstream: None,
         upstream_switched: None,
         status: None,
@@ -747,6 +743,17 @@ impl Driver {
         false
     }
 
+    /// Where the request's upstream exchange is counted: the cluster of the route it took.
+    fn cluster_traffic(&self) -> Option<&Traffic> {
+        let index = self.route?;
+        let routes = &self
+            .generation
+            .traffic
+            .get(self.connection.listener)?
+            .routes;
+        routes.get(index).map(|route| &*route.cluster)
+    }
+
     /// Routes the request by the head the plugins left (a plugin may have rewritten `:path` or
     /// `:authority`) and starts it towards the route's cluster.
     fn start_upstream(&mut self, headers: HeaderMap, end_of_stream: bool) {
@@ -758,13 +765,8 @@ impl Driver {
                 .local_reply_from_proxy(404, "route_not_found", "");
             return;
         };
-        if let Some(traffic) = self.route.and_then(|index| {
-            generation.traffic[self.connection.listener]
-                .routes
-                .get(index)
-        }) {
-            traffic.cluster.started();
-            self.cluster_traffic = Some(traffic.cluster.clone());
+        if let Some(traffic) = self.cluster_traffic() {
+            traffic.started();
         }
         self.request_framing = Framing::of(&headers, true);
         self.stream
@@ -914,7 +916,7 @@ impl Driver {
         match event {
             Some(UpstreamEvent::Head(parts, end_of_stream, switched)) => {
                 self.upstream_head_seen = true;
-                if let Some(traffic) = &self.cluster_traffic {
+                if let Some(traffic) = self.cluster_traffic() {
                     traffic.answered(Some(parts.status.as_u16()));
                 }
                 self.upstream_switched = switched;
@@ -944,7 +946,7 @@ impl Driver {
             Some(UpstreamEvent::TimedOut(after)) => {
                 self.upstream_events = None;
                 self.connection.state.stats.upstream_error();
-                if let Some(traffic) = &self.cluster_traffic {
+                if let Some(traffic) = self.cluster_traffic() {
                     traffic.failed();
                 }
                 if self.upstream_head_seen {
@@ -963,7 +965,7 @@ impl Driver {
             Some(UpstreamEvent::Failed(reply, detail)) => {
                 self.upstream_events = None;
                 self.connection.state.stats.upstream_error();
-                if let Some(traffic) = &self.cluster_traffic {
+                if let Some(traffic) = self.cluster_traffic() {
                     traffic.failed();
                 }
                 if self.upstream_head_seen {

@@ -123,7 +123,10 @@ fn a_wrong_digest_or_a_missing_tag_is_refused_with_a_clear_error() {
         .to_string();
     let actual = pushed.digest.trim_start_matches("sha256:");
     assert!(
-        error.contains("sha256 mismatch") && error.contains(&wrong) && error.contains(actual),
+        error.contains("sha256 mismatch")
+            && error.contains(&wrong)
+            && error.contains(actual)
+            && error.contains("not the module's sha256, which `sluice inspect` prints"),
         "{error}"
     );
     assert!(oci(&fetcher, &url, Some(actual), None).is_ok());

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sluice_filter::scenario;
+use sluice_scenario as scenario;
 
 pub fn run(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     let cache = sluice_host::EngineOptions::default_cache_dir();

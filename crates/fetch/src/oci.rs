@@ -155,9 +155,16 @@ fn credentials(file: Option<&Path>, registry: &str, url: &str) -> Result<Registr
 fn remote(url: &str, what: &str, error: &dyn std::error::Error) -> FetchError {
     let mut message = format!("{what}: {}", describe(error));
     // What rustls says when a plain-HTTP server answers a TLS hello.
+    let lower = message.to_ascii_lowercase();
     if message.contains("InvalidContentType") {
         message.push_str(
             " (the registry may speak plain HTTP: allow it with --insecure-registry HOST:PORT or the Proxy document's insecureRegistries)",
+        );
+    } else if lower.contains("connection refused") {
+        message.push_str(" (nothing listens at the registry's address: is the host and port right, and the registry running?)");
+    } else if lower.contains("unauthorized") || lower.contains("denied") || lower.contains(" 401") {
+        message.push_str(
+            " (the registry wants credentials: give the WasmPlugin an imagePullSecret (a docker config JSON file), or put them in $DOCKER_CONFIG/config.json or ~/.docker/config.json)",
         );
     }
     FetchError::Remote {

@@ -1,14 +1,12 @@
 //! The sans-I/O Proxy-Wasm chain engine: runs an ordered chain of plugins over the events of one
-//! HTTP stream with Envoy's semantics, plus the scenario runner behind `sluice test`. The engine
-//! (`chain`, `stream`) must never touch a socket, a file or a clock of its own: the embedder feeds
-//! events in and executes the steps that come out. Only `scenario` reads files: the scenario and
-//! the plugins it names.
+//! HTTP stream with Envoy's semantics. It must never touch a socket, a file or a clock of its own,
+//! nor parse YAML or JSON: the embedder (the proxy, or `sluice-scenario`) feeds events in and
+//! executes the steps that come out.
 
 #![forbid(unsafe_code)]
 
 mod chain;
 mod node;
-pub mod scenario;
 mod stream;
 
 pub use chain::{

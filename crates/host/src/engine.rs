@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Linker, Module};
 
@@ -151,36 +152,23 @@ impl CompiledCache {
         Ok(CompiledCache { dir, key })
     }
 
-    /// HMAC-SHA256 (RFC 2104) of `bytes` under the cache's key.
-    fn tag(&self, bytes: &[u8]) -> [u8; TAG_LEN] {
-        let pad = |byte: u8| -> Vec<u8> {
-            self.key
-                .iter()
-                .map(|k| k ^ byte)
-                .chain(std::iter::repeat_n(byte, 64 - 32))
-                .collect()
-        };
-        let inner = Sha256::new()
-            .chain_update(pad(0x36))
-            .chain_update(bytes)
-            .finalize();
-        Sha256::new()
-            .chain_update(pad(0x5c))
-            .chain_update(inner)
-            .finalize()
-            .into()
+    /// HMAC-SHA256 of `bytes` under the cache's key (`None` only if `hmac` refused the key,
+    /// which it does for no length).
+    fn mac(&self, bytes: &[u8]) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
+        mac.update(bytes);
+        Some(mac)
     }
 
-    /// The entry's compiled bytes, if its tag says this cache wrote them.
+    fn tag(&self, bytes: &[u8]) -> Option<[u8; TAG_LEN]> {
+        Some(self.mac(bytes)?.finalize().into_bytes().into())
+    }
+
+    /// The entry's compiled bytes, if its tag says this cache wrote them (checked in constant
+    /// time by `hmac`, through `subtle`).
     fn verified<'a>(&self, entry: &'a [u8]) -> Option<&'a [u8]> {
         let (body, tag) = entry.split_at_checked(entry.len().checked_sub(TAG_LEN)?)?;
-        let expected = self.tag(body);
-        // Compared in constant time, as any MAC check.
-        let differ = expected
-            .iter()
-            .zip(tag)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (differ == 0).then_some(body)
+        self.mac(body)?.verify_slice(tag).ok().map(|()| body)
     }
 }
 
@@ -363,7 +351,7 @@ impl Engine {
                 "the file does not start with the WebAssembly magic bytes".into(),
             ));
         }
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = hex::encode(Sha256::digest(bytes));
         let module = self.cached_module(bytes, &sha256)?;
         let info = ModuleInfo::new(&module, bytes, sha256, &self.inner.provided);
         Ok((module, info))
@@ -420,15 +408,13 @@ fn write_cache(cache: &CompiledCache, path: &Path, module: &Module) -> std::io::
     let mut bytes = module
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-    let tag = cache.tag(&bytes);
+    let tag = cache
+        .tag(&bytes)
+        .ok_or_else(|| std::io::Error::other("cannot key the cache's HMAC"))?;
     bytes.extend_from_slice(&tag);
     let temporary = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&temporary, bytes)?;
     std::fs::rename(&temporary, path)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Advances the epoch every [`EPOCH_TICK`] while the engine lives.

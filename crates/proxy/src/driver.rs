@@ -353,13 +353,8 @@ async fn drive(
     let generation = connection.state.generation.borrow().clone();
     let listener = &generation.config.config.listeners[connection.listener];
     let route = route_of(listener, &headers);
-    let (route_chains, unrouted) = &generation.chains[connection.listener];
-    let chain = route.map_or_else(|| unrouted.clone(), |index| route_chains[index].clone());
-    let (route_blocked, unrouted_blocked) = &generation.blocked[connection.listener];
-    let blocked = route.map_or_else(
-        || unrouted_blocked.clone(),
-        |index| route_blocked[index].clone(),
-    );
+    let plan = generation.listeners[connection.listener].route(route);
+    let (chain, blocked) = (plan.chain.clone(), plan.blocked_by.clone());
     let info = stream_info(
         &connection,
         protocol,
@@ -422,11 +417,9 @@ async fn drive(
         .count();
     stats.plugin_failures(new_failures);
     stats.request_finished(driver.status, started.elapsed());
-    let traffic = &driver.generation.traffic[driver.connection.listener];
-    let route_traffic = driver
-        .route
-        .and_then(|index| traffic.routes.get(index))
-        .map_or(&traffic.unrouted, |route| &route.route);
+    let route_traffic = &driver.generation.listeners[driver.connection.listener]
+        .route(driver.route)
+        .traffic;
     route_traffic.started();
     route_traffic.answered(driver.status);
     if let (Some(log), Some(request)) = (&driver.connection.state.access_log, &logged) {
@@ -745,13 +738,8 @@ impl Driver {
 
     /// Where the request's upstream exchange is counted: the cluster of the route it took.
     fn cluster_traffic(&self) -> Option<&Traffic> {
-        let index = self.route?;
-        let routes = &self
-            .generation
-            .traffic
-            .get(self.connection.listener)?
-            .routes;
-        routes.get(index).map(|route| &*route.cluster)
+        let plan = self.generation.listeners.get(self.connection.listener)?;
+        plan.route(self.route).cluster.as_deref()
     }
 
     /// Routes the request by the head the plugins left (a plugin may have rewritten `:path` or

@@ -109,25 +109,34 @@ pub(crate) struct Generation {
     pub config: Arc<ProxyConfig>,
     pub pool: Rc<VmPool>,
     pub clusters: Rc<Clusters>,
-    /// Per listener: the chain of each of its routes, and the chain of requests no route takes.
-    pub chains: Vec<(Vec<Rc<Chain>>, Rc<Chain>)>,
-    /// Per listener, like `chains`: why a chain's requests are refused (a FAIL_CLOSE plugin of
-    /// it is unavailable), if they are.
-    pub blocked: Vec<(Vec<Option<Rc<str>>>, Option<Rc<str>>)>,
-    /// Per listener: where its requests are counted.
-    pub traffic: Vec<ListenerTraffic>,
+    /// Per listener, what its routes run.
+    pub listeners: Vec<ListenerPlan>,
 }
 
-/// Where one listener's requests are counted: per route (with the route's cluster), and those
-/// no route takes.
-pub(crate) struct ListenerTraffic {
-    pub routes: Vec<RouteTraffic>,
-    pub unrouted: Arc<Traffic>,
+/// What one listener's requests run: per route, and for requests no route takes.
+pub(crate) struct ListenerPlan {
+    pub routes: Vec<RoutePlan>,
+    pub unrouted: RoutePlan,
 }
 
-pub(crate) struct RouteTraffic {
-    pub route: Arc<Traffic>,
-    pub cluster: Arc<Traffic>,
+impl ListenerPlan {
+    /// The plan of route `index`, or of requests no route takes.
+    pub fn route(&self, index: Option<usize>) -> &RoutePlan {
+        index
+            .and_then(|index| self.routes.get(index))
+            .unwrap_or(&self.unrouted)
+    }
+}
+
+/// What the requests of one route run and where they are counted.
+pub(crate) struct RoutePlan {
+    pub chain: Rc<Chain>,
+    /// A plugin of the chain that is unavailable and not FAIL_OPEN: the route's requests are
+    /// refused with 503 while it is.
+    pub blocked_by: Option<Rc<str>>,
+    pub traffic: Arc<Traffic>,
+    /// The route's cluster; none for requests no route takes.
+    pub cluster: Option<Arc<Traffic>>,
 }
 
 /// A generation ends when it is replaced and its last request finished, or when the worker
@@ -203,49 +212,32 @@ impl Generation {
                 .find(|u| u.blocks() && u.plugin.runs_on(listener, route))
                 .map(|u| u.plugin.name.as_str().into())
         };
-        let mut chains = Vec::new();
-        let mut blocked = Vec::new();
-        for listener in &config.config.listeners {
-            let routes = listener
-                .routes
-                .iter()
-                .map(|route| chain_for(listener, Some(route)))
-                .collect::<Result<Vec<_>, _>>()?;
-            chains.push((routes, chain_for(listener, None)?));
-            blocked.push((
-                listener
-                    .routes
-                    .iter()
-                    .map(|route| blocked_for(listener, Some(route)))
-                    .collect(),
-                blocked_for(listener, None),
-            ));
-        }
         // A canary's requests are never counted.
         let counted = |count: &dyn Fn(&Stats) -> Arc<Traffic>| stats.map(count).unwrap_or_default();
-        let traffic = config
-            .config
-            .listeners
-            .iter()
-            .map(|listener| ListenerTraffic {
-                routes: listener
-                    .routes
-                    .iter()
-                    .map(|route| RouteTraffic {
-                        route: counted(&|s| s.route(&listener.name, &route.name)),
-                        cluster: counted(&|s| s.cluster(&route.cluster)),
-                    })
-                    .collect(),
-                unrouted: counted(&|s| s.route(&listener.name, crate::stats::NO_ROUTE)),
-            })
-            .collect();
+        let mut listeners = Vec::new();
+        for listener in &config.config.listeners {
+            let mut routes = Vec::new();
+            for route in &listener.routes {
+                routes.push(RoutePlan {
+                    chain: chain_for(listener, Some(route))?,
+                    blocked_by: blocked_for(listener, Some(route)),
+                    traffic: counted(&|s| s.route(&listener.name, &route.name)),
+                    cluster: Some(counted(&|s| s.cluster(&route.cluster))),
+                });
+            }
+            let unrouted = RoutePlan {
+                chain: chain_for(listener, None)?,
+                blocked_by: blocked_for(listener, None),
+                traffic: counted(&|s| s.route(&listener.name, crate::stats::NO_ROUTE)),
+                cluster: None,
+            };
+            listeners.push(ListenerPlan { routes, unrouted });
+        }
         Ok(Self {
             clusters: Rc::new(Clusters::new(&config)),
             config,
             pool,
-            chains,
-            blocked,
-            traffic,
+            listeners,
         })
     }
 }

@@ -387,8 +387,14 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
 
 /// What `sluice new` promises: `sluice build`, then `sluice test tests/*.yaml` passes, and
 /// `sluice check wasmplugin.yaml` accepts the WasmPlugin.
-fn builds_passes_and_checks(project: &Path) {
-    assert_success(&sluice(&["build", project.to_str().unwrap()]));
+fn builds_passes_and_checks(project: &Path, sdk: &str) {
+    let output = sluice(&["build", project.to_str().unwrap()]);
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains(&format!("sdk:          {sdk}")),
+        "{}",
+        stdout(&output)
+    );
     let headers = project.join("tests/headers.yaml");
     let bad_config = project.join("tests/bad-config.yaml");
     let output = sluice(&[
@@ -421,7 +427,7 @@ fn new_makes_a_project_that_builds_passes_its_scenarios_and_checks() {
     let output = sluice(&["new", bad.to_str().unwrap()]);
     assert_exit(&output, 2, stderr(&output), "lowercase letters");
 
-    builds_passes_and_checks(&project);
+    builds_passes_and_checks(&project, "Rust (proxy-wasm-rust-sdk)");
 }
 
 #[test]
@@ -548,7 +554,19 @@ fn new_makes_an_assemblyscript_project_that_builds_and_passes_its_scenarios() {
     let project_arg = project.to_str().unwrap();
     assert_success(&sluice(&["new", project_arg, "--lang", "assemblyscript"]));
     // npm install (AssemblyScript 0.14 and @solo-io/proxy-runtime from the npm registry), asc.
-    builds_passes_and_checks(&project);
+    builds_passes_and_checks(&project, "AssemblyScript (proxy-runtime)");
+    // Without pluginName this SDK finds no root context: the error says what to set.
+    let manifest = project.join("wasmplugin.yaml");
+    let unnamed = project.join("unnamed.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("pluginName:"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&unnamed, text).unwrap();
+    let output = sluice(&["check", unnamed.to_str().unwrap()]);
+    assert_exit(&output, 1, stdout(&output), "set spec.pluginName");
     let output = sluice(&[
         "new",
         dir.path().join("x").to_str().unwrap(),

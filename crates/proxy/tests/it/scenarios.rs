@@ -16,12 +16,12 @@ use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_abi::HeaderMap;
 use sluice_config::Plugin;
-use sluice_filter::scenario::{
-    self, Backend, CannedAnswer, ClientSeen, Exchange, Observed, Observes, Scenario, ScenarioError,
-    SeenGrpcCall, SeenHttpCall, Start, UpstreamSeen,
-};
 use sluice_host::{Engine, Limits};
 use sluice_proxy::{RunningProxy, Source};
+use sluice_scenario::{
+    self as scenario, Backend, CannedAnswer, ClientSeen, Exchange, Observed, Observes, Scenario,
+    ScenarioError, SeenGrpcCall, SeenHttpCall, Start, UpstreamSeen,
+};
 
 /// A body that yields prepared frames: the scripted chunks, then the trailers.
 struct Frames(VecDeque<Frame<Bytes>>);

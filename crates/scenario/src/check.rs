@@ -3,8 +3,8 @@
 use sluice_abi::{HeaderMap, LogLevel};
 use sluice_host::LogRecord;
 
-use super::file::{Expect, LogExpect, UpstreamExpect, header_pairs};
-use super::{Backend, Mismatch, Observed};
+use crate::file::{Expect, LogExpect, UpstreamExpect, header_pairs};
+use crate::{Backend, Mismatch, Observed};
 
 /// Compares what a backend observed in a step with the step's expectations, leaving out what
 /// the backend cannot observe. `Err` for an expectation that is itself malformed.

@@ -10,7 +10,7 @@ mod scenarios;
 
 use std::path::PathBuf;
 
-use sluice_filter::scenario::{self, Report};
+use sluice_scenario::{self as scenario, Report};
 
 /// A scratch directory holding a scenario and the modules it names.
 pub struct Scratch {

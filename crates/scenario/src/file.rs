@@ -10,7 +10,7 @@ use sluice_abi::{HeaderMap, PropertyValue};
 use sluice_config::FailStrategy;
 use sluice_host::CallResponse;
 
-use super::ScenarioError;
+use crate::ScenarioError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,6 @@
 //! Every example plugin passes its own scenarios; a wrong expectation is reported precisely.
 
-use sluice_filter::scenario::{self, ScenarioError};
+use sluice_scenario::{self as scenario, ScenarioError};
 
 use crate::{Scratch, assert_passes};
 

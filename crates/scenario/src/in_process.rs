@@ -15,13 +15,12 @@ use sluice_host::{
     HttpStream, Limits, VmConfig,
 };
 
-use super::file::{CannedAnswer, Exchange, Scenario, next_answer};
-use super::{
+use crate::file::{CannedAnswer, Exchange, Scenario, next_answer};
+use crate::{
     Backend, ClientSeen, Observed, Observes, ScenarioError, SeenGrpcCall, SeenHttpCall, Start,
     UpstreamSeen,
 };
-use crate::chain::{Chain, DEFAULT_BUFFER_LIMIT, PluginSpec, RootCall, VmPool};
-use crate::stream::{Step, Stream};
+use sluice_filter::{Chain, DEFAULT_BUFFER_LIMIT, PluginSpec, RootCall, Step, Stream, VmPool};
 
 /// The Unix time every scenario starts at, so that time-dependent plugins behave the same on
 /// every run (2026-01-01T00:00:00Z).

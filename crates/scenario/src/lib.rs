@@ -1,6 +1,9 @@
 //! The scenario runner behind `sluice test`: reads a scenario file (docs/scenarios.md), drives its
 //! steps through a [`Backend`] (the chain engine in process, or a live proxy), and compares what
-//! the backend observed with what the file expects.
+//! the backend observed with what the file expects. It reads files (the scenario and the plugins
+//! it names) and YAML; it must never open a socket: a live proxy is a `Backend` its caller brings.
+
+#![forbid(unsafe_code)]
 
 mod check;
 mod file;

@@ -16,8 +16,8 @@ use std::fmt::Write;
 use libfuzzer_sys::fuzz_target;
 use sluice_abi::{HeaderMap, LogLevel};
 use sluice_host::{
-    Effect, Engine, EngineOptions, GrpcEvent, HostFunction, HttpStream, PluginCode, Vm, VmConfig,
-    WasmType,
+    CallOp, Effect, Engine, EngineOptions, GrpcEvent, HostFunction, HttpStream, PluginCode, Vm,
+    VmConfig, WasmType,
 };
 
 /// Where the guest keeps the program it runs (copied out of the body), and its largest size.
@@ -213,16 +213,18 @@ impl Harness {
         // at the latest), so a long-lived VM holds no more than the proxy's would.
         for effect in vm.take_effects() {
             match effect {
-                Effect::HttpCall {
+                Effect::Call {
                     root_context,
                     token,
+                    op: CallOp::Http(_),
                     ..
                 } => {
                     let _ = vm.http_call_response(root_context, token, None);
                 }
-                Effect::GrpcCall {
+                Effect::Call {
                     root_context,
                     token,
+                    op: CallOp::Grpc(_),
                     ..
                 } => {
                     let close = GrpcEvent::Close {

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use sluice_config::FailStrategy;
 use sluice_host::{
-    CallResponse, Clock, Effect, Engine, GrpcCallRequest, GrpcEvent, HttpCallRequest, LoadError,
-    PluginCode, PluginFailure, Vm, VmConfig,
+    CallAnswer, CallOp, Clock, Effect, Engine, LoadError, PluginCode, PluginFailure, Vm, VmConfig,
 };
 
 use crate::stream::Scratch;
@@ -174,33 +173,11 @@ pub(crate) struct ChainPlugin {
 /// context's own callout callback), for the embedder to execute and answer through
 /// [`VmPool::http_call_response`] or [`VmPool::grpc_event`] with the same `vm` and `root_context`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RootCall {
-    Http {
-        vm: usize,
-        root_context: u32,
-        token: u32,
-        request: HttpCallRequest,
-    },
-    Grpc {
-        vm: usize,
-        root_context: u32,
-        token: u32,
-        request: GrpcCallRequest,
-    },
-    GrpcSend {
-        vm: usize,
-        token: u32,
-        message: Vec<u8>,
-        end_of_stream: bool,
-    },
-    GrpcCancel {
-        vm: usize,
-        token: u32,
-    },
-    GrpcClose {
-        vm: usize,
-        token: u32,
-    },
+pub struct RootCall {
+    pub vm: usize,
+    pub root_context: u32,
+    pub token: u32,
+    pub op: CallOp,
 }
 
 /// The plugin VMs of one worker, shared by every chain built from it. A plugin with the same code,
@@ -418,40 +395,17 @@ impl VmPool {
         let index = self.index_of(vm);
         for effect in effects {
             let call = match effect {
-                Effect::HttpCall {
-                    token,
-                    request,
+                Effect::Call {
                     root_context,
+                    token,
+                    op,
                     ..
-                } => RootCall::Http {
+                } => RootCall {
                     vm: index,
                     root_context,
                     token,
-                    request,
+                    op,
                 },
-                Effect::GrpcCall {
-                    token,
-                    request,
-                    root_context,
-                    ..
-                } => RootCall::Grpc {
-                    vm: index,
-                    root_context,
-                    token,
-                    request,
-                },
-                Effect::GrpcSend {
-                    token,
-                    message,
-                    end_of_stream,
-                } => RootCall::GrpcSend {
-                    vm: index,
-                    token,
-                    message,
-                    end_of_stream,
-                },
-                Effect::GrpcCancel { token } => RootCall::GrpcCancel { vm: index, token },
-                Effect::GrpcClose { token } => RootCall::GrpcClose { vm: index, token },
                 Effect::Done { context } => {
                     self.delete_root(vm, context);
                     continue;
@@ -619,28 +573,16 @@ impl VmPool {
         self.vms.borrow().get(index).cloned()
     }
 
-    /// Delivers the answer to a root-level HTTP callout.
-    pub fn http_call_response(
-        &self,
-        vm: usize,
-        root_context: u32,
-        token: u32,
-        response: Option<CallResponse>,
-    ) {
+    /// Delivers what came back from a call made outside any stream (a [`RootCall`]).
+    pub fn call_answer(&self, vm: usize, root_context: u32, token: u32, answer: CallAnswer) {
         if let Some(vm) = self.vm_at(vm) {
-            self.run_root(&vm, |plugin_vm| {
-                plugin_vm
-                    .vm
-                    .http_call_response(root_context, token, response)
-            });
-        }
-    }
-
-    /// Delivers an event of a root-level gRPC call.
-    pub fn grpc_event(&self, vm: usize, root_context: u32, token: u32, event: GrpcEvent) {
-        if let Some(vm) = self.vm_at(vm) {
-            self.run_root(&vm, |plugin_vm| {
-                plugin_vm.vm.grpc_event(root_context, token, event)
+            self.run_root(&vm, |plugin_vm| match answer {
+                CallAnswer::Http(response) => {
+                    plugin_vm
+                        .vm
+                        .http_call_response(root_context, token, response)
+                }
+                CallAnswer::Grpc(event) => plugin_vm.vm.grpc_event(root_context, token, event),
             });
         }
     }

@@ -24,8 +24,7 @@ use std::rc::Rc;
 use sluice_abi::{Action, HeaderMap, StreamType};
 use sluice_config::FailStrategy;
 use sluice_host::{
-    CallResponse, Effect, GrpcCallRequest, GrpcEvent, HttpCallRequest, HttpStream, LocalResponse,
-    PluginFailure, SharedStream,
+    CallAnswer, CallOp, Effect, HttpStream, LocalResponse, PluginFailure, SharedStream,
 };
 
 use crate::chain::{Chain, Inbox};
@@ -57,31 +56,12 @@ pub enum Step {
     ResponseTrailers {
         trailers: HeaderMap,
     },
-    /// Make a callout; answer with [`Stream::http_call_response`].
-    HttpCall {
+    /// Start or act on an outbound call of `plugin`; answer an HTTP callout with
+    /// [`Stream::http_call_response`] and a gRPC call's events with [`Stream::grpc_event`].
+    Call {
         plugin: usize,
         token: u32,
-        request: HttpCallRequest,
-    },
-    /// Start a gRPC call or stream; answer with [`Stream::grpc_event`].
-    GrpcCall {
-        plugin: usize,
-        token: u32,
-        request: GrpcCallRequest,
-    },
-    GrpcSend {
-        plugin: usize,
-        token: u32,
-        message: Vec<u8>,
-        end_of_stream: bool,
-    },
-    GrpcCancel {
-        plugin: usize,
-        token: u32,
-    },
-    GrpcClose {
-        plugin: usize,
-        token: u32,
+        op: CallOp,
     },
     /// Abandon the upstream request: a local reply answered the client instead.
     ResetUpstream,
@@ -482,20 +462,12 @@ impl Stream {
         self.feed(Direction::Response, Event::Trailers);
     }
 
-    /// Delivers a callout answer (`None`: the call failed or timed out) to the plugin that made it.
-    pub fn http_call_response(
-        &mut self,
-        plugin: usize,
-        token: u32,
-        response: Option<CallResponse>,
-    ) {
-        self.root_callback(plugin, |vm, root| {
-            vm.http_call_response(root, token, response)
+    /// Delivers what came back from a call (`Step::Call`) to the plugin that made it.
+    pub fn call_answer(&mut self, plugin: usize, token: u32, answer: CallAnswer) {
+        self.root_callback(plugin, |vm, root| match answer {
+            CallAnswer::Http(response) => vm.http_call_response(root, token, response),
+            CallAnswer::Grpc(event) => vm.grpc_event(root, token, event),
         });
-    }
-
-    pub fn grpc_event(&mut self, plugin: usize, token: u32, event: GrpcEvent) {
-        self.root_callback(plugin, |vm, root| vm.grpc_event(root, token, event));
     }
 
     /// Answers the client on the proxy's own behalf (upstream unreachable, upstream reset before
@@ -904,46 +876,18 @@ impl Stream {
                         self.chain.pool.absorb(&vm, vec![effect]);
                     }
                 }
-                Effect::HttpCall {
-                    context,
-                    token,
-                    request,
-                    ..
-                } => self.steps.push_back(Step::HttpCall {
-                    plugin: owner(self, context).unwrap_or(index),
-                    token,
-                    request,
-                }),
-                Effect::GrpcCall {
-                    context,
-                    token,
-                    request,
-                    ..
-                } => self.steps.push_back(Step::GrpcCall {
-                    plugin: owner(self, context).unwrap_or(index),
-                    token,
-                    request,
-                }),
-                Effect::GrpcSend {
-                    token,
-                    message,
-                    end_of_stream,
+                Effect::Call {
+                    context, token, op, ..
                 } => {
-                    self.steps.push_back(Step::GrpcSend {
-                        plugin: index,
-                        token,
-                        message,
-                        end_of_stream,
-                    });
+                    // A call is keyed by the plugin that started it; acting on one comes from the
+                    // plugin's own VM.
+                    let plugin = if op.starts() {
+                        owner(self, context).unwrap_or(index)
+                    } else {
+                        index
+                    };
+                    self.steps.push_back(Step::Call { plugin, token, op });
                 }
-                Effect::GrpcCancel { token } => self.steps.push_back(Step::GrpcCancel {
-                    plugin: index,
-                    token,
-                }),
-                Effect::GrpcClose { token } => self.steps.push_back(Step::GrpcClose {
-                    plugin: index,
-                    token,
-                }),
                 // Only a root context waits for `proxy_done`: the pool's business.
                 done @ Effect::Done { .. } => self.chain.pool.absorb(&vm, vec![done]),
                 Effect::ClearRouteCache { .. } => {}

@@ -38,6 +38,39 @@ pub struct GrpcCallRequest {
     pub timeout: Duration,
 }
 
+/// What a plugin asks of an outbound call: start an HTTP callout or a gRPC call or stream, or
+/// act on a gRPC one it started. The one type a call is, from the host function to whatever
+/// carries it out (the proxy, the scenario runner), whoever made it (a stream's plugin or a root
+/// context).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallOp {
+    Http(HttpCallRequest),
+    Grpc(GrpcCallRequest),
+    GrpcSend {
+        message: Vec<u8>,
+        end_of_stream: bool,
+    },
+    /// Half-close: no more messages from the plugin.
+    GrpcClose,
+    /// Abandon the call: the plugin hears nothing more about it.
+    GrpcCancel,
+}
+
+/// What comes back from a call, for the plugin that made it: an HTTP callout's answer (`None`:
+/// it failed or timed out), or one event of a gRPC call or stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallAnswer {
+    Http(Option<crate::CallResponse>),
+    Grpc(crate::GrpcEvent),
+}
+
+impl CallOp {
+    /// Whether this starts a call (rather than acting on one).
+    pub fn starts(&self) -> bool {
+        matches!(self, Self::Http(_) | Self::Grpc(_))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// `context` is the effective context when the call was made.
@@ -53,30 +86,14 @@ pub enum Effect {
         context: u32,
         stream: StreamType,
     },
-    /// The response is delivered to `root_context` with `token`; `context` is the context that was
-    /// effective at dispatch (the stream to resume, or the root itself).
-    HttpCall {
+    /// An outbound call, started or acted on. Answers go to `root_context` with `token`;
+    /// `context` is the context that was effective at dispatch (the stream to resume, or the
+    /// root itself).
+    Call {
         context: u32,
         root_context: u32,
         token: u32,
-        request: HttpCallRequest,
-    },
-    GrpcCall {
-        context: u32,
-        root_context: u32,
-        token: u32,
-        request: GrpcCallRequest,
-    },
-    GrpcSend {
-        token: u32,
-        message: Vec<u8>,
-        end_of_stream: bool,
-    },
-    GrpcCancel {
-        token: u32,
-    },
-    GrpcClose {
-        token: u32,
+        op: CallOp,
     },
     /// `proxy_done` for a context whose `proxy_on_done` returned false.
     Done {

@@ -16,7 +16,7 @@ mod stream;
 mod vm;
 mod wasi;
 
-pub use effects::{Effect, GrpcCallRequest, HttpCallRequest, LocalResponse};
+pub use effects::{CallAnswer, CallOp, Effect, GrpcCallRequest, HttpCallRequest, LocalResponse};
 pub use engine::{Engine, EngineOptions, HostFunction, PluginCode, WasmType};
 pub use error::{FailureKind, LoadError, PluginFailure};
 pub use inspect::{ImportInfo, ModuleInfo};

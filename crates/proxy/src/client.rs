@@ -397,31 +397,37 @@ pub fn upstream_request<B>(
     Ok(request)
 }
 
-/// Executes a plugin's `proxy_http_call`: the whole answer, or an error (failure or timeout).
+/// Executes a plugin's `proxy_http_call`: the whole answer, or an error (failure or timeout). A
+/// call without a timeout (0) gets its cluster's, so that none waits for ever.
 pub async fn callout(
     clusters: &Clusters,
     request: HttpCallRequest,
 ) -> Result<CallResponse, ClientError> {
-    let (address, host, port, connect_timeout) = match clusters.pick(&request.upstream) {
-        None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
-        Some(Target::Echo) => {
-            let (headers, body) =
-                crate::echo::answer(&request.headers, &request.body, &request.trailers);
-            return Ok(CallResponse {
-                headers,
-                body,
-                trailers: sluice_abi::HeaderMap::new(),
-            });
-        }
-        Some(Target::Endpoint {
-            address,
-            host,
-            port,
-            connect_timeout,
-            ..
-        }) => (address, host, port, connect_timeout),
-    };
-    let timeout = request.timeout;
+    let (address, host, port, connect_timeout, cluster_timeout) =
+        match clusters.pick(&request.upstream) {
+            None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
+            Some(Target::Echo) => {
+                let (headers, body) =
+                    crate::echo::answer(&request.headers, &request.body, &request.trailers);
+                return Ok(CallResponse {
+                    headers,
+                    body,
+                    trailers: sluice_abi::HeaderMap::new(),
+                });
+            }
+            Some(Target::Endpoint {
+                address,
+                host,
+                port,
+                connect_timeout,
+                timeout,
+                ..
+            }) => (address, host, port, connect_timeout, timeout),
+        };
+    let timeout = [request.timeout, cluster_timeout]
+        .into_iter()
+        .find(|t| !t.is_zero())
+        .unwrap_or(sluice_config::DEFAULT_TIMEOUT);
     let exchange = async {
         let mut http = upstream_request(
             &request.headers,
@@ -451,9 +457,6 @@ pub async fn callout(
             trailers,
         })
     };
-    if timeout.is_zero() {
-        return exchange.await;
-    }
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ClientError::Timeout(timeout))?

@@ -15,15 +15,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sluice_abi::{HeaderMap, PropertyValue};
 use sluice_filter::{Step, Stream};
-use sluice_host::{CallResponse, GrpcEvent, HttpCallRequest, HttpStream};
+use sluice_host::HttpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{self, BodyReset, BodySender, ChannelBody};
+use crate::calls::Calls;
 use crate::framing::Framing;
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
 use crate::stats::Traffic;
 use crate::worker::{Generation, WorkerState};
-use crate::{Target, client, echo, grpc};
+use crate::{Target, client, echo};
 
 /// One client connection: which listener took it, and the worker it runs on.
 pub struct Connection {
@@ -61,20 +62,6 @@ enum UpstreamEvent {
     Failed(client::ResetBeforeResponse, String),
     /// The cluster's timeout passed before the response was complete.
     TimedOut(Duration),
-}
-
-/// The answer to a plugin's callout, for the plugin that made it.
-enum Callout {
-    Http {
-        plugin: usize,
-        token: u32,
-        response: Option<CallResponse>,
-    },
-    Grpc {
-        plugin: usize,
-        token: u32,
-        event: GrpcEvent,
-    },
 }
 
 /// The hyper service: starts the driver and waits for the response head it produces.
@@ -294,9 +281,8 @@ struct Driver {
     upstream_head_seen: bool,
     upstream_finished: bool,
     echo: Option<(HeaderMap, Vec<u8>, HeaderMap)>,
-    callouts: mpsc::UnboundedSender<Callout>,
-    /// Running gRPC calls and streams, by plugin and token.
-    grpc_calls: HashMap<(usize, u32), mpsc::UnboundedSender<grpc::Command>>,
+    /// The plugins' outbound calls, by plugin and token; aborted when the request ends.
+    calls: Calls<(usize, u32)>,
     /// The status the client got, for the stats; `None` until a head was sent or after a reset.
     status: Option<u16>,
     /// For the access log: body bytes from the client and to it, and the upstream used.
@@ -361,7 +347,6 @@ async fn drive(
         listener,
         route.map(|index| &listener.routes[index]),
     );
-    let (callouts, callout_answers) = mpsc::unbounded_channel();
     let mut driver = Driver {
         stream: Stream::new(chain, info),
         connection,
@@ -374,8 +359,7 @@ async fn drive(
         upstream_head_seen: false,
         upstream_finished: false,
         echo: None,
-        callouts,
-        grpc_calls: HashMap::new(),
+        calls: Calls::new(),
         bytes_received: 0,
         bytes_sent: 0,
         route,
@@ -402,7 +386,7 @@ async fn drive(
         }
         None => {
             let http1 = protocol != "HTTP/2";
-            exchange(&mut driver, headers, &mut body, http1, callout_answers).await;
+            exchange(&mut driver, headers, &mut body, http1).await;
         }
     }
     if let Some(task) = driver.upstream_task.take() {
@@ -434,13 +418,7 @@ async fn drive(
 
 /// Runs the request through the chain and the upstream until the stream completes, the client
 /// goes away, or it idles out.
-async fn exchange(
-    driver: &mut Driver,
-    headers: HeaderMap,
-    body: &mut Incoming,
-    http1: bool,
-    mut callout_answers: mpsc::UnboundedReceiver<Callout>,
-) {
+async fn exchange(driver: &mut Driver, headers: HeaderMap, body: &mut Incoming, http1: bool) {
     let mut downstream_open = !body.is_end_stream();
     driver.request_body_pending_http1 = http1 && downstream_open;
     driver.stream.request_headers(headers, !downstream_open);
@@ -502,17 +480,9 @@ async fn exchange(
             event = next_upstream_event(&mut driver.upstream_events), if upstream_open => {
                 driver.upstream_event(event);
             }
-            Some(answer) = callout_answers.recv() => match answer {
-                Callout::Http { plugin, token, response } => {
-                    driver.stream.http_call_response(plugin, token, response);
-                }
-                Callout::Grpc { plugin, token, event } => {
-                    if matches!(event, GrpcEvent::Close { .. }) {
-                        driver.grpc_calls.remove(&(plugin, token));
-                    }
-                    driver.stream.grpc_event(plugin, token, event);
-                }
-            },
+            ((plugin, token), answer) = driver.calls.answer(), if driver.calls.waiting() => {
+                driver.stream.call_answer(plugin, token, answer);
+            }
             () = client_gone(&mut driver.head, &driver.response_body) => {
                 // The client reset its stream or closed its connection: the upstream request
                 // ends with it (the caller aborts it), as Envoy ends it.
@@ -648,51 +618,12 @@ impl Driver {
                     .await;
                 self.response_body = None;
             }
-            Step::HttpCall {
-                plugin,
-                token,
-                request,
-            } => self.spawn_callout(plugin, token, request),
-            Step::GrpcCall {
-                plugin,
-                token,
-                request,
-            } => {
-                let (commands, receiver) = mpsc::unbounded_channel();
-                self.grpc_calls.insert((plugin, token), commands);
-                let (clusters, answers) = (self.generation.clusters.clone(), self.callouts.clone());
-                let pool = self.connection.state.upstreams.clone();
-                tokio::task::spawn_local(async move {
-                    grpc::call(&clusters, &pool, request, receiver, |event| {
-                        let _ = answers.send(Callout::Grpc {
-                            plugin,
-                            token,
-                            event,
-                        });
-                    })
-                    .await;
-                });
-            }
-            Step::GrpcSend {
-                plugin,
-                token,
-                message,
-                end_of_stream,
-            } => self.grpc_command(
-                plugin,
-                token,
-                grpc::Command::Send {
-                    message,
-                    end_of_stream,
-                },
+            Step::Call { plugin, token, op } => self.calls.act(
+                (plugin, token),
+                op,
+                &self.generation.clusters,
+                &self.connection.state.upstreams,
             ),
-            Step::GrpcClose { plugin, token } => {
-                self.grpc_command(plugin, token, grpc::Command::Close);
-            }
-            Step::GrpcCancel { plugin, token } => {
-                self.grpc_command(plugin, token, grpc::Command::Cancel);
-                self.grpc_calls.remove(&(plugin, token));
-            }
             Step::ResetUpstream => {
                 if let Some(task) = self.upstream_task.take() {
                     task.abort();
@@ -1077,32 +1008,6 @@ impl Driver {
                 "failed": outcome.failed,
             },
         })
-    }
-
-    fn grpc_command(&self, plugin: usize, token: u32, command: grpc::Command) {
-        if let Some(commands) = self.grpc_calls.get(&(plugin, token)) {
-            let _ = commands.send(command);
-        }
-    }
-
-    fn spawn_callout(&mut self, plugin: usize, token: u32, request: HttpCallRequest) {
-        let clusters = self.generation.clusters.clone();
-        let answers = self.callouts.clone();
-        tokio::task::spawn_local(async move {
-            let upstream = request.upstream.clone();
-            let response = match client::callout(&clusters, request).await {
-                Ok(response) => Some(response),
-                Err(error) => {
-                    tracing::warn!(cluster = %upstream, "callout failed: {error}");
-                    None
-                }
-            };
-            let _ = answers.send(Callout::Http {
-                plugin,
-                token,
-                response,
-            });
-        });
     }
 }
 

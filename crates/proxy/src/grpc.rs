@@ -24,8 +24,6 @@ pub enum Command {
     },
     /// Half-close: no more messages from the plugin.
     Close,
-    /// Abandon the call; the plugin hears nothing more about it.
-    Cancel,
 }
 
 // gRPC status codes used by the host itself.
@@ -82,7 +80,8 @@ fn status_of(map: &HeaderMap) -> Option<(u32, Vec<u8>)> {
 }
 
 /// Runs one call to its end, reporting events through `deliver`. A unary call (`request.message`
-/// is set) ignores `commands` except Cancel.
+/// is set) sends no more; a closed `commands` channel (the call was cancelled, or its origin is
+/// gone) ends it silently.
 pub async fn call(
     clusters: &Clusters,
     pool: &crate::client::Pool,
@@ -317,11 +316,11 @@ async fn exchange(
     }
 }
 
-/// Applies a plugin's command to the request body; `false` when the call is cancelled. A closed
-/// command channel (the plugin's stream is gone) is a cancel too.
+/// Applies a plugin's command to the request body; `false` when the command channel closed (the
+/// call was cancelled, or what made it is gone).
 async fn apply(command: Option<Command>, sending: &mut Option<body::BodySender>) -> bool {
     match command {
-        None | Some(Command::Cancel) => false,
+        None => false,
         Some(Command::Close) => {
             *sending = None;
             true

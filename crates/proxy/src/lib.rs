@@ -7,6 +7,7 @@
 mod access_log;
 mod admin;
 mod body;
+mod calls;
 mod client;
 mod client_io;
 mod driver;

@@ -11,18 +11,19 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use sluice_config::{Listener, Route};
-use sluice_filter::{Chain, ChainError, PluginSpec, RootCall, VmPool};
-use sluice_host::{Clock, Engine, GrpcEvent, VmConfig};
+use sluice_filter::{Chain, ChainError, PluginSpec, VmPool};
+use sluice_host::{CallAnswer, Clock, Engine, GrpcEvent, VmConfig};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::calls::Calls;
 use crate::client_io::ClientIo;
 use crate::driver::{Connection, handle};
 use crate::logging::PluginLogLevels;
 use crate::reload::Reloader;
 use crate::stats::{Stats, Traffic};
-use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists, grpc};
+use crate::{Clusters, ProxyConfig, Source, StartError, client, cluster_exists};
 
 /// How long a stopping worker lets in-flight connections finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -694,89 +695,49 @@ where
 }
 
 /// Ticks, queue notifications and callouts made outside any stream, for one generation's VMs.
-/// It ends when the generation is gone (replaced, and its last request finished).
+/// It ends when the generation is gone (replaced, and its last request finished), and the root
+/// contexts' calls still running end with it.
 async fn timers(generation: Weak<Generation>, stats: Arc<Stats>, upstreams: Rc<client::Pool>) {
     const IDLE_POLL: Duration = Duration::from_millis(20);
-    let grpc_calls: RootGrpcCalls = Rc::default();
+    let mut calls: Calls<(usize, u32)> = Calls::new();
+    // The root context each running call answers to, by VM and token.
+    let mut roots: HashMap<(usize, u32), u32> = HashMap::new();
     loop {
         let Some(generation) = generation.upgrade() else {
             return;
         };
         let pool = generation.pool.clone();
-        let now = pool.clock().monotonic_nanos();
-        let wait = pool.next_tick_nanos().map_or(IDLE_POLL, |due| {
-            Duration::from_nanos(due.saturating_sub(now)).min(IDLE_POLL)
-        });
-        tokio::time::sleep(wait).await;
         pool.fire_due_ticks();
         pool.deliver_queue_events();
         stats.plugin_failures(pool.take_failures().len());
         for call in pool.take_root_calls() {
-            let clusters = generation.clusters.clone();
-            match call {
-                RootCall::Http {
-                    vm,
-                    root_context,
-                    token,
-                    request,
-                } => {
-                    let pool = pool.clone();
-                    tokio::task::spawn_local(async move {
-                        let response = client::callout(&clusters, request).await.ok();
-                        pool.http_call_response(vm, root_context, token, response);
-                    });
-                }
-                RootCall::Grpc {
-                    vm,
-                    root_context,
-                    token,
-                    request,
-                } => {
-                    let (commands, receiver) = mpsc::unbounded_channel();
-                    grpc_calls.borrow_mut().insert((vm, token), commands);
-                    let (pool, calls, upstreams) =
-                        (pool.clone(), grpc_calls.clone(), upstreams.clone());
-                    tokio::task::spawn_local(async move {
-                        grpc::call(&clusters, &upstreams, request, receiver, |event| {
-                            if matches!(event, GrpcEvent::Close { .. }) {
-                                calls.borrow_mut().remove(&(vm, token));
-                            }
-                            pool.grpc_event(vm, root_context, token, event);
-                        })
-                        .await;
-                    });
-                }
-                RootCall::GrpcSend {
-                    vm,
-                    token,
-                    message,
-                    end_of_stream,
-                } => root_command(
-                    &grpc_calls,
-                    vm,
-                    token,
-                    grpc::Command::Send {
-                        message,
-                        end_of_stream,
-                    },
-                ),
-                RootCall::GrpcClose { vm, token } => {
-                    root_command(&grpc_calls, vm, token, grpc::Command::Close);
-                }
-                RootCall::GrpcCancel { vm, token } => {
-                    root_command(&grpc_calls, vm, token, grpc::Command::Cancel);
-                    grpc_calls.borrow_mut().remove(&(vm, token));
+            let key = (call.vm, call.token);
+            if call.op.starts() {
+                roots.insert(key, call.root_context);
+            }
+            calls.act(key, call.op, &generation.clusters, &upstreams);
+        }
+        let now = pool.clock().monotonic_nanos();
+        let wait = pool.next_tick_nanos().map_or(IDLE_POLL, |due| {
+            Duration::from_nanos(due.saturating_sub(now)).min(IDLE_POLL)
+        });
+        drop(generation);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            ((vm, token), answer) = calls.answer(), if calls.waiting() => {
+                let over = matches!(
+                    answer,
+                    CallAnswer::Http(_) | CallAnswer::Grpc(GrpcEvent::Close { .. })
+                );
+                let root = if over {
+                    roots.remove(&(vm, token))
+                } else {
+                    roots.get(&(vm, token)).copied()
+                };
+                if let Some(root_context) = root {
+                    pool.call_answer(vm, root_context, token, answer);
                 }
             }
         }
-    }
-}
-
-/// gRPC calls and streams made outside any stream, by VM and token.
-type RootGrpcCalls = Rc<RefCell<HashMap<(usize, u32), mpsc::UnboundedSender<grpc::Command>>>>;
-
-fn root_command(calls: &RootGrpcCalls, vm: usize, token: u32, command: grpc::Command) {
-    if let Some(commands) = calls.borrow().get(&(vm, token)) {
-        let _ = commands.send(command);
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use sluice_abi::{LogLevel, PropertyValue};
 use sluice_config::plugin_configuration_bytes;
 use sluice_host::{
-    CallResponse, Clock, Engine, EngineOptions, GrpcCallRequest, GrpcEvent, HttpCallRequest,
-    HttpStream, Limits, VmConfig,
+    CallAnswer, CallOp, CallResponse, Clock, Engine, EngineOptions, GrpcCallRequest, GrpcEvent,
+    HttpCallRequest, HttpStream, Limits, VmConfig,
 };
 
 use crate::file::{CannedAnswer, Exchange, Scenario, next_answer};
@@ -20,7 +20,7 @@ use crate::{
     Backend, ClientSeen, Observed, Observes, ScenarioError, SeenGrpcCall, SeenHttpCall, Start,
     UpstreamSeen,
 };
-use sluice_filter::{Chain, DEFAULT_BUFFER_LIMIT, PluginSpec, RootCall, Step, Stream, VmPool};
+use sluice_filter::{Chain, DEFAULT_BUFFER_LIMIT, PluginSpec, Step, Stream, VmPool};
 
 /// The Unix time every scenario starts at, so that time-dependent plugins behave the same on
 /// every run (2026-01-01T00:00:00Z).
@@ -105,6 +105,36 @@ impl InProcess {
     /// A canned answer as the plugin receives it: an HTTP response (none for a failed call), or
     /// gRPC events as Envoy delivers a unary call's: the message alone on success, the close
     /// alone (with the status) otherwise.
+    /// What the scenario answers a call with, from its canned answers: the one place calls are
+    /// carried out, for streams and root contexts alike. A gRPC stream's messages go nowhere (the
+    /// canned answer is for unary calls); acting on a call needs no answer.
+    fn carry_out(
+        &mut self,
+        observed: &mut Observed,
+        op: &CallOp,
+    ) -> Result<Vec<CallAnswer>, ScenarioError> {
+        Ok(match op {
+            CallOp::Http(request) => {
+                let answer = self.answer(&request.upstream, request.timeout, false)?;
+                Self::record_http(observed, request);
+                vec![CallAnswer::Http(Self::http_response(answer))]
+            }
+            CallOp::Grpc(request) => {
+                let answer = self.answer(&request.upstream, request.timeout, true)?;
+                Self::record_grpc(observed, request);
+                if request.message.is_some() {
+                    Self::grpc_events(answer)
+                        .into_iter()
+                        .map(CallAnswer::Grpc)
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }
+            CallOp::GrpcSend { .. } | CallOp::GrpcClose | CallOp::GrpcCancel => Vec::new(),
+        })
+    }
+
     fn http_response(answer: CannedAnswer) -> Option<CallResponse> {
         match answer {
             CannedAnswer::Http(response) => Some(response),
@@ -180,39 +210,8 @@ impl InProcess {
                 break;
             }
             for call in calls {
-                match call {
-                    RootCall::Http {
-                        vm,
-                        root_context,
-                        token,
-                        request,
-                    } => {
-                        let answer = self.answer(&request.upstream, request.timeout, false)?;
-                        Self::record_http(observed, &request);
-                        pool.http_call_response(
-                            vm,
-                            root_context,
-                            token,
-                            Self::http_response(answer),
-                        );
-                    }
-                    RootCall::Grpc {
-                        vm,
-                        root_context,
-                        token,
-                        request,
-                    } => {
-                        let answer = self.answer(&request.upstream, request.timeout, true)?;
-                        Self::record_grpc(observed, &request);
-                        if request.message.is_some() {
-                            for event in Self::grpc_events(answer) {
-                                pool.grpc_event(vm, root_context, token, event);
-                            }
-                        }
-                    }
-                    RootCall::GrpcSend { .. }
-                    | RootCall::GrpcCancel { .. }
-                    | RootCall::GrpcClose { .. } => {}
+                for answer in self.carry_out(observed, &call.op)? {
+                    pool.call_answer(call.vm, call.root_context, call.token, answer);
                 }
             }
         }
@@ -386,29 +385,11 @@ impl Backend for InProcess {
                             .reset = Some(reason);
                     }
                     Step::ResetUpstream => answered = true,
-                    Step::HttpCall {
-                        plugin,
-                        token,
-                        request,
-                    } => {
-                        let answer = self.answer(&request.upstream, request.timeout, false)?;
-                        Self::record_http(&mut observed, &request);
-                        stream.http_call_response(plugin, token, Self::http_response(answer));
-                    }
-                    Step::GrpcCall {
-                        plugin,
-                        token,
-                        request,
-                    } => {
-                        let answer = self.answer(&request.upstream, request.timeout, true)?;
-                        Self::record_grpc(&mut observed, &request);
-                        if request.message.is_some() {
-                            for event in Self::grpc_events(answer) {
-                                stream.grpc_event(plugin, token, event);
-                            }
+                    Step::Call { plugin, token, op } => {
+                        for answer in self.carry_out(&mut observed, &op)? {
+                            stream.call_answer(plugin, token, answer);
                         }
                     }
-                    Step::GrpcSend { .. } | Step::GrpcCancel { .. } | Step::GrpcClose { .. } => {}
                 }
             }
             let upstream_done = observed.upstream.as_ref().is_some_and(|u| u.complete);

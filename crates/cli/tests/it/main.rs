@@ -542,6 +542,8 @@ fn push_pull_and_manifest_work_against_a_registry() {
         "{}",
         stdout(&output)
     );
+    // Said once, as the check's error; a check retries nothing in the background.
+    assert!(!stderr(&output).contains("retrying"), "{}", stderr(&output));
 }
 
 #[test]

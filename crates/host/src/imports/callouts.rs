@@ -5,7 +5,7 @@ use std::time::Duration;
 use sluice_abi::{HeaderMap, Status, decode_pairs};
 
 use super::{Caller, HostResult, Registrar, finish, parts, read, read_string};
-use crate::effects::{Effect, GrpcCallRequest, HttpCallRequest};
+use crate::effects::{CallOp, Effect, GrpcCallRequest, HttpCallRequest};
 
 pub(super) fn register(r: &mut Registrar<'_>) {
     r.func(
@@ -150,11 +150,11 @@ fn http_call(
         trailers,
         timeout: Duration::from_millis(timeout_ms.into()),
     };
-    state.effects.push(Effect::HttpCall {
+    state.effects.push(Effect::Call {
         context,
         root_context,
         token,
-        request,
+        op: CallOp::Http(request),
     });
     super::write_u32(c, token_ptr, token)?;
     Ok(())
@@ -243,11 +243,11 @@ fn grpc_open(
         message,
         timeout,
     };
-    state.effects.push(Effect::GrpcCall {
+    state.effects.push(Effect::Call {
         context,
         root_context,
         token,
-        request,
+        op: CallOp::Grpc(request),
     });
     super::write_u32(c, token_ptr, token)?;
     Ok(())
@@ -264,10 +264,15 @@ fn grpc_send(
     if !state.grpc_tokens.contains_key(&token) {
         return Err(Status::NotFound.into());
     }
-    state.effects.push(Effect::GrpcSend {
+    let (context, root_context) = (state.effective_context, state.effective_root());
+    state.effects.push(Effect::Call {
+        context,
+        root_context,
         token,
-        message,
-        end_of_stream,
+        op: CallOp::GrpcSend {
+            message,
+            end_of_stream,
+        },
     });
     Ok(())
 }
@@ -277,10 +282,16 @@ fn grpc_end(c: &mut Caller<'_>, token: u32, cancel: bool) -> HostResult {
     if state.grpc_tokens.remove(&token).is_none() {
         return Err(Status::NotFound.into());
     }
-    state.effects.push(if cancel {
-        Effect::GrpcCancel { token }
-    } else {
-        Effect::GrpcClose { token }
+    let (context, root_context) = (state.effective_context, state.effective_root());
+    state.effects.push(Effect::Call {
+        context,
+        root_context,
+        token,
+        op: if cancel {
+            CallOp::GrpcCancel
+        } else {
+            CallOp::GrpcClose
+        },
     });
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! ABI versions, entry points and allocators.
 
 use sluice_abi::{AbiVersion, Action};
-use sluice_host::{CallResponse, Effect, LoadError};
+use sluice_host::{CallOp, CallResponse, Effect, LoadError};
 
 use crate::{GET, Guest, assert_no_bad, compile_fixture, config, engine, headers};
 
@@ -132,9 +132,9 @@ fn callouts_are_validated_recorded_and_resumed() {
     let calls: Vec<_> = effects
         .iter()
         .filter_map(|e| {
-            if let Effect::HttpCall {
+            if let Effect::Call {
                 token,
-                request,
+                op: CallOp::Http(request),
                 root_context,
                 ..
             } = e

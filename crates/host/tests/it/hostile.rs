@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use sluice_abi::HeaderMap;
-use sluice_host::{CallResponse, Effect, FailureKind, HttpStream, Limits};
+use sluice_host::{CallOp, CallResponse, Effect, FailureKind, HttpStream, Limits};
 
 use crate::{GET, Guest, SHORT_DEADLINE, assert_no_bad, compile_fixture, config, engine, headers};
 
@@ -127,7 +127,11 @@ fn every_bad_pointer_gets_an_error_status_and_never_a_panic() {
     let token = effects
         .iter()
         .find_map(|e| match e {
-            Effect::HttpCall { token, request, .. } if request.upstream == "authz" => Some(*token),
+            Effect::Call {
+                token,
+                op: CallOp::Http(request),
+                ..
+            } if request.upstream == "authz" => Some(*token),
             _ => None,
         })
         .expect("the valid callout to authz");

@@ -558,3 +558,45 @@ fn ticks_on_each_worker_reopen_a_window_shared_by_two_workers() {
     );
     proxy.stop();
 }
+
+/// A callout never outlives the request that made it: when the client goes away while its
+/// request waits for an authorization service that never answers, the callout's connection to
+/// that service is closed at once, not when the callout's own timeout (a minute) passes.
+#[test]
+fn a_callout_ends_with_the_request_that_made_it() {
+    use std::io::{Read, Write};
+
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authz = hanging.local_addr().unwrap();
+    let (closed, closes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for socket in hanging.incoming().take(1) {
+            let mut socket = socket.unwrap();
+            let accepted = std::time::Instant::now();
+            // Read the request and never answer; the read ends when the proxy closes.
+            let mut buffer = [0u8; 4096];
+            while matches!(socket.read(&mut buffer), Ok(n) if n > 0) {}
+            let _ = closed.send(accepted.elapsed());
+        }
+    });
+    let callout = built(
+        "http_callout",
+        r#"{"cluster": "authz", "timeoutMs": 60000}"#,
+    );
+    let proxy = start(vec![callout], None, &[("authz", authz)], 1);
+    let mut client = std::net::TcpStream::connect(proxy.address).unwrap();
+    client
+        .write_all(b"GET /orders HTTP/1.1\r\nhost: shop\r\n\r\n")
+        .unwrap();
+    // The callout is out once the service has its connection; then the client leaves.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(client);
+    let lived = closes
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the callout's connection was still open 10 s after its request ended");
+    assert!(
+        lived < std::time::Duration::from_secs(5),
+        "the callout lived {lived:?}"
+    );
+    proxy.stop();
+}

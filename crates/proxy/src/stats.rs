@@ -120,32 +120,17 @@ impl Stats {
 
     /// Where requests on `route` of `listener` are counted.
     pub fn route(&self, listener: &str, route: &str) -> Arc<Traffic> {
-        self.routes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((listener.to_string(), route.to_string()))
-            .or_default()
-            .clone()
+        shared(&self.routes, (listener.to_string(), route.to_string()))
     }
 
     /// Where requests sent to `cluster` are counted.
     pub fn cluster(&self, cluster: &str) -> Arc<Traffic> {
-        self.clusters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(cluster.to_string())
-            .or_default()
-            .clone()
+        shared(&self.clusters, cluster.to_string())
     }
 
     /// Where instances of `plugin` count their guest calls.
     pub fn callback_time(&self, plugin: &str) -> Arc<CallbackTime> {
-        self.callback_times
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(plugin.to_string())
-            .or_default()
-            .clone()
+        shared(&self.callback_times, plugin.to_string())
     }
 
     /// A worker's plugin instances, replacing what it reported before.
@@ -285,54 +270,37 @@ impl Stats {
                 with_bounds(&bounds, self.latency_buckets.iter().map(load)),
             )]),
         });
-        let (mut requests, mut responses, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-        for ((listener, route), traffic) in lock(&self.routes).iter() {
-            let (count, by_class, resets) = traffic.read();
-            let labels: Labels = vec![
-                ("listener".into(), listener.clone()),
-                ("route".into(), route.clone()),
-            ];
-            requests.push((labels.clone(), count));
-            responses.extend(classes(by_class, labels.clone()));
-            failures.push((labels, resets));
-        }
-        families.push(counter(
-            "sluice_route_requests",
-            "Requests per route, counted as they end.",
-            requests,
+        let routes: Vec<(Labels, Arc<Traffic>)> = lock(&self.routes)
+            .iter()
+            .map(|((listener, route), traffic)| {
+                let labels = vec![
+                    ("listener".into(), listener.clone()),
+                    ("route".into(), route.clone()),
+                ];
+                (labels, traffic.clone())
+            })
+            .collect();
+        families.extend(traffic_families(
+            "sluice_route",
+            [
+                "per route, counted as they end",
+                "per route, by status class",
+            ],
+            ("resets", "Client streams reset per route."),
+            &routes,
         ));
-        families.push(counter(
-            "sluice_route_responses",
-            "Responses per route, by status class.",
-            responses,
-        ));
-        families.push(counter(
-            "sluice_route_resets",
-            "Client streams reset per route.",
-            failures,
-        ));
-        let (mut requests, mut responses, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-        for (cluster, traffic) in lock(&self.clusters).iter() {
-            let (count, by_class, errors) = traffic.read();
-            let labels: Labels = vec![("cluster".into(), cluster.clone())];
-            requests.push((labels.clone(), count));
-            responses.extend(classes(by_class, labels.clone()));
-            failures.push((labels, errors));
-        }
-        families.push(counter(
-            "sluice_cluster_requests",
-            "Requests sent to each cluster.",
-            requests,
-        ));
-        families.push(counter(
-            "sluice_cluster_responses",
-            "Responses from each cluster, by status class.",
-            responses,
-        ));
-        families.push(counter(
-            "sluice_cluster_errors",
-            "Connect, protocol and timeout failures per cluster.",
-            failures,
+        let clusters: Vec<(Labels, Arc<Traffic>)> = lock(&self.clusters)
+            .iter()
+            .map(|(cluster, traffic)| (vec![("cluster".into(), cluster.clone())], traffic.clone()))
+            .collect();
+        families.extend(traffic_families(
+            "sluice_cluster",
+            ["sent to each cluster", "from each cluster, by status class"],
+            (
+                "errors",
+                "Connect, protocol and timeout failures per cluster.",
+            ),
+            &clusters,
         ));
         let times = lock(&self.callback_times).clone();
         let plugin = |name: &str| -> Labels { vec![("plugin".into(), name.to_string())] };
@@ -390,6 +358,45 @@ impl Stats {
         families.extend(plugin_families(plugin_metrics));
         families
     }
+}
+
+/// The requests, responses by class and failures of some `Traffic`s, as three families named
+/// `PREFIX_requests`, `PREFIX_responses` and `PREFIX_FAILURES`.
+fn traffic_families(
+    prefix: &str,
+    [requests_help, responses_help]: [&str; 2],
+    (failures, failures_help): (&str, &str),
+    traffic: &[(Labels, Arc<Traffic>)],
+) -> [Family; 3] {
+    let (mut requests, mut responses, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (labels, traffic) in traffic {
+        let (count, by_class, failures) = traffic.read();
+        requests.push((labels.clone(), count));
+        for (i, count) in by_class.into_iter().enumerate() {
+            let mut labels = labels.clone();
+            labels.push(("class".into(), format!("{}xx", i + 1)));
+            responses.push((labels, count));
+        }
+        failed.push((labels.clone(), failures));
+    }
+    [
+        counter(
+            &format!("{prefix}_requests"),
+            &format!("Requests {requests_help}."),
+            requests,
+        ),
+        counter(
+            &format!("{prefix}_responses"),
+            &format!("Responses {responses_help}."),
+            responses,
+        ),
+        counter(&format!("{prefix}_{failures}"), failures_help, failed),
+    ]
+}
+
+/// The counters kept under `key`, made on first use; every worker gets the same ones.
+fn shared<K: Ord, T: Default>(map: &Mutex<BTreeMap<K, Arc<T>>>, key: K) -> Arc<T> {
+    lock(map).entry(key).or_default().clone()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

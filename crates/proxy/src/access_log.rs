@@ -34,11 +34,45 @@ impl AccessLog {
         Ok(Self { lines, stats })
     }
 
-    pub fn write(&self, record: &serde_json::Value) {
-        if self.lines.try_send(record.to_string()).is_err() {
+    pub fn write(&self, record: &Record<'_>) {
+        let Ok(line) = serde_json::to_string(record) else {
+            return;
+        };
+        if self.lines.try_send(line).is_err() {
             self.stats.access_log_dropped();
         }
     }
+}
+
+/// One access-log line (docs/config.md, "Access log").
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record<'a> {
+    pub time: String,
+    pub listener: &'a str,
+    pub peer: String,
+    pub protocol: &'a str,
+    pub method: Option<String>,
+    pub authority: Option<String>,
+    pub path: Option<String>,
+    pub request_id: Option<String>,
+    pub status: Option<u16>,
+    pub details: String,
+    pub route: Option<&'a str>,
+    pub upstream: Option<String>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Microseconds, as milliseconds with three decimals and no float noise.
+    pub duration_ms: f64,
+    pub plugins: PluginsRecord<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginsRecord<'a> {
+    pub chain: Vec<&'a str>,
+    pub local_reply_by: Option<String>,
+    pub failed: Vec<String>,
 }
 
 /// Writes lines as they come, flushing whenever the queue runs dry.

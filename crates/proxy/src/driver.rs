@@ -975,39 +975,38 @@ impl Driver {
     }
 
     /// One access-log line: the request as the client sent it, what answered it and how.
-    fn access_record(
-        &self,
-        request: &HeaderMap,
-        protocol: &str,
+    fn access_record<'a>(
+        &'a self,
+        request: &'a HeaderMap,
+        protocol: &'a str,
         began: std::time::SystemTime,
         elapsed: Duration,
-    ) -> serde_json::Value {
+    ) -> crate::access_log::Record<'a> {
         let outcome = self.stream.outcome();
         let chain = self.stream.chain();
         let listener = &self.generation.config.config.listeners[self.connection.listener];
-        serde_json::json!({
-            "time": crate::access_log::timestamp(began),
-            "listener": listener.name,
-            "peer": self.connection.peer.to_string(),
-            "protocol": protocol,
-            "method": request.get_str(":method"),
-            "authority": request.get_str(":authority"),
-            "path": request.get_str(":path"),
-            "requestId": request.get_str("x-request-id"),
-            "status": self.status,
-            "details": outcome.details,
-            "route": self.route.map(|index| &listener.routes[index].name),
-            "upstream": self.upstream.map(|address| address.to_string()),
-            "bytesReceived": self.bytes_received,
-            "bytesSent": self.bytes_sent,
-            // Microseconds, shown as milliseconds with three decimals and no float noise.
-            "durationMs": elapsed.as_micros() as f64 / 1000.0,
-            "plugins": {
-                "chain": (0..chain.len()).map(|i| chain.plugin_name(i)).collect::<Vec<_>>(),
-                "localReplyBy": outcome.local_reply_by,
-                "failed": outcome.failed,
+        crate::access_log::Record {
+            time: crate::access_log::timestamp(began),
+            listener: &listener.name,
+            peer: self.connection.peer.to_string(),
+            protocol,
+            method: request.get_str(":method"),
+            authority: request.get_str(":authority"),
+            path: request.get_str(":path"),
+            request_id: request.get_str("x-request-id"),
+            status: self.status,
+            details: outcome.details,
+            route: self.route.map(|index| listener.routes[index].name.as_str()),
+            upstream: self.upstream.map(|address| address.to_string()),
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            duration_ms: elapsed.as_micros() as f64 / 1000.0,
+            plugins: crate::access_log::PluginsRecord {
+                chain: (0..chain.len()).map(|i| chain.plugin_name(i)).collect(),
+                local_reply_by: outcome.local_reply_by,
+                failed: outcome.failed,
             },
-        })
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub fn run(what: &str, json: bool, insecure_registries: &[String]) -> anyhow::Re
             pull_secret: None,
         })?;
         if let Some(digest) = &fetched.image_digest {
-            eprintln!("{what}: image {digest}, module {}", fetched.path.display());
+            tracing::info!("{what}: image {digest}, module {}", fetched.path.display());
         }
         (fetched.bytes, what.to_string())
     } else {

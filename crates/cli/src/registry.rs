@@ -22,14 +22,14 @@ pub fn push(
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(wasm).with_context(|| format!("{}: cannot read", wasm.display()))?;
     let fetcher = Fetcher::new(crate::fetch_options(insecure_registries)?);
-    eprintln!(
+    tracing::info!(
         "pushing {} ({} bytes) to {reference} as {}",
         wasm.display(),
         bytes.len(),
         format.name()
     );
     let pushed = fetcher.push(&bytes, reference, format)?;
-    eprintln!(
+    tracing::info!(
         "pushed: module sha256 {}, image digest {}",
         pushed.module_sha256, pushed.digest
     );
@@ -44,10 +44,10 @@ pub fn pull(
     insecure_registries: &[String],
 ) -> anyhow::Result<ExitCode> {
     let fetcher = Fetcher::new(crate::fetch_options(insecure_registries)?);
-    eprintln!("pulling {reference}");
+    tracing::info!("pulling {reference}");
     let pinned = sha256.map(|d| d.trim_start_matches("sha256:").to_ascii_lowercase());
     let fetched = fetcher.pull(reference, pinned.as_deref())?;
-    eprintln!(
+    tracing::info!(
         "pulled: module sha256 {} in {}",
         fetched.sha256,
         fetched.path.display()
@@ -55,7 +55,7 @@ pub fn pull(
     if let Some(output) = output {
         std::fs::copy(&fetched.path, output)
             .with_context(|| format!("{}: cannot write", output.display()))?;
-        eprintln!("wrote {}", output.display());
+        tracing::info!("wrote {}", output.display());
     }
     out!("{}", fetched.image_digest.unwrap_or_default());
     Ok(ExitCode::SUCCESS)
@@ -117,7 +117,7 @@ pub fn manifest(
         })
         .transpose()?;
     let fetcher = Fetcher::new(crate::fetch_options(insecure_registries)?);
-    eprintln!("pulling {reference} to check it holds a plugin and to read its digest");
+    tracing::info!("pulling {reference} to check it holds a plugin and to read its digest");
     let fetched = fetcher.pull(reference, None)?;
     let digest = fetched.image_digest.unwrap_or_default();
     let name = match options.name {

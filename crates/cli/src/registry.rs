@@ -31,7 +31,8 @@ pub fn push(
     let pushed = fetcher.push(&bytes, reference, format)?;
     tracing::info!(
         "pushed: module sha256 {}, image digest {}",
-        pushed.module_sha256, pushed.digest
+        pushed.module_sha256,
+        pushed.digest
     );
     out!("{}", pushed.digest);
     Ok(ExitCode::SUCCESS)

@@ -289,12 +289,10 @@ impl Pool {
             Some(sender) => sender,
             None => {
                 let stream = target.connect(connect_timeout).await?;
-                let (sender, connection) = hyper::client::conn::http2::handshake(
-                    crate::worker::LocalExec,
-                    TokioIo::new(stream),
-                )
-                .await
-                .map_err(http)?;
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(LocalExec, TokioIo::new(stream))
+                        .await
+                        .map_err(http)?;
                 tokio::task::spawn_local(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!("upstream HTTP/2 connection ended: {error}");
@@ -460,4 +458,14 @@ pub async fn callout(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ClientError::Timeout(timeout))?
+}
+
+/// Runs hyper's connection tasks on the worker's own thread.
+#[derive(Clone, Copy)]
+pub(crate) struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
 }

@@ -21,9 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{self, BodyReset, BodySender, ChannelBody};
 use crate::calls::Calls;
 use crate::framing::Framing;
+use crate::generation::Generation;
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
+use crate::runtime::WorkerState;
 use crate::stats::Traffic;
-use crate::worker::{Generation, WorkerState};
 use crate::{Target, client, echo};
 
 /// One client connection: which listener took it, and the worker it runs on.

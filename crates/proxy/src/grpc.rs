@@ -11,8 +11,8 @@ use sluice_host::{GrpcCallRequest, GrpcEvent};
 use tokio::sync::mpsc;
 
 use crate::body;
+use crate::client::LocalExec;
 use crate::headers::{fields_map, response_map, to_fields};
-use crate::worker::LocalExec;
 use crate::{Clusters, Target};
 
 /// What a plugin does to a call after starting it.

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accept;
 mod access_log;
 mod admin;
 mod body;
@@ -13,13 +14,16 @@ mod client_io;
 mod driver;
 mod echo;
 mod framing;
+mod generation;
 mod grpc;
 mod h2_guard;
 mod headers;
 mod load;
 mod logging;
 mod reload;
+mod runtime;
 mod stats;
+mod timers;
 mod tls;
 mod worker;
 

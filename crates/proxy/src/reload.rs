@@ -9,8 +9,8 @@ use sluice_config::ConfigError;
 use sluice_host::{Clock, Engine};
 use tokio::sync::watch;
 
+use crate::generation::Generation;
 use crate::stats::Stats;
-use crate::worker::Generation;
 use crate::{ProxyConfig, Source};
 
 /// Why a reload changed nothing.

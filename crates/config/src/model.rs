@@ -291,37 +291,21 @@ pub struct Plugin {
 pub enum Origin {
     /// `--plugin GIVEN` on the command line.
     Flag { given: String },
-    /// A WasmPlugin document: its label (`document 2 (WasmPlugin auth)`) and where its
-    /// `spec.url` and `spec.sha256` are.
-    Document {
-        label: String,
-        url: Option<crate::Location>,
-        sha256: Option<crate::Location>,
-    },
+    /// A WasmPlugin document: its label (`document 2 (WasmPlugin auth)`) and its index in the
+    /// config text (from 0), to find a field's line when an error needs it.
+    Document { label: String, index: usize },
 }
 
 impl Origin {
-    /// The place of the plugin's module (`spec.url`, or the flag) in an error.
-    pub fn url_place(&self) -> (String, Option<crate::Location>) {
+    /// The place of one of the plugin's fields (`spec.url`, `spec.sha256`) in an error: the flag,
+    /// or the document and field with its line and column in `text`, the config it came from.
+    pub fn place(&self, field: &str, text: Option<&str>) -> (String, Option<crate::Location>) {
         match self {
             Self::Flag { given } => (format!("--plugin {given}"), None),
-            Self::Document { label, url, .. } => (format!("{label} spec.url"), *url),
-        }
-    }
-
-    /// The place of the plugin's `spec.sha256`.
-    pub fn sha256_place(&self) -> (String, Option<crate::Location>) {
-        match self {
-            Self::Flag { given } => (format!("--plugin {given}"), None),
-            Self::Document { label, sha256, .. } => (format!("{label} spec.sha256"), *sha256),
-        }
-    }
-
-    /// The place of another field of a WasmPlugin document (`metadata.name`).
-    pub fn field(&self, field: &str) -> String {
-        match self {
-            Self::Flag { given } => format!("--plugin {given}"),
-            Self::Document { label, .. } => format!("{label} {field}"),
+            Self::Document { label, index } => (
+                format!("{label} {field}"),
+                text.and_then(|text| crate::locate(text, *index, field)),
+            ),
         }
     }
 }

@@ -490,7 +490,7 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
             )),
         }
     }
-    check_plugins(&mut plugins, &mut errors);
+    check_plugins(&mut plugins, text, &mut errors);
     check_references(&config, &plugins, &mut errors);
     order(&mut plugins);
     config.plugins = plugins;
@@ -748,8 +748,7 @@ fn wasm_plugin(
         pull_secret: spec.image_pull_secret.filter(|_| oci),
         origin: crate::Origin::Document {
             label: label.to_string(),
-            url: checker.locate("spec.url"),
-            sha256: checker.locate("spec.sha256"),
+            index: checker.index,
         },
     })
 }
@@ -1078,14 +1077,15 @@ fn route_of(spec: RouteSpec, index: usize, field: &str, checker: &mut Checker<'_
 }
 
 /// Plugin names are unique.
-fn check_plugins(plugins: &mut [Plugin], errors: &mut Vec<ConfigError>) {
+fn check_plugins(plugins: &mut [Plugin], text: &str, errors: &mut Vec<ConfigError>) {
     let mut names = HashSet::new();
     for plugin in plugins.iter() {
         if !names.insert(plugin.name.as_str()) {
-            errors.push(ConfigError::new(
-                plugin.origin.field("metadata.name"),
-                "two plugins have this name; names must be unique",
-            ));
+            let (place, location) = plugin.origin.place("metadata.name", Some(text));
+            errors.push(
+                ConfigError::new(place, "two plugins have this name; names must be unique")
+                    .at(location),
+            );
         }
     }
 }
@@ -1447,7 +1447,7 @@ kind: VirtualService
     fn a_plugin_remembers_where_its_url_is() {
         let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec:\n  url: a.wasm\n";
         let plugin = &parse(text, base()).unwrap().plugins[0];
-        let (place, location) = plugin.origin.url_place();
+        let (place, location) = plugin.origin.place("spec.url", Some(text));
         assert_eq!(place, "document 1 (WasmPlugin a) spec.url");
         assert_eq!(location.map(|l| (l.line, l.column)), Some((5, 8)));
     }

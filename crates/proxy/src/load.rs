@@ -32,21 +32,22 @@ pub struct Source {
 impl Source {
     /// Reads the file (if any), checks it and loads everything it names.
     pub fn load(&self, engine: &Engine) -> Result<ProxyConfig, Vec<ConfigError>> {
-        let config = match &self.file {
-            None => self.base.clone(),
+        let (config, text) = match &self.file {
+            None => (self.base.clone(), None),
             Some(file) => {
                 let text = std::fs::read_to_string(file).map_err(|error| {
                     vec![ConfigError::new("", format!("cannot read: {error}")).in_file(file)]
                 })?;
-                sluice_config::parse(&text, self.base.clone()).map_err(|errors| {
+                let config = sluice_config::parse(&text, self.base.clone()).map_err(|errors| {
                     errors
                         .into_iter()
                         .map(|e| e.in_file(file))
                         .collect::<Vec<_>>()
-                })?
+                })?;
+                (config, Some(text))
             }
         };
-        load(config, self, engine).map_err(|errors| match &self.file {
+        load(config, text.as_deref(), self, engine).map_err(|errors| match &self.file {
             Some(file) => errors.into_iter().map(|e| e.in_file(file)).collect(),
             None => errors,
         })
@@ -145,9 +146,11 @@ fn restrict(
         .map_err(|e| e.to_string())
 }
 
-/// Loads every plugin and resolves every endpoint of a checked config from `source`.
+/// Loads every plugin and resolves every endpoint of a checked config from `source`; `text` is
+/// the config file's, where errors find their lines.
 fn load(
     mut config: Config,
+    text: Option<&str>,
     source: &Source,
     engine: &Engine,
 ) -> Result<ProxyConfig, Vec<ConfigError>> {
@@ -163,7 +166,7 @@ fn load(
         .extend(config.insecure_registries.iter().cloned());
     let fetcher = sluice_fetch::Fetcher::new(fetch);
     for plugin in &config.plugins {
-        let (place, location) = plugin.origin.url_place();
+        let (place, location) = plugin.origin.place("spec.url", text);
         let pull_secret = plugin.pull_secret.as_ref().map(|s| local_path(s, base_dir));
         let fetched = fetcher.fetch(&sluice_fetch::Request {
             url: &plugin.url,
@@ -205,7 +208,7 @@ fn load(
                 };
                 errors.push(match error {
                     sluice_fetch::FetchError::Digest { .. } => {
-                        let (place, location) = plugin.origin.sha256_place();
+                        let (place, location) = plugin.origin.place("spec.sha256", text);
                         ConfigError::new(place, message).at(location)
                     }
                     _ => ConfigError::new(place, message).at(location),
@@ -216,10 +219,8 @@ fn load(
         let env = match plugin.vm.environment(|name| std::env::var(name).ok()) {
             Ok(env) => env,
             Err(error) => {
-                errors.push(ConfigError::new(
-                    plugin.origin.field("spec.vmConfig"),
-                    error.to_string(),
-                ));
+                let (place, location) = plugin.origin.place("spec.vmConfig", text);
+                errors.push(ConfigError::new(place, error.to_string()).at(location));
                 continue;
             }
         };

@@ -43,7 +43,8 @@ pub struct RunArgs {
     /// such as a gRPC service (repeatable; outbound|PORT||HOST needs none)
     #[arg(long = "cluster")]
     clusters: Vec<String>,
-    /// Where the admin API listens (/ready, /stats, /plugins, /config_dump, POST /reload);
+    /// Where the admin API listens (the admin page at /, /ready, /stats, /plugins, /config_dump,
+    /// /history, /logging, POST /reload);
     /// `off` disables it [default: 127.0.0.1:9901]
     #[arg(long)]
     admin: Option<String>,
@@ -317,7 +318,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(admin) = proxy.admin_address {
         tracing::info!(
-            "admin API on http://{admin} (/ready, /stats, /plugins, /config_dump, /logging, POST /reload)"
+            "admin page on http://{admin}/ (API: /ready, /stats, /plugins, /config_dump, /history, /logging, POST /reload)"
         );
     }
     let reloader = proxy.reloader();

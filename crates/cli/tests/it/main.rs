@@ -258,7 +258,7 @@ fn run_serves_a_plugin_in_front_of_the_echo_upstream_until_interrupted() {
     );
     let stderr = stderr_log.all();
     assert!(
-        stderr.contains("sluice listening on http://") && stderr.contains("admin API on http://"),
+        stderr.contains("sluice listening on http://") && stderr.contains("admin page on http://"),
         "{stderr}"
     );
 }

@@ -284,7 +284,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             signal(SignalKind::hangup())?,
         ))
     })?;
-    let proxy = sluice_proxy::start(source, engine)?;
+    let proxy = sluice_proxy::start_loaded(source, loaded.clone())?;
     let config = &loaded.config;
     let chain: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
     let plugins = if chain.is_empty() {

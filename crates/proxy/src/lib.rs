@@ -39,7 +39,7 @@ use sluice_host::{Engine, Limits, PluginCode};
 
 pub use load::Source;
 pub use reload::{LastReload, ReloadError, Reloader, canary};
-pub use worker::{RunningProxy, start};
+pub use worker::{RunningProxy, start, start_loaded};
 
 /// Entry points for the fuzz targets in `fuzz/`; not an API.
 #[doc(hidden)]

@@ -92,6 +92,13 @@ struct AcrossWorkers {
 /// listeners open, or with the first error.
 pub fn start(source: Source, engine: Engine) -> Result<RunningProxy, StartError> {
     let config = source.load(&engine).map_err(StartError::Config)?;
+    start_loaded(source, config)
+}
+
+/// `start` with the config `source` already loaded (by a caller that looked at it first), so
+/// that nothing is fetched twice (an `imagePullPolicy: Always` module would be).
+pub fn start_loaded(source: Source, config: ProxyConfig) -> Result<RunningProxy, StartError> {
+    let engine = config.engine.clone();
     // Every plugin once on a throwaway instance first, as a reload does: a plugin that refuses
     // to start is reported with what it logged, not as N workers' bare `returned false`.
     crate::reload::canary(&config).map_err(StartError::Plugin)?;

@@ -196,7 +196,7 @@ impl Harness {
                 (":authority", "example.com"),
                 ("content-type", "application/octet-stream"),
             ]),
-            request_body: program.to_vec(),
+            request_body: program.to_vec().into(),
             response_headers: HeaderMap::from_pairs([(":status", "200")]),
             ..HttpStream::default()
         }

@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use sluice_abi::{Action, HeaderMap, StreamType};
 use sluice_config::FailStrategy;
 use sluice_host::{
@@ -38,7 +39,7 @@ pub enum Step {
         end_of_stream: bool,
     },
     RequestData {
-        data: Vec<u8>,
+        data: Bytes,
         end_of_stream: bool,
     },
     RequestTrailers {
@@ -50,7 +51,7 @@ pub enum Step {
         end_of_stream: bool,
     },
     ResponseData {
-        data: Vec<u8>,
+        data: Bytes,
         end_of_stream: bool,
     },
     ResponseTrailers {
@@ -80,7 +81,7 @@ enum Direction {
 #[derive(Clone, Debug)]
 enum Event {
     Headers { end_of_stream: bool },
-    Data { data: Vec<u8>, end_of_stream: bool },
+    Data { data: Bytes, end_of_stream: bool },
     Trailers,
 }
 
@@ -143,7 +144,10 @@ impl Flow {
             }),
         ) = (&event, queue.back_mut())
         {
-            last.extend_from_slice(data);
+            // The waiting data is usually this queue's own (unshared) buffer: it grows in place.
+            let mut merged = Vec::from(std::mem::take(last));
+            merged.extend_from_slice(data);
+            *last = merged.into();
             *last_end |= *end_of_stream;
             return;
         }
@@ -421,11 +425,11 @@ impl Stream {
         self.feed(Direction::Request, Event::Headers { end_of_stream });
     }
 
-    pub fn request_data(&mut self, data: Vec<u8>, end_of_stream: bool) {
+    pub fn request_data(&mut self, data: impl Into<Bytes>, end_of_stream: bool) {
         self.feed(
             Direction::Request,
             Event::Data {
-                data,
+                data: data.into(),
                 end_of_stream,
             },
         );
@@ -444,11 +448,11 @@ impl Stream {
         self.feed(Direction::Response, Event::Headers { end_of_stream });
     }
 
-    pub fn response_data(&mut self, data: Vec<u8>, end_of_stream: bool) {
+    pub fn response_data(&mut self, data: impl Into<Bytes>, end_of_stream: bool) {
         self.feed(
             Direction::Response,
             Event::Data {
-                data,
+                data: data.into(),
                 end_of_stream,
             },
         );
@@ -666,7 +670,7 @@ impl Stream {
                 } else {
                     let mut held = held;
                     held.extend_from_slice(&data);
-                    held
+                    Bytes::from(held)
                 };
                 let size = buffer.len() as u32;
                 self.set_body(request, buffer);
@@ -690,7 +694,8 @@ impl Stream {
                         self.park(index);
                         let limit = self.chain.buffer_limit;
                         let flow = self.flow(direction);
-                        flow.buffers[position] = buffer;
+                        // Held, it grows: copied out of the codec's buffer only now.
+                        flow.buffers[position] = Vec::from(buffer);
                         if end_of_stream {
                             flow.blocked[position] = Some(Blocked::BodyEnd);
                         } else if flow.buffers[position].len() > limit {
@@ -743,7 +748,7 @@ impl Stream {
             flow.push(
                 position + 1,
                 Event::Data {
-                    data: held,
+                    data: Bytes::from(held),
                     end_of_stream: false,
                 },
             );
@@ -751,7 +756,7 @@ impl Stream {
         flow.push(position + 1, Event::Trailers);
     }
 
-    fn set_body(&mut self, request: bool, body: Vec<u8>) {
+    fn set_body(&mut self, request: bool, body: Bytes) {
         let mut data = self.data.borrow_mut();
         if request {
             data.request_body = body;
@@ -760,7 +765,7 @@ impl Stream {
         }
     }
 
-    fn take_body(&mut self, request: bool) -> Vec<u8> {
+    fn take_body(&mut self, request: bool) -> Bytes {
         let mut data = self.data.borrow_mut();
         std::mem::take(if request {
             &mut data.request_body
@@ -809,16 +814,17 @@ impl Stream {
         );
         let held_request = std::mem::take(&mut self.request.buffers[request_at]);
         let held_response = std::mem::take(&mut self.response.buffers[response_at]);
-        self.set_body(true, held_request);
-        self.set_body(false, held_response);
+        // Moved in and out whole: no copy unless the plugin changes them.
+        self.set_body(true, held_request.into());
+        self.set_body(false, held_response.into());
         let (result, effects) = {
             let mut vm = self.chain.plugins[index].vm.borrow_mut();
             let root = vm.root_context(self.chain.plugins[index].root);
             let result = f(vm.vm(), root);
             (result, vm.vm().take_effects())
         };
-        self.request.buffers[request_at] = self.take_body(true);
-        self.response.buffers[response_at] = self.take_body(false);
+        self.request.buffers[request_at] = Vec::from(self.take_body(true));
+        self.response.buffers[response_at] = Vec::from(self.take_body(false));
         match result {
             Ok(()) => {
                 self.apply_effects(index, effects, true);
@@ -907,7 +913,7 @@ impl Stream {
                 flow.queues[position + 1].push_front(Event::Headers { end_of_stream });
             }
             Some(Blocked::BodyEnd) => {
-                let data = std::mem::take(&mut flow.buffers[position]);
+                let data = Bytes::from(std::mem::take(&mut flow.buffers[position]));
                 flow.push(
                     position + 1,
                     Event::Data {
@@ -923,7 +929,7 @@ impl Stream {
                     flow.push(
                         position + 1,
                         Event::Data {
-                            data,
+                            data: data.into(),
                             end_of_stream: false,
                         },
                     );
@@ -1071,7 +1077,7 @@ impl Stream {
                 self.emit(
                     Direction::Response,
                     Event::Data {
-                        data: body,
+                        data: body.into(),
                         end_of_stream: true,
                     },
                 );
@@ -1082,7 +1088,7 @@ impl Stream {
                 self.response.push(
                     0,
                     Event::Data {
-                        data: body,
+                        data: body.into(),
                         end_of_stream: true,
                     },
                 );

@@ -13,11 +13,12 @@ use sluice_abi::{Attribute, HeaderMap, PropertyValue};
 #[derive(Debug, Default)]
 pub struct HttpStream {
     pub request_headers: HeaderMap,
-    /// The request body a body callback is looking at: the data buffered at that plugin.
-    pub request_body: Vec<u8>,
+    /// The request body a body callback is looking at: the data buffered at that plugin
+    /// (shared with the codec's buffer until a plugin changes it).
+    pub request_body: bytes::Bytes,
     pub request_trailers: HeaderMap,
     pub response_headers: HeaderMap,
-    pub response_body: Vec<u8>,
+    pub response_body: bytes::Bytes,
     pub response_trailers: HeaderMap,
     /// Values the embedder supplies for this stream (`request.protocol`,
     /// `response.code_details`, ...), by dotted path.

@@ -1,7 +1,8 @@
 //! What one request costs the proxy path, next to `crates/filter/benches/chain.rs` (the chain
 //! engine alone): a real `sluice_proxy` with one worker on 127.0.0.1, in front of the built-in
-//! echo upstream, with no plugin and with the add-header plugin, driven by keep-alive HTTP/1.1
-//! clients on threads of this process. It prints the request rate and the CPU time of the worker
+//! echo upstream and of an origin on a real socket (small and 64 KiB answers), with no plugin
+//! and with the add-header plugin, driven by keep-alive HTTP/1.1 clients on threads of this
+//! process. It prints the request rate and the CPU time of the worker
 //! thread per request (from /proc), so the cost of the path around the plugin shows apart from
 //! the clients'. Run with `cargo bench -p sluice-proxy`; `PATH_BENCH_REQUESTS=N` changes the count.
 //! Use `bench/run.sh` (real Envoy and nginx side by side) for claims; this is for quick A/B work.
@@ -69,8 +70,43 @@ fn client(address: std::net::SocketAddr, count: u32) {
     }
 }
 
-fn run(label: &str, plugins: Vec<Plugin>) {
-    let mut config = Config::single_route("127.0.0.1:0".parse().unwrap(), None, None);
+/// An origin on 127.0.0.1 that answers every request head on a keep-alive connection with
+/// `body_bytes` bytes, one thread per connection; returns its `HOST:PORT`.
+fn origin(body_bytes: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let mut answer =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {body_bytes}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + body_bytes, b'x');
+    let answer: &'static [u8] = answer.leak();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let socket = socket.unwrap();
+            std::thread::spawn(move || {
+                socket.set_nodelay(true).unwrap();
+                let mut writer = socket.try_clone().unwrap();
+                let mut reader = BufReader::new(socket);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" => {
+                            if writer.write_all(answer).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+fn run(label: &str, upstream: Option<String>, plugins: Vec<Plugin>) {
+    let mut config = Config::single_route("127.0.0.1:0".parse().unwrap(), upstream, None);
     config.plugins = plugins;
     config.workers = Some(1);
     let engine = Engine::new(EngineOptions {
@@ -114,19 +150,25 @@ fn run(label: &str, plugins: Vec<Plugin>) {
 }
 
 fn main() {
-    run("echo, no plugin", Vec::new());
+    let small = origin(17);
+    let large = origin(64 << 10);
+    run("echo, no plugin", None, Vec::new());
     let wasm = sluice_test_support::plugin_wasm("add_header");
     let configuration = serde_json::json!({
         "request": {"set": {"x-hello": "bench"}},
         "response": {"set": {"x-plugin": "add-header"}}
     });
-    run(
-        "echo, add-header",
+    let add_header = || {
         vec![Plugin::local(
             "add-header".into(),
             wasm.display().to_string(),
-            Some(configuration),
+            Some(configuration.clone()),
             FailStrategy::FailClose,
-        )],
-    );
+        )]
+    };
+    run("echo, add-header", None, add_header());
+    run("origin, no plugin", Some(small.clone()), Vec::new());
+    run("origin, add-header", Some(small), add_header());
+    run("origin 64K, no plugin", Some(large.clone()), Vec::new());
+    run("origin 64K, add-hdr", Some(large), add_header());
 }

@@ -4,15 +4,20 @@
 //! window stays shut) or an upstream that never takes a request body holds at most
 //! [`BYTES_IN_FLIGHT`] (plus the one frame that crossed it) per body, and the reader of the
 //! other side stops reading its socket, so flow control reaches the peer.
+//!
+//! Both ends live on one worker thread (hyper polls the body on the same `LocalSet` the
+//! request's driver runs on), so the channel is one shared cell with two wakers: no atomics,
+//! one allocation per body.
 
-use std::future::Future;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::Frame;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Why a streamed body ended early.
 #[derive(Debug, thiserror::Error)]
@@ -28,132 +33,174 @@ const FRAMES_IN_FLIGHT: usize = 16;
 /// busy, little enough that a client holding a hundred streams shut costs a few megabytes.
 pub const BYTES_IN_FLIGHT: usize = 64 * 1024;
 
-/// Bytes a hop may hold; each frame carries its share until the reader takes it.
-#[derive(Clone)]
-pub struct Budget(Arc<Semaphore>);
+/// What both ends of a channel see.
+#[derive(Default)]
+struct Shared {
+    frames: VecDeque<Frame<Bytes>>,
+    /// Data bytes in `frames`.
+    bytes: usize,
+    /// A reset that goes ahead of the frames.
+    reset: Option<BodyReset>,
+    sender_gone: bool,
+    receiver_gone: bool,
+    /// The reader waiting for a frame, and the sender waiting for room or for the reader to go.
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
 
-impl Budget {
-    pub fn new() -> Budget {
-        Budget(Arc::new(Semaphore::new(BYTES_IN_FLIGHT)))
+impl Shared {
+    /// Whether a frame of `size` data bytes may be queued now: within both bounds, or alone
+    /// (a frame larger than the whole budget waits until nothing else is held).
+    fn has_room(&self, size: usize) -> bool {
+        self.frames.len() < FRAMES_IN_FLIGHT
+            && (self.bytes == 0 || self.bytes + size <= BYTES_IN_FLIGHT)
     }
 
-    /// Waits until `bytes` fit (a frame larger than the whole budget waits for all of it).
-    pub async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let share = share(bytes)?;
-        // The semaphore is never closed, so the acquisition only waits.
-        self.0.clone().acquire_many_owned(share).await.ok()
-    }
-
-    /// The share of `bytes` if they fit now (`Ok(None)`: nothing to hold), `Err` if they would
-    /// have to wait.
-    fn try_reserve(&self, bytes: usize) -> Result<Option<OwnedSemaphorePermit>, ()> {
-        match share(bytes) {
-            None => Ok(None),
-            Some(share) => self
-                .0
-                .clone()
-                .try_acquire_many_owned(share)
-                .map(Some)
-                .map_err(drop),
+    fn push(&mut self, frame: Frame<Bytes>) {
+        self.bytes += frame.data_ref().map_or(0, Bytes::len);
+        self.frames.push_back(frame);
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
         }
     }
 }
 
-/// The permits `bytes` take: none for none, at most the whole budget.
-fn share(bytes: usize) -> Option<u32> {
-    (bytes > 0).then(|| u32::try_from(bytes.min(BYTES_IN_FLIGHT)).unwrap_or(u32::MAX))
-}
-
-/// The data bytes of a frame (trailers and resets have none).
-fn data_len(frame: &FrameResult) -> usize {
-    match frame {
-        Ok(frame) => frame.data_ref().map_or(0, Bytes::len),
-        Err(_) => 0,
-    }
-}
-
 /// The sending end of a [`ChannelBody`].
-pub struct BodySender {
-    frames: mpsc::Sender<(FrameResult, Option<OwnedSemaphorePermit>)>,
-    budget: Budget,
-    reset: oneshot::Sender<BodyReset>,
-}
+pub struct BodySender(Rc<RefCell<Shared>>);
 
 /// The body's reader is gone.
 #[derive(Debug)]
 pub struct Gone;
 
 impl BodySender {
-    /// Sends `frame` once the body's budget has room for it.
+    /// Sends `frame` once the body has room for it.
     pub async fn send(&self, frame: FrameResult) -> Result<(), Gone> {
-        let share = tokio::select! {
-            share = self.budget.reserve(data_len(&frame)) => share,
-            () = self.frames.closed() => return Err(Gone),
-        };
-        self.frames.send((frame, share)).await.map_err(|_| Gone)
+        let mut frame = Some(frame);
+        poll_fn(|cx| match frame.take() {
+            Some(next) => match self.offer(next) {
+                Ok(result) => Poll::Ready(result),
+                Err(next) => {
+                    frame = Some(next);
+                    self.0.borrow_mut().writer = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+            None => Poll::Ready(Ok(())),
+        })
+        .await
     }
 
     /// Sends `frame` if the body has room for it now; gives it back if it would have to wait.
     pub fn try_send(&self, frame: FrameResult) -> Result<(), FrameResult> {
-        let Ok(share) = self.budget.try_reserve(data_len(&frame)) else {
-            return Err(frame);
-        };
-        self.frames
-            .try_send((frame, share))
-            .map_err(|error| error.into_inner().0)
+        match self.offer(frame) {
+            Ok(_) => Ok(()),
+            Err(frame) => Err(frame),
+        }
+    }
+
+    /// `Ok` with the outcome when the frame was taken or can never be, `Err` with the frame
+    /// when it has to wait for room.
+    fn offer(&self, frame: FrameResult) -> Result<Result<(), Gone>, FrameResult> {
+        let mut shared = self.0.borrow_mut();
+        if shared.receiver_gone {
+            return Ok(Err(Gone));
+        }
+        match frame {
+            Err(reset) => {
+                shared.reset = Some(reset);
+                if let Some(reader) = shared.reader.take() {
+                    reader.wake();
+                }
+                Ok(Ok(()))
+            }
+            Ok(frame) => {
+                if !shared.has_room(frame.data_ref().map_or(0, Bytes::len)) {
+                    return Err(Ok(frame));
+                }
+                shared.push(frame);
+                Ok(Ok(()))
+            }
+        }
     }
 
     /// Ends the body in error ahead of whatever frames still wait (they may never be taken: a
     /// client that keeps its window shut), so the reader resets the stream rather than take
     /// the body as complete.
     pub fn abort(self, reason: BodyReset) {
-        let _ = self.reset.send(reason);
+        let mut shared = self.0.borrow_mut();
+        shared.reset = Some(reason);
+        if let Some(reader) = shared.reader.take() {
+            reader.wake();
+        }
     }
 
     /// Completes when the body's reader is gone.
     pub async fn closed(&self) {
-        self.frames.closed().await;
+        poll_fn(|cx| {
+            let mut shared = self.0.borrow_mut();
+            if shared.receiver_gone {
+                Poll::Ready(())
+            } else {
+                shared.writer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
     }
 }
 
-pub struct ChannelBody {
-    /// `None`: a body known to be empty, so hyper sends `content-length: 0` where one belongs
-    /// (as Envoy's codec does for a reply without a body) instead of chunked encoding.
-    receiver: Option<mpsc::Receiver<(FrameResult, Option<OwnedSemaphorePermit>)>>,
-    /// A reset that goes ahead of the frames; `None` once the sender is gone without one.
-    reset: Option<oneshot::Receiver<BodyReset>>,
+impl Drop for BodySender {
+    fn drop(&mut self) {
+        let mut shared = self.0.borrow_mut();
+        shared.sender_gone = true;
+        if let Some(reader) = shared.reader.take() {
+            reader.wake();
+        }
+    }
+}
+
+pub struct ChannelBody(Source);
+
+enum Source {
+    /// A body known to be empty, so hyper sends `content-length: 0` where one belongs (as
+    /// Envoy's codec does for a reply without a body) instead of chunked encoding.
+    Empty,
+    /// One frame, already complete.
+    Full(Bytes),
+    Channel(Rc<RefCell<Shared>>),
 }
 
 pub fn channel() -> (BodySender, ChannelBody) {
-    let (frames, receiver) = mpsc::channel(FRAMES_IN_FLIGHT);
-    let (reset, resets) = oneshot::channel();
+    let shared = Rc::new(RefCell::new(Shared::default()));
     (
-        BodySender {
-            frames,
-            budget: Budget::new(),
-            reset,
-        },
-        ChannelBody {
-            receiver: Some(receiver),
-            reset: Some(resets),
-        },
+        BodySender(shared.clone()),
+        ChannelBody(Source::Channel(shared)),
     )
 }
 
 /// A body that ends at once.
 pub fn empty() -> ChannelBody {
-    ChannelBody {
-        receiver: None,
-        reset: None,
-    }
+    ChannelBody(Source::Empty)
 }
 
 /// A body of one frame, already sent (the caller gives its `content-length`).
 pub fn full(data: Bytes) -> ChannelBody {
-    let (sender, body) = channel();
-    // A fresh channel has room for FRAMES_IN_FLIGHT frames; this one's bytes are not counted.
-    let _ = sender.frames.try_send((Ok(Frame::data(data)), None));
-    body
+    ChannelBody(Source::Full(data))
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        if let Source::Channel(shared) = &self.0 {
+            let mut shared = shared.borrow_mut();
+            shared.receiver_gone = true;
+            // Nobody will take them: the memory goes now, not when the sender ends.
+            shared.frames.clear();
+            shared.bytes = 0;
+            if let Some(writer) = shared.writer.take() {
+                writer.wake();
+            }
+        }
+    }
 }
 
 impl http_body::Body for ChannelBody {
@@ -161,35 +208,105 @@ impl http_body::Body for ChannelBody {
     type Error = BodyReset;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
-        if let Some(reset) = &mut self.reset {
-            match Pin::new(reset).poll(cx) {
-                Poll::Ready(Ok(reason)) => {
-                    self.reset = None;
-                    self.receiver = None;
-                    return Poll::Ready(Some(Err(reason)));
-                }
-                // The sender went without a reset: the frames tell how the body ends.
-                Poll::Ready(Err(_)) => self.reset = None,
-                Poll::Pending => {}
+        let Source::Channel(shared) = &self.0 else {
+            return match std::mem::replace(&mut self.0, Source::Empty) {
+                Source::Full(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                _ => Poll::Ready(None),
+            };
+        };
+        let mut shared = shared.borrow_mut();
+        if let Some(reset) = shared.reset.take() {
+            drop(shared);
+            self.0 = Source::Empty;
+            return Poll::Ready(Some(Err(reset)));
+        }
+        if let Some(frame) = shared.frames.pop_front() {
+            shared.bytes -= frame.data_ref().map_or(0, Bytes::len);
+            if let Some(writer) = shared.writer.take() {
+                writer.wake();
             }
+            return Poll::Ready(Some(Ok(frame)));
         }
-        match &mut self.receiver {
-            // The frame's share of the budget is given back as hyper takes it.
-            Some(receiver) => receiver
-                .poll_recv(cx)
-                .map(|frame| frame.map(|(frame, _share)| frame)),
-            None => Poll::Ready(None),
+        if shared.sender_gone {
+            return Poll::Ready(None);
         }
+        shared.reader = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.receiver.is_none()
+        matches!(self.0, Source::Empty)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        match self.receiver {
-            Some(_) => http_body::SizeHint::default(),
-            None => http_body::SizeHint::with_exact(0),
+        match self.0 {
+            Source::Empty => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn data(bytes: usize) -> FrameResult {
+        Ok(Frame::data(Bytes::from(vec![b'x'; bytes])))
+    }
+
+    #[tokio::test]
+    async fn the_sender_waits_for_room_in_frames_and_bytes() {
+        let (sender, mut body) = channel();
+        for _ in 0..FRAMES_IN_FLIGHT {
+            assert!(sender.try_send(data(1)).is_ok());
+        }
+        assert!(sender.try_send(data(1)).is_err(), "frames are bounded");
+        for _ in 0..FRAMES_IN_FLIGHT {
+            body.frame().await.unwrap().unwrap();
+        }
+        assert!(sender.try_send(data(BYTES_IN_FLIGHT - 10)).is_ok());
+        assert!(sender.try_send(data(11)).is_err(), "bytes are bounded");
+        assert!(sender.try_send(data(10)).is_ok());
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert!(
+            sender.try_send(data(4 * BYTES_IN_FLIGHT)).is_ok(),
+            "a frame larger than the budget goes alone"
+        );
+        assert!(sender.try_send(data(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reset_goes_ahead_of_waiting_frames_and_a_dropped_reader_ends_the_sender() {
+        let (sender, mut body) = channel();
+        sender.try_send(data(5)).unwrap();
+        sender.abort(BodyReset("gone".into()));
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(body.frame().await.is_none());
+
+        let (sender, body) = channel();
+        sender.try_send(data(BYTES_IN_FLIGHT)).unwrap();
+        drop(body);
+        assert!(sender.send(data(1)).await.is_err());
+        sender.closed().await;
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_resumes_when_the_reader_takes_a_frame() {
+        let (sender, mut body) = channel();
+        sender.try_send(data(BYTES_IN_FLIGHT)).unwrap();
+        let (sent, read) = tokio::join!(sender.send(data(7)), async {
+            let first = body.frame().await.unwrap().unwrap();
+            let second = body.frame().await.unwrap().unwrap();
+            (
+                first.into_data().unwrap().len(),
+                second.into_data().unwrap().len(),
+            )
+        });
+        assert!(sent.is_ok());
+        assert_eq!(read, (BYTES_IN_FLIGHT, 7));
+        drop(sender);
+        assert!(body.frame().await.is_none());
     }
 }

@@ -203,7 +203,7 @@ where
     Ok(sender)
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<ChannelBody>;
+pub type Sender = hyper::client::conn::http1::SendRequest<ChannelBody>;
 
 /// Most idle upstream connections one worker keeps.
 pub const MAX_IDLE_CONNECTIONS: usize = 128;

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use sluice_abi::{HeaderMap, PropertyValue};
 use sluice_filter::{Step, Stream};
 use sluice_host::HttpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::body::{self, BodyReset, BodySender, ChannelBody};
 use crate::calls::Calls;
@@ -25,6 +25,7 @@ use crate::generation::Generation;
 use crate::headers::{fields_map, request_map, response_map, status, to_fields};
 use crate::runtime::WorkerState;
 use crate::stats::Traffic;
+use crate::upstream::{Upstream, UpstreamEvent};
 use crate::{Target, client, echo};
 
 /// One client connection: which listener took it, and the worker it runs on.
@@ -42,29 +43,6 @@ pub struct Connection {
     idle_since: Cell<tokio::time::Instant>,
 }
 
-enum UpstreamEvent {
-    /// The response head, whether the body is empty, and for a 101 the upstream's side of the
-    /// switched connection.
-    Head(
-        http::response::Parts,
-        bool,
-        Option<hyper::upgrade::OnUpgrade>,
-    ),
-    /// A frame, and whether it ends the body (only on HTTP/2: an HTTP/1.1 body's end comes as
-    /// `End`, so plugins see it in one more, empty, body callback, as in Envoy); with its share
-    /// of the bytes the upstream task may read ahead, given back once the frame is handled.
-    Frame(
-        Frame<Bytes>,
-        bool,
-        Option<tokio::sync::OwnedSemaphorePermit>,
-    ),
-    End,
-    /// How Envoy would report the failure, and what exactly happened (for the log).
-    Failed(client::ResetBeforeResponse, String),
-    /// The cluster's timeout passed before the response was complete.
-    TimedOut(Duration),
-}
-
 /// The hyper service: starts the driver and waits for the response head it produces.
 pub async fn handle(
     request: http::Request<Incoming>,
@@ -74,7 +52,9 @@ pub async fn handle(
         return Ok(refused);
     }
     let (head, head_rx) = oneshot::channel();
-    tokio::task::spawn_local(drive(request, connection, head));
+    // Boxed: a task's future is moved when it is spawned and as it completes, and the driver's
+    // is a few kilobytes; a box is moved as one pointer.
+    tokio::task::spawn_local(Box::pin(drive(request, connection, head)));
     Ok(head_rx.await.unwrap_or_else(|_| {
         let mut response = http::Response::new(body::empty());
         *response.status_mut() = http::StatusCode::BAD_GATEWAY;
@@ -277,8 +257,10 @@ struct Driver {
     head: Option<oneshot::Sender<http::Response<ChannelBody>>>,
     response_body: Option<BodySender>,
     upstream_body: Option<BodySender>,
-    upstream_events: Option<mpsc::Receiver<UpstreamEvent>>,
-    upstream_task: Option<tokio::task::JoinHandle<()>>,
+    /// The exchange with the route's endpoint, while it lasts.
+    upstream: Option<Upstream>,
+    /// An event the upstream produced while the request body waited for room, handled next.
+    held_upstream_event: Option<UpstreamEvent>,
     upstream_head_seen: bool,
     upstream_finished: bool,
     echo: Option<(HeaderMap, Vec<u8>, HeaderMap)>,
@@ -291,7 +273,7 @@ struct Driver {
     bytes_sent: u64,
     /// The route the request took (the last one selected): its index in the listener.
     route: Option<usize>,
-    upstream: Option<SocketAddr>,
+    upstream_address: Option<SocketAddr>,
     /// The upstream's side of a switched protocol (101), spliced to the client's at the end.
     upstream_switched: Option<hyper::upgrade::OnUpgrade>,
     /// The client's HTTP/1.x request body is still arriving: a response now closes the
@@ -355,8 +337,8 @@ async fn drive(
         head: Some(head),
         response_body: None,
         upstream_body: None,
-        upstream_events: None,
-        upstream_task: None,
+        upstream: None,
+        held_upstream_event: None,
         upstream_head_seen: false,
         upstream_finished: false,
         echo: None,
@@ -364,7 +346,7 @@ async fn drive(
         bytes_received: 0,
         bytes_sent: 0,
         route,
-        upstream: None,
+        upstream_address: None,
         upstream_switched: None,
         status: None,
         request_body_pending_http1: false,
@@ -390,9 +372,8 @@ async fn drive(
             exchange(&mut driver, headers, &mut body, http1).await;
         }
     }
-    if let Some(task) = driver.upstream_task.take() {
-        task.abort();
-    }
+    // An exchange still going (the client left, a plugin answered) ends here.
+    driver.upstream = None;
     driver.stream.finish();
     let new_failures = driver
         .stream
@@ -434,7 +415,19 @@ async fn exchange(driver: &mut Driver, headers: HeaderMap, body: &mut Incoming, 
         if driver.stream.is_complete() {
             break;
         }
-        let upstream_open = driver.upstream_events.is_some();
+        if let Some(event) = driver.held_upstream_event.take() {
+            driver.upstream_event(event);
+            continue;
+        }
+        // The one timer serves the idle timeout and the cluster's: it fires at the earlier.
+        let mut wanted = last_activity + idle_timeout;
+        if let Some(upstream) = &driver.upstream {
+            wanted = wanted.min(upstream.deadline);
+        }
+        if wanted < idle.deadline() {
+            idle.as_mut().reset(wanted);
+        }
+        let upstream_open = driver.upstream.is_some();
         let root_effects = driver.stream.root_effects();
         tokio::select! {
             () = root_effects => driver.stream.apply_root_effects(),
@@ -446,12 +439,12 @@ async fn exchange(driver: &mut Driver, headers: HeaderMap, body: &mut Incoming, 
                         // Envoy's HTTP/1 codec delivers the end of a body apart from its last
                         // data, in an empty end-of-stream body callback; HTTP/2 ends with a frame.
                         if http1 {
-                            driver.stream.request_data(data.to_vec(), false);
+                            driver.stream.request_data(data, false);
                             if !downstream_open {
-                                driver.stream.request_data(Vec::new(), true);
+                                driver.stream.request_data(Bytes::new(), true);
                             }
                         } else {
-                            driver.stream.request_data(data.to_vec(), !downstream_open);
+                            driver.stream.request_data(data, !downstream_open);
                         }
                     }
                     Err(frame) => {
@@ -463,7 +456,7 @@ async fn exchange(driver: &mut Driver, headers: HeaderMap, body: &mut Incoming, 
                 },
                 None => {
                     downstream_open = false;
-                    driver.stream.request_data(Vec::new(), true);
+                    driver.stream.request_data(Bytes::new(), true);
                 }
                 Some(Err(error)) if malformed_body(&error) => {
                     // A body the codec cannot read (a bad chunk size, say): Envoy's 400, or a
@@ -478,7 +471,7 @@ async fn exchange(driver: &mut Driver, headers: HeaderMap, body: &mut Incoming, 
                     break;
                 }
             },
-            event = next_upstream_event(&mut driver.upstream_events), if upstream_open => {
+            event = next_upstream_event(&mut driver.upstream), if upstream_open => {
                 driver.upstream_event(event);
             }
             ((plugin, token), answer) = driver.calls.answer(), if driver.calls.waiting() => {
@@ -491,8 +484,13 @@ async fn exchange(driver: &mut Driver, headers: HeaderMap, body: &mut Incoming, 
                 break;
             }
             () = &mut idle => {
+                let now = tokio::time::Instant::now();
+                if driver.upstream.as_ref().is_some_and(|upstream| now >= upstream.deadline) {
+                    driver.upstream_timed_out();
+                    continue;
+                }
                 let deadline = last_activity + idle_timeout;
-                if tokio::time::Instant::now() < deadline {
+                if now < deadline {
                     idle.as_mut().reset(deadline);
                     continue;
                 }
@@ -507,11 +505,17 @@ async fn exchange(driver: &mut Driver, headers: HeaderMap, body: &mut Incoming, 
 }
 
 /// The upstream's next event; never, when there is no upstream (the caller's guard).
-async fn next_upstream_event(
-    events: &mut Option<mpsc::Receiver<UpstreamEvent>>,
-) -> Option<UpstreamEvent> {
-    match events {
-        Some(events) => events.recv().await,
+async fn next_upstream_event(upstream: &mut Option<Upstream>) -> UpstreamEvent {
+    match upstream {
+        Some(upstream) => upstream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
@@ -570,11 +574,8 @@ impl Driver {
                 }
                 if let Some((_, body, _)) = &mut self.echo {
                     body.extend_from_slice(&data);
-                } else if let Some(sender) = &self.upstream_body
-                    && !data.is_empty()
-                {
-                    // A failed send means the upstream request ended; its task reports why.
-                    let _ = sender.send(Ok(Frame::data(Bytes::from(data)))).await;
+                } else if !data.is_empty() {
+                    self.send_upstream(Frame::data(data)).await;
                 }
                 if end_of_stream {
                     self.end_upstream_request();
@@ -586,8 +587,9 @@ impl Driver {
                 }
                 if let Some((_, _, echo_trailers)) = &mut self.echo {
                     *echo_trailers = trailers;
-                } else if let Some(sender) = &self.upstream_body {
-                    let _ = sender.send(Ok(Frame::trailers(to_fields(&trailers)))).await;
+                } else {
+                    self.send_upstream(Frame::trailers(to_fields(&trailers)))
+                        .await;
                 }
                 self.end_upstream_request();
             }
@@ -604,8 +606,7 @@ impl Driver {
                 }
                 if !data.is_empty() {
                     self.bytes_sent += data.len() as u64;
-                    self.send_response_frame(Frame::data(Bytes::from(data)))
-                        .await;
+                    self.send_response_frame(Frame::data(data)).await;
                 }
                 if end_of_stream {
                     self.response_body = None;
@@ -626,11 +627,8 @@ impl Driver {
                 &self.connection.state.upstreams,
             ),
             Step::ResetUpstream => {
-                if let Some(task) = self.upstream_task.take() {
-                    task.abort();
-                }
+                self.upstream = None;
                 self.upstream_body = None;
-                self.upstream_events = None;
                 self.echo = None;
             }
             Step::ResetDownstream { reason } => {
@@ -639,6 +637,46 @@ impl Driver {
                     sender.abort(BodyReset(reason));
                 }
             }
+        }
+    }
+
+    /// Sends a frame of the request upstream. While it waits for room the exchange goes on (a
+    /// new connection is still being made, a response may come before the body is taken), and
+    /// the cluster's timeout bounds the wait. A failed send means the upstream request ended:
+    /// the upstream's events say why.
+    async fn send_upstream(&mut self, frame: Frame<Bytes>) {
+        let Some(sender) = &self.upstream_body else {
+            return;
+        };
+        let Err(frame) = sender.try_send(Ok(frame)) else {
+            return;
+        };
+        // Waiting is rare: its future lives on the heap, so the request's own stays small.
+        Box::pin(self.wait_to_send_upstream(frame)).await;
+    }
+
+    async fn wait_to_send_upstream(&mut self, frame: body::FrameResult) {
+        let Some(sender) = &self.upstream_body else {
+            return;
+        };
+        let deadline = self.upstream.as_ref().map(|upstream| upstream.deadline);
+        let timed_out = {
+            let send = sender.send(frame);
+            tokio::pin!(send);
+            loop {
+                let listening = self.upstream.is_some() && self.held_upstream_event.is_none();
+                tokio::select! {
+                    _ = &mut send => break false,
+                    event = next_upstream_event(&mut self.upstream), if listening => {
+                        self.held_upstream_event = Some(event);
+                    }
+                    () = sleep_until_some(deadline) => break true,
+                }
+            }
+        };
+        if timed_out {
+            self.upstream_body = None;
+            self.upstream_timed_out();
         }
     }
 
@@ -707,7 +745,7 @@ impl Driver {
                 connect_timeout,
                 timeout,
             }) => {
-                self.upstream = Some(address);
+                self.upstream_address = Some(address);
                 let endpoint = client::Endpoint {
                     address,
                     host,
@@ -749,77 +787,14 @@ impl Driver {
             let (head, host, http2) = (headers.clone(), target.host.clone(), target.http2);
             move || client::upstream_request(&head, &host, body::empty(), http2).ok()
         };
-        let (events, receiver) = mpsc::channel(16);
-        self.upstream_events = Some(receiver);
-        let pool = self.connection.state.upstreams.clone();
-        self.upstream_task = Some(tokio::task::spawn_local(async move {
-            let exchange = async {
-                let (response, connection) =
-                    match pool.send(&target, request, connect_timeout, rebuild).await {
-                        Ok(exchange) => exchange,
-                        Err(error) => {
-                            let _ = events
-                                .send(UpstreamEvent::Failed(
-                                    error.before_response(),
-                                    error.to_string(),
-                                ))
-                                .await;
-                            return;
-                        }
-                    };
-                let mut response = response;
-                let switched = (response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-                    .then(|| hyper::upgrade::on(&mut response));
-                let reusable = switched.is_none();
-                let (parts, mut body) = response.into_parts();
-                let end = body.is_end_stream();
-                let budget = body::Budget::new();
-                if events
-                    .send(UpstreamEvent::Head(parts, end, switched))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if !end {
-                    while let Some(frame) = body.frame().await {
-                        // Envoy's HTTP/1 codec delivers the end of a message apart from its
-                        // last data (an empty end-of-stream body callback); HTTP/2 ends with a
-                        // frame.
-                        let last = target.http2 && body.is_end_stream();
-                        let event = match frame {
-                            Ok(frame) => {
-                                let size = frame.data_ref().map_or(0, Bytes::len);
-                                UpstreamEvent::Frame(frame, last, budget.reserve(size).await)
-                            }
-                            Err(error) => {
-                                let _ = events
-                                    .send(UpstreamEvent::Failed(
-                                        client::ResetBeforeResponse::new(
-                                            "connection termination",
-                                            None,
-                                        ),
-                                        error.to_string(),
-                                    ))
-                                    .await;
-                                return;
-                            }
-                        };
-                        if events.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = events.send(UpstreamEvent::End).await;
-                }
-                // The exchange is complete: an HTTP/1.1 connection can carry the next request.
-                if let Some(connection) = connection.filter(|_| reusable) {
-                    pool.put_back(target.address, connection);
-                }
-            };
-            if tokio::time::timeout(timeout, exchange).await.is_err() {
-                let _ = events.send(UpstreamEvent::TimedOut(timeout)).await;
-            }
-        }));
+        self.upstream = Some(Upstream::start(
+            self.connection.state.upstreams.clone(),
+            target,
+            request,
+            connect_timeout,
+            timeout,
+            rebuild,
+        ));
     }
 
     /// The whole request reached the upstream; the echo upstream answers now.
@@ -832,9 +807,9 @@ impl Driver {
         }
     }
 
-    fn upstream_event(&mut self, event: Option<UpstreamEvent>) {
+    fn upstream_event(&mut self, event: UpstreamEvent) {
         match event {
-            Some(UpstreamEvent::Head(parts, end_of_stream, switched)) => {
+            UpstreamEvent::Head(parts, end_of_stream, switched) => {
                 self.upstream_head_seen = true;
                 if let Some(traffic) = self.cluster_traffic() {
                     traffic.answered(Some(parts.status.as_u16()));
@@ -844,10 +819,10 @@ impl Driver {
                 self.stream
                     .response_headers(response_map(&parts), end_of_stream);
             }
-            Some(UpstreamEvent::Frame(frame, last, _share)) => match frame.into_data() {
+            UpstreamEvent::Frame(frame, last) => match frame.into_data() {
                 Ok(data) => {
                     self.upstream_finished = last;
-                    self.stream.response_data(data.to_vec(), last);
+                    self.stream.response_data(data, last);
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -856,34 +831,15 @@ impl Driver {
                     }
                 }
             },
-            Some(UpstreamEvent::End) | None => {
-                self.upstream_events = None;
+            UpstreamEvent::End => {
+                self.upstream = None;
                 if !self.upstream_finished {
                     self.upstream_finished = true;
-                    self.stream.response_data(Vec::new(), true);
+                    self.stream.response_data(Bytes::new(), true);
                 }
             }
-            Some(UpstreamEvent::TimedOut(after)) => {
-                self.upstream_events = None;
-                self.connection.state.stats.upstream_error();
-                if let Some(traffic) = self.cluster_traffic() {
-                    traffic.failed();
-                }
-                if self.upstream_head_seen {
-                    self.stream.reset_downstream(&format!(
-                        "upstream response not complete within the cluster timeout ({after:?})"
-                    ));
-                } else {
-                    tracing::warn!("upstream timed out after {after:?}");
-                    self.stream.local_reply_from_proxy(
-                        504,
-                        "upstream_response_timeout",
-                        "upstream request timeout",
-                    );
-                }
-            }
-            Some(UpstreamEvent::Failed(reply, detail)) => {
-                self.upstream_events = None;
+            UpstreamEvent::Failed(reply, detail) => {
+                self.upstream = None;
                 self.connection.state.stats.upstream_error();
                 if let Some(traffic) = self.cluster_traffic() {
                     traffic.failed();
@@ -898,6 +854,31 @@ impl Driver {
                         .local_reply_from_proxy(reply.status, &reply.details, &reply.body);
                 }
             }
+        }
+    }
+
+    /// The cluster's timeout passed before the upstream's response was complete: the exchange
+    /// ends, and the client gets Envoy's 504 (or a reset once the response began).
+    fn upstream_timed_out(&mut self) {
+        let Some(upstream) = self.upstream.take() else {
+            return;
+        };
+        let after = upstream.timeout;
+        self.connection.state.stats.upstream_error();
+        if let Some(traffic) = self.cluster_traffic() {
+            traffic.failed();
+        }
+        if self.upstream_head_seen {
+            self.stream.reset_downstream(&format!(
+                "upstream response not complete within the cluster timeout ({after:?})"
+            ));
+        } else {
+            tracing::warn!("upstream timed out after {after:?}");
+            self.stream.local_reply_from_proxy(
+                504,
+                "upstream_response_timeout",
+                "upstream request timeout",
+            );
         }
     }
 
@@ -961,6 +942,15 @@ impl Driver {
             Ok(()) => return,
             Err(frame) => frame,
         };
+        // Waiting is rare: its future lives on the heap, so the request's own stays small.
+        Box::pin(self.wait_to_send_response(frame)).await;
+    }
+
+    /// Sends `frame` to the client once it has room, within the stream idle timeout.
+    async fn wait_to_send_response(&mut self, frame: body::FrameResult) {
+        let Some(sender) = &self.response_body else {
+            return;
+        };
         let idle_timeout = self.generation.config.config.stream_idle_timeout;
         match tokio::time::timeout(idle_timeout, sender.send(frame)).await {
             Ok(Ok(())) => {}
@@ -998,7 +988,7 @@ impl Driver {
             status: self.status,
             details: outcome.details,
             route: self.route.map(|index| listener.routes[index].name.as_str()),
-            upstream: self.upstream.map(|address| address.to_string()),
+            upstream: self.upstream_address.map(|address| address.to_string()),
             bytes_received: self.bytes_received,
             bytes_sent: self.bytes_sent,
             duration_ms: elapsed.as_micros() as f64 / 1000.0,

@@ -25,6 +25,7 @@ mod runtime;
 mod stats;
 mod timers;
 mod tls;
+mod upstream;
 mod worker;
 
 use std::cell::Cell;

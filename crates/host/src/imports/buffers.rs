@@ -33,26 +33,17 @@ pub(super) fn register(r: &mut Registrar<'_>) {
 fn with_buffer<R>(
     state: &mut HostState,
     raw: u32,
-    f: impl FnOnce(&mut Vec<u8>) -> R,
+    f: impl FnOnce(&[u8]) -> R,
 ) -> Result<R, Status> {
     let kind = BufferType::from_raw(raw).ok_or(Status::BadArgument)?;
     let scoped = match kind {
         BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
-            let stream = state.effective_stream().ok_or(Status::NotFound)?;
-            // The embedder never holds the stream across a guest call; if it did, fail the call
-            // rather than the process.
-            let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
-            let body = if kind == BufferType::HttpRequestBody {
-                &mut stream.request_body
-            } else {
-                &mut stream.response_body
-            };
-            return Ok(f(body));
+            return with_body(state, kind, |body| f(body));
         }
-        BufferType::HttpCallResponseBody => &mut state.scope_mut().call_body,
-        BufferType::GrpcCallMessage => &mut state.scope_mut().grpc_message,
-        BufferType::VmConfiguration => &mut state.scope_mut().vm_configuration,
-        BufferType::PluginConfiguration => &mut state.scope_mut().plugin_configuration,
+        BufferType::HttpCallResponseBody => &state.scope_mut().call_body,
+        BufferType::GrpcCallMessage => &state.scope_mut().grpc_message,
+        BufferType::VmConfiguration => &state.scope_mut().vm_configuration,
+        BufferType::PluginConfiguration => &state.scope_mut().plugin_configuration,
         // L4 filters and foreign functions are not offered by sluice: nothing is ever in scope.
         BufferType::DownstreamData
         | BufferType::UpstreamData
@@ -60,7 +51,24 @@ fn with_buffer<R>(
             return Err(Status::NotFound);
         }
     };
-    scoped.as_mut().map(f).ok_or(Status::NotFound)
+    scoped.as_deref().map(f).ok_or(Status::NotFound)
+}
+
+/// Runs `f` on the stream's request or response body (`kind` is one of the two).
+fn with_body<R>(
+    state: &mut HostState,
+    kind: BufferType,
+    f: impl FnOnce(&mut bytes::Bytes) -> R,
+) -> Result<R, Status> {
+    let stream = state.effective_stream().ok_or(Status::NotFound)?;
+    // The embedder never holds the stream across a guest call; if it did, fail the call rather
+    // than the process.
+    let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
+    Ok(f(if kind == BufferType::HttpRequestBody {
+        &mut stream.request_body
+    } else {
+        &mut stream.response_body
+    }))
 }
 
 fn get_bytes(
@@ -116,17 +124,20 @@ fn set_bytes(
     ) {
         return Err(Status::NotFound.into());
     }
-    with_buffer(c.data_mut(), kind, |buffer| {
+    with_body(c.data_mut(), kind_known, |body| {
         let (start, size) = (start as usize, size as usize);
+        if start != 0 && start < body.len() {
+            return Err(Status::BadArgument);
+        }
+        // The body's bytes become the plugin's to change: copied only if still shared.
+        let mut buffer = Vec::from(std::mem::take(body));
         if start == 0 {
             buffer.splice(..size.min(buffer.len()), data);
-            Ok(())
-        } else if start >= buffer.len() {
-            buffer.extend_from_slice(&data);
-            Ok(())
         } else {
-            Err(Status::BadArgument)
+            buffer.extend_from_slice(&data);
         }
+        *body = buffer.into();
+        Ok(())
     })??;
     Ok(())
 }

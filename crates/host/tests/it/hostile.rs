@@ -141,7 +141,7 @@ fn every_bad_pointer_gets_an_error_status_and_never_a_panic() {
         .vm
         .http_call_response(guest.root, token, Some(answer))
         .unwrap();
-    stream.borrow_mut().request_body = b"some body".to_vec();
+    stream.borrow_mut().request_body = bytes::Bytes::from_static(b"some body");
     guest.vm.request_body(context, 9, true).unwrap();
     let messages = guest.messages();
     assert_no_bad(&messages);

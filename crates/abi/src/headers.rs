@@ -88,6 +88,16 @@ impl HeaderMap {
         self.entries().len()
     }
 
+    /// Whether `other` is a clone of this map that neither side has changed since (a change
+    /// copies the entries first), so whatever was computed from one holds for the other.
+    pub fn unchanged_clone_of(&self, other: &HeaderMap) -> bool {
+        match (&self.entries, &other.entries) {
+            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries().is_empty()
     }
@@ -282,6 +292,20 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(&[u8], &[u8])>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clone_is_unchanged_until_either_side_changes() {
+        let map = HeaderMap::from_pairs([(":path", "/a")]);
+        let mut clone = map.clone();
+        assert!(clone.unchanged_clone_of(&map));
+        assert!(!HeaderMap::from_pairs([(":path", "/a")]).unchanged_clone_of(&map));
+        clone.replace(":path", "/a");
+        assert!(
+            !clone.unchanged_clone_of(&map),
+            "a write copies, even of the same value"
+        );
+        assert!(HeaderMap::new().unchanged_clone_of(&HeaderMap::new()));
+    }
 
     #[test]
     fn round_trips_and_matches_the_spec_layout() {

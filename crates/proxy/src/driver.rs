@@ -273,6 +273,9 @@ struct Driver {
     bytes_sent: u64,
     /// The route the request took (the last one selected): its index in the listener.
     route: Option<usize>,
+    /// The head `route` was selected on, until the plugins' head goes upstream: if they left
+    /// it as it was, the route stands without a second match.
+    routed_head: Option<HeaderMap>,
     upstream_address: Option<SocketAddr>,
     /// The upstream's side of a switched protocol (101), spliced to the client's at the end.
     upstream_switched: Option<hyper::upgrade::OnUpgrade>,
@@ -346,6 +349,7 @@ async fn drive(
         bytes_received: 0,
         bytes_sent: 0,
         route,
+        routed_head: Some(headers.clone()),
         upstream_address: None,
         upstream_switched: None,
         status: None,
@@ -717,7 +721,13 @@ impl Driver {
     fn start_upstream(&mut self, headers: HeaderMap, end_of_stream: bool) {
         let generation = self.generation.clone();
         let listener = &generation.config.config.listeners[self.connection.listener];
-        self.route = route_of(listener, &headers);
+        if !self
+            .routed_head
+            .take()
+            .is_some_and(|routed| routed.unchanged_clone_of(&headers))
+        {
+            self.route = route_of(listener, &headers);
+        }
         let Some(route) = self.route.map(|index| &listener.routes[index]) else {
             self.stream
                 .local_reply_from_proxy(404, "route_not_found", "");

@@ -15,7 +15,7 @@ shared=${SHARED_BENCH:-$repo/../shared/bench}
 }
 (cd "$repo" && cargo build --release -p sluice-cli)
 export SLUICE="$repo/target/release/sluice"
-# The harness substitutes $WASM_* when it runs a candidate; expand $SLUICE here.
+# The harness substitutes $WASM_* when it runs a candidate; expand $SLUICE and $BENCH here.
 candidates=$(mktemp)
-sed "s#\$SLUICE#$SLUICE#g" "$repo/bench/candidates.tsv" > "$candidates"
+sed -e "s#\$SLUICE#$SLUICE#g" -e "s#\$BENCH#$repo/bench#g" "$repo/bench/candidates.tsv" > "$candidates"
 CANDIDATES_FILE=$candidates bash "$shared/bench.sh"

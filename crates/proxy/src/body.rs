@@ -57,6 +57,14 @@ impl Shared {
     }
 
     fn push(&mut self, frame: Frame<Bytes>) {
+        // A frame that waits behind another is copied out of the buffer it was cut from: a
+        // slice of a codec's read buffer keeps that whole buffer alive, and the bound here is on
+        // the bytes the frames hold. The frame the reader takes next passes uncopied.
+        let frame = if self.frames.is_empty() {
+            frame
+        } else {
+            frame.map_data(|data| Bytes::copy_from_slice(&data))
+        };
         self.bytes += frame.data_ref().map_or(0, Bytes::len);
         self.frames.push_back(frame);
         if let Some(reader) = self.reader.take() {
@@ -290,6 +298,24 @@ mod tests {
         drop(body);
         assert!(sender.send(data(1)).await.is_err());
         sender.closed().await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_waits_behind_another_keeps_no_larger_buffer_alive() {
+        let codec_buffer = Bytes::from(vec![b'x'; 1 << 20]);
+        let inside = |data: &Bytes| codec_buffer.as_ptr_range().contains(&data.as_ptr());
+        let (sender, mut body) = channel();
+        sender
+            .try_send(Ok(Frame::data(codec_buffer.slice(..10))))
+            .unwrap();
+        sender
+            .try_send(Ok(Frame::data(codec_buffer.slice(10..20))))
+            .unwrap();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(inside(&first), "the frame taken next is not copied");
+        assert!(!inside(&second), "a waiting frame holds its own bytes only");
+        assert_eq!(second, codec_buffer.slice(10..20));
     }
 
     #[tokio::test]

@@ -41,6 +41,8 @@ struct Shared {
     bytes: usize,
     /// A reset that goes ahead of the frames.
     reset: Option<BodyReset>,
+    /// The sender finished the body: once `frames` are taken, it is complete.
+    finished: bool,
     sender_gone: bool,
     receiver_gone: bool,
     /// The reader waiting for a frame, and the sender waiting for room or for the reader to go.
@@ -142,6 +144,14 @@ impl BodySender {
         }
     }
 
+    /// Ends the body: after the frames already sent, the reader sees it complete. A sender
+    /// dropped without it ends the body in error instead, so a body cut short (its stream
+    /// ended, its peer left) is never taken for a whole one: hyper then resets the stream or
+    /// closes the connection rather than end a chunked body cleanly.
+    pub fn finish(self) {
+        self.0.borrow_mut().finished = true;
+    }
+
     /// Completes when the body's reader is gone.
     pub async fn closed(&self) {
         poll_fn(|cx| {
@@ -161,6 +171,9 @@ impl Drop for BodySender {
     fn drop(&mut self) {
         let mut shared = self.0.borrow_mut();
         shared.sender_gone = true;
+        if !shared.finished && shared.reset.is_none() {
+            shared.reset = Some(BodyReset("the body was cut off before its end".into()));
+        }
         if let Some(reader) = shared.reader.take() {
             reader.wake();
         }
@@ -332,7 +345,25 @@ mod tests {
         });
         assert!(sent.is_ok());
         assert_eq!(read, (BYTES_IN_FLIGHT, 7));
-        drop(sender);
+        sender.finish();
         assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sender_dropped_before_the_end_cuts_the_body_off() {
+        let (sender, mut body) = channel();
+        sender.try_send(data(3)).unwrap();
+        drop(sender);
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "a body cut short is an error, never a complete body"
+        );
+        assert!(body.frame().await.is_none());
+
+        let (sender, mut body) = channel();
+        sender.try_send(data(3)).unwrap();
+        sender.finish();
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.is_none(), "a finished body ends cleanly");
     }
 }

@@ -613,7 +613,7 @@ impl Driver {
                     self.send_response_frame(Frame::data(data)).await;
                 }
                 if end_of_stream {
-                    self.response_body = None;
+                    self.finish_response();
                 }
             }
             Step::ResponseTrailers { trailers } => {
@@ -622,7 +622,7 @@ impl Driver {
                 }
                 self.send_response_frame(Frame::trailers(to_fields(&trailers)))
                     .await;
-                self.response_body = None;
+                self.finish_response();
             }
             Step::Call { plugin, token, op } => self.calls.act(
                 (plugin, token),
@@ -809,7 +809,9 @@ impl Driver {
 
     /// The whole request reached the upstream; the echo upstream answers now.
     fn end_upstream_request(&mut self) {
-        self.upstream_body = None;
+        if let Some(body) = self.upstream_body.take() {
+            body.finish();
+        }
         if let Some((headers, body, trailers)) = self.echo.take() {
             let (answer, answer_body) = echo::answer(&headers, &body, &trailers);
             self.stream.response_headers(answer, false);
@@ -940,7 +942,14 @@ impl Driver {
         self.respond(&head, false);
         self.send_response_frame(Frame::data(Bytes::from(body)))
             .await;
-        self.response_body = None;
+        self.finish_response();
+    }
+
+    /// The response body is complete.
+    fn finish_response(&mut self) {
+        if let Some(body) = self.response_body.take() {
+            body.finish();
+        }
     }
 
     async fn send_response_frame(&mut self, frame: Frame<Bytes>) {

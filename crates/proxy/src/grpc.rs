@@ -203,7 +203,9 @@ async fn exchange(
     if let Some(message) = &request.message
         && let Some(frames) = sending.take()
     {
+        // A unary call: its one message is the whole request body.
         let _ = frames.send(Ok(Frame::data(frame(message)))).await;
+        frames.finish();
     }
     // A failure before the response, as Envoy reports it to the plugin: 14 and `BODY{DETAILS}`.
     let failed = |error: crate::client::ClientError| {
@@ -322,7 +324,9 @@ async fn apply(command: Option<Command>, sending: &mut Option<body::BodySender>)
     match command {
         None => false,
         Some(Command::Close) => {
-            *sending = None;
+            if let Some(frames) = sending.take() {
+                frames.finish();
+            }
             true
         }
         Some(Command::Send {
@@ -332,8 +336,8 @@ async fn apply(command: Option<Command>, sending: &mut Option<body::BodySender>)
             if let Some(frames) = sending.as_ref() {
                 let _ = frames.send(Ok(Frame::data(frame(&message)))).await;
             }
-            if end_of_stream {
-                *sending = None;
+            if end_of_stream && let Some(frames) = sending.take() {
+                frames.finish();
             }
             true
         }

@@ -53,12 +53,12 @@ fn normalize(headers: &http::HeaderMap) -> Vec<(String, String)> {
 
 /// A chain of plugins (crate name, or `wat:NAME` for a WAT fixture, and pluginConfig) and the
 /// requests sent through it.
-struct Case {
-    name: &'static str,
+pub struct Case {
+    pub name: &'static str,
     /// `upstream` (the recording origin) or `closed` (a port nothing listens on).
-    cluster: &'static str,
-    plugins: Vec<(&'static str, &'static str)>,
-    requests: Vec<Req>,
+    pub cluster: &'static str,
+    pub plugins: Vec<(&'static str, &'static str)>,
+    pub requests: Vec<Req>,
 }
 
 impl Case {
@@ -69,7 +69,7 @@ impl Case {
 }
 
 /// One request: method, path, headers, body, and whether it goes over HTTP/2 (h2c).
-struct Req {
+pub struct Req {
     method: &'static str,
     path: &'static str,
     headers: Vec<(&'static str, &'static str)>,
@@ -535,9 +535,9 @@ fn crypto_probe() -> &'static str {
 }
 
 /// Real Envoy, killed when dropped.
-struct Envoy {
+pub struct Envoy {
     child: Child,
-    listeners: Vec<SocketAddr>,
+    pub listeners: Vec<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -548,7 +548,7 @@ impl Drop for Envoy {
     }
 }
 
-fn envoy_config(
+pub fn envoy_config(
     cases: &[Case],
     upstream: SocketAddr,
     authz: SocketAddr,
@@ -644,7 +644,7 @@ fn envoy_config(
     )
 }
 
-fn start_envoy(binary: &str, config: &str, names: &[&str]) -> Envoy {
+pub fn start_envoy(binary: &str, config: &str, names: &[&str]) -> Envoy {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("envoy.yaml");
     std::fs::write(&config_path, config).unwrap();
@@ -774,7 +774,7 @@ fn trace_difference(envoy: &str, sluice: &str) -> String {
 
 /// The plugins of a case as sluice runs them: named as in Envoy's config (`{plugin}-{index}`),
 /// with the crate's name as root id.
-fn sluice_plugins(case: &Case) -> Vec<sluice_config::Plugin> {
+pub fn sluice_plugins(case: &Case) -> Vec<sluice_config::Plugin> {
     case.plugins
         .iter()
         .enumerate()
@@ -790,14 +790,23 @@ fn sluice_plugins(case: &Case) -> Vec<sluice_config::Plugin> {
         .collect()
 }
 
-#[test]
-fn envoy_and_sluice_agree_on_the_example_plugins() {
-    let Some(binary) = std::env::var("SLUICE_ENVOY").ok().filter(|b| !b.is_empty()) else {
+/// The Envoy binary the differential tests compare with, from `SLUICE_ENVOY`; `None` (the test
+/// says so and passes) outside CI.
+pub fn envoy_binary() -> Option<String> {
+    let binary = std::env::var("SLUICE_ENVOY").ok().filter(|b| !b.is_empty());
+    if binary.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI must run the differential test: set SLUICE_ENVOY to an Envoy binary"
         );
         eprintln!("SLUICE_ENVOY is not set: skipping the differential test against Envoy");
+    }
+    binary
+}
+
+#[test]
+fn envoy_and_sluice_agree_on_the_example_plugins() {
+    let Some(binary) = envoy_binary() else {
         return;
     };
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

@@ -6,6 +6,7 @@
 
 mod config;
 mod differential;
+mod duplex;
 mod e2e;
 mod hostile;
 mod oci;

@@ -52,10 +52,10 @@ impl<K: Copy + Eq + Hash + 'static> Calls<K> {
         match op {
             CallOp::Http(request) => {
                 let answers = self.sender();
-                let clusters = clusters.clone();
+                let (clusters, upstreams) = (clusters.clone(), upstreams.clone());
                 let task = tokio::task::spawn_local(async move {
                     let upstream = request.upstream.clone();
-                    let response = match client::callout(&clusters, request).await {
+                    let response = match client::callout(&clusters, &upstreams, request).await {
                         Ok(response) => Some(response),
                         Err(error) => {
                             tracing::warn!(cluster = %upstream, "callout failed: {error}");

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use sluice_host::{CallResponse, HttpCallRequest};
 
@@ -396,12 +396,15 @@ pub fn upstream_request<B>(
 }
 
 /// Executes a plugin's `proxy_http_call`: the whole answer, or an error (failure or timeout). A
-/// call without a timeout (0) gets its cluster's, so that none waits for ever.
+/// call without a timeout (0) gets its cluster's, so that none waits for ever. The call goes
+/// over the cluster's pooled connections in the cluster's protocol, as Envoy's async client
+/// uses the cluster's connection pool: a callout per request does not open a connection each.
 pub async fn callout(
     clusters: &Clusters,
+    pool: &Pool,
     request: HttpCallRequest,
 ) -> Result<CallResponse, ClientError> {
-    let (address, host, port, connect_timeout, cluster_timeout) =
+    let (address, host, port, http2, connect_timeout, cluster_timeout) =
         match clusters.pick(&request.upstream) {
             None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
             Some(Target::Echo) => {
@@ -417,37 +420,55 @@ pub async fn callout(
                 address,
                 host,
                 port,
+                http2,
                 connect_timeout,
                 timeout,
-                ..
-            }) => (address, host, port, connect_timeout, timeout),
+            }) => (address, host, port, http2, connect_timeout, timeout),
         };
     let timeout = [request.timeout, cluster_timeout]
         .into_iter()
         .find(|t| !t.is_zero())
         .unwrap_or(sluice_config::DEFAULT_TIMEOUT);
     let exchange = async {
-        let mut http = upstream_request(
-            &request.headers,
-            &host,
-            Full::new(Bytes::from(request.body.clone())),
-            false,
-        )
-        .map_err(|message| ClientError::Request {
-            target: host.to_string(),
-            message,
-        })?;
+        let address = match address {
+            Some(address) => address,
+            // An Istio-style name: its host is looked up, within the connect timeout.
+            None => resolve(&host, port, connect_timeout).await?,
+        };
+        let target = Endpoint {
+            address,
+            host: host.clone(),
+            port,
+            http2,
+        };
+        let length = request.body.len();
+        let body = if length == 0 {
+            crate::body::empty()
+        } else {
+            crate::body::full(Bytes::from(request.body))
+        };
+        let mut http =
+            upstream_request(&request.headers, &host, body, http2).map_err(|message| {
+                ClientError::Request {
+                    target: host.to_string(),
+                    message,
+                }
+            })?;
         http.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, request.body.len().into());
-        let stream = connect(address, &host, port, connect_timeout).await?;
-        let mut sender = handshake(stream, &host).await?;
+            .insert(http::header::CONTENT_LENGTH, length.into());
+        // Never sent twice: as Envoy's async client has no retry policy, a connection closed
+        // on the call fails it (a request the connection never began to send still goes on a
+        // new one).
+        let (response, connection) = pool.send(&target, http, connect_timeout, || None).await?;
         let http_error = |source| ClientError::Http {
-            target: host.to_string(),
+            target: target.host.to_string(),
             source,
         };
-        let response = sender.send_request(http).await.map_err(http_error)?;
         let (parts, body) = response.into_parts();
         let collected = body.collect().await.map_err(http_error)?;
+        if let Some(connection) = connection {
+            pool.put_back(address, connection);
+        }
         let trailers = collected.trailers().map(fields_map).unwrap_or_default();
         Ok(CallResponse {
             headers: response_map(&parts),
@@ -458,6 +479,26 @@ pub async fn callout(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ClientError::Timeout(timeout))?
+}
+
+/// The first address `host` resolves to, within `timeout`.
+async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, ClientError> {
+    let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| ClientError::ConnectTimeout {
+            target: host.to_string(),
+            after: timeout,
+        })?;
+    lookup
+        .and_then(|mut addresses| {
+            addresses
+                .next()
+                .ok_or_else(|| std::io::Error::other("the name has no address"))
+        })
+        .map_err(|source| ClientError::Connect {
+            target: host.to_string(),
+            source,
+        })
 }
 
 /// Runs hyper's connection tasks on the worker's own thread.

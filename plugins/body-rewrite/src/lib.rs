@@ -106,21 +106,35 @@ fn rewrite(body: &[u8], rules: &[Rule]) -> (Vec<u8>, usize) {
     (current, total)
 }
 
+/// `haystack` with every (non-overlapping, leftmost-first) `from` replaced by `to`, and how many
+/// were replaced. The text between matches is copied a run at a time, not a byte at a time:
+/// a body is often large and the rule rare in it.
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(haystack.len());
     let mut count = 0;
-    let mut i = 0;
-    while i < haystack.len() {
-        if haystack[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-            count += 1;
-        } else {
-            out.push(haystack[i]);
-            i += 1;
-        }
+    let mut rest = haystack;
+    while let Some(at) = find(rest, from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+        count += 1;
     }
+    out.extend_from_slice(rest);
     (out, count)
+}
+
+/// Where `needle` (not empty) first occurs in `haystack`: candidates are found by its first byte.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = *needle.first()?;
+    let mut start = 0;
+    while let Some(offset) = haystack.get(start..)?.iter().position(|&b| b == first) {
+        let at = start + offset;
+        if haystack[at..].starts_with(needle) {
+            return Some(at);
+        }
+        start = at + 1;
+    }
+    None
 }
 
 struct Root {

@@ -26,9 +26,12 @@ fn pattern(offset: usize) -> u8 {
     b"abcdefghijklmnopqrstuvwxyz0123456789"[offset % 36]
 }
 
+/// A message's first line and its headers.
+type Head = (String, Vec<(String, String)>);
+
 /// Reads an HTTP/1.1 head (request or response) up to its blank line: the first line and the
 /// headers, names lower-cased.
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<(String, Vec<(String, String)>)> {
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Head> {
     let mut first = String::new();
     if reader.read_line(&mut first)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -136,7 +139,7 @@ fn duplex_origin(notes: Arc<Mutex<Vec<String>>>) -> SocketAddr {
 }
 
 /// What the client of one exchange saw, with the headers that differ by nature taken out.
-fn client_view(head: &(String, Vec<(String, String)>)) -> String {
+fn client_view(head: &Head) -> String {
     let mut headers: Vec<String> = head
         .1
         .iter()
@@ -206,18 +209,29 @@ fn stream_both_ways(proxy: SocketAddr) -> String {
     )
 }
 
+/// Opens a connection, sends the head of a chunked POST to `path` and a first piece of its body,
+/// and reads the response head.
+fn begin_upload(
+    proxy: SocketAddr,
+    path: &str,
+) -> std::io::Result<(TcpStream, BufReader<TcpStream>, Head)> {
+    let socket = TcpStream::connect(proxy)?;
+    socket.set_read_timeout(Some(PATIENCE))?;
+    let mut writer = socket.try_clone()?;
+    write!(
+        writer,
+        "POST {path} HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )?;
+    let mut reader = BufReader::new(socket);
+    let head = read_head(&mut reader)?;
+    Ok((writer, reader, head))
+}
+
 /// Sends the head and a first piece to `/early`, reads the complete answer, then sends the rest of
 /// the body: what the client got and whether the proxy then closed the connection.
 fn answered_early(proxy: SocketAddr) -> String {
-    let socket = TcpStream::connect(proxy).unwrap();
-    socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut writer = socket.try_clone().unwrap();
-    writer
-        .write_all(b"POST /early HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        .unwrap();
-    let mut reader = BufReader::new(socket);
-    let head = match read_head(&mut reader) {
-        Ok(head) => head,
+    let (mut writer, mut reader, head) = match begin_upload(proxy, "/early") {
+        Ok(opened) => opened,
         Err(error) => return format!("no response head: {error}"),
     };
     let length = head
@@ -251,15 +265,8 @@ fn answered_early(proxy: SocketAddr) -> String {
 /// Sends the head and a piece to `/echo`, reads the piece's echo, and leaves with the body
 /// unfinished: the origin must see its request cut off, never a shorter body that ended.
 fn left_midway(proxy: SocketAddr) -> String {
-    let socket = TcpStream::connect(proxy).unwrap();
-    socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut writer = socket.try_clone().unwrap();
-    writer
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        .unwrap();
-    let mut reader = BufReader::new(socket);
-    let head = match read_head(&mut reader) {
-        Ok(head) => head,
+    let (_writer, mut reader, head) = match begin_upload(proxy, "/echo") {
+        Ok(opened) => opened,
         Err(error) => return format!("no response head: {error}"),
     };
     let echo = read_chunk(&mut reader).map(|piece| String::from_utf8_lossy(&piece).into_owned());

@@ -1,7 +1,8 @@
 //! Differential test against real Envoy for exchanges that go both ways at once: an upstream that
 //! answers while the request body still streams in (full duplex), and one whose answer is
 //! complete before the request is. Raw HTTP/1.1 over real sockets on both sides, so what each
-//! peer receives, and when a connection ends, is seen byte for byte.
+//! peer receives, and when a connection ends, is seen byte for byte; the early answer and the
+//! client that leaves are also tried from an HTTP/2 client.
 //!
 //! Like the request/response differential test, it needs `SLUICE_ENVOY` (and fails without it
 //! under `CI=true`).
@@ -10,6 +11,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::differential::{Case, envoy_binary, envoy_config, start_envoy};
 
@@ -273,6 +276,74 @@ fn left_midway(proxy: SocketAddr) -> String {
     format!("{} then {echo:?}", client_view(&head))
 }
 
+/// A request body the test feeds piece by piece (over HTTP/2).
+struct Feed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Feed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+/// Over HTTP/2: a POST to `path` whose body begins with a piece; the response head and the first
+/// piece of its body, then (when `finish`) the rest of the request body is sent and its end. The
+/// client's view of it.
+fn h2_upload(proxy: SocketAddr, path: &str, finish: bool) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (feed, body) = tokio::sync::mpsc::channel(4);
+        feed.send(Bytes::from_static(b"hello")).await.unwrap();
+        let request = http::Request::post(format!("http://shop.example{path}"))
+            .body(Feed(body))
+            .unwrap();
+        let io = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let exchange = async {
+            let response = crate::try_send_once(io, request, true).await?;
+            let status = response.status();
+            let mut headers: Vec<String> = response
+                .headers()
+                .iter()
+                .filter(|(name, _)| {
+                    !matches!(
+                        name.as_str(),
+                        "date" | "server" | "x-envoy-upstream-service-time"
+                    )
+                })
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+                .collect();
+            headers.sort();
+            let mut body = response.into_body();
+            let first = http_body_util::BodyExt::frame(&mut body).await;
+            let first = match first {
+                Some(Ok(frame)) => format!("{:?}", frame.into_data().unwrap_or_default()),
+                Some(Err(error)) => format!("<{error}>"),
+                None => "<end>".to_string(),
+            };
+            if finish {
+                let _ = feed.send(Bytes::from_static(b" world")).await;
+                drop(feed);
+            }
+            Ok::<_, hyper::Error>(format!("{status} [{}] {first}", headers.join(", ")))
+        };
+        match tokio::time::timeout(PATIENCE, exchange).await {
+            Ok(Ok(view)) => view,
+            Ok(Err(error)) => format!("failed: {error}"),
+            Err(_) => "stalled".to_string(),
+        }
+    })
+}
+
 /// The origin's note on the exchange it saw last, once it has one.
 fn origin_note(notes: &Mutex<Vec<String>>) -> String {
     let deadline = Instant::now() + PATIENCE + Duration::from_secs(2);
@@ -322,6 +393,12 @@ fn envoy_and_sluice_agree_on_exchanges_that_go_both_ways() {
         ),
         ("answered before the request ended", answered_early),
         ("the client left midway", left_midway),
+        ("HTTP/2: answered before the request ended", |proxy| {
+            h2_upload(proxy, "/early", true)
+        }),
+        ("HTTP/2: the client left midway", |proxy| {
+            h2_upload(proxy, "/echo", false)
+        }),
     ] {
         notes.lock().unwrap().clear();
         let envoy_saw = (exchange(envoy.listeners[0]), origin_note(&notes));

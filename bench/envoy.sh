@@ -15,7 +15,8 @@ case ${1:-} in
   callout) wasm=$plugins/http_callout.wasm; origin=18080; configuration=$CALLOUT_CONFIG ;;
   *) echo "usage: $0 body64k|callout" >&2; exit 2 ;;
 esac
-config=$(mktemp --suffix=.yaml)
+config=$work/envoy-$1.yaml
+mkdir -p "$work"
 cat > "$config" <<YAML
 admin:
   address: { socket_address: { address: 127.0.0.1, port_value: 18003 } }
@@ -70,4 +71,4 @@ static_resources:
       - lb_endpoints:
         - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 18080 } } }
 YAML
-exec "$envoy" -c "$config" --concurrency 1 -l warning --disable-hot-restart --base-id 7
+exec "$envoy" -c "$config" --concurrency 1 -l warning --disable-hot-restart

@@ -31,7 +31,7 @@ struct Seen {
 }
 
 /// What a client or upstream saw, with the headers that differ by nature taken out.
-fn normalize(headers: &http::HeaderMap) -> Vec<(String, String)> {
+pub fn normalize(headers: &http::HeaderMap) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = headers
         .iter()
         .filter(|(name, _)| {

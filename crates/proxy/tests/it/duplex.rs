@@ -141,21 +141,28 @@ fn duplex_origin(notes: Arc<Mutex<Vec<String>>>) -> SocketAddr {
     address
 }
 
-/// What the client of one exchange saw, with the headers that differ by nature taken out.
-fn client_view(head: &Head) -> String {
-    let mut headers: Vec<String> = head
-        .1
-        .iter()
-        .filter(|(name, _)| {
-            !matches!(
-                name.as_str(),
-                "date" | "server" | "x-envoy-upstream-service-time"
-            )
-        })
+/// What the client of one exchange saw: the status line and the headers, those that differ by
+/// nature taken out as in the request/response differential test.
+fn client_view(first_line: &str, headers: &http::HeaderMap) -> String {
+    let headers: Vec<String> = crate::differential::normalize(headers)
+        .into_iter()
         .map(|(name, value)| format!("{name}: {value}"))
         .collect();
-    headers.sort();
-    format!("{} [{}]", head.0, headers.join(", "))
+    format!("{first_line} [{}]", headers.join(", "))
+}
+
+/// [`client_view`] of a head read off the wire.
+fn raw_view((first_line, fields): &Head) -> String {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in fields {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    client_view(first_line, &headers)
 }
 
 /// Streams `STREAMED` bytes to `/echo` while reading the echo: the response head, and whether
@@ -195,7 +202,7 @@ fn stream_both_ways(proxy: SocketAddr) -> String {
             };
             format!(
                 "{}; {received} of {STREAMED} bytes came back, {ending}",
-                client_view(&head)
+                raw_view(&head)
             )
         }
     };
@@ -262,7 +269,7 @@ fn answered_early(proxy: SocketAddr) -> String {
         Ok(_) => format!("then sent {:?}", String::from_utf8_lossy(&rest)),
         Err(error) => format!("then kept the connection ({error})"),
     };
-    format!("{} {body:?}, {after}", client_view(&head))
+    format!("{} {body:?}, {after}", raw_view(&head))
 }
 
 /// Sends the head and a piece to `/echo`, reads the piece's echo, and leaves with the body
@@ -273,7 +280,7 @@ fn left_midway(proxy: SocketAddr) -> String {
         Err(error) => return format!("no response head: {error}"),
     };
     let echo = read_chunk(&mut reader).map(|piece| String::from_utf8_lossy(&piece).into_owned());
-    format!("{} then {echo:?}", client_view(&head))
+    format!("{} then {echo:?}", raw_view(&head))
 }
 
 /// A request body the test feeds piece by piece (over HTTP/2).
@@ -310,19 +317,7 @@ fn h2_upload(proxy: SocketAddr, path: &str, finish: bool) -> String {
         let io = tokio::net::TcpStream::connect(proxy).await.unwrap();
         let exchange = async {
             let response = crate::try_send_once(io, request, true).await?;
-            let status = response.status();
-            let mut headers: Vec<String> = response
-                .headers()
-                .iter()
-                .filter(|(name, _)| {
-                    !matches!(
-                        name.as_str(),
-                        "date" | "server" | "x-envoy-upstream-service-time"
-                    )
-                })
-                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
-                .collect();
-            headers.sort();
+            let view = client_view(&response.status().to_string(), response.headers());
             let mut body = response.into_body();
             let first = http_body_util::BodyExt::frame(&mut body).await;
             let first = match first {
@@ -334,7 +329,7 @@ fn h2_upload(proxy: SocketAddr, path: &str, finish: bool) -> String {
                 let _ = feed.send(Bytes::from_static(b" world")).await;
                 drop(feed);
             }
-            Ok::<_, hyper::Error>(format!("{status} [{}] {first}", headers.join(", ")))
+            Ok::<_, hyper::Error>(format!("{view} {first}"))
         };
         match tokio::time::timeout(PATIENCE, exchange).await {
             Ok(Ok(view)) => view,

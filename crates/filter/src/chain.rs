@@ -206,6 +206,20 @@ pub(crate) struct Inbox {
     pub(crate) waker: Cell<Option<Waker>>,
 }
 
+/// Resolves when `inbox` holds effects; never without an inbox (nothing was paused).
+pub(crate) fn inbox_ready(
+    inbox: Option<Rc<Inbox>>,
+) -> impl std::future::Future<Output = ()> + 'static {
+    std::future::poll_fn(move |cx| match &inbox {
+        Some(inbox) if !inbox.effects.borrow().is_empty() => std::task::Poll::Ready(()),
+        Some(inbox) => {
+            inbox.waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }
+        None => std::task::Poll::Pending,
+    })
+}
+
 /// A VM's identity in the parked-stream table.
 fn vm_key(vm: &SharedVm) -> usize {
     Rc::as_ptr(vm) as *const () as usize
@@ -527,6 +541,32 @@ impl VmPool {
         drop(plugin_vm.vm.take_effects());
         drop(plugin_vm);
         done.and(deleted)
+            .inspect_err(|failure| self.record_failure(failure.clone()))
+    }
+
+    /// Ends a network plugin's context on a closed connection, as Envoy's `onCloseTCP`:
+    /// `proxy_on_downstream_connection_close`, then `proxy_on_done`, `proxy_on_log` and
+    /// `proxy_on_delete`. A failed VM only forgets it.
+    pub(crate) fn end_connection(
+        &self,
+        vm: &SharedVm,
+        context: u32,
+        peer: sluice_abi::PeerType,
+    ) -> Result<(), PluginFailure> {
+        let mut plugin_vm = vm.borrow_mut();
+        let vm_ = plugin_vm.vm();
+        let mut result = Ok(());
+        if vm_.failure().is_none() {
+            result = vm_
+                .downstream_close(context, peer)
+                .and_then(|()| vm_.done(context).map(drop))
+                .and_then(|()| vm_.log(context));
+        }
+        let deleted = vm_.delete(context);
+        drop(vm_.take_effects());
+        drop(plugin_vm);
+        result
+            .and(deleted)
             .inspect_err(|failure| self.record_failure(failure.clone()))
     }
 

@@ -28,7 +28,7 @@ use sluice_host::{
     CallAnswer, CallOp, Effect, HttpStream, LocalResponse, PluginFailure, SharedStream,
 };
 
-use crate::chain::{Chain, Inbox};
+use crate::chain::{Chain, Inbox, inbox_ready};
 
 /// What the embedder must do next for this stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,15 +340,7 @@ impl Stream {
     /// a callout answer) are waiting; [`Stream::apply_root_effects`] applies them. Never
     /// resolves while no plugin has paused the stream.
     pub fn root_effects(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let inbox = self.inbox.clone();
-        std::future::poll_fn(move |cx| match &inbox {
-            Some(inbox) if !inbox.effects.borrow().is_empty() => std::task::Poll::Ready(()),
-            Some(inbox) => {
-                inbox.waker.set(Some(cx.waker().clone()));
-                std::task::Poll::Pending
-            }
-            None => std::task::Poll::Pending,
-        })
+        inbox_ready(self.inbox.clone())
     }
 
     /// Applies the effects [`Stream::root_effects`] announced.

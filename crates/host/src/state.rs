@@ -82,6 +82,9 @@ pub type ClusterCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub(crate) enum Context {
     Root { root_id: String },
     Stream { root: u32, stream: SharedStream },
+    /// A network (L4) plugin's context on one TCP connection. Its `HttpStream` holds the
+    /// connection's properties, filter state and data buffers; it has no header maps.
+    Connection { root: u32, stream: SharedStream },
 }
 
 pub(crate) type ContextMap = HashMap<u32, Context, BuildHasherDefault<ContextIdHasher>>;
@@ -213,7 +216,7 @@ impl HostState {
     /// The root context of the effective context (itself when it is a root).
     pub fn effective_root(&self) -> u32 {
         match self.contexts.get(&self.effective_context) {
-            Some(Context::Stream { root, .. }) => *root,
+            Some(Context::Stream { root, .. } | Context::Connection { root, .. }) => *root,
             _ => self.effective_context,
         }
     }
@@ -223,11 +226,20 @@ impl HostState {
         self.scope.get_or_insert_with(Box::default)
     }
 
+    /// The data of the effective HTTP stream or TCP connection: properties and filter state.
     pub fn effective_stream(&self) -> Option<&SharedStream> {
         match self.contexts.get(&self.effective_context) {
-            Some(Context::Stream { stream, .. }) => Some(stream),
+            Some(Context::Stream { stream, .. } | Context::Connection { stream, .. }) => Some(stream),
             _ => None,
         }
+    }
+
+    /// Whether the effective context is a network plugin's, on a TCP connection.
+    pub fn effective_is_connection(&self) -> bool {
+        matches!(
+            self.contexts.get(&self.effective_context),
+            Some(Context::Connection { .. })
+        )
     }
 
     pub fn root_id(&self, root: u32) -> &str {

@@ -31,6 +31,11 @@ pub struct HttpStream {
     pub filter_state: HashMap<String, FilterStateEntry>,
     /// The route the request takes, once routed.
     pub route: Option<RouteInfo>,
+    /// A TCP connection's bytes from the client and from the upstream (`DOWNSTREAM_DATA`,
+    /// `UPSTREAM_DATA`) while a network plugin's data callback runs or a plugin holds them
+    /// paused; `None` otherwise (Envoy's buffer is then empty and cannot be set).
+    pub downstream_data: Option<Vec<u8>>,
+    pub upstream_data: Option<Vec<u8>>,
 }
 
 pub type SharedStream = Rc<RefCell<HttpStream>>;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-use sluice_abi::{AbiVersion, Action, Attribute, HeaderMap, LogLevel, Node};
+use sluice_abi::{AbiVersion, Action, Attribute, HeaderMap, LogLevel, Node, PeerType};
 use wasmtime::{Instance, Store, Trap, TypedFunc, Val, WasmBacktrace, WasmParams, WasmResults};
 
 use crate::effects::Effect;
@@ -173,6 +173,11 @@ struct Callbacks {
     grpc_trailing_metadata: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
     grpc_close: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
     queue_ready: Option<Rc<TypedFunc<(u32, u32), ()>>>,
+    new_connection: Option<Rc<TypedFunc<u32, u32>>>,
+    downstream_data: Option<Rc<TypedFunc<(u32, u32, u32), u32>>>,
+    upstream_data: Option<Rc<TypedFunc<(u32, u32, u32), u32>>>,
+    downstream_close: Option<Rc<TypedFunc<(u32, u32), ()>>>,
+    upstream_close: Option<Rc<TypedFunc<(u32, u32), ()>>>,
 }
 
 pub struct Vm {
@@ -263,6 +268,11 @@ impl Callbacks {
             grpc_trailing_metadata: "proxy_on_grpc_receive_trailing_metadata",
             grpc_close: "proxy_on_grpc_close",
             queue_ready: "proxy_on_queue_ready",
+            new_connection: "proxy_on_new_connection",
+            downstream_data: "proxy_on_downstream_data",
+            upstream_data: "proxy_on_upstream_data",
+            downstream_close: "proxy_on_downstream_connection_close",
+            upstream_close: "proxy_on_upstream_connection_close",
         );
     }
 
@@ -311,6 +321,21 @@ impl Callbacks {
             )?,
             grpc_close: typed(instance, store, "proxy_on_grpc_close", I3)?,
             queue_ready: typed(instance, store, "proxy_on_queue_ready", I2)?,
+            new_connection: typed(
+                instance,
+                store,
+                "proxy_on_new_connection",
+                "(func (param i32) (result i32))",
+            )?,
+            downstream_data: typed(instance, store, "proxy_on_downstream_data", I3_R)?,
+            upstream_data: typed(instance, store, "proxy_on_upstream_data", I3_R)?,
+            downstream_close: typed(
+                instance,
+                store,
+                "proxy_on_downstream_connection_close",
+                I2,
+            )?,
+            upstream_close: typed(instance, store, "proxy_on_upstream_connection_close", I2)?,
         })
     }
 }
@@ -615,6 +640,99 @@ impl Vm {
             })?;
         }
         Ok(context)
+    }
+
+    /// Creates a network (L4) plugin's context for one TCP connection under `root`: the
+    /// connection's properties and data buffers are in `stream`, shared with the caller.
+    pub fn create_connection(
+        &mut self,
+        root: u32,
+        stream: SharedStream,
+    ) -> Result<u32, PluginFailure> {
+        let context = self.new_context(Context::Connection { root, stream });
+        if let Some(create) = self.callbacks.context_create.clone() {
+            let deadline = self.limits.call_timeout;
+            self.run("proxy_on_context_create", context, deadline, |s| {
+                create.call(s, (context, root))
+            })?;
+        }
+        Ok(context)
+    }
+
+    pub fn new_connection(&mut self, context: u32) -> Result<Action, PluginFailure> {
+        let Some(f) = self.callbacks.new_connection.clone() else {
+            return Ok(Action::Continue);
+        };
+        let deadline = self.limits.call_timeout;
+        self.run("proxy_on_new_connection", context, deadline, |s| {
+            f.call(s, context)
+        })
+        .map(Action::from_raw)
+    }
+
+    /// `proxy_on_downstream_data`: `size` is every byte the connection holds from the client.
+    pub fn downstream_data(
+        &mut self,
+        context: u32,
+        size: u32,
+        end_of_stream: bool,
+    ) -> Result<Action, PluginFailure> {
+        self.action(
+            "proxy_on_downstream_data",
+            context,
+            self.callbacks.downstream_data.clone(),
+            size,
+            u32::from(end_of_stream),
+        )
+    }
+
+    pub fn upstream_data(
+        &mut self,
+        context: u32,
+        size: u32,
+        end_of_stream: bool,
+    ) -> Result<Action, PluginFailure> {
+        self.action(
+            "proxy_on_upstream_data",
+            context,
+            self.callbacks.upstream_data.clone(),
+            size,
+            u32::from(end_of_stream),
+        )
+    }
+
+    pub fn downstream_close(&mut self, context: u32, peer: PeerType) -> Result<(), PluginFailure> {
+        self.connection_close(
+            "proxy_on_downstream_connection_close",
+            context,
+            self.callbacks.downstream_close.clone(),
+            peer,
+        )
+    }
+
+    pub fn upstream_close(&mut self, context: u32, peer: PeerType) -> Result<(), PluginFailure> {
+        self.connection_close(
+            "proxy_on_upstream_connection_close",
+            context,
+            self.callbacks.upstream_close.clone(),
+            peer,
+        )
+    }
+
+    fn connection_close(
+        &mut self,
+        name: &str,
+        context: u32,
+        callback: Option<Rc<TypedFunc<(u32, u32), ()>>>,
+        peer: PeerType,
+    ) -> Result<(), PluginFailure> {
+        let Some(f) = callback else {
+            return Ok(());
+        };
+        let deadline = self.limits.call_timeout;
+        self.run(name, context, deadline, |s| {
+            f.call(s, (context, peer as u32))
+        })
     }
 
     fn headers(

@@ -19,28 +19,68 @@
 //! - `stamp`: in `response_headers`, add `x-probe-<name>: <:status>` to the response;
 //! - `tick_resume_ms`: the root context ticks at this period and, on each tick, resumes every
 //!   request this probe paused in `request_headers` (`proxy_set_effective_context` then
-//!   `proxy_continue_stream`);
+//!   `proxy_continue_stream`), and the connections it paused (see `net_pause`);
 //! - `callout`: `{"cluster": "...", "authority": "..."}`: a GET callout from `request_headers`,
 //!   which pauses until the answer arrives and resumes the request from the callout callback;
 //! - `metric`: a counter name: in `request_headers` the probe defines it, defines the same name as
 //!   a gauge, increments the counter and records what each call returned and the value it reads;
-//! - `trap`: a callback in which the probe traps (`unreachable`);
+//! - `trap`: a callback in which the probe traps (`unreachable`), an HTTP one or a network one
+//!   (`new_connection`, `downstream_data`, `upstream_data`, `downstream_close`,
+//!   `upstream_close`);
 //! - `grpc`: `{"cluster": "...", "timeout_ms": 1000, "method": "Check"}`: a unary gRPC call
 //!   (`probe.Probe/<method>`)
 //!   from `request_headers`, which pauses until the call ends and records how it ended (status
 //!   and `proxy_get_status` message);
 //! - `tick_metric`: a counter name the root context increments on every tick (with
 //!   `tick_resume_ms` for the period), to see from outside whether a VM still ticks;
-//! - `properties`: property paths read at configure time and in `request_headers` (after the
-//!   `set` and `foreign` calls there), dotted, or split at `|` when a segment holds a dot;
-//! - `set`: `[{"on": "configure"|"request_headers", "path": "...", "value": "..."}]`:
-//!   `proxy_set_property` calls and what they returned;
-//! - `foreign`: `[{"on": "configure"|"request_headers", "name": "...", "args": "..."}]` (or
-//!   `"hex"` for binary arguments): foreign function calls and what they returned;
+//! - `properties`: property paths read at configure time, in `request_headers` and in
+//!   `new_connection` (after the `set` and `foreign` calls there), dotted, or split at `|` when a
+//!   segment holds a dot;
+//! - `set`: `[{"on": "configure"|"request_headers"|"new_connection", "path": "...", "value":
+//!   "..."}]`: `proxy_set_property` calls and what they returned;
+//! - `foreign`: `[{"on": "configure"|"request_headers"|"new_connection", "name": "...", "args":
+//!   "..."}]` (or `"hex"` for binary arguments): foreign function calls and what they returned;
 //! - `expressions`: CEL expressions evaluated in `request_headers` through `expr_create`,
 //!   `expr_evaluate` and `expr_delete`.
 //!
-//! What is read at configure time is reported on every `request_headers` line.
+//! What is read at configure time is reported on every `request_headers` and `new_connection`
+//! line.
+//!
+//! The network (L4) side, for a probe running as a network filter:
+//! - `net_pause`: network callbacks that return Pause (`new_connection`, `downstream_data`,
+//!   `upstream_data`). With `tick_resume_ms`, each tick resumes every connection this probe
+//!   paused on its downstream side (`new_connection`, `downstream_data`):
+//!   `proxy_set_effective_context`, then `proxy_continue_stream(2)`;
+//! - `net_resume_upstream`: with `tick_resume_ms`, the tick also tries to resume connections
+//!   paused in `upstream_data`, with `proxy_continue_stream(3)` (Envoy: 12, unimplemented);
+//! - `net_prefix`: `{"downstream": "...", "upstream": "..."}`: on the first data callback of a
+//!   direction with size > 0, the string is prepended (`proxy_set_buffer_bytes(type, 0, 0, ..)`);
+//! - `net_replace`: `{"downstream": "...", "upstream": "..."}`: on every data callback of a
+//!   direction with size > 0, the whole buffer is replaced by the string
+//!   (`proxy_set_buffer_bytes(type, 0, size, ..)`); before `net_prefix` when both apply;
+//! - `net_close_on`: when the downstream data (as received) contains this string, the probe
+//!   calls `proxy_close_stream(2)`; `net_close_upstream_on`: the same for upstream data, with
+//!   `proxy_close_stream(3)`;
+//! - `net_calls`: calls that mean nothing or fail on a connection: in `new_connection`,
+//!   `proxy_get_header_map_value(0, ":path")`, `proxy_get_header_map_pairs(0)`,
+//!   `proxy_send_local_response(403)`, `proxy_set_buffer_bytes(2, 0, 0, "x")` and
+//!   `proxy_get_buffer_bytes(2, 0, 10)` outside a data callback; in the first downstream data
+//!   callback of size 2 or more, the mid-buffer `proxy_set_buffer_bytes(2, 1, 0, "x")`.
+//!
+//! Network trace lines (after `<context> <name> `; `[..]` only when configured):
+//! - `new_connection[ configure:..][ set ..][ foreign ..][ <path>=<status>:<value>..]`
+//!   `[ header_value=<s> header_pairs=<s>:<size> local_response=<s> set_outside=<s>`
+//!   `get_outside=<s>:<len>]`;
+//! - `downstream_data size=<n> end=<bool> get=<s> data="<bytes>" status=<s> len=<n> flags=<f>`
+//!   `[ set_mid=<s>][ replace=<s>][ prefix=<s>][ now="<bytes>"][ close_downstream=<s>]`, where
+//!   `get` and `data` are what `proxy_get_buffer_bytes(2, 0, size)` gave, `status`, `len` and
+//!   `flags` what `proxy_get_buffer_status(2)` gave, and `now` the whole buffer read back after
+//!   a write; bytes are escaped with Rust's `escape_ascii`;
+//! - `upstream_data ...`: the same with buffer 3, and `close_upstream=<s>`;
+//! - `downstream_close peer=<p>`, `upstream_close peer=<p>`;
+//! - from the tick: `tick set_effective_context=<s>[ continue_downstream status=<s>]`
+//!   `[ continue_upstream status=<s>]`;
+//! - then `done`, `log` and `delete` as for HTTP streams.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -106,6 +146,8 @@ extern "C" {
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_effective_context(context: u32) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
+    fn proxy_close_stream(stream: u32) -> u32;
+    fn proxy_get_buffer_status(kind: u32, length: *mut usize, flags: *mut u32) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_http_call(
         upstream: *const u8,
@@ -167,6 +209,10 @@ const RESPONSE_TRAILERS: u32 = 3;
 const CALL_RESPONSE_HEADERS: u32 = 6;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const STREAM_REQUEST: u32 = 0;
+/// Stream types (of `proxy_continue_stream` and `proxy_close_stream`) and buffer types of a
+/// network connection: the same numbers for both.
+const DOWNSTREAM: u32 = 2;
+const UPSTREAM: u32 = 3;
 const CONTINUE: u32 = 0;
 const PAUSE: u32 = 1;
 const TRACE_KEY: &[u8] = b"probe.trace";
@@ -211,6 +257,31 @@ struct Config {
     expressions: Vec<String>,
     set: Vec<SetProperty>,
     replace_body: Option<ReplaceBody>,
+    net_pause: Vec<String>,
+    net_resume_upstream: bool,
+    net_prefix: Directions,
+    net_replace: Directions,
+    net_close_on: Option<String>,
+    net_close_upstream_on: Option<String>,
+    net_calls: bool,
+}
+
+/// A string for each direction of a network connection.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+struct Directions {
+    downstream: Option<String>,
+    upstream: Option<String>,
+}
+
+impl Directions {
+    fn get(&self, kind: u32) -> Option<&str> {
+        if kind == DOWNSTREAM {
+            self.downstream.as_deref()
+        } else {
+            self.upstream.as_deref()
+        }
+    }
 }
 
 /// A body replaced by `size` bytes at the end of the `on` body callback.
@@ -274,13 +345,26 @@ struct Root {
     configured: String,
     /// Streams paused in `request_headers`, for the tick to resume.
     parked: Vec<u32>,
+    /// Connections paused in a network callback, for the tick to resume (what to resume is in
+    /// their [`StreamState`]).
+    net_parked: Vec<u32>,
 }
 
 #[derive(Default)]
 struct StreamState {
     root: u32,
-    /// Whether this stream is a dump request (`None`: not known yet).
+    /// Whether this stream is a dump request (`None`: not known yet). A network connection is
+    /// never one.
     dump: Option<bool>,
+    /// Whether a downstream (upstream) data callback of size > 0 came already (for `net_prefix`).
+    downstream_seen: bool,
+    upstream_seen: bool,
+    /// Whether the mid-buffer `proxy_set_buffer_bytes` of `net_calls` was tried already.
+    mid_tried: bool,
+    /// Whether the connection is paused on its downstream side (`new_connection` or
+    /// `downstream_data`) or on its upstream side (`upstream_data`) waiting for the tick.
+    paused_downstream: bool,
+    paused_upstream: bool,
 }
 
 #[derive(Default)]
@@ -484,6 +568,7 @@ pub extern "C" fn proxy_on_context_create(context: u32, parent: u32) {
                     config: Config::default(),
                     configured: String::new(),
                     parked: Vec::new(),
+                    net_parked: Vec::new(),
                 },
             );
         } else {
@@ -922,6 +1007,7 @@ pub extern "C" fn proxy_on_delete(context: u32) {
             probe.streams.remove(&context);
             for root in probe.roots.values_mut() {
                 root.parked.retain(|&c| c != context);
+                root.net_parked.retain(|&c| c != context);
             }
         } else {
             probe.record(context, "root delete".into());
@@ -950,6 +1036,45 @@ pub extern "C" fn proxy_on_tick(root: u32) {
     for context in parked {
         resume(context, "tick".into());
     }
+    let net_parked = with(|probe| {
+        probe
+            .roots
+            .get_mut(&root)
+            .map(|r| std::mem::take(&mut r.net_parked))
+            .unwrap_or_default()
+    });
+    for context in net_parked {
+        resume_connection(context);
+    }
+}
+
+/// Resumes a connection paused on the probe, from the tick: `proxy_set_effective_context`, then
+/// `proxy_continue_stream(2)` if it paused on its downstream side and `proxy_continue_stream(3)`
+/// if it paused on its upstream side (only parked with `net_resume_upstream`). Records
+/// `tick set_effective_context=<e>[ continue_downstream status=<c>][ continue_upstream status=<c>]`.
+fn resume_connection(context: u32) {
+    let (downstream, upstream) = with(|probe| {
+        probe.streams.get_mut(&context).map_or((false, false), |s| {
+            (
+                std::mem::take(&mut s.paused_downstream),
+                std::mem::take(&mut s.paused_upstream),
+            )
+        })
+    });
+    // SAFETY: no pointers.
+    let effective = unsafe { proxy_set_effective_context(context) };
+    let mut line = format!("tick set_effective_context={effective}");
+    if downstream {
+        // SAFETY: no pointers.
+        let status = unsafe { proxy_continue_stream(DOWNSTREAM) };
+        line.push_str(&format!(" continue_downstream status={status}"));
+    }
+    if upstream {
+        // SAFETY: no pointers.
+        let status = unsafe { proxy_continue_stream(UPSTREAM) };
+        line.push_str(&format!(" continue_upstream status={status}"));
+    }
+    with(|probe| probe.record(context, line));
 }
 
 /// Resumes a request paused on the probe from a root callback, as the SDKs do
@@ -1013,4 +1138,254 @@ pub extern "C" fn proxy_on_grpc_receive(_root: u32, token: u32, size: usize) {
 #[no_mangle]
 pub extern "C" fn proxy_on_grpc_close(_root: u32, token: u32, code: u32) {
     grpc_ended(token, format!("grpc_close code={code} {}", status()));
+}
+
+// The network (L4) side: a connection's stream context gets `proxy_on_new_connection`, data
+// callbacks for each direction and close callbacks, then `proxy_on_done`, `proxy_on_log` and
+// `proxy_on_delete` as an HTTP stream does.
+
+/// Marks a context as a network connection: not a dump request, so that recording its lines
+/// does not look for request headers (which a connection does not have) on every line.
+fn mark_connection(context: u32) {
+    with(|probe| {
+        if let Some(stream) = probe.streams.get_mut(&context) {
+            stream.dump = Some(false);
+        }
+    });
+}
+
+/// What a network callback returns after recording `{callback}{line}`: trap or pause as
+/// configured. A connection paused with `tick_resume_ms` set is parked for the tick: on its
+/// downstream side from `new_connection` or `downstream_data`, on its upstream side from
+/// `upstream_data` (only with `net_resume_upstream`).
+fn net_callback(context: u32, callback: &str, line: String) -> u32 {
+    let config = with(|probe| {
+        probe.record(context, format!("{callback}{line}"));
+        probe.config(context)
+    });
+    if config.trap.as_deref() == Some(callback) {
+        core::arch::wasm32::unreachable();
+    }
+    let pausable = matches!(
+        callback,
+        "new_connection" | "downstream_data" | "upstream_data"
+    );
+    if !pausable || !config.net_pause.iter().any(|p| p == callback) {
+        return CONTINUE;
+    }
+    let upstream = callback == "upstream_data";
+    if config.tick_resume_ms.is_some() && (!upstream || config.net_resume_upstream) {
+        with(|probe| {
+            let Some(stream) = probe.streams.get_mut(&context) else {
+                return;
+            };
+            if upstream {
+                stream.paused_upstream = true;
+            } else {
+                stream.paused_downstream = true;
+            }
+            let root = stream.root;
+            if let Some(root) = probe.roots.get_mut(&root) {
+                if !root.net_parked.contains(&context) {
+                    root.net_parked.push(context);
+                }
+            }
+        });
+    }
+    PAUSE
+}
+
+/// `proxy_get_buffer_bytes(kind, start, max)`: its status and the bytes.
+fn buffer(kind: u32, start: usize, max: usize) -> (u32, Vec<u8>) {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let status = unsafe { proxy_get_buffer_bytes(kind, start, max, &mut data, &mut size) };
+    (status, owned(data, size))
+}
+
+/// `proxy_get_buffer_status(kind)`: its status, the length and the flags.
+fn buffer_status(kind: u32) -> (u32, usize, u32) {
+    let (mut length, mut flags) = (0, 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let status = unsafe { proxy_get_buffer_status(kind, &mut length, &mut flags) };
+    (status, length, flags)
+}
+
+/// `proxy_set_buffer_bytes(kind, start, length, value)`'s status.
+fn set_buffer(kind: u32, start: usize, length: usize, value: &[u8]) -> u32 {
+    // SAFETY: `value` lives across the call; the host copies it.
+    unsafe { proxy_set_buffer_bytes(kind, start, length, value.as_ptr(), value.len()) }
+}
+
+/// Bytes escaped so that a trace line stays one line (Rust's `escape_ascii`: `\n`, `\"`,
+/// `\xNN`, ...).
+fn escaped(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
+}
+
+/// What the `net_calls` option records in `new_connection`: host calls that mean nothing on a
+/// connection (header maps, a local reply) and buffer calls outside a data callback.
+fn net_calls() -> String {
+    let path = b":path";
+    let (mut data, mut size) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let value = unsafe {
+        proxy_get_header_map_value(
+            REQUEST_HEADERS,
+            path.as_ptr(),
+            path.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    drop(owned(data, size));
+    let (mut data, mut size) = (std::ptr::null_mut(), 0);
+    // SAFETY: valid pointers for the duration of the call.
+    let pairs = unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) };
+    drop(owned(data, size));
+    let (details, body) = ("probe_net", "denied by probe");
+    // SAFETY: valid pointers for the duration of the call.
+    let reply = unsafe {
+        proxy_send_local_response(
+            403,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            std::ptr::null(),
+            0,
+            -1,
+        )
+    };
+    let set = set_buffer(DOWNSTREAM, 0, 0, b"x");
+    let (get, bytes) = buffer(DOWNSTREAM, 0, 10);
+    format!(
+        " header_value={value} header_pairs={pairs}:{size} local_response={reply} set_outside={set} get_outside={get}:{}",
+        bytes.len()
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_new_connection(context: u32) -> u32 {
+    mark_connection(context);
+    let (config, configured) = with(|probe| {
+        let root = probe.streams.get(&context).map_or(0, |s| s.root);
+        let configured = probe.roots.get(&root).map(|r| r.configured.clone());
+        (probe.config(context), configured.unwrap_or_default())
+    });
+    let mut line = String::new();
+    if !configured.is_empty() {
+        line.push_str(&format!(" configure:{configured}"));
+    }
+    line.push_str(&set_properties(&config.set, "new_connection"));
+    for foreign in config.foreign.iter().filter(|f| f.on == "new_connection") {
+        line.push_str(&call_foreign(foreign));
+    }
+    line.push_str(&properties(&config.properties));
+    if config.net_calls {
+        line.push_str(&net_calls());
+    }
+    net_callback(context, "new_connection", line)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_downstream_data(context: u32, size: usize, end: bool) -> u32 {
+    data_callback(context, DOWNSTREAM, size, end)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_upstream_data(context: u32, size: usize, end: bool) -> u32 {
+    data_callback(context, UPSTREAM, size, end)
+}
+
+/// A data callback of either direction (`kind`, the buffer type and stream type: 2 downstream,
+/// 3 upstream). Records
+/// `<dir>_data size=N end=B get=<status> data="<bytes>" status=<s> len=<n> flags=<f>`, the
+/// bytes read with `proxy_get_buffer_bytes(kind, 0, size)` and what `proxy_get_buffer_status`
+/// gives, then what the configured actions returned, in this order: ` set_mid=<s>` (`net_calls`),
+/// ` replace=<s>` (`net_replace`), ` prefix=<s>` (`net_prefix`), ` now="<bytes>"` (the whole buffer
+/// read back after any of those), ` close_downstream=<s>` / ` close_upstream=<s>`
+/// (`net_close_on` / `net_close_upstream_on`).
+fn data_callback(context: u32, kind: u32, size: usize, end: bool) -> u32 {
+    mark_connection(context);
+    let downstream = kind == DOWNSTREAM;
+    let callback = if downstream {
+        "downstream_data"
+    } else {
+        "upstream_data"
+    };
+    let config = with(|probe| probe.config(context));
+    let (got, data) = buffer(kind, 0, size);
+    let (status, length, flags) = buffer_status(kind);
+    let mut line = format!(
+        " size={size} end={end} get={got} data=\"{}\" status={status} len={length} flags={flags}",
+        escaped(&data)
+    );
+    // Whether this is the first callback of this direction with data, and whether to try a
+    // mid-buffer write (`net_calls`, the first downstream callback with 2 bytes or more).
+    let (first, mid) = with(|probe| {
+        let Some(stream) = probe.streams.get_mut(&context) else {
+            return (false, false);
+        };
+        let seen = if downstream {
+            &mut stream.downstream_seen
+        } else {
+            &mut stream.upstream_seen
+        };
+        let first = size > 0 && !std::mem::replace(seen, true);
+        let mid = config.net_calls && downstream && size >= 2 && !stream.mid_tried;
+        if mid {
+            stream.mid_tried = true;
+        }
+        (first, mid)
+    });
+    let mut changed = false;
+    if mid {
+        line.push_str(&format!(" set_mid={}", set_buffer(kind, 1, 0, b"x")));
+        changed = true;
+    }
+    if let Some(replacement) = config.net_replace.get(kind).filter(|_| size > 0) {
+        let status = set_buffer(kind, 0, size, replacement.as_bytes());
+        line.push_str(&format!(" replace={status}"));
+        changed = true;
+    }
+    if let Some(prefix) = config.net_prefix.get(kind).filter(|_| first) {
+        let status = set_buffer(kind, 0, 0, prefix.as_bytes());
+        line.push_str(&format!(" prefix={status}"));
+        changed = true;
+    }
+    if changed {
+        let (_, length, _) = buffer_status(kind);
+        let (_, now) = buffer(kind, 0, length);
+        line.push_str(&format!(" now=\"{}\"", escaped(&now)));
+    }
+    let close_on = if downstream {
+        config.net_close_on.as_deref()
+    } else {
+        config.net_close_upstream_on.as_deref()
+    };
+    let needle = close_on.unwrap_or_default().as_bytes();
+    if !needle.is_empty() && data.windows(needle.len()).any(|w| w == needle) {
+        // SAFETY: no pointers.
+        let status = unsafe { proxy_close_stream(kind) };
+        let name = if downstream {
+            "close_downstream"
+        } else {
+            "close_upstream"
+        };
+        line.push_str(&format!(" {name}={status}"));
+    }
+    net_callback(context, callback, line)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_downstream_connection_close(context: u32, peer: u32) {
+    mark_connection(context);
+    net_callback(context, "downstream_close", format!(" peer={peer}"));
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_upstream_connection_close(context: u32, peer: u32) {
+    mark_connection(context);
+    net_callback(context, "upstream_close", format!(" peer={peer}"));
 }

@@ -40,26 +40,29 @@ fn with_buffer<R>(
         BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
             return with_body(state, kind, |body| f(body));
         }
+        BufferType::DownstreamData | BufferType::UpstreamData => {
+            return with_network_data(state, kind, |data| f(data.as_deref().unwrap_or_default()));
+        }
         BufferType::HttpCallResponseBody => &state.scope_mut().call_body,
         BufferType::GrpcCallMessage => &state.scope_mut().grpc_message,
         BufferType::VmConfiguration => &state.scope_mut().vm_configuration,
         BufferType::PluginConfiguration => &state.scope_mut().plugin_configuration,
-        // L4 filters and foreign functions are not offered by sluice: nothing is ever in scope.
-        BufferType::DownstreamData
-        | BufferType::UpstreamData
-        | BufferType::ForeignFunctionArguments => {
-            return Err(Status::NotFound);
-        }
+        // Foreign functions get their arguments as parameters: nothing is ever in scope.
+        BufferType::ForeignFunctionArguments => return Err(Status::NotFound),
     };
     scoped.as_deref().map(f).ok_or(Status::NotFound)
 }
 
-/// Runs `f` on the stream's request or response body (`kind` is one of the two).
+/// Runs `f` on the stream's request or response body (`kind` is one of the two). A TCP
+/// connection has none.
 fn with_body<R>(
     state: &mut HostState,
     kind: BufferType,
     f: impl FnOnce(&mut bytes::Bytes) -> R,
 ) -> Result<R, Status> {
+    if state.effective_is_connection() {
+        return Err(Status::NotFound);
+    }
     let stream = state.effective_stream().ok_or(Status::NotFound)?;
     // The embedder never holds the stream across a guest call; if it did, fail the call rather
     // than the process.
@@ -68,6 +71,29 @@ fn with_body<R>(
         &mut stream.request_body
     } else {
         &mut stream.response_body
+    }))
+}
+
+/// Runs `f` on a TCP connection's downstream or upstream data (`kind` is one of the two). As in
+/// Envoy, these buffers exist for every context: outside a connection's data callback (or an
+/// HTTP stream's) they are empty, never NOT_FOUND.
+fn with_network_data<R>(
+    state: &mut HostState,
+    kind: BufferType,
+    f: impl FnOnce(&mut Option<Vec<u8>>) -> R,
+) -> Result<R, Status> {
+    let mut none = None;
+    if !state.effective_is_connection() {
+        return Ok(f(&mut none));
+    }
+    let Some(stream) = state.effective_stream() else {
+        return Ok(f(&mut none));
+    };
+    let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
+    Ok(f(if kind == BufferType::DownstreamData {
+        &mut stream.downstream_data
+    } else {
+        &mut stream.upstream_data
     }))
 }
 
@@ -117,27 +143,39 @@ fn set_bytes(
     len: u32,
 ) -> HostResult {
     let data = read(c, ptr, len)?;
-    let kind_known = BufferType::from_raw(kind).ok_or(Status::BadArgument)?;
-    if !matches!(
-        kind_known,
-        BufferType::HttpRequestBody | BufferType::HttpResponseBody
-    ) {
-        return Err(Status::NotFound.into());
+    let kind = BufferType::from_raw(kind).ok_or(Status::BadArgument)?;
+    match kind {
+        BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
+            with_body(c.data_mut(), kind, |body| {
+                // The body's bytes become the plugin's to change: copied only if still shared.
+                let mut buffer = Vec::from(std::mem::take(body));
+                let result = copy_from(&mut buffer, start, size, &data);
+                *body = buffer.into();
+                result
+            })??;
+        }
+        // Envoy's wrapper of an absent buffer refuses to be set ("Setting a string buffer not
+        // supported").
+        BufferType::DownstreamData | BufferType::UpstreamData => {
+            with_network_data(c.data_mut(), kind, |buffer| match buffer {
+                Some(buffer) => copy_from(buffer, start, size, &data),
+                None => Err(Status::BadArgument),
+            })??;
+        }
+        _ => return Err(Status::NotFound.into()),
     }
-    with_body(c.data_mut(), kind_known, |body| {
-        let (start, size) = (start as usize, size as usize);
-        if start != 0 && start < body.len() {
-            return Err(Status::BadArgument);
-        }
-        // The body's bytes become the plugin's to change: copied only if still shared.
-        let mut buffer = Vec::from(std::mem::take(body));
-        if start == 0 {
-            buffer.splice(..size.min(buffer.len()), data);
-        } else {
-            buffer.extend_from_slice(&data);
-        }
-        *body = buffer.into();
-        Ok(())
-    })??;
+    Ok(())
+}
+
+/// Envoy's `Buffer::copyFrom` on a live buffer.
+fn copy_from(buffer: &mut Vec<u8>, start: u32, size: u32, data: &[u8]) -> Result<(), Status> {
+    let (start, size) = (start as usize, size as usize);
+    if start == 0 {
+        buffer.splice(..size.min(buffer.len()), data.iter().copied());
+    } else if start >= buffer.len() {
+        buffer.extend_from_slice(data);
+    } else {
+        return Err(Status::BadArgument);
+    }
     Ok(())
 }

@@ -125,20 +125,34 @@ fn log(c: &mut Caller<'_>, level: u32, ptr: u32, len: u32) -> HostResult {
     Ok(())
 }
 
-/// `proxy_continue_stream` / `proxy_close_stream`. Only HTTP streams exist in sluice: resuming
-/// anything else is `UNIMPLEMENTED` (the spec's "not supported"), closing it a bad argument.
+/// `proxy_continue_stream` / `proxy_close_stream`. On an HTTP stream only its request and
+/// response can be acted on: resuming anything else is `UNIMPLEMENTED` (the spec's "not
+/// supported"), closing it a bad argument. On a TCP connection, as in Envoy: the downstream can be
+/// resumed and either side closed (both close the client connection after flushing), resuming
+/// the upstream is `UNIMPLEMENTED`, and the HTTP stream types are accepted and do nothing.
 pub(super) fn stream_control(c: &mut Caller<'_>, stream: u32, resume: bool) -> HostResult {
     let stream = StreamType::from_raw(stream).ok_or(Status::BadArgument)?;
     let state = c.data_mut();
     let context = state.effective_context;
     let http = matches!(stream, StreamType::HttpRequest | StreamType::HttpResponse);
-    if !http || !matches!(state.contexts.get(&context), Some(Context::Stream { .. })) {
-        return Err(if resume {
-            Status::Unimplemented
-        } else {
-            Status::BadArgument
+    match state.contexts.get(&context) {
+        Some(Context::Stream { .. }) if http => {}
+        Some(Context::Connection { .. }) => {
+            if http {
+                return Ok(());
+            }
+            if resume && stream == StreamType::Upstream {
+                return Err(Status::Unimplemented.into());
+            }
         }
-        .into());
+        _ => {
+            return Err(if resume {
+                Status::Unimplemented
+            } else {
+                Status::BadArgument
+            }
+            .into());
+        }
     }
     state.effects.push(if resume {
         Effect::ContinueStream { context, stream }
@@ -172,8 +186,11 @@ fn send_local_response(
     let headers = HeaderMap::from_pairs(pairs);
     let state = c.data_mut();
     let context = state.effective_context;
-    if !matches!(state.contexts.get(&context), Some(Context::Stream { .. })) {
-        return Err(Status::BadArgument.into());
+    match state.contexts.get(&context) {
+        Some(Context::Stream { .. }) => {}
+        // Envoy answers OK and sends nothing: a TCP connection has no HTTP reply to send.
+        Some(Context::Connection { .. }) => return Ok(()),
+        _ => return Err(Status::BadArgument.into()),
     }
     let grpc_status = u32::try_from(grpc_status).ok();
     let response = LocalResponse {

@@ -72,6 +72,10 @@ pub(crate) fn with_map<R>(
         | MapType::HttpRequestTrailers
         | MapType::HttpResponseHeaders
         | MapType::HttpResponseTrailers => {
+            // A TCP connection has no header maps (Envoy: "not currently available").
+            if state.effective_is_connection() {
+                return Err(Status::BadArgument);
+            }
             let stream = state.effective_stream().ok_or(Status::BadArgument)?;
             // The embedder never holds the stream across a guest call; if it did, fail the call
             // rather than the process.
@@ -89,6 +93,10 @@ pub(crate) fn with_map<R>(
 }
 
 fn get_pairs(c: &mut Caller<'_>, map: u32, ptr: u32, len: u32) -> HostResult {
+    // Envoy lists a TCP connection's HTTP maps as empty, with no pairs at all (not a count of 0).
+    if map < 4 && c.data().effective_is_connection() {
+        return return_bytes(c, &[], ptr, len);
+    }
     let encoded = with_map(c.data_mut(), map, |m| m.encode())?;
     return_bytes(c, &encoded, ptr, len)
 }

@@ -1,0 +1,320 @@
+//! tcp-guard: an L4 (network filter) plugin on the SDK's `StreamContext`: refuses connections
+//! whose first bytes start with a deny prefix, prepends a banner to what the upstream sends
+//! first, counts connections and bytes, and logs each connection.
+//!
+//! ```json
+//! {"deny_prefix": "EVIL", "banner": "hello from tcp-guard\r\n", "metric_prefix": "tcp_guard"}
+//! ```
+//!
+//! * `on_new_connection`: counts the connection, logs its `source.address`.
+//! * `on_downstream_data`: while the first bytes could still be the deny prefix but are fewer
+//!   than it, returns `Pause` (the host keeps reading and calls again with the grown buffer)
+//!   unless it is the end of the stream; if they start with it, counts the connection as denied,
+//!   logs it, closes the connection (`close_downstream`) and returns `Pause`. Bytes let through
+//!   are counted.
+//! * `on_upstream_data`: prepends the banner to the first upstream data of the connection
+//!   (`set_upstream_data(0, 0, banner)`) and counts the upstream bytes. It never pauses:
+//!   Envoy cannot resume the upstream side.
+//! * `on_downstream_close` / `on_upstream_close` / `on_log`: log lines.
+//!
+//! Counters: `<metric_prefix>_connections`, `_downstream_bytes`, `_upstream_bytes`, `_denied`.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::*;
+use proxy_wasm::types::*;
+use serde::Deserialize;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { state: Rc::new(State::default()) })
+    });
+}}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    deny_prefix: Option<String>,
+    #[serde(default)]
+    banner: Option<String>,
+    #[serde(default = "default_metric_prefix")]
+    metric_prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            deny_prefix: None,
+            banner: None,
+            metric_prefix: default_metric_prefix(),
+        }
+    }
+}
+
+fn default_metric_prefix() -> String {
+    "tcp_guard".to_string()
+}
+
+impl Config {
+    fn validate(mut self) -> Result<Self, String> {
+        if self.metric_prefix.is_empty() {
+            return Err("metric_prefix must not be empty".to_string());
+        }
+        // An empty prefix would deny every connection and an empty banner does nothing: both
+        // mean "not set".
+        self.deny_prefix = self.deny_prefix.filter(|p| !p.is_empty());
+        self.banner = self.banner.filter(|b| !b.is_empty());
+        Ok(self)
+    }
+}
+
+/// The ids of the plugin's counters.
+struct Metrics {
+    connections: u32,
+    downstream_bytes: u32,
+    upstream_bytes: u32,
+    denied: u32,
+}
+
+impl Metrics {
+    fn define(prefix: &str) -> Result<Self, Status> {
+        let counter =
+            |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("{prefix}_{name}"));
+        Ok(Metrics {
+            connections: counter("connections")?,
+            downstream_bytes: counter("downstream_bytes")?,
+            upstream_bytes: counter("upstream_bytes")?,
+            denied: counter("denied")?,
+        })
+    }
+}
+
+/// What the root context hands its connections: the configuration and the counters (`None`
+/// until `on_configure` succeeded: such a plugin only passes bytes through).
+#[derive(Default)]
+struct State {
+    config: Config,
+    metrics: Option<Metrics>,
+}
+
+impl State {
+    fn increment(&self, metric: impl Fn(&Metrics) -> u32, by: usize) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if by == 0 {
+            return;
+        }
+        let id = metric(metrics);
+        if let Err(status) = hostcalls::increment_metric(id, by as i64) {
+            log::warn!("tcp-guard: increment_metric({id}) failed: {status:?}");
+        }
+    }
+}
+
+struct Root {
+    state: Rc<State>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let parsed = if raw.iter().all(u8::is_ascii_whitespace) {
+            Ok(Config::default())
+        } else {
+            serde_json::from_slice::<Config>(&raw).map_err(|e| e.to_string())
+        };
+        let config = match parsed.and_then(Config::validate) {
+            Ok(config) => config,
+            Err(err) => {
+                log::error!("tcp-guard: invalid pluginConfig: {err}");
+                return false;
+            }
+        };
+        let metrics = match Metrics::define(&config.metric_prefix) {
+            Ok(metrics) => metrics,
+            Err(status) => {
+                log::error!("tcp-guard: define_metric failed: {status:?}");
+                return false;
+            }
+        };
+        log::info!(
+            "tcp-guard: deny_prefix {:?}, banner {} byte(s), metrics {}_*",
+            config.deny_prefix.as_deref().unwrap_or(""),
+            config.banner.as_ref().map_or(0, String::len),
+            config.metric_prefix
+        );
+        self.state = Rc::new(State {
+            config,
+            metrics: Some(metrics),
+        });
+        true
+    }
+
+    fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(Guard {
+            id: context_id,
+            state: Rc::clone(&self.state),
+            source: String::new(),
+            checked: false,
+            denied: false,
+            banner_sent: false,
+            downstream_bytes: 0,
+            upstream_bytes: 0,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::StreamContext)
+    }
+}
+
+/// How the first bytes of a connection compare with the deny prefix.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// They start with it.
+    Deny,
+    /// They are a (shorter) beginning of it: more bytes are needed to tell.
+    Undecided,
+    /// They cannot start with it.
+    Allow,
+}
+
+fn verdict(head: &[u8], prefix: &[u8]) -> Verdict {
+    if head.len() >= prefix.len() {
+        if head.starts_with(prefix) {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        }
+    } else if prefix.starts_with(head) {
+        Verdict::Undecided
+    } else {
+        Verdict::Allow
+    }
+}
+
+/// One connection.
+struct Guard {
+    id: u32,
+    state: Rc<State>,
+    /// The client's `ip:port` (the `source.address` property), for the log lines.
+    source: String,
+    /// Whether the deny prefix was checked already (or there is none).
+    checked: bool,
+    denied: bool,
+    banner_sent: bool,
+    /// Bytes let through each way (upstream: not counting the banner).
+    downstream_bytes: u64,
+    upstream_bytes: u64,
+}
+
+impl Context for Guard {}
+
+impl Guard {
+    /// Checks the first bytes of the connection (the whole buffer so far, `size` bytes) against
+    /// the deny prefix.
+    fn check(&mut self, size: usize, end_of_stream: bool) -> Verdict {
+        let Some(prefix) = self.state.config.deny_prefix.as_deref() else {
+            return Verdict::Allow;
+        };
+        let head = self
+            .get_downstream_data(0, size.min(prefix.len()))
+            .unwrap_or_default();
+        match verdict(&head, prefix.as_bytes()) {
+            // The client ended its side before sending all of the prefix.
+            Verdict::Undecided if end_of_stream => Verdict::Allow,
+            verdict => verdict,
+        }
+    }
+}
+
+impl StreamContext for Guard {
+    fn on_new_connection(&mut self) -> Action {
+        self.state.increment(|m| m.connections, 1);
+        self.source = match hostcalls::get_property(vec!["source", "address"]) {
+            Ok(Some(address)) => String::from_utf8_lossy(&address).into_owned(),
+            Ok(None) | Err(_) => "unknown".to_string(),
+        };
+        log::info!("tcp-guard: connection {} from {}", self.id, self.source);
+        Action::Continue
+    }
+
+    fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
+        if self.denied {
+            // Closing; whatever still arrives goes nowhere.
+            return Action::Pause;
+        }
+        if !self.checked && (data_size > 0 || end_of_stream) {
+            match self.check(data_size, end_of_stream) {
+                Verdict::Undecided => {
+                    log::debug!(
+                        "tcp-guard: connection {}: {data_size} byte(s) so far, waiting for more",
+                        self.id
+                    );
+                    return Action::Pause;
+                }
+                Verdict::Deny => {
+                    self.checked = true;
+                    self.denied = true;
+                    self.state.increment(|m| m.denied, 1);
+                    log::info!(
+                        "tcp-guard: connection {} from {} denied: its data starts with the deny prefix",
+                        self.id,
+                        self.source
+                    );
+                    self.close_downstream();
+                    return Action::Pause;
+                }
+                Verdict::Allow => self.checked = true,
+            }
+        }
+        // After a pause the host reports the whole buffer again, so bytes are counted only when
+        // they are let through.
+        self.downstream_bytes += data_size as u64;
+        self.state.increment(|m| m.downstream_bytes, data_size);
+        Action::Continue
+    }
+
+    fn on_upstream_data(&mut self, data_size: usize, _end_of_stream: bool) -> Action {
+        if !self.banner_sent && data_size > 0 {
+            self.banner_sent = true;
+            if let Some(banner) = self.state.config.banner.as_deref() {
+                self.set_upstream_data(0, 0, banner.as_bytes());
+            }
+        }
+        self.upstream_bytes += data_size as u64;
+        self.state.increment(|m| m.upstream_bytes, data_size);
+        Action::Continue
+    }
+
+    fn on_downstream_close(&mut self, peer_type: PeerType) {
+        log::info!(
+            "tcp-guard: connection {}: downstream closed (peer {peer_type:?})",
+            self.id
+        );
+    }
+
+    fn on_upstream_close(&mut self, peer_type: PeerType) {
+        log::info!(
+            "tcp-guard: connection {}: upstream closed (peer {peer_type:?})",
+            self.id
+        );
+    }
+
+    fn on_log(&mut self) {
+        log::info!(
+            "tcp-guard: connection {} from {}: {} byte(s) downstream->upstream, {} byte(s) upstream->downstream{}",
+            self.id,
+            self.source,
+            self.downstream_bytes,
+            self.upstream_bytes,
+            if self.denied { ", denied" } else { "" }
+        );
+    }
+}

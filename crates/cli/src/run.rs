@@ -43,6 +43,13 @@ pub struct RunArgs {
     /// such as a gRPC service (repeatable; outbound|PORT||HOST needs none)
     #[arg(long = "cluster")]
     clusters: Vec<String>,
+    /// A TCP listener: LISTEN=HOST:PORT proxies each connection to LISTEN on to HOST:PORT, through
+    /// the --network-plugin plugins (repeatable)
+    #[arg(long = "tcp")]
+    tcp: Vec<String>,
+    /// A network (L4) plugin for the --tcp listeners, given as --plugin is; repeat for a chain
+    #[arg(long = "network-plugin")]
+    network_plugins: Vec<String>,
     /// Where the admin API listens (the admin page at /, /ready, /stats, /plugins, /config_dump,
     /// /history, /logging, POST /reload);
     /// `off` disables it [default: 127.0.0.1:9901]
@@ -191,7 +198,32 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         declared.http2 = http2;
         config.clusters.push(declared);
     }
-    for (index, given) in args.plugins.iter().enumerate() {
+    for (index, tcp) in args.tcp.iter().enumerate() {
+        let parsed = tcp.split_once('=').and_then(|(listen, target)| {
+            let listen = listen.parse::<std::net::SocketAddr>().ok()?;
+            let (host, port) = target.rsplit_once(':')?;
+            (!host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+                .then(|| (listen, target.to_string()))
+        });
+        let Some((listen, target)) = parsed else {
+            bail!("--tcp `{tcp}`: expected LISTEN=HOST:PORT, e.g. 127.0.0.1:15432=127.0.0.1:5432");
+        };
+        let name = format!("tcp-{index}");
+        config.clusters.push(Cluster::endpoint(&name, target));
+        config.listeners.push(sluice_config::Listener {
+            name: name.clone(),
+            address: listen,
+            tls: None,
+            routes: Vec::new(),
+            tcp: Some(sluice_config::TcpProxy {
+                cluster: name,
+                idle_timeout: Some(sluice_config::DEFAULT_IDLE_TIMEOUT),
+            }),
+        });
+    }
+    let plugins = args.plugins.iter().map(|given| (given, false));
+    let network_plugins = args.network_plugins.iter().map(|given| (given, true));
+    for (index, (given, network)) in plugins.chain(network_plugins).enumerate() {
         let path = Path::new(given.strip_prefix("file://").unwrap_or(given));
         let wasm = if path.is_dir() {
             crate::build::build(path, false)?
@@ -207,16 +239,22 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         } else {
             stem
         };
-        let configuration = args.plugin_configs.get(index).map(|text| {
-            serde_json::from_str::<serde_json::Value>(text)
-                .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
-        });
-        config.plugins.push(Plugin::local(
+        let configuration = if network {
+            None
+        } else {
+            args.plugin_configs.get(index).map(|text| {
+                serde_json::from_str::<serde_json::Value>(text)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+            })
+        };
+        let mut plugin = Plugin::local(
             name,
             wasm.display().to_string(),
             configuration,
             args.fail_strategy,
-        ));
+        );
+        plugin.network = network;
+        config.plugins.push(plugin);
     }
     Ok(config)
 }
@@ -233,9 +271,9 @@ fn load(
 }
 
 fn source(args: &RunArgs) -> anyhow::Result<Source> {
-    if args.config.is_some() && !args.plugins.is_empty() {
+    if args.config.is_some() && !(args.plugins.is_empty() && args.network_plugins.is_empty()) {
         bail!(
-            "--plugin and --config together: describe the plugin in the config file as a WasmPlugin"
+            "--plugin or --network-plugin with --config: describe the plugin in the config file as a WasmPlugin"
         );
     }
     Ok(Source {
@@ -258,6 +296,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ("--listen", args.listen.is_some()),
             ("--upstream", args.upstream.is_some()),
             ("--cluster", !args.clusters.is_empty()),
+            ("--tcp", !args.tcp.is_empty()),
             ("--tls-cert", args.tls_cert.is_some()),
         ] {
             if given {

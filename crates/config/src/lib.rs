@@ -15,7 +15,7 @@ pub use model::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_REQUEST_HEADERS_KB,
     DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, DEFAULT_TIMEOUT, HeaderMatch,
     HostMatch, Listener, Locality, MAX_REQUEST_HEADERS_KB, Node, Notice, Origin, PathMatch, Phase,
-    Plugin, PluginLimits, PluginOverride, PullPolicy, Route, RouteMatch, TlsFiles,
+    Plugin, PluginLimits, PluginOverride, PullPolicy, Route, RouteMatch, TcpProxy, TlsFiles,
 };
 pub use parse::{ConfigError, PROXY_API, WASM_PLUGIN_API, parse, parse_duration};
 

@@ -134,8 +134,20 @@ pub struct Listener {
     pub address: SocketAddr,
     /// TLS with ALPN (h2, http/1.1); `None` is cleartext (HTTP/1.1 and h2c prior knowledge).
     pub tls: Option<TlsFiles>,
-    /// Tried in order; the first that matches routes the request.
+    /// Tried in order; the first that matches routes the request. Empty on a TCP listener.
     pub routes: Vec<Route>,
+    /// A TCP listener: every connection is proxied to a cluster's endpoint, through the
+    /// network plugins (Envoy's tcp_proxy). `None`: an HTTP listener.
+    pub tcp: Option<TcpProxy>,
+}
+
+/// What a TCP listener does with its connections (Envoy's `tcp_proxy`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpProxy {
+    /// The cluster whose endpoints (round-robin) the connections go to.
+    pub cluster: String,
+    /// How long a connection may pass no bytes either way before it is closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A listener's certificate chain and private key, as PEM file paths (relative to the config file).
@@ -273,8 +285,12 @@ pub struct Plugin {
     pub priority: i64,
     pub vm: VmConfig,
     pub fail_strategy: FailStrategy,
-    /// Listener ports the plugin runs on (Istio `match[].ports`); empty means every listener.
+    /// Listener ports the plugin runs on (Istio `match[].ports`); empty means every listener
+    /// of its kind.
     pub ports: Vec<u16>,
+    /// Istio's `type: NETWORK`: an L4 plugin, run on TCP listeners only (HTTP plugins run on HTTP
+    /// listeners only).
+    pub network: bool,
     /// What the plugin may do (the `Proxy` document's `pluginCapabilities`).
     pub capabilities: Capabilities,
     /// Istio's `imagePullPolicy`; `None`: Istio's default for the url.
@@ -350,6 +366,7 @@ impl Plugin {
             vm: VmConfig::default(),
             fail_strategy,
             ports: Vec::new(),
+            network: false,
             capabilities: Capabilities::default(),
             pull_policy: None,
             pull_secret: None,
@@ -357,7 +374,8 @@ impl Plugin {
     }
 
     pub fn applies_to(&self, listener: &Listener) -> bool {
-        self.ports.is_empty() || self.ports.contains(&listener.address.port())
+        self.network == listener.tcp.is_some()
+            && (self.ports.is_empty() || self.ports.contains(&listener.address.port()))
     }
 
     /// Whether requests on `route` of `listener` (`None`: no route matched) run this plugin: it
@@ -420,6 +438,7 @@ impl Config {
                     cluster: cluster.name.clone(),
                     overrides: BTreeMap::new(),
                 }],
+                tcp: None,
             }],
             clusters: vec![cluster],
             plugins: Vec::new(),
@@ -559,6 +578,7 @@ mod tests {
             address: "127.0.0.1:80".parse().unwrap(),
             tls: None,
             routes: vec![route(exact), route(RouteMatch::default())],
+            tcp: None,
         };
         assert!(std::ptr::eq(
             listener.route("x", "/", |_| None).unwrap(),

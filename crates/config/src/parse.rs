@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::locate::{Location, locate};
 use crate::model::{
     Cluster, ClusterKind, Config, HeaderMatch, HostMatch, Listener, Notice, PathMatch, Phase,
-    Plugin, PluginOverride, Route, RouteMatch, TlsFiles,
+    Plugin, PluginOverride, Route, RouteMatch, TcpProxy, TlsFiles,
 };
 use crate::{FailStrategy, VmConfig};
 
@@ -253,7 +253,18 @@ struct ListenerSpec {
     address: String,
     #[serde(default)]
     tls: Option<TlsSpec>,
+    #[serde(default)]
     routes: Vec<RouteSpec>,
+    #[serde(default)]
+    tcp: Option<TcpSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TcpSpec {
+    cluster: String,
+    #[serde(default)]
+    idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +503,7 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
     }
     check_plugins(&mut plugins, text, &mut errors);
     check_references(&config, &plugins, &mut errors);
+    notices.extend(unbound_plugins(&config, &plugins, text));
     order(&mut plugins);
     config.plugins = plugins;
     config.notices = notices;
@@ -675,14 +687,17 @@ fn wasm_plugin(
             Phase::Unspecified
         }
     };
-    match spec.plugin_type.as_deref() {
-        None | Some("HTTP" | "UNSPECIFIED_PLUGIN_TYPE") => {}
-        Some("NETWORK") => checker.error(
-            "spec.type",
-            "NETWORK plugins (L4 filters) are not supported; sluice runs HTTP plugins",
-        ),
-        Some(other) => checker.error("spec.type", format!("`{other}`: expected HTTP")),
-    }
+    let network = match spec.plugin_type.as_deref() {
+        None | Some("HTTP" | "UNSPECIFIED_PLUGIN_TYPE") => false,
+        Some("NETWORK") => true,
+        Some(other) => {
+            checker.error(
+                "spec.type",
+                format!("`{other}`: expected HTTP, NETWORK or UNSPECIFIED_PLUGIN_TYPE"),
+            );
+            false
+        }
+    };
     let mut ports = Vec::new();
     for (index, selector) in spec.traffic.iter().enumerate() {
         match selector.mode.as_deref() {
@@ -743,6 +758,7 @@ fn wasm_plugin(
         vm,
         fail_strategy: spec.fail_strategy.unwrap_or_default(),
         ports,
+        network,
         capabilities: crate::Capabilities::default(),
         pull_policy: pull_policy.filter(|_| oci),
         pull_secret: spec.image_pull_secret.filter(|_| oci),
@@ -985,12 +1001,43 @@ fn listener_of(
         );
         return None;
     };
-    if spec.routes.is_empty() {
-        checker.error(
-            &format!("{field}.routes"),
-            "empty: a listener needs at least one route (a route without `match` takes everything)",
-        );
-    }
+    let tcp = match spec.tcp {
+        Some(tcp) => {
+            if !spec.routes.is_empty() {
+                checker.error(
+                    &format!("{field}.routes"),
+                    "a TCP listener (`tcp`) has no routes: its connections all go to `tcp.cluster`",
+                );
+            }
+            let idle_timeout = match tcp.idle_timeout.as_deref() {
+                None => Some(crate::DEFAULT_IDLE_TIMEOUT),
+                Some(text) => match parse_duration(text) {
+                    Ok(duration) if duration.is_zero() => None,
+                    Ok(duration) => Some(duration),
+                    Err(message) => {
+                        checker.error(
+                            &format!("{field}.tcp.idleTimeout"),
+                            format!("`{text}`: {message}"),
+                        );
+                        None
+                    }
+                },
+            };
+            Some(TcpProxy {
+                cluster: tcp.cluster,
+                idle_timeout,
+            })
+        }
+        None => {
+            if spec.routes.is_empty() {
+                checker.error(
+                    &format!("{field}.routes"),
+                    "empty: a listener needs at least one route (a route without `match` takes everything), or `tcp` for a TCP listener",
+                );
+            }
+            None
+        }
+    };
     let routes = spec
         .routes
         .into_iter()
@@ -1005,6 +1052,7 @@ fn listener_of(
             private_key: tls.private_key,
         }),
         routes,
+        tcp,
     })
 }
 
@@ -1090,9 +1138,57 @@ fn check_plugins(plugins: &mut [Plugin], text: &str, errors: &mut Vec<ConfigErro
     }
 }
 
-/// Routes name clusters and plugins that exist.
+/// A plugin whose kind (HTTP or NETWORK) no listener of its ports has runs nowhere: said, since
+/// that is rarely what the author meant.
+fn unbound_plugins(config: &Config, plugins: &[Plugin], text: &str) -> Vec<Notice> {
+    plugins
+        .iter()
+        .filter(|plugin| !config.listeners.iter().any(|l| plugin.applies_to(l)))
+        .map(|plugin| {
+            let (kind, other) = if plugin.network {
+                ("a NETWORK plugin runs on TCP listeners", "HTTP")
+            } else {
+                ("an HTTP plugin runs on HTTP listeners", "TCP")
+            };
+            let selected = if plugin.ports.is_empty() {
+                String::new()
+            } else {
+                format!(" on its ports ({:?})", plugin.ports)
+            };
+            let (place, _) = plugin.origin.place("spec.type", Some(text));
+            Notice {
+                place,
+                message: format!(
+                    "runs nowhere: {kind} only, and every listener{selected} is {other}"
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Routes name clusters and plugins that exist; a TCP listener's cluster exists and has
+/// endpoints.
 fn check_references(config: &Config, plugins: &[Plugin], errors: &mut Vec<ConfigError>) {
     for listener in &config.listeners {
+        if let Some(tcp) = &listener.tcp {
+            let place = format!("listener {} tcp", listener.name);
+            match config.cluster(&tcp.cluster) {
+                None => errors.push(ConfigError::new(
+                    place,
+                    format!("cluster `{}` is not declared", tcp.cluster),
+                )),
+                Some(cluster) if cluster.kind == ClusterKind::Echo => errors.push(
+                    ConfigError::new(
+                        place,
+                        format!(
+                            "cluster `{}` is the HTTP echo upstream; a TCP listener needs a STATIC cluster",
+                            tcp.cluster
+                        ),
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
         for route in &listener.routes {
             let place = format!("listener {} route {}", listener.name, route.name);
             if config.cluster(&route.cluster).is_none() {
@@ -1402,6 +1498,7 @@ kind: VirtualService
             address: "127.0.0.1:1".parse().unwrap(),
             tls: None,
             routes: Vec::new(),
+            tcp: None,
         });
         let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: a}\nspec: {url: a.wasm}\n";
         let config = parse(text, start).unwrap();

@@ -173,6 +173,12 @@ impl Connection {
         self.upstream_connected = true;
     }
 
+    /// The proxy closes the connection (the upstream failed): as a plugin's close, the client
+    /// gets what was written to it, then the plugins hear of the close.
+    pub fn close_from_proxy(&mut self, reason: &str) {
+        self.close(reason.to_string());
+    }
+
     /// Bytes (and perhaps the end of stream) read from the client.
     pub fn downstream_data(&mut self, data: &[u8], end_of_stream: bool) {
         if self.closing || self.finished || self.downstream_end {

@@ -58,15 +58,20 @@ pub(crate) async fn accept(
                     let active = active.clone();
                     active.set(active.get() + 1);
                     tokio::task::spawn_local(async move {
-                        let connection = |tls| Rc::new(Connection::new(state, listener_index, peer, local, tls));
+                        let tcp = state.generation.borrow().config.config.listeners[listener_index].tcp.is_some();
                         match tls {
-                            None => serve(socket, connection(None)).await,
+                            None if tcp => crate::tcp::serve(socket, state, listener_index, peer, local, None).await,
+                            None => serve(socket, Rc::new(Connection::new(state, listener_index, peer, local, None))).await,
                             Some(config) => {
                                 let handshake = tokio_rustls::TlsAcceptor::from(config).accept(socket);
                                 match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
                                     Ok(Ok(stream)) => {
                                         let tls = crate::tls::info(stream.get_ref().1);
-                                        serve(stream, connection(Some(tls))).await;
+                                        if tcp {
+                                            crate::tcp::serve(stream, state, listener_index, peer, local, Some(tls)).await;
+                                        } else {
+                                            serve(stream, Rc::new(Connection::new(state, listener_index, peer, local, Some(tls)))).await;
+                                        }
                                     }
                                     Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

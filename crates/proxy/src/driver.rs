@@ -164,7 +164,7 @@ impl Drop for StreamCount {
 }
 
 /// The properties every stream of a connection shares: addresses and TLS facts.
-fn connection_properties(
+pub(crate) fn connection_properties(
     peer: SocketAddr,
     local: SocketAddr,
     tls: Option<&crate::tls::TlsInfo>,
@@ -174,16 +174,18 @@ fn connection_properties(
         ("source.port", PropertyValue::Int(peer.port().into())),
         ("destination.address", local.to_string().into()),
         ("destination.port", PropertyValue::Int(local.port().into())),
+        // Envoy has these for every connection: false and empty without TLS (sluice asks no
+        // client certificate, so never mutual TLS).
+        (
+            "connection.requested_server_name",
+            tls.and_then(|tls| tls.server_name.clone())
+                .unwrap_or_default()
+                .into(),
+        ),
+        ("connection.mtls", PropertyValue::Bool(false)),
     ];
     if let Some(tls) = tls {
-        values.extend([
-            ("connection.tls_version", tls.version.into()),
-            (
-                "connection.requested_server_name",
-                tls.server_name.clone().unwrap_or_default().into(),
-            ),
-            ("connection.mtls", PropertyValue::Bool(false)),
-        ]);
+        values.push(("connection.tls_version", tls.version.into()));
     }
     Rc::new(
         values

@@ -23,6 +23,7 @@ mod logging;
 mod reload;
 mod runtime;
 mod stats;
+mod tcp;
 mod timers;
 mod tls;
 mod upstream;

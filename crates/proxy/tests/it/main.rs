@@ -11,6 +11,7 @@ mod e2e;
 mod hostile;
 mod oci;
 mod scenarios;
+mod tcp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,329 @@
+//! TCP listeners: one client connection proxied to an endpoint of the listener's cluster, through
+//! the listener's network plugins (Envoy's wasm network filters in front of tcp_proxy). The
+//! plugins' semantics are `sluice_filter::Connection`'s; this module moves the bytes.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_abi::PeerType;
+use sluice_filter::{Connection, ConnectionStep};
+use sluice_host::HttpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::Target;
+use crate::calls::Calls;
+use crate::runtime::WorkerState;
+
+/// The most bytes read at once from either side.
+const READ_CHUNK: usize = 64 << 10;
+/// The most bytes waiting to be written to one side before that side's peer is no longer read.
+const MAX_QUEUED: usize = 1 << 20;
+/// How long a connection being closed may take to flush what was written to the client (Envoy's
+/// default `delayed_close_timeout`).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bytes waiting to be written to one side, and whether that side is to be half-closed after.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    end: bool,
+    /// The side has been half-closed (our FIN sent).
+    shut: bool,
+}
+
+impl Outbox {
+    fn push(&mut self, data: Bytes, end_of_stream: bool) {
+        if !data.is_empty() {
+            self.bytes += data.len();
+            self.queue.push_back(data);
+        }
+        self.end |= end_of_stream;
+    }
+
+    /// Whether a write (or the half-close) is due.
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() || (self.end && !self.shut)
+    }
+
+    /// Writes some of the queue, or half-closes once it is empty.
+    async fn flush_some<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        match self.queue.front_mut() {
+            Some(front) => {
+                let written = writer.write(front).await?;
+                if written == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                self.bytes -= written;
+                let _ = front.split_to(written);
+                if front.is_empty() {
+                    self.queue.pop_front();
+                }
+            }
+            None => {
+                writer.shutdown().await?;
+                self.shut = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What ended a connection, and so which peer type the plugins hear.
+enum Ending {
+    /// The proxy closed it (a plugin, the upstream, a timeout, or its own write completing the
+    /// double half-close): LOCAL.
+    Local,
+    /// The client reset it or sent the last FIN: REMOTE.
+    Remote,
+}
+
+/// Serves one connection of TCP listener `listener` until it closes.
+pub(crate) async fn serve<I>(
+    io: I,
+    state: Rc<WorkerState>,
+    listener: usize,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<crate::tls::TlsInfo>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let generation = state.generation.borrow().clone();
+    let Some(tcp) = generation.config.config.listeners[listener].tcp.clone() else {
+        return;
+    };
+    let plan = generation.listeners[listener].route(None);
+    if let Some(plugin) = &plan.blocked_by {
+        tracing::debug!(%peer, "connection closed: plugin '{plugin}' is unavailable");
+        return;
+    }
+    let info = HttpStream {
+        connection: crate::driver::connection_properties(peer, local, tls.as_ref()),
+        ..HttpStream::default()
+    };
+    let mut connection = Connection::new(plan.chain.clone(), info);
+    let (mut client_read, mut client_write) = tokio::io::split(io);
+    let mut upstream: Option<(
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::tcp::OwnedWriteHalf,
+    )> = None;
+    let mut connecting: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _>>>> = None;
+    let (mut to_client, mut to_upstream) = (Outbox::default(), Outbox::default());
+    let mut calls: Calls<(usize, u32)> = Calls::new();
+    let (mut client_buffer, mut upstream_buffer) = (vec![0; READ_CHUNK], vec![0; READ_CHUNK]);
+    let idle_timeout = tcp.idle_timeout;
+    let mut idle_deadline = idle_timeout.map(|t| Instant::now() + t);
+    // Whether the last thing that happened was reading the client's FIN (REMOTE if that
+    // completes the close) rather than writing ours (LOCAL).
+    let mut last_was_client_fin = false;
+    let ending = loop {
+        for step in connection.take_steps() {
+            match step {
+                ConnectionStep::Connect => {
+                    connecting = Some(Box::pin(connect(
+                        generation.clusters.pick(&tcp.cluster),
+                        tcp.cluster.clone(),
+                    )));
+                }
+                ConnectionStep::ToUpstream {
+                    data,
+                    end_of_stream,
+                } => to_upstream.push(data, end_of_stream),
+                ConnectionStep::ToDownstream {
+                    data,
+                    end_of_stream,
+                } => to_client.push(data, end_of_stream),
+                ConnectionStep::Close { reason } => {
+                    tracing::debug!(%peer, "closing the connection: {reason}");
+                }
+                ConnectionStep::Call { plugin, token, op } => calls.act(
+                    (plugin, token),
+                    op,
+                    &generation.clusters,
+                    &state.upstreams,
+                ),
+            }
+        }
+        if connection.is_closing() {
+            // Flush what the client was sent (bounded), then close; the upstream is dropped.
+            let flush = async {
+                while !to_client.queue.is_empty() {
+                    if to_client.flush_some(&mut client_write).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
+            break Ending::Local;
+        }
+        if connection.both_ends_sent() && to_client.shut && !to_upstream.has_work() {
+            break if last_was_client_fin {
+                Ending::Remote
+            } else {
+                Ending::Local
+            };
+        }
+        let read_client = connection.wants_downstream_bytes() && to_upstream.bytes < MAX_QUEUED;
+        let has_upstream = upstream.is_some();
+        let read_upstream = has_upstream
+            && connection.wants_upstream_bytes()
+            && to_client.bytes < MAX_QUEUED;
+        let idle = async {
+            match idle_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (upstream_read, upstream_write) = match &mut upstream {
+            Some((read, write)) => (Some(read), Some(write)),
+            None => (None, None),
+        };
+        tokio::select! {
+            connected = async {
+                match connecting.as_mut() {
+                    Some(connect) => connect.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if connecting.is_some() => {
+                connecting = None;
+                match connected {
+                    Ok(stream) => {
+                        upstream = Some(stream.into_split());
+                        connection.upstream_connected();
+                    }
+                    Err(error) => {
+                        tracing::debug!(%peer, cluster = %tcp.cluster, "upstream connection failed: {error}");
+                        break Ending::Local;
+                    }
+                }
+            }
+            read = client_read.read(&mut client_buffer), if read_client => match read {
+                Ok(n) => {
+                    let (data, end) = gather(&mut client_read, &mut client_buffer, n);
+                    last_was_client_fin = end;
+                    if n > 0 {
+                        idle_deadline = idle_timeout.map(|t| Instant::now() + t);
+                    }
+                    connection.downstream_data(&data, end);
+                }
+                Err(_) => break Ending::Remote,
+            },
+            read = read_from(upstream_read, &mut upstream_buffer), if read_upstream => match read {
+                Ok(n) => {
+                    let (data, end) = match upstream.as_mut() {
+                        Some((reader, _)) => gather(reader, &mut upstream_buffer, n),
+                        None => (upstream_buffer[..n].to_vec(), n == 0),
+                    };
+                    if n > 0 {
+                        idle_deadline = idle_timeout.map(|t| Instant::now() + t);
+                    }
+                    connection.upstream_data(&data, end);
+                }
+                // The upstream reset: the client connection is closed (Envoy's FlushWrite).
+                Err(_) => {
+                    connection.close_from_proxy("the upstream connection was reset");
+                }
+            },
+            written = to_client.flush_some(&mut client_write), if to_client.has_work() => {
+                if written.is_err() {
+                    break Ending::Remote;
+                }
+                last_was_client_fin = false;
+            }
+            written = flush_to(&mut to_upstream, upstream_write), if to_upstream.has_work() && has_upstream => {
+                if written.is_err() {
+                    connection.close_from_proxy("writing to the upstream failed");
+                }
+            }
+            (key, answer) = calls.answer() => connection.call_answer(key.0, key.1, answer),
+            () = connection.root_effects() => connection.apply_root_effects(),
+            () = idle => {
+                tracing::debug!(%peer, "closing a TCP connection idle for {idle_timeout:?}");
+                break Ending::Local;
+            }
+        }
+    };
+    drop(upstream);
+    let _ = client_write.shutdown().await;
+    connection.downstream_closed(match ending {
+        Ending::Local => PeerType::Local,
+        Ending::Remote => PeerType::Remote,
+    });
+}
+
+/// The most bytes one read event gathers.
+const MAX_GATHERED: usize = 1 << 20;
+
+/// What one read event gives, as Envoy reads a socket until it would block: the `first` bytes
+/// already in `buffer`, whatever else is ready now, and whether the peer's FIN came with them
+/// (then Envoy calls the plugins once, with the data and the end of stream together).
+fn gather<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut [u8], first: usize) -> (Vec<u8>, bool) {
+    if first == 0 {
+        return (Vec::new(), true);
+    }
+    let mut data = buffer[..first].to_vec();
+    while data.len() < MAX_GATHERED {
+        match ready_now(reader.read(buffer)) {
+            Some(Ok(0)) => return (data, true),
+            Some(Ok(n)) => data.extend_from_slice(&buffer[..n]),
+            // An error shows on the next read; nothing more is ready now.
+            Some(Err(_)) | None => break,
+        }
+    }
+    (data, false)
+}
+
+/// The output of a future that is ready at its first poll; a read is cancel-safe, so one that is
+/// not ready is dropped without loss.
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+async fn read_from(
+    reader: Option<&mut tokio::net::tcp::OwnedReadHalf>,
+    buffer: &mut [u8],
+) -> std::io::Result<usize> {
+    match reader {
+        Some(reader) => reader.read(buffer).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn flush_to(
+    outbox: &mut Outbox,
+    writer: Option<&mut tokio::net::tcp::OwnedWriteHalf>,
+) -> std::io::Result<()> {
+    match writer {
+        Some(writer) => outbox.flush_some(writer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Connects to the cluster's next endpoint within its connect timeout.
+async fn connect(
+    target: Option<Target>,
+    cluster: String,
+) -> Result<tokio::net::TcpStream, String> {
+    match target {
+        Some(Target::Endpoint {
+            host,
+            port,
+            address,
+            connect_timeout,
+            ..
+        }) => crate::client::connect(address, &host, port, connect_timeout)
+            .await
+            .map_err(|error| error.to_string()),
+        _ => Err(format!("cluster `{cluster}` has no endpoint")),
+    }
+}

@@ -1,0 +1,344 @@
+//! TCP listeners and network (L4) plugins, compared with real Envoy (`SLUICE_ENVOY`): the same
+//! probes as network filters in front of Envoy's tcp_proxy and in front of a sluice TCP listener,
+//! the same client script, and then the bytes the client received and the probes' trace (every
+//! callback, its arguments and what each host call returned) must be the same.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::differential::{envoy_binary, start_envoy};
+
+/// An origin that echoes what it reads as it reads it and half-closes after the client's end of
+/// stream; `QUIT` makes it close first, with no answer (an answer and the FIN may reach a proxy
+/// in one read or in two, so a trace with both would depend on timing).
+fn tcp_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 65536];
+                loop {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if buffer[..n].windows(4).any(|w| w == b"QUIT") {
+                                return;
+                            }
+                            if stream.write_all(&buffer[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    address
+}
+
+/// One step of a client's script.
+#[derive(Clone, Copy)]
+enum Act {
+    /// Send these bytes, then read until this many bytes came back (or the connection ended).
+    Send(&'static str, usize),
+    /// Half-close, then read to the end.
+    Finish,
+    /// Read to the end without half-closing (the proxy or the origin closes).
+    ReadToEnd,
+}
+
+struct TcpCase {
+    name: &'static str,
+    /// Probe configurations, in chain order.
+    probes: Vec<serde_json::Value>,
+    script: Vec<Act>,
+}
+
+fn cases() -> Vec<TcpCase> {
+    use serde_json::json;
+    vec![
+        TcpCase {
+            name: "plain",
+            probes: vec![json!({"name": "a", "net_calls": true, "properties": ["connection.mtls", "connection.requested_server_name"]}), json!({"name": "b"})],
+            script: vec![Act::Send("hello", 5), Act::Send("again", 5), Act::Finish],
+        },
+        TcpCase {
+            name: "rewrite",
+            probes: vec![
+                json!({"name": "a", "net_prefix": {"downstream": "A<", "upstream": "a<"}}),
+                json!({"name": "b", "net_replace": {"downstream": "BBB", "upstream": "bbbb"}}),
+            ],
+            script: vec![Act::Send("hello", 6), Act::Finish],
+        },
+        TcpCase {
+            name: "paused",
+            probes: vec![
+                json!({"name": "a"}),
+                json!({"name": "b", "net_pause": ["downstream_data"], "tick_resume_ms": 20}),
+            ],
+            script: vec![Act::Send("wait for me", 11), Act::Finish],
+        },
+        TcpCase {
+            name: "closed-by-plugin",
+            probes: vec![json!({"name": "a", "net_close_on": "STOP"}), json!({"name": "b"})],
+            script: vec![Act::Send("one", 3), Act::Send("STOP", 0), Act::ReadToEnd],
+        },
+        TcpCase {
+            name: "origin-closes-first",
+            probes: vec![json!({"name": "a"})],
+            script: vec![Act::Send("QUIT", 0), Act::ReadToEnd, Act::Finish],
+        },
+    ]
+}
+
+fn probe_wasm() -> String {
+    sluice_test_support::plugin_wasm("probe")
+        .display()
+        .to_string()
+}
+
+fn envoy_tcp_config(cases: &[TcpCase], origin: SocketAddr) -> String {
+    let wasm = probe_wasm();
+    let wasm_config = |name: &str, root: &str, configuration: &serde_json::Value| {
+        format!(
+            r#"
+              config:
+                name: {name}
+                root_id: {root}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {value}
+                vm_config:
+                  vm_id: tcp
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {wasm} }} }}"#,
+            value = serde_json::to_string(&configuration.to_string()).unwrap(),
+        )
+    };
+    let mut listeners = format!(
+        r#"
+  - name: dump
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: dump
+          route_config:
+            virtual_hosts:
+            - name: default
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: origin }}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm{}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        wasm_config("dump", "probe", &serde_json::json!({"name": "dump"}))
+    );
+    for case in cases {
+        let mut filters = String::new();
+        for (index, probe) in case.probes.iter().enumerate() {
+            filters.push_str(&format!(
+                r#"
+      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm{}"#,
+                wasm_config(&format!("probe-{index}"), "probe", probe)
+                    .replace("\n              ", "\n          ")
+            ));
+        }
+        listeners.push_str(&format!(
+            r#"
+  - name: {name}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:{filters}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {name}
+          cluster: origin
+"#,
+            name = case.name,
+        ));
+    }
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:{listeners}
+  clusters:
+  - name: origin
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: origin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"#,
+        port = origin.port()
+    )
+}
+
+/// A sluice with an HTTP listener (the dump probe) and one TCP listener running `case`'s probes.
+fn start_sluice(case: &TcpCase, origin: SocketAddr) -> sluice_proxy::RunningProxy {
+    let mut config = crate::flags(None, &[("origin", origin)]);
+    config.workers = Some(1);
+    config.listeners.push(sluice_config::Listener {
+        name: case.name.to_string(),
+        address: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        routes: Vec::new(),
+        tcp: Some(sluice_config::TcpProxy {
+            cluster: "origin".into(),
+            idle_timeout: Some(sluice_config::DEFAULT_IDLE_TIMEOUT),
+        }),
+    });
+    let probe = |name: String, configuration: &serde_json::Value, network: bool| {
+        let mut plugin = sluice_config::Plugin::local(
+            name,
+            probe_wasm(),
+            Some(configuration.clone()),
+            sluice_config::FailStrategy::FailClose,
+        );
+        plugin.root_id = "probe".into();
+        plugin.network = network;
+        plugin
+    };
+    config.plugins = vec![probe(
+        "dump".into(),
+        &serde_json::json!({"name": "dump"}),
+        false,
+    )];
+    for (index, configuration) in case.probes.iter().enumerate() {
+        config
+            .plugins
+            .push(probe(format!("probe-{index}"), configuration, true));
+    }
+    crate::start_source(None, config)
+}
+
+/// Runs the script; returns what the client received, and how its connection ended.
+fn run_script(address: SocketAddr, script: &[Act]) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut ended = "open";
+    let mut buffer = [0u8; 65536];
+    let mut read = |stream: &mut TcpStream, received: &mut Vec<u8>| -> Option<&'static str> {
+        match stream.read(&mut buffer) {
+            Ok(0) => Some("closed"),
+            Ok(n) => {
+                received.extend_from_slice(&buffer[..n]);
+                None
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => Some("reset"),
+            Err(error) => Some(if error.kind() == std::io::ErrorKind::WouldBlock {
+                "timed out"
+            } else {
+                "error"
+            }),
+        }
+    };
+    for act in script {
+        match *act {
+            Act::Send(text, expect) => {
+                if stream.write_all(text.as_bytes()).is_err() {
+                    ended = "write failed";
+                    break;
+                }
+                let until = received.len() + expect;
+                while received.len() < until {
+                    if let Some(end) = read(&mut stream, &mut received) {
+                        ended = end;
+                        break;
+                    }
+                }
+            }
+            Act::Finish | Act::ReadToEnd => {
+                if matches!(act, Act::Finish) {
+                    let _ = stream.shutdown(Shutdown::Write);
+                }
+                loop {
+                    if let Some(end) = read(&mut stream, &mut received) {
+                        ended = end;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    format!("{:?} ({ended})", String::from_utf8_lossy(&received))
+}
+
+/// The probes' trace of one connection: dumps (each empties it) gathered until every probe of
+/// the chain was deleted, within 10 s.
+fn trace(dump: SocketAddr, probes: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut trace = String::new();
+    while trace.matches(" delete").count() < probes && Instant::now() < deadline {
+        trace.push_str(&crate::get(dump, "/", &[("x-probe-dump", "1")]).text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    trace
+}
+
+#[test]
+fn envoy_and_sluice_agree_on_network_plugins() {
+    let Some(binary) = envoy_binary() else {
+        return;
+    };
+    let origin = tcp_origin();
+    let cases = cases();
+    let mut names = vec!["dump"];
+    names.extend(cases.iter().map(|c| c.name));
+    let envoy = start_envoy(&binary, &envoy_tcp_config(&cases, origin), &names);
+    let envoy_dump = envoy.listeners[0];
+    let mut differences = Vec::new();
+    for (case, envoy_address) in cases.iter().zip(&envoy.listeners[1..]) {
+        let expected = run_script(*envoy_address, &case.script);
+        let expected_trace = trace(envoy_dump, case.probes.len());
+        assert!(
+            expected_trace.contains("new_connection"),
+            "{}: Envoy's probe trace is empty",
+            case.name
+        );
+        let sluice = start_sluice(case, origin);
+        let actual = run_script(sluice.addresses[1], &case.script);
+        let actual_trace = trace(sluice.address, case.probes.len());
+        sluice.stop();
+        if expected != actual || expected_trace != actual_trace {
+            differences.push(format!(
+                "{}:\n  envoy:  {expected}\n  sluice: {actual}\n  envoy trace:\n{}  sluice trace:\n{}",
+                case.name,
+                indent(&expected_trace),
+                indent(&actual_trace),
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "Envoy and sluice differ on {} of {} network cases:\n{}",
+        differences.len(),
+        cases.len(),
+        differences.join("\n")
+    );
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}

@@ -182,7 +182,7 @@ impl Harness {
             config.clusters = std::sync::Arc::new(|c| c == "cluster");
             let mut vm = Vm::new(&self.engine, &self.code, config).expect("the guest starts");
             let root = vm
-                .start_root("root", b"config")
+                .start_root("fuzz", "root", b"config")
                 .expect("the root context starts");
             self.vm = Some((vm, root));
         }

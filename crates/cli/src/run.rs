@@ -348,8 +348,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         proxy
             .addresses
             .iter()
-            .zip(&loaded.tls)
-            .map(|(a, tls)| format!("{}://{a}", if tls.is_some() { "https" } else { "http" }))
+            .zip(loaded.tls.iter().zip(&config.listeners))
+            .map(|(a, (tls, listener))| match &listener.tcp {
+                Some(tcp) => format!(
+                    "tcp{}://{a} (to cluster {})",
+                    if tls.is_some() { "+tls" } else { "" },
+                    tcp.cluster
+                ),
+                None => format!("{}://{a}", if tls.is_some() { "https" } else { "http" }),
+            })
             .collect::<Vec<_>>()
             .join(", "),
         loaded.workers(),

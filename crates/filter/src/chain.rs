@@ -55,6 +55,7 @@ pub const RELOAD_BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub const RELOAD_STABLE_AFTER: Duration = Duration::from_secs(60);
 
 struct Root {
+    plugin_name: String,
     root_id: String,
     configuration: Vec<u8>,
     context: u32,
@@ -97,16 +98,20 @@ impl PluginVm {
     }
 
     /// The VM's root context for a configuration, started on first use.
-    fn root(&mut self, root_id: &str, configuration: &[u8]) -> Result<usize, LoadError> {
-        if let Some(index) = self
-            .roots
-            .iter()
-            .position(|r| r.root_id == root_id && r.configuration == configuration)
-        {
+    fn root(
+        &mut self,
+        plugin_name: &str,
+        root_id: &str,
+        configuration: &[u8],
+    ) -> Result<usize, LoadError> {
+        if let Some(index) = self.roots.iter().position(|r| {
+            r.plugin_name == plugin_name && r.root_id == root_id && r.configuration == configuration
+        }) {
             return Ok(index);
         }
-        let context = self.vm.start_root(root_id, configuration)?;
+        let context = self.vm.start_root(plugin_name, root_id, configuration)?;
         self.roots.push(Root {
+            plugin_name: plugin_name.to_string(),
             root_id: root_id.to_string(),
             configuration: configuration.to_vec(),
             context,
@@ -136,7 +141,7 @@ impl PluginVm {
             let contexts = self
                 .roots
                 .iter()
-                .map(|root| vm.start_root(&root.root_id, &root.configuration))
+                .map(|root| vm.start_root(&root.plugin_name, &root.root_id, &root.configuration))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((vm, contexts))
         });
@@ -308,7 +313,7 @@ impl VmPool {
                 .map_err(|source| error(source, Vec::new()))?;
             let root = {
                 let mut plugin_vm = vm.borrow_mut();
-                match plugin_vm.root(&spec.root_id, &spec.plugin_configuration) {
+                match plugin_vm.root(&spec.name, &spec.root_id, &spec.plugin_configuration) {
                     Ok(root) => root,
                     Err(source) => {
                         let logs = plugin_vm.vm.take_logs();

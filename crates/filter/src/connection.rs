@@ -49,14 +49,21 @@ pub enum ConnectionStep {
     /// once; then call [`Connection::downstream_closed`] with LOCAL.
     Close { reason: String },
     /// Start or act on an outbound call of `plugin`; answer with [`Connection::call_answer`].
-    Call { plugin: usize, token: u32, op: CallOp },
+    Call {
+        plugin: usize,
+        token: u32,
+        op: CallOp,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     /// Not yet given `proxy_on_new_connection` (a plugin before it paused).
     Waiting,
-    Live { context: u32, generation: u64 },
+    Live {
+        context: u32,
+        generation: u64,
+    },
     /// Left out: down at accept under FAIL_OPEN, failed, or finished.
     Out,
 }
@@ -316,9 +323,7 @@ impl Connection {
                 continue;
             }
             let end = self.downstream_end;
-            let action = self.call(index, |vm| {
-                vm.downstream_data(context, size as u32, end)
-            });
+            let action = self.call(index, |vm| vm.downstream_data(context, size as u32, end));
             if action.is_some_and(|action| action != Action::Continue) {
                 self.park(index);
                 return;

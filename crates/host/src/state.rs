@@ -80,11 +80,22 @@ impl Clock {
 pub type ClusterCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 pub(crate) enum Context {
-    Root { root_id: String },
-    Stream { root: u32, stream: SharedStream },
+    /// One plugin configuration's root context: `plugin_name` is the plugin's (Envoy's
+    /// `plugin_name` property), which differs from the VM's when plugins share a VM.
+    Root {
+        root_id: String,
+        plugin_name: String,
+    },
+    Stream {
+        root: u32,
+        stream: SharedStream,
+    },
     /// A network (L4) plugin's context on one TCP connection. Its `HttpStream` holds the
     /// connection's properties, filter state and data buffers; it has no header maps.
-    Connection { root: u32, stream: SharedStream },
+    Connection {
+        root: u32,
+        stream: SharedStream,
+    },
 }
 
 pub(crate) type ContextMap = HashMap<u32, Context, BuildHasherDefault<ContextIdHasher>>;
@@ -229,7 +240,9 @@ impl HostState {
     /// The data of the effective HTTP stream or TCP connection: properties and filter state.
     pub fn effective_stream(&self) -> Option<&SharedStream> {
         match self.contexts.get(&self.effective_context) {
-            Some(Context::Stream { stream, .. } | Context::Connection { stream, .. }) => Some(stream),
+            Some(Context::Stream { stream, .. } | Context::Connection { stream, .. }) => {
+                Some(stream)
+            }
             _ => None,
         }
     }
@@ -244,8 +257,16 @@ impl HostState {
 
     pub fn root_id(&self, root: u32) -> &str {
         match self.contexts.get(&root) {
-            Some(Context::Root { root_id }) => root_id,
+            Some(Context::Root { root_id, .. }) => root_id,
             _ => "",
+        }
+    }
+
+    /// The name of the plugin whose root context `root` is.
+    pub fn plugin_name_of(&self, root: u32) -> &str {
+        match self.contexts.get(&root) {
+            Some(Context::Root { plugin_name, .. }) => plugin_name,
+            _ => &self.plugin_name,
         }
     }
 

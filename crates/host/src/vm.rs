@@ -329,12 +329,7 @@ impl Callbacks {
             )?,
             downstream_data: typed(instance, store, "proxy_on_downstream_data", I3_R)?,
             upstream_data: typed(instance, store, "proxy_on_upstream_data", I3_R)?,
-            downstream_close: typed(
-                instance,
-                store,
-                "proxy_on_downstream_connection_close",
-                I2,
-            )?,
+            downstream_close: typed(instance, store, "proxy_on_downstream_connection_close", I2)?,
             upstream_close: typed(instance, store, "proxy_on_upstream_connection_close", I2)?,
         })
     }
@@ -589,14 +584,17 @@ impl Vm {
     }
 
     /// Creates a root context for one plugin configuration and runs `proxy_on_vm_start` and
-    /// `proxy_on_configure` on it. Several root contexts (per-route configurations) share the VM.
+    /// `proxy_on_configure` on it. Several root contexts (per-route configurations, plugins
+    /// sharing a vm_id) share the VM; `plugin_name` is the plugin this one belongs to.
     pub fn start_root(
         &mut self,
+        plugin_name: &str,
         root_id: &str,
         plugin_configuration: &[u8],
     ) -> Result<u32, LoadError> {
         let root = self.new_context(Context::Root {
             root_id: root_id.to_string(),
+            plugin_name: plugin_name.to_string(),
         });
         let deadline = self.limits.start_timeout;
         if let Some(create) = self.callbacks.context_create.clone() {

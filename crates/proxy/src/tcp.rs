@@ -141,12 +141,9 @@ pub(crate) async fn serve<I>(
                 ConnectionStep::Close { reason } => {
                     tracing::debug!(%peer, "closing the connection: {reason}");
                 }
-                ConnectionStep::Call { plugin, token, op } => calls.act(
-                    (plugin, token),
-                    op,
-                    &generation.clusters,
-                    &state.upstreams,
-                ),
+                ConnectionStep::Call { plugin, token, op } => {
+                    calls.act((plugin, token), op, &generation.clusters, &state.upstreams)
+                }
             }
         }
         if connection.is_closing() {
@@ -170,9 +167,8 @@ pub(crate) async fn serve<I>(
         }
         let read_client = connection.wants_downstream_bytes() && to_upstream.bytes < MAX_QUEUED;
         let has_upstream = upstream.is_some();
-        let read_upstream = has_upstream
-            && connection.wants_upstream_bytes()
-            && to_client.bytes < MAX_QUEUED;
+        let read_upstream =
+            has_upstream && connection.wants_upstream_bytes() && to_client.bytes < MAX_QUEUED;
         let idle = async {
             match idle_deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -262,7 +258,11 @@ const MAX_GATHERED: usize = 1 << 20;
 /// What one read event gives, as Envoy reads a socket until it would block: the `first` bytes
 /// already in `buffer`, whatever else is ready now, and whether the peer's FIN came with them
 /// (then Envoy calls the plugins once, with the data and the end of stream together).
-fn gather<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut [u8], first: usize) -> (Vec<u8>, bool) {
+fn gather<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut [u8],
+    first: usize,
+) -> (Vec<u8>, bool) {
     if first == 0 {
         return (Vec::new(), true);
     }
@@ -310,10 +310,7 @@ async fn flush_to(
 }
 
 /// Connects to the cluster's next endpoint within its connect timeout.
-async fn connect(
-    target: Option<Target>,
-    cluster: String,
-) -> Result<tokio::net::TcpStream, String> {
+async fn connect(target: Option<Target>, cluster: String) -> Result<tokio::net::TcpStream, String> {
     match target {
         Some(Target::Endpoint {
             host,

@@ -55,7 +55,7 @@ pub(crate) fn resolve(state: &HostState, path: &[String]) -> Result<Attribute, S
 /// a plugin's own property, ...). Stream attributes exist only for a stream context.
 pub(crate) fn top_level(state: &HostState, name: &str) -> Option<Attribute> {
     let identity = match name {
-        "plugin_name" => Some(state.plugin_name.clone()),
+        "plugin_name" => Some(state.plugin_name_of(state.effective_root()).to_string()),
         "plugin_root_id" => Some(state.root_id(state.effective_root()).to_string()),
         "plugin_vm_id" => Some(state.vm_id.clone()),
         _ => None,

@@ -51,8 +51,9 @@ impl Guest {
         config: VmConfig,
         plugin_configuration: &[u8],
     ) -> Result<Self, LoadError> {
+        let plugin_name = config.plugin_name.clone();
         let mut vm = Vm::new(engine, code, config)?;
-        let root = vm.start_root("root", plugin_configuration)?;
+        let root = vm.start_root(&plugin_name, "root", plugin_configuration)?;
         Ok(Self { vm, root })
     }
 

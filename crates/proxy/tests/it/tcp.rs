@@ -53,57 +53,103 @@ enum Act {
 
 struct TcpCase {
     name: &'static str,
-    /// Probe configurations, in chain order.
-    probes: Vec<serde_json::Value>,
+    /// Plugins (crate names) and their configurations, in chain order.
+    plugins: Vec<(&'static str, serde_json::Value)>,
     script: Vec<Act>,
 }
 
 fn cases() -> Vec<TcpCase> {
     use serde_json::json;
+    let probe = |configuration| ("probe", configuration);
     vec![
         TcpCase {
             name: "plain",
-            probes: vec![json!({"name": "a", "net_calls": true, "properties": ["connection.mtls", "connection.requested_server_name"]}), json!({"name": "b"})],
+            plugins: vec![
+                probe(
+                    json!({"name": "a", "net_calls": true, "properties": ["connection.mtls", "connection.requested_server_name", "upstream.address", "plugin_name"]}),
+                ),
+                probe(json!({"name": "b"})),
+            ],
             script: vec![Act::Send("hello", 5), Act::Send("again", 5), Act::Finish],
         },
         TcpCase {
             name: "rewrite",
-            probes: vec![
-                json!({"name": "a", "net_prefix": {"downstream": "A<", "upstream": "a<"}}),
-                json!({"name": "b", "net_replace": {"downstream": "BBB", "upstream": "bbbb"}}),
+            plugins: vec![
+                probe(json!({"name": "a", "net_prefix": {"downstream": "A<", "upstream": "a<"}})),
+                probe(
+                    json!({"name": "b", "net_replace": {"downstream": "BBB", "upstream": "bbbb"}}),
+                ),
             ],
             script: vec![Act::Send("hello", 6), Act::Finish],
         },
         TcpCase {
             name: "paused",
-            probes: vec![
-                json!({"name": "a"}),
-                json!({"name": "b", "net_pause": ["downstream_data"], "tick_resume_ms": 20}),
+            plugins: vec![
+                probe(json!({"name": "a"})),
+                probe(json!({"name": "b", "net_pause": ["downstream_data"], "tick_resume_ms": 20})),
             ],
             script: vec![Act::Send("wait for me", 11), Act::Finish],
         },
         TcpCase {
+            name: "paused-at-accept",
+            plugins: vec![
+                probe(json!({"name": "a", "net_pause": ["new_connection"], "tick_resume_ms": 20})),
+                probe(json!({"name": "b"})),
+            ],
+            script: vec![Act::Send("let me in", 9), Act::Finish],
+        },
+        TcpCase {
             name: "closed-by-plugin",
-            probes: vec![json!({"name": "a", "net_close_on": "STOP"}), json!({"name": "b"})],
+            plugins: vec![
+                probe(json!({"name": "a", "net_close_on": "STOP"})),
+                probe(json!({"name": "b"})),
+            ],
             script: vec![Act::Send("one", 3), Act::Send("STOP", 0), Act::ReadToEnd],
         },
         TcpCase {
+            name: "upstream-closed-by-plugin",
+            plugins: vec![probe(json!({"name": "a", "net_close_upstream_on": "two"}))],
+            script: vec![Act::Send("one", 3), Act::Send("two", 0), Act::ReadToEnd],
+        },
+        TcpCase {
             name: "origin-closes-first",
-            probes: vec![json!({"name": "a"})],
+            plugins: vec![probe(json!({"name": "a"}))],
             script: vec![Act::Send("QUIT", 0), Act::ReadToEnd, Act::Finish],
+        },
+        TcpCase {
+            name: "tcp-guard-denies",
+            plugins: vec![
+                ("tcp_guard", json!({"deny_prefix": "EVIL"})),
+                probe(json!({"name": "b"})),
+            ],
+            script: vec![Act::Send("EV", 0), Act::Send("IL plans", 0), Act::ReadToEnd],
+        },
+        TcpCase {
+            name: "tcp-guard-banner",
+            plugins: vec![
+                ("tcp_guard", json!({"banner": "HELLO "})),
+                probe(json!({"name": "b"})),
+            ],
+            script: vec![Act::Send("abc", 9), Act::Finish],
         },
     ]
 }
 
-fn probe_wasm() -> String {
-    sluice_test_support::plugin_wasm("probe")
+impl TcpCase {
+    fn probes(&self) -> usize {
+        self.plugins.iter().filter(|(p, _)| *p == "probe").count()
+    }
+}
+
+fn wasm(plugin: &str) -> String {
+    sluice_test_support::plugin_wasm(plugin)
         .display()
         .to_string()
 }
 
 fn envoy_tcp_config(cases: &[TcpCase], origin: SocketAddr) -> String {
-    let wasm = probe_wasm();
     let wasm_config = |name: &str, root: &str, configuration: &serde_json::Value| {
+        let wasm = wasm(root);
         format!(
             r#"
               config:
@@ -148,13 +194,13 @@ fn envoy_tcp_config(cases: &[TcpCase], origin: SocketAddr) -> String {
     );
     for case in cases {
         let mut filters = String::new();
-        for (index, probe) in case.probes.iter().enumerate() {
+        for (index, (plugin, configuration)) in case.plugins.iter().enumerate() {
             filters.push_str(&format!(
                 r#"
       - name: envoy.filters.network.wasm
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm{}"#,
-                wasm_config(&format!("probe-{index}"), "probe", probe)
+                wasm_config(&format!("{plugin}-{index}"), plugin, configuration)
                     .replace("\n              ", "\n          ")
             ));
         }
@@ -206,26 +252,28 @@ fn start_sluice(case: &TcpCase, origin: SocketAddr) -> sluice_proxy::RunningProx
             idle_timeout: Some(sluice_config::DEFAULT_IDLE_TIMEOUT),
         }),
     });
-    let probe = |name: String, configuration: &serde_json::Value, network: bool| {
+    let plugin = |crate_name: &str, name: String, configuration: &serde_json::Value, network| {
         let mut plugin = sluice_config::Plugin::local(
             name,
-            probe_wasm(),
+            wasm(crate_name),
             Some(configuration.clone()),
             sluice_config::FailStrategy::FailClose,
         );
-        plugin.root_id = "probe".into();
+        plugin.root_id = crate_name.into();
         plugin.network = network;
         plugin
     };
-    config.plugins = vec![probe(
+    config.plugins = vec![plugin(
+        "probe",
         "dump".into(),
         &serde_json::json!({"name": "dump"}),
         false,
     )];
-    for (index, configuration) in case.probes.iter().enumerate() {
+    for (index, (crate_name, configuration)) in case.plugins.iter().enumerate() {
+        let name = format!("{}-{index}", crate_name.replace('_', "-"));
         config
             .plugins
-            .push(probe(format!("probe-{index}"), configuration, true));
+            .push(plugin(crate_name, name, configuration, true));
     }
     crate::start_source(None, config)
 }
@@ -311,7 +359,7 @@ fn envoy_and_sluice_agree_on_network_plugins() {
     let mut differences = Vec::new();
     for (case, envoy_address) in cases.iter().zip(&envoy.listeners[1..]) {
         let expected = run_script(*envoy_address, &case.script);
-        let expected_trace = trace(envoy_dump, case.probes.len());
+        let expected_trace = trace(envoy_dump, case.probes());
         assert!(
             expected_trace.contains("new_connection"),
             "{}: Envoy's probe trace is empty",
@@ -319,7 +367,7 @@ fn envoy_and_sluice_agree_on_network_plugins() {
         );
         let sluice = start_sluice(case, origin);
         let actual = run_script(sluice.addresses[1], &case.script);
-        let actual_trace = trace(sluice.address, case.probes.len());
+        let actual_trace = trace(sluice.address, case.probes());
         sluice.stop();
         if expected != actual || expected_trace != actual_trace {
             differences.push(format!(

@@ -1491,6 +1491,52 @@ kind: VirtualService
     }
 
     #[test]
+    fn tcp_listeners_run_network_plugins_and_a_plugin_no_listener_runs_is_noted() {
+        let text = "apiVersion: sluice.dev/v1alpha1\nkind: Proxy\nspec:\n  listeners:\n  - {name: web, address: 127.0.0.1:8080, routes: [{cluster: echo}]}\n  - {name: db, address: 127.0.0.1:15432, tcp: {cluster: pg, idleTimeout: 30s}}\n  clusters:\n  - {name: echo, type: ECHO}\n  - {name: pg, endpoints: [127.0.0.1:5432]}\n---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: guard}\nspec: {url: g.wasm, type: NETWORK}\n---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: stats}\nspec: {url: s.wasm, type: NETWORK, match: [{ports: [{number: 8080}]}]}\n---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: auth}\nspec: {url: a.wasm}\n";
+        let config = parse(text, base()).unwrap();
+        let (web, db) = (&config.listeners[0], &config.listeners[1]);
+        assert_eq!(
+            db.tcp,
+            Some(TcpProxy {
+                cluster: "pg".into(),
+                idle_timeout: Some(Duration::from_secs(30)),
+            })
+        );
+        let names = |listener| -> Vec<&str> {
+            config
+                .chain(listener, None)
+                .iter()
+                .map(|e| e.plugin.name.as_str())
+                .collect()
+        };
+        assert_eq!(names(db), ["guard"]);
+        assert_eq!(names(web), ["auth"]);
+        let notes: Vec<String> = config.notices.iter().map(ToString::to_string).collect();
+        assert!(
+            notes.iter().any(|n| n.contains("WasmPlugin stats")
+                && n.contains("runs nowhere: a NETWORK plugin runs on TCP listeners only")),
+            "{notes:?}"
+        );
+        let wrong = "apiVersion: sluice.dev/v1alpha1\nkind: Proxy\nspec:\n  listeners:\n  - {address: 127.0.0.1:1, tcp: {cluster: echo, idleTimeout: soon}, routes: [{cluster: echo}]}\n  - {address: 127.0.0.1:2, tcp: {cluster: nowhere}}\n  clusters:\n  - {name: echo, type: ECHO}\n";
+        let errors: Vec<String> = parse(wrong, base())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for expected in [
+            "spec.listeners[0].routes: a TCP listener (`tcp`) has no routes",
+            "spec.listeners[0].tcp.idleTimeout: `soon`",
+            "listener listener-0 tcp: cluster `echo` is the HTTP echo upstream",
+            "listener listener-1 tcp: cluster `nowhere` is not declared",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "no error with `{expected}` in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn without_a_proxy_document_the_base_listeners_stay() {
         let mut start = base();
         start.listeners.push(Listener {

@@ -142,7 +142,7 @@ pub(crate) async fn serve<I>(
                     tracing::debug!(%peer, "closing the connection: {reason}");
                 }
                 ConnectionStep::Call { plugin, token, op } => {
-                    calls.act((plugin, token), op, &generation.clusters, &state.upstreams)
+                    calls.act((plugin, token), op, &generation.clusters, &state.upstreams);
                 }
             }
         }

@@ -238,8 +238,14 @@ static_resources:
     )
 }
 
-/// A sluice with an HTTP listener (the dump probe) and one TCP listener running `case`'s probes.
-fn start_sluice(case: &TcpCase, origin: SocketAddr) -> sluice_proxy::RunningProxy {
+/// A sluice with an HTTP listener (running the dump probe, if `dump`) and one TCP listener
+/// running `case`'s plugins under `strategy`.
+fn start_sluice(
+    case: &TcpCase,
+    origin: SocketAddr,
+    strategy: sluice_config::FailStrategy,
+    dump: bool,
+) -> sluice_proxy::RunningProxy {
     let mut config = crate::flags(None, &[("origin", origin)]);
     config.workers = Some(1);
     config.listeners.push(sluice_config::Listener {
@@ -257,18 +263,20 @@ fn start_sluice(case: &TcpCase, origin: SocketAddr) -> sluice_proxy::RunningProx
             name,
             wasm(crate_name),
             Some(configuration.clone()),
-            sluice_config::FailStrategy::FailClose,
+            strategy,
         );
         plugin.root_id = crate_name.into();
         plugin.network = network;
         plugin
     };
-    config.plugins = vec![plugin(
-        "probe",
-        "dump".into(),
-        &serde_json::json!({"name": "dump"}),
-        false,
-    )];
+    if dump {
+        config.plugins.push(plugin(
+            "probe",
+            "dump".into(),
+            &serde_json::json!({"name": "dump"}),
+            false,
+        ));
+    }
     for (index, (crate_name, configuration)) in case.plugins.iter().enumerate() {
         let name = format!("{}-{index}", crate_name.replace('_', "-"));
         config
@@ -365,7 +373,7 @@ fn envoy_and_sluice_agree_on_network_plugins() {
             "{}: Envoy's probe trace is empty",
             case.name
         );
-        let sluice = start_sluice(case, origin);
+        let sluice = start_sluice(case, origin, sluice_config::FailStrategy::FailClose, true);
         let actual = run_script(sluice.addresses[1], &case.script);
         let actual_trace = trace(sluice.address, case.probes());
         sluice.stop();
@@ -389,4 +397,37 @@ fn envoy_and_sluice_agree_on_network_plugins() {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// A network plugin that traps affects only its own connections: under FAIL_CLOSE its connection
+/// and later ones are closed without reaching the upstream, under FAIL_OPEN the bytes pass by it;
+/// the HTTP listener beside it answers throughout.
+#[test]
+fn a_trapping_network_plugin_affects_only_its_connections() {
+    let origin = tcp_origin();
+    for (strategy, expected) in [
+        (sluice_config::FailStrategy::FailClose, "\"\" (closed)"),
+        (sluice_config::FailStrategy::FailOpen, "\"ping\" (closed)"),
+    ] {
+        let case = TcpCase {
+            name: "trap",
+            plugins: vec![(
+                "probe",
+                serde_json::json!({"name": "a", "trap": "downstream_data"}),
+            )],
+            script: vec![Act::Send("ping", 4), Act::Finish],
+        };
+        let sluice = start_sluice(&case, origin, strategy, false);
+        // Only the network plugin: the HTTP listener runs none.
+        assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
+        for connection in ["trapped", "later"] {
+            assert_eq!(
+                run_script(sluice.addresses[1], &case.script),
+                expected,
+                "{strategy:?}, {connection} connection"
+            );
+        }
+        assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
+        sluice.stop();
+    }
 }

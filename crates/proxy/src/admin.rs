@@ -239,6 +239,10 @@ impl Admin {
             "listeners": config.listeners.iter().map(|listener| json!({
                 "name": listener.name,
                 "address": listener.address.to_string(),
+                "tcp": listener.tcp.as_ref().map(|tcp| json!({
+                    "cluster": tcp.cluster,
+                    "idleTimeout": format!("{}s", tcp.idle_timeout.unwrap_or_default().as_secs_f64()),
+                })),
                 "routes": listener.routes.iter().map(|route| json!({
                     "name": route.name,
                     "match": {
@@ -283,6 +287,7 @@ fn plugins(current: &ProxyConfig, stats: &Stats) -> Value {
             "phase": u.plugin.phase.as_str(),
             "priority": u.plugin.priority,
             "failStrategy": u.plugin.fail_strategy.to_string(),
+            "type": if u.plugin.network { "NETWORK" } else { "HTTP" },
             "state": "unavailable",
             "failure": u.error,
         })
@@ -303,6 +308,7 @@ fn plugins(current: &ProxyConfig, stats: &Stats) -> Value {
                 "phase": plugin.phase.as_str(),
                 "priority": plugin.priority,
                 "failStrategy": plugin.fail_strategy.to_string(),
+                "type": if plugin.network { "NETWORK" } else { "HTTP" },
                 "ports": plugin.ports,
                 "pluginConfig": plugin.configuration,
                 "instances": reports.iter().flat_map(|(worker, instances)| {

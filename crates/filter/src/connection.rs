@@ -155,6 +155,21 @@ impl Connection {
             && self.held(|d| &d.upstream_data) < self.chain.buffer_limit
     }
 
+    /// The cluster a plugin chose for this connection (the filter state
+    /// `envoy.tcp_proxy.cluster`, as Envoy's tcp_proxy reads it when it connects).
+    pub fn chosen_cluster(&self) -> Option<String> {
+        match &self
+            .data
+            .borrow()
+            .filter_state
+            .get(sluice_host::TCP_PROXY_CLUSTER)?
+            .value
+        {
+            sluice_abi::Attribute::String(cluster) => Some(cluster.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether a step asked to close the connection.
     pub fn is_closing(&self) -> bool {
         self.closing

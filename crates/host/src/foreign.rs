@@ -180,14 +180,15 @@ pub(crate) fn typed(value: Vec<u8>, string: bool) -> Attribute {
 
 /// Sets an object of Envoy's filter state of the stream, made by the factory its key names.
 /// Sluice has the factories of plain values (`envoy.string`, `envoy.hashable_string`,
-/// `envoy.bool`, `envoy.network.ip`); the others configure Envoy features sluice does not have,
-/// and answer as an Envoy without that factory does (`NOT_FOUND`).
+/// `envoy.bool`, `envoy.network.ip`) and tcp_proxy's `envoy.tcp_proxy.cluster` (the cluster a
+/// TCP connection goes to, set before it connects); the others configure Envoy features sluice
+/// does not have, and answer as an Envoy without that factory does (`NOT_FOUND`).
 fn set_envoy_filter_state(state: &mut HostState, arguments: &[u8]) -> Result<Vec<u8>, Status> {
     let arguments =
         SetEnvoyFilterStateArguments::decode(arguments).map_err(|_| Status::BadArgument)?;
     let stream = state.effective_stream().ok_or(Status::NotFound)?;
     let value = match arguments.path.as_str() {
-        "envoy.string" | "envoy.hashable_string" => arguments.value,
+        "envoy.string" | "envoy.hashable_string" | TCP_PROXY_CLUSTER => arguments.value,
         "envoy.bool" => match arguments.value.to_ascii_lowercase().as_str() {
             "true" | "t" | "yes" | "y" | "1" => "true".into(),
             "false" | "f" | "no" | "n" | "0" => "false".into(),
@@ -213,6 +214,10 @@ fn set_envoy_filter_state(state: &mut HostState, arguments: &[u8]) -> Result<Vec
         );
     Ok(Vec::new())
 }
+
+/// The filter-state key whose value names the cluster of a TCP connection (Envoy's
+/// `PerConnectionCluster`).
+pub const TCP_PROXY_CLUSTER: &str = "envoy.tcp_proxy.cluster";
 
 fn token(arguments: &[u8]) -> Result<u32, Status> {
     let bytes: [u8; 4] = arguments.try_into().map_err(|_| Status::BadArgument)?;

@@ -19,6 +19,7 @@ mod wasi;
 pub use effects::{CallAnswer, CallOp, Effect, GrpcCallRequest, HttpCallRequest, LocalResponse};
 pub use engine::{Engine, EngineOptions, HostFunction, PluginCode, WasmType};
 pub use error::{FailureKind, LoadError, PluginFailure};
+pub use foreign::TCP_PROXY_CLUSTER;
 pub use inspect::{ImportInfo, ModuleInfo};
 pub use metrics::{HISTOGRAM_BOUNDS, Metric, Metrics};
 pub use shared::{

@@ -125,9 +125,10 @@ pub(crate) async fn serve<I>(
         for step in connection.take_steps() {
             match step {
                 ConnectionStep::Connect => {
+                    let cluster = connection.chosen_cluster().unwrap_or(tcp.cluster.clone());
                     connecting = Some(Box::pin(connect(
-                        generation.clusters.pick(&tcp.cluster),
-                        tcp.cluster.clone(),
+                        generation.clusters.pick(&cluster),
+                        cluster,
                     )));
                 }
                 ConnectionStep::ToUpstream {

@@ -422,7 +422,7 @@ fn sluice_node() -> sluice_config::Node {
 }
 
 /// A protobuf message of length-delimited fields (strings and bytes), as hex.
-fn protobuf_hex(fields: &[(u8, &[u8])]) -> String {
+pub fn protobuf_hex(fields: &[(u8, &[u8])]) -> String {
     let mut out = Vec::new();
     for (tag, value) in fields {
         out.push((tag << 3) | 2);

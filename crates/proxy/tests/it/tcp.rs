@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::differential::{envoy_binary, start_envoy};
 
-/// An origin that echoes what it reads as it reads it and half-closes after the client's end of
+/// An origin that echoes what it reads as it reads it (after `prefix`) and half-closes after the client's end of
 /// stream; `QUIT` makes it close first, with no answer (an answer and the FIN may reach a proxy
 /// in one read or in two, so a trace with both would depend on timing).
-fn tcp_origin() -> SocketAddr {
+fn tcp_origin(prefix: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -27,7 +27,8 @@ fn tcp_origin() -> SocketAddr {
                             if buffer[..n].windows(4).any(|w| w == b"QUIT") {
                                 return;
                             }
-                            if stream.write_all(&buffer[..n]).is_err() {
+                            let echo = [prefix, &buffer[..n]].concat();
+                            if stream.write_all(&echo).is_err() {
                                 return;
                             }
                         }
@@ -112,6 +113,15 @@ fn cases() -> Vec<TcpCase> {
             script: vec![Act::Send("one", 3), Act::Send("two", 0), Act::ReadToEnd],
         },
         TcpCase {
+            name: "routed-by-filter-state",
+            plugins: vec![probe(json!({"name": "a", "foreign": [{
+                "on": "new_connection",
+                "name": "set_envoy_filter_state",
+                "hex": crate::differential::protobuf_hex(&[(1, b"envoy.tcp_proxy.cluster"), (2, b"origin2")]),
+            }]}))],
+            script: vec![Act::Send("where", 7), Act::Finish],
+        },
+        TcpCase {
             name: "origin-closes-first",
             plugins: vec![probe(json!({"name": "a"}))],
             script: vec![Act::Send("QUIT", 0), Act::ReadToEnd, Act::Finish],
@@ -147,7 +157,15 @@ fn wasm(plugin: &str) -> String {
         .to_string()
 }
 
-fn envoy_tcp_config(cases: &[TcpCase], origin: SocketAddr) -> String {
+/// The origins the cases' connections go to: `origin` by default, `origin2` when a plugin
+/// chooses it.
+type Origins = [(&'static str, SocketAddr); 2];
+
+fn origins() -> Origins {
+    [("origin", tcp_origin(b"")), ("origin2", tcp_origin(b"2:"))]
+}
+
+fn envoy_tcp_config(cases: &[TcpCase], origins: &Origins) -> String {
     let wasm_config = |name: &str, root: &str, configuration: &serde_json::Value| {
         let wasm = wasm(root);
         format!(
@@ -224,17 +242,23 @@ fn envoy_tcp_config(cases: &[TcpCase], origin: SocketAddr) -> String {
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 static_resources:
   listeners:{listeners}
-  clusters:
-  - name: origin
+  clusters:{}"#,
+        origins
+            .iter()
+            .map(|(name, address)| format!(
+                r#"
+  - name: {name}
     type: STATIC
     connect_timeout: 1s
     load_assignment:
-      cluster_name: origin
+      cluster_name: {name}
       endpoints:
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
 "#,
-        port = origin.port()
+                port = address.port()
+            ))
+            .collect::<String>()
     )
 }
 
@@ -242,11 +266,11 @@ static_resources:
 /// running `case`'s plugins under `strategy`.
 fn start_sluice(
     case: &TcpCase,
-    origin: SocketAddr,
+    origins: &Origins,
     strategy: sluice_config::FailStrategy,
     dump: bool,
 ) -> sluice_proxy::RunningProxy {
-    let mut config = crate::flags(None, &[("origin", origin)]);
+    let mut config = crate::flags(None, origins);
     config.workers = Some(1);
     config.listeners.push(sluice_config::Listener {
         name: case.name.to_string(),
@@ -358,11 +382,11 @@ fn envoy_and_sluice_agree_on_network_plugins() {
     let Some(binary) = envoy_binary() else {
         return;
     };
-    let origin = tcp_origin();
+    let origins = origins();
     let cases = cases();
     let mut names = vec!["dump"];
     names.extend(cases.iter().map(|c| c.name));
-    let envoy = start_envoy(&binary, &envoy_tcp_config(&cases, origin), &names);
+    let envoy = start_envoy(&binary, &envoy_tcp_config(&cases, &origins), &names);
     let envoy_dump = envoy.listeners[0];
     let mut differences = Vec::new();
     for (case, envoy_address) in cases.iter().zip(&envoy.listeners[1..]) {
@@ -373,7 +397,7 @@ fn envoy_and_sluice_agree_on_network_plugins() {
             "{}: Envoy's probe trace is empty",
             case.name
         );
-        let sluice = start_sluice(case, origin, sluice_config::FailStrategy::FailClose, true);
+        let sluice = start_sluice(case, &origins, sluice_config::FailStrategy::FailClose, true);
         let actual = run_script(sluice.addresses[1], &case.script);
         let actual_trace = trace(sluice.address, case.probes());
         sluice.stop();
@@ -404,7 +428,7 @@ fn indent(text: &str) -> String {
 /// the HTTP listener beside it answers throughout.
 #[test]
 fn a_trapping_network_plugin_affects_only_its_connections() {
-    let origin = tcp_origin();
+    let origins = origins();
     for (strategy, expected) in [
         (sluice_config::FailStrategy::FailClose, "\"\" (closed)"),
         (sluice_config::FailStrategy::FailOpen, "\"ping\" (closed)"),
@@ -417,7 +441,7 @@ fn a_trapping_network_plugin_affects_only_its_connections() {
             )],
             script: vec![Act::Send("ping", 4), Act::Finish],
         };
-        let sluice = start_sluice(&case, origin, strategy, false);
+        let sluice = start_sluice(&case, &origins, strategy, false);
         // Only the network plugin: the HTTP listener runs none.
         assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
         for connection in ["trapped", "later"] {

@@ -25,7 +25,10 @@ pub(crate) struct Generation {
 /// What one listener's requests run: per route, and for requests no route takes.
 pub(crate) struct ListenerPlan {
     pub routes: Vec<RoutePlan>,
+    /// On a TCP listener, the plan of every connection.
     pub unrouted: RoutePlan,
+    /// Where a TCP listener's connections are counted.
+    pub tcp: Arc<crate::stats::TcpTraffic>,
 }
 
 impl ListenerPlan {
@@ -140,7 +143,12 @@ impl Generation {
                 traffic: counted(&|s| s.route(&listener.name, crate::stats::NO_ROUTE)),
                 cluster: None,
             };
-            listeners.push(ListenerPlan { routes, unrouted });
+            let tcp = stats.map(|s| s.tcp(&listener.name)).unwrap_or_default();
+            listeners.push(ListenerPlan {
+                routes,
+                unrouted,
+                tcp,
+            });
         }
         Ok(Self {
             clusters: Rc::new(Clusters::new(&config)),

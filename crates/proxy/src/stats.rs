@@ -53,6 +53,36 @@ impl Traffic {
     }
 }
 
+/// The connections of one TCP listener (Envoy's tcp_proxy `downstream_cx_*` and
+/// `upstream_cx_connect_fail` stats).
+#[derive(Default, Debug)]
+pub struct TcpTraffic {
+    connections: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+impl TcpTraffic {
+    pub fn connected(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes read from the client.
+    pub fn received(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes written to the client.
+    pub fn sent(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn connect_failed(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The route label of requests that no route takes.
 pub const NO_ROUTE: &str = "(none)";
 
@@ -62,6 +92,8 @@ pub struct Stats {
     routes: Mutex<BTreeMap<(String, String), Arc<Traffic>>>,
     /// Per cluster name, requests sent upstream.
     clusters: Mutex<BTreeMap<String, Arc<Traffic>>>,
+    /// Per TCP listener name.
+    tcp: Mutex<BTreeMap<String, Arc<TcpTraffic>>>,
     requests: AtomicU64,
     responses_by_class: [AtomicU64; 5],
     resets: AtomicU64,
@@ -121,6 +153,11 @@ impl Stats {
     /// Where requests on `route` of `listener` are counted.
     pub fn route(&self, listener: &str, route: &str) -> Arc<Traffic> {
         shared(&self.routes, (listener.to_string(), route.to_string()))
+    }
+
+    /// Where the connections of TCP listener `listener` are counted.
+    pub fn tcp(&self, listener: &str) -> Arc<TcpTraffic> {
+        shared(&self.tcp, listener.to_string())
     }
 
     /// Where requests sent to `cluster` are counted.
@@ -302,6 +339,40 @@ impl Stats {
             ),
             &clusters,
         ));
+        let tcp: Vec<(Labels, Arc<TcpTraffic>)> = lock(&self.tcp)
+            .iter()
+            .map(|(name, traffic)| (vec![("listener".into(), name.clone())], traffic.clone()))
+            .collect();
+        for (name, help, read) in [
+            (
+                "sluice_tcp_connections",
+                "Connections accepted per TCP listener.",
+                (|t: &TcpTraffic| &t.connections) as fn(&TcpTraffic) -> &AtomicU64,
+            ),
+            (
+                "sluice_tcp_received_bytes",
+                "Bytes read from clients per TCP listener.",
+                |t| &t.received,
+            ),
+            (
+                "sluice_tcp_sent_bytes",
+                "Bytes written to clients per TCP listener.",
+                |t| &t.sent,
+            ),
+            (
+                "sluice_tcp_connect_failures",
+                "Upstream connections that could not be made per TCP listener.",
+                |t| &t.connect_failures,
+            ),
+        ] {
+            families.push(counter(
+                name,
+                help,
+                tcp.iter()
+                    .map(|(labels, traffic)| (labels.clone(), load(read(traffic))))
+                    .collect(),
+            ));
+        }
         let times = lock(&self.callback_times).clone();
         let plugin = |name: &str| -> Labels { vec![("plugin".into(), name.to_string())] };
         families.push(counter(

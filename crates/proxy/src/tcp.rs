@@ -50,8 +50,11 @@ impl Outbox {
         !self.queue.is_empty() || (self.end && !self.shut)
     }
 
-    /// Writes some of the queue, or half-closes once it is empty.
-    async fn flush_some<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> std::io::Result<()> {
+    /// Writes some of the queue, or half-closes once it is empty; how many bytes it wrote.
+    async fn flush_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<usize> {
         match self.queue.front_mut() {
             Some(front) => {
                 let written = writer.write(front).await?;
@@ -63,13 +66,14 @@ impl Outbox {
                 if front.is_empty() {
                     self.queue.pop_front();
                 }
+                Ok(written)
             }
             None => {
                 writer.shutdown().await?;
                 self.shut = true;
+                Ok(0)
             }
         }
-        Ok(())
     }
 }
 
@@ -97,6 +101,8 @@ pub(crate) async fn serve<I>(
     let Some(tcp) = generation.config.config.listeners[listener].tcp.clone() else {
         return;
     };
+    let traffic = generation.listeners[listener].tcp.clone();
+    traffic.connected();
     let plan = generation.listeners[listener].route(None);
     if let Some(plugin) = &plan.blocked_by {
         tracing::debug!(%peer, "connection closed: plugin '{plugin}' is unavailable");
@@ -151,8 +157,9 @@ pub(crate) async fn serve<I>(
             // Flush what the client was sent (bounded), then close; the upstream is dropped.
             let flush = async {
                 while !to_client.queue.is_empty() {
-                    if to_client.flush_some(&mut client_write).await.is_err() {
-                        break;
+                    match to_client.flush_some(&mut client_write).await {
+                        Ok(bytes) => traffic.sent(bytes),
+                        Err(_) => break,
                     }
                 }
             };
@@ -194,6 +201,7 @@ pub(crate) async fn serve<I>(
                         connection.upstream_connected();
                     }
                     Err(error) => {
+                        traffic.connect_failed();
                         tracing::debug!(%peer, cluster = %tcp.cluster, "upstream connection failed: {error}");
                         break Ending::Local;
                     }
@@ -202,6 +210,7 @@ pub(crate) async fn serve<I>(
             read = client_read.read(&mut client_buffer), if read_client => match read {
                 Ok(n) => {
                     let (data, end) = gather(&mut client_read, &mut client_buffer, n);
+                    traffic.received(data.len());
                     last_was_client_fin = end;
                     if n > 0 {
                         idle_deadline = idle_timeout.map(|t| Instant::now() + t);
@@ -227,8 +236,9 @@ pub(crate) async fn serve<I>(
                 }
             },
             written = to_client.flush_some(&mut client_write), if to_client.has_work() => {
-                if written.is_err() {
-                    break Ending::Remote;
+                match written {
+                    Ok(bytes) => traffic.sent(bytes),
+                    Err(_) => break Ending::Remote,
                 }
                 last_was_client_fin = false;
             }
@@ -251,6 +261,12 @@ pub(crate) async fn serve<I>(
         Ending::Local => PeerType::Local,
         Ending::Remote => PeerType::Remote,
     });
+    let failures = connection
+        .failures()
+        .iter()
+        .filter(|f| f.kind != sluice_host::FailureKind::AlreadyFailed)
+        .count();
+    state.stats.plugin_failures(failures);
 }
 
 /// The most bytes one read event gathers.
@@ -303,7 +319,7 @@ async fn read_from(
 async fn flush_to(
     outbox: &mut Outbox,
     writer: Option<&mut tokio::net::tcp::OwnedWriteHalf>,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     match writer {
         Some(writer) => outbox.flush_some(writer).await,
         None => std::future::pending().await,

@@ -429,9 +429,17 @@ fn indent(text: &str) -> String {
 #[test]
 fn a_trapping_network_plugin_affects_only_its_connections() {
     let origins = origins();
-    for (strategy, expected) in [
-        (sluice_config::FailStrategy::FailClose, "\"\" (closed)"),
-        (sluice_config::FailStrategy::FailOpen, "\"ping\" (closed)"),
+    for (strategy, expected, counted) in [
+        (
+            sluice_config::FailStrategy::FailClose,
+            "\"\" (closed)",
+            [2, 4, 0, 1],
+        ),
+        (
+            sluice_config::FailStrategy::FailOpen,
+            "\"ping\" (closed)",
+            [2, 8, 8, 1],
+        ),
     ] {
         let case = TcpCase {
             name: "trap",
@@ -452,6 +460,24 @@ fn a_trapping_network_plugin_affects_only_its_connections() {
             );
         }
         assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
+        let stats = crate::get(sluice.admin_address.unwrap(), "/stats", &[]).text();
+        let value = |series: &str| {
+            stats
+                .lines()
+                .find_map(|line| line.strip_prefix(series))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {series} in /stats:\n{stats}"))
+        };
+        assert_eq!(
+            [
+                value("sluice_tcp_connections_total{listener=\"trap\"}"),
+                value("sluice_tcp_received_bytes_total{listener=\"trap\"}"),
+                value("sluice_tcp_sent_bytes_total{listener=\"trap\"}"),
+                value("sluice_plugin_failures_total"),
+            ],
+            counted,
+            "{strategy:?}: connections, bytes received and sent, plugin failures"
+        );
         sluice.stop();
     }
 }

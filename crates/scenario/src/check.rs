@@ -3,7 +3,7 @@
 use sluice_abi::{HeaderMap, LogLevel};
 use sluice_host::LogRecord;
 
-use crate::file::{Expect, LogExpect, UpstreamExpect, header_pairs};
+use crate::file::{ConnectionExpect, Expect, LogExpect, UpstreamExpect, header_pairs};
 use crate::{Backend, Mismatch, Observed};
 
 /// Compares what a backend observed in a step with the step's expectations, leaving out what
@@ -26,6 +26,9 @@ pub(super) fn check(
             actual,
         });
     };
+    if let Some(wanted) = &expect.connection {
+        check_connection(wanted, outcome.connection.as_ref(), &mut miss);
+    }
     if let Some(upstream) = &expect.upstream {
         if upstream.as_str() == Some("none") {
             if let Some(seen) = &outcome.upstream {
@@ -272,6 +275,65 @@ pub(super) fn check(
         _ => {}
     }
     Ok(())
+}
+
+fn check_connection(
+    wanted: &ConnectionExpect,
+    seen: Option<&crate::ConnectionSeen>,
+    miss: &mut impl FnMut(String, String, String),
+) {
+    let Some(seen) = seen else {
+        miss(
+            "expect.connection".into(),
+            "a connection step".into(),
+            "this step is not a connection".into(),
+        );
+        return;
+    };
+    let bytes = |b: &[u8]| format!("{:?}", String::from_utf8_lossy(b));
+    if let Some(upstream) = &wanted.upstream {
+        let expected = upstream.as_deref().map(str::as_bytes);
+        if expected != seen.upstream.as_deref() {
+            let show = |b: Option<&[u8]>| b.map_or("never connected".to_string(), bytes);
+            miss(
+                "expect.connection.upstream".into(),
+                show(expected),
+                show(seen.upstream.as_deref()),
+            );
+        }
+    }
+    if let Some(client) = &wanted.client
+        && client.as_bytes() != seen.client.as_slice()
+    {
+        miss(
+            "expect.connection.client".into(),
+            bytes(client.as_bytes()),
+            bytes(&seen.client),
+        );
+    }
+    for (field, wanted, actual) in [
+        ("upstreamEnded", wanted.upstream_ended, seen.upstream_ended),
+        ("clientEnded", wanted.client_ended, seen.client_ended),
+    ] {
+        if let Some(wanted) = wanted
+            && wanted != actual
+        {
+            miss(
+                format!("expect.connection.{field}"),
+                wanted.to_string(),
+                actual.to_string(),
+            );
+        }
+    }
+    if let Some(closed_by) = &wanted.closed_by
+        && *closed_by != seen.closed_by
+    {
+        miss(
+            "expect.connection.closedBy".into(),
+            closed_by.clone(),
+            seen.closed_by.clone(),
+        );
+    }
 }
 
 fn describe_request(headers: &HeaderMap) -> String {

@@ -86,6 +86,7 @@ struct StepSpec {
     request: Option<RequestSpec>,
     upstream: Option<ResponseSpec>,
     advance: Option<String>,
+    connection: Option<ConnectionSpec>,
     #[serde(default)]
     expect: Expect,
 }
@@ -113,9 +114,49 @@ struct ResponseSpec {
     trailers: Option<yaml_serde::Value>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionSpec {
+    events: Vec<EventSpec>,
+}
+
+/// One event of a connection: exactly one field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventSpec {
+    client: Option<String>,
+    upstream: Option<String>,
+    /// `client` or `upstream`: that side half-closes (sends its FIN).
+    end: Option<String>,
+    /// `client`: the client resets the connection.
+    reset: Option<String>,
+    advance: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct ConnectionExpect {
+    /// The bytes that reached the upstream; `null`: it was never connected.
+    #[serde(default, deserialize_with = "present")]
+    pub(super) upstream: Option<Option<String>>,
+    pub(super) upstream_ended: Option<bool>,
+    pub(super) client: Option<String>,
+    pub(super) client_ended: Option<bool>,
+    /// `proxy`, `client`, `ends` (both sides ended) or `open`.
+    pub(super) closed_by: Option<String>,
+}
+
+/// A field that is present, even as `null` (`Some(None)`), as opposed to absent (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct Expect {
+    pub(super) connection: Option<ConnectionExpect>,
     /// `none`, or what the upstream must have received.
     pub(super) upstream: Option<yaml_serde::Value>,
     pub(super) response: Option<ResponseExpect>,
@@ -241,6 +282,25 @@ pub struct ScenarioStep {
 pub enum Action {
     Request(Exchange),
     /// Moves the clock forward by this much, firing the ticks that fall due.
+    Advance(Duration),
+    /// A TCP connection through the plugins as network (L4) filters.
+    Connection(Vec<ConnectionEvent>),
+}
+
+/// What happens on a scripted TCP connection, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// Bytes from the client (read once the upstream is connected).
+    Client(Vec<u8>),
+    /// Bytes from the upstream.
+    Upstream(Vec<u8>),
+    /// The client half-closes.
+    ClientEnd,
+    /// The upstream half-closes.
+    UpstreamEnd,
+    /// The client resets the connection.
+    ClientReset,
+    /// The clock moves on, firing due ticks.
     Advance(Duration),
 }
 
@@ -393,6 +453,26 @@ impl CalloutAnswer {
 
 impl StepSpec {
     fn resolve(self, index: usize) -> Result<ScenarioStep, String> {
+        if let Some(connection) = self.connection {
+            if self.request.is_some() || self.advance.is_some() || self.upstream.is_some() {
+                return Err(format!(
+                    "steps[{index}]: a step has exactly one of `request`, `advance` or `connection`"
+                ));
+            }
+            let events = connection
+                .events
+                .into_iter()
+                .enumerate()
+                .map(|(at, event)| {
+                    event.resolve(&format!("steps[{index}].connection.events[{at}]"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(ScenarioStep {
+                name: self.name.unwrap_or_else(|| "connection".to_string()),
+                action: Action::Connection(events),
+                expect: self.expect,
+            });
+        }
         let (action, default_name) = match (self.request, self.advance) {
             (Some(request), None) => {
                 let name = format!(
@@ -422,7 +502,7 @@ impl StepSpec {
             }
             _ => {
                 return Err(format!(
-                    "steps[{index}]: a step has exactly one of `request` or `advance`"
+                    "steps[{index}]: a step has exactly one of `request`, `advance` or `connection`"
                 ));
             }
         };
@@ -431,6 +511,46 @@ impl StepSpec {
             action,
             expect: self.expect,
         })
+    }
+}
+
+impl EventSpec {
+    fn resolve(self, field: &str) -> Result<ConnectionEvent, String> {
+        let event = match (
+            self.client,
+            self.upstream,
+            self.end,
+            self.reset,
+            self.advance,
+        ) {
+            (Some(text), None, None, None, None) => ConnectionEvent::Client(text.into_bytes()),
+            (None, Some(text), None, None, None) => ConnectionEvent::Upstream(text.into_bytes()),
+            (None, None, Some(side), None, None) => match side.as_str() {
+                "client" => ConnectionEvent::ClientEnd,
+                "upstream" => ConnectionEvent::UpstreamEnd,
+                other => {
+                    return Err(format!(
+                        "{field}.end: `{other}`: expected client or upstream"
+                    ));
+                }
+            },
+            (None, None, None, Some(side), None) => match side.as_str() {
+                "client" => ConnectionEvent::ClientReset,
+                other => return Err(format!("{field}.reset: `{other}`: expected client")),
+            },
+            (None, None, None, None, Some(advance)) => {
+                let nanos = parse_duration(&advance).ok_or_else(|| {
+                    format!("{field}.advance: `{advance}` is not a duration like 250ms, 5s or 1m")
+                })?;
+                ConnectionEvent::Advance(Duration::from_nanos(nanos))
+            }
+            _ => {
+                return Err(format!(
+                    "{field}: an event has exactly one of `client`, `upstream`, `end`, `reset` or `advance`"
+                ));
+            }
+        };
+        Ok(event)
     }
 }
 

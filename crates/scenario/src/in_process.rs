@@ -15,12 +15,14 @@ use sluice_host::{
     HttpCallRequest, HttpStream, Limits, VmConfig,
 };
 
-use crate::file::{CannedAnswer, Exchange, Scenario, next_answer};
+use crate::file::{CannedAnswer, ConnectionEvent, Exchange, Scenario, next_answer};
 use crate::{
-    Backend, ClientSeen, Observed, Observes, ScenarioError, SeenGrpcCall, SeenHttpCall, Start,
-    UpstreamSeen,
+    Backend, ClientSeen, ConnectionSeen, Observed, Observes, ScenarioError, SeenGrpcCall,
+    SeenHttpCall, Start, UpstreamSeen,
 };
-use sluice_filter::{Chain, DEFAULT_BUFFER_LIMIT, PluginSpec, Step, Stream, VmPool};
+use sluice_filter::{
+    Chain, Connection, ConnectionStep, DEFAULT_BUFFER_LIMIT, PluginSpec, Step, Stream, VmPool,
+};
 
 /// The Unix time every scenario starts at, so that time-dependent plugins behave the same on
 /// every run (2026-01-01T00:00:00Z).
@@ -181,6 +183,61 @@ impl InProcess {
         info
     }
 
+    /// A connection's properties: the request defaults without the request and the route.
+    fn connection_info(properties: &BTreeMap<String, PropertyValue>) -> HttpStream {
+        let mut info = Self::stream_info(properties);
+        info.route = None;
+        info.properties.remove("request.protocol");
+        info
+    }
+
+    /// Carries out a connection's steps until it has none: the upstream connects at once,
+    /// bytes are recorded on the side they reach, calls are answered from the file.
+    fn drain_connection(
+        &mut self,
+        connection: &mut Connection,
+        seen: &mut ConnectionSeen,
+        observed: &mut Observed,
+    ) -> Result<(), ScenarioError> {
+        loop {
+            let steps = connection.take_steps();
+            if steps.is_empty() {
+                return Ok(());
+            }
+            for step in steps {
+                match step {
+                    ConnectionStep::Connect => {
+                        seen.upstream = Some(Vec::new());
+                        connection.upstream_connected();
+                    }
+                    ConnectionStep::ToUpstream {
+                        data,
+                        end_of_stream,
+                    } => {
+                        seen.upstream
+                            .get_or_insert_with(Vec::new)
+                            .extend_from_slice(&data);
+                        seen.upstream_ended |= end_of_stream;
+                    }
+                    ConnectionStep::ToDownstream {
+                        data,
+                        end_of_stream,
+                    } => {
+                        seen.client.extend_from_slice(&data);
+                        seen.client_ended |= end_of_stream;
+                    }
+                    // Seen through `is_closing`.
+                    ConnectionStep::Close { .. } => {}
+                    ConnectionStep::Call { plugin, token, op } => {
+                        for answer in self.carry_out(observed, &op)? {
+                            connection.call_answer(plugin, token, answer);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn record_http(observed: &mut Observed, request: &HttpCallRequest) {
         observed.http_calls.push(SeenHttpCall {
             cluster: request.upstream.clone(),
@@ -227,6 +284,7 @@ impl InProcess {
 impl Backend for InProcess {
     fn observes(&self) -> Observes {
         Observes {
+            connections: true,
             logs: true,
             shared_data: true,
             time: true,
@@ -413,6 +471,86 @@ impl Backend for InProcess {
             .extend(stream.failures().iter().map(ToString::to_string));
         drop(stream);
         self.settle(&mut observed)?;
+        Ok(observed)
+    }
+
+    /// Runs a scripted connection. Client events wait until the upstream is connected, as the
+    /// proxy reads a client only then; the connection closes as the proxy closes it: when a
+    /// plugin closes it, when both sides have ended, or (still open at the end of the script)
+    /// as the client resets it.
+    fn connection(&mut self, events: &[ConnectionEvent]) -> Result<Observed, ScenarioError> {
+        let running = self.running()?;
+        let chain = running.chain.clone();
+        let info = Self::connection_info(&running.properties);
+        let mut observed = Observed::default();
+        let mut seen = ConnectionSeen::default();
+        let mut connection = Connection::new(chain, info);
+        let mut waiting: VecDeque<&ConnectionEvent> = VecDeque::new();
+        let mut events = events.iter();
+        let mut last_was_client_end = false;
+        let closed_by = loop {
+            self.drain_connection(&mut connection, &mut seen, &mut observed)?;
+            if connection.is_closing() {
+                connection.downstream_closed(sluice_abi::PeerType::Local);
+                break "proxy";
+            }
+            if connection.both_ends_sent() {
+                connection.downstream_closed(if last_was_client_end {
+                    sluice_abi::PeerType::Remote
+                } else {
+                    sluice_abi::PeerType::Local
+                });
+                break "ends";
+            }
+            let connected = seen.upstream.is_some();
+            let event = match waiting.front() {
+                Some(_) if connected => waiting.pop_front(),
+                _ => events.next(),
+            };
+            let Some(event) = event else {
+                connection.downstream_closed(sluice_abi::PeerType::Remote);
+                break "open";
+            };
+            match event {
+                ConnectionEvent::Client(_) | ConnectionEvent::ClientEnd if !connected => {
+                    waiting.push_back(event);
+                }
+                ConnectionEvent::Client(bytes) => {
+                    last_was_client_end = false;
+                    connection.downstream_data(bytes, false);
+                }
+                ConnectionEvent::ClientEnd => {
+                    last_was_client_end = true;
+                    connection.downstream_data(&[], true);
+                }
+                ConnectionEvent::Upstream(bytes) => {
+                    last_was_client_end = false;
+                    connection.upstream_data(bytes, false);
+                }
+                ConnectionEvent::UpstreamEnd => {
+                    last_was_client_end = false;
+                    connection.upstream_data(&[], true);
+                }
+                ConnectionEvent::ClientReset => {
+                    connection.downstream_closed(sluice_abi::PeerType::Remote);
+                    break "client";
+                }
+                ConnectionEvent::Advance(by) => {
+                    let ticked = self.advance(*by)?;
+                    observed.logs.extend(ticked.logs);
+                    observed.failures.extend(ticked.failures);
+                    connection.apply_root_effects();
+                }
+            }
+        };
+        seen.closed_by = closed_by.to_string();
+        observed
+            .failures
+            .extend(connection.failures().iter().map(ToString::to_string));
+        drop(connection);
+        self.settle(&mut observed)?;
+        observed.failures.dedup();
+        observed.connection = Some(seen);
         Ok(observed)
     }
 

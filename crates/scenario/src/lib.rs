@@ -17,8 +17,8 @@ use sluice_abi::HeaderMap;
 use sluice_host::LogRecord;
 
 pub use file::{
-    Action, CannedAnswer, Exchange, Scenario, ScenarioLimits, ScenarioPlugin, ScenarioStep,
-    ScriptedResponse, next_answer,
+    Action, CannedAnswer, ConnectionEvent, Exchange, Scenario, ScenarioLimits, ScenarioPlugin,
+    ScenarioStep, ScriptedResponse, next_answer,
 };
 pub use in_process::{InProcess, SCENARIO_EPOCH_NANOS};
 
@@ -114,6 +114,15 @@ pub trait Backend {
     /// # Errors
     /// When the step cannot be run (a callout with no answers in the file, say).
     fn request(&mut self, exchange: &Exchange) -> Result<Observed, ScenarioError>;
+    /// Runs one TCP connection through the plugins as network filters; called only when
+    /// [`Observes::connections`] is set.
+    ///
+    /// # Errors
+    /// As [`Backend::request`].
+    fn connection(&mut self, events: &[ConnectionEvent]) -> Result<Observed, ScenarioError> {
+        let _ = events;
+        Ok(Observed::default())
+    }
     /// Moves time forward; called with a non-zero duration only when [`Observes::time`] is set.
     ///
     /// # Errors
@@ -132,6 +141,8 @@ pub struct Observes {
     pub shared_data: bool,
     /// Whether time can be moved at will (`advance` steps).
     pub time: bool,
+    /// Whether it runs `connection` steps.
+    pub connections: bool,
 }
 
 /// How the plugins started.
@@ -160,6 +171,20 @@ pub struct Observed {
     pub failures: Vec<String>,
     /// The stream never completed: a plugin paused and never resumed.
     pub stalled: bool,
+    /// What a `connection` step did.
+    pub connection: Option<ConnectionSeen>,
+}
+
+/// What one scripted TCP connection did.
+#[derive(Default)]
+pub struct ConnectionSeen {
+    /// The bytes that reached the upstream; `None` if it was never connected.
+    pub upstream: Option<Vec<u8>>,
+    pub upstream_ended: bool,
+    pub client: Vec<u8>,
+    pub client_ended: bool,
+    /// `proxy`, `client`, `ends` (both sides ended) or `open` (at the end of the step).
+    pub closed_by: String,
 }
 
 #[derive(Default)]
@@ -270,6 +295,13 @@ pub fn run(scenario: &Scenario, backend: &mut dyn Backend) -> Result<Report, Sce
             Action::Request(exchange) => backend.request(exchange)?,
             // Moving time by nothing needs no control over the clock.
             Action::Advance(by) if observes.time || by.is_zero() => backend.advance(*by)?,
+            Action::Connection(events) if observes.connections => backend.connection(events)?,
+            Action::Connection(_) => {
+                report
+                    .not_checked
+                    .push(format!("step {number} \"{}\": connections", step.name));
+                continue;
+            }
             Action::Advance(_) => {
                 report.not_checked.push(format!(
                     "steps {number}-{}: from \"{}\" on, time would have to be moved",

@@ -292,6 +292,7 @@ impl Drop for Live {
 impl Backend for Live {
     fn observes(&self) -> Observes {
         Observes {
+            connections: false,
             logs: false,
             shared_data: true,
             time: false,

@@ -742,6 +742,18 @@ impl Chain {
         &self.pool
     }
 
+    /// Calls into plugin `index`'s VM and takes the effects the call recorded, for a stream or a
+    /// connection to apply.
+    pub(crate) fn call_plugin<R>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut Vm) -> Result<R, PluginFailure>,
+    ) -> (Result<R, PluginFailure>, Vec<Effect>) {
+        let mut vm = self.plugins[index].vm.borrow_mut();
+        let result = f(vm.vm());
+        (result, vm.vm().take_effects())
+    }
+
     /// Makes sure a FAIL_RELOAD plugin whose VM failed gets a fresh one when its backoff allows;
     /// called before each new stream. Returns whether the plugin is usable.
     pub(crate) fn prepare_plugin(&self, index: usize) -> bool {

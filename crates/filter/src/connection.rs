@@ -436,11 +436,7 @@ impl Connection {
         index: usize,
         f: impl FnOnce(&mut Vm) -> Result<R, PluginFailure>,
     ) -> Option<R> {
-        let (result, effects) = {
-            let mut vm = self.chain.plugins[index].vm.borrow_mut();
-            let result = f(vm.vm());
-            (result, vm.vm().take_effects())
-        };
+        let (result, effects) = self.chain.call_plugin(index, f);
         match result {
             Ok(value) => {
                 self.apply_effects(index, effects, true);

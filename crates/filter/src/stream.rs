@@ -773,11 +773,7 @@ impl Stream {
         index: usize,
         f: impl FnOnce(&mut sluice_host::Vm) -> Result<R, PluginFailure>,
     ) -> Option<R> {
-        let (result, effects) = {
-            let mut vm = self.chain.plugins[index].vm.borrow_mut();
-            let result = f(vm.vm());
-            (result, vm.vm().take_effects())
-        };
+        let (result, effects) = self.chain.call_plugin(index, f);
         match result {
             Ok(value) => {
                 self.apply_effects(index, effects, true);

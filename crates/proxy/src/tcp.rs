@@ -20,6 +20,8 @@ use crate::runtime::WorkerState;
 
 /// The most bytes read at once from either side.
 const READ_CHUNK: usize = 64 << 10;
+/// The most bytes one read event gathers (Envoy reads until the socket would block).
+const MAX_GATHERED: usize = 4 * READ_CHUNK;
 /// The most bytes waiting to be written to one side before that side's peer is no longer read.
 const MAX_QUEUED: usize = 1 << 20;
 /// How long a connection being closed may take to flush what was written to the client (Envoy's
@@ -121,7 +123,7 @@ pub(crate) async fn serve<I>(
     let mut connecting: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _>>>> = None;
     let (mut to_client, mut to_upstream) = (Outbox::default(), Outbox::default());
     let mut calls: Calls<(usize, u32)> = Calls::new();
-    let (mut client_buffer, mut upstream_buffer) = (vec![0; READ_CHUNK], vec![0; READ_CHUNK]);
+    let (mut client_buffer, mut upstream_buffer) = (vec![0; MAX_GATHERED], vec![0; MAX_GATHERED]);
     let idle_timeout = tcp.idle_timeout;
     let mut idle_deadline = idle_timeout.map(|t| Instant::now() + t);
     // Whether the last thing that happened was reading the client's FIN (REMOTE if that
@@ -207,7 +209,7 @@ pub(crate) async fn serve<I>(
                     }
                 }
             }
-            read = client_read.read(&mut client_buffer), if read_client => match read {
+            read = client_read.read(&mut client_buffer[..READ_CHUNK]), if read_client => match read {
                 Ok(n) => {
                     let (data, end) = gather(&mut client_read, &mut client_buffer, n);
                     traffic.received(data.len());
@@ -215,20 +217,20 @@ pub(crate) async fn serve<I>(
                     if n > 0 {
                         idle_deadline = idle_timeout.map(|t| Instant::now() + t);
                     }
-                    connection.downstream_data(&data, end);
+                    connection.downstream_data(data, end);
                 }
                 Err(_) => break Ending::Remote,
             },
-            read = read_from(upstream_read, &mut upstream_buffer), if read_upstream => match read {
+            read = read_from(upstream_read, &mut upstream_buffer[..READ_CHUNK]), if read_upstream => match read {
                 Ok(n) => {
                     let (data, end) = match upstream.as_mut() {
                         Some((reader, _)) => gather(reader, &mut upstream_buffer, n),
-                        None => (upstream_buffer[..n].to_vec(), n == 0),
+                        None => (&upstream_buffer[..n], n == 0),
                     };
                     if n > 0 {
                         idle_deadline = idle_timeout.map(|t| Instant::now() + t);
                     }
-                    connection.upstream_data(&data, end);
+                    connection.upstream_data(data, end);
                 }
                 // The upstream reset: the client connection is closed (Envoy's FlushWrite).
                 Err(_) => {
@@ -269,30 +271,28 @@ pub(crate) async fn serve<I>(
     state.stats.plugin_failures(failures);
 }
 
-/// The most bytes one read event gathers.
-const MAX_GATHERED: usize = 1 << 20;
-
 /// What one read event gives, as Envoy reads a socket until it would block: the `first` bytes
-/// already in `buffer`, whatever else is ready now, and whether the peer's FIN came with them
-/// (then Envoy calls the plugins once, with the data and the end of stream together).
-fn gather<R: AsyncRead + Unpin>(
+/// already at the start of `buffer`, whatever else is ready now (read in place after them, up to
+/// the buffer's end), and whether the peer's FIN came with them (then Envoy calls the plugins
+/// once, with the data and the end of stream together).
+fn gather<'b, R: AsyncRead + Unpin>(
     reader: &mut R,
-    buffer: &mut [u8],
+    buffer: &'b mut [u8],
     first: usize,
-) -> (Vec<u8>, bool) {
+) -> (&'b [u8], bool) {
     if first == 0 {
-        return (Vec::new(), true);
+        return (&[], true);
     }
-    let mut data = buffer[..first].to_vec();
-    while data.len() < MAX_GATHERED {
-        match ready_now(reader.read(buffer)) {
-            Some(Ok(0)) => return (data, true),
-            Some(Ok(n)) => data.extend_from_slice(&buffer[..n]),
+    let mut filled = first;
+    while filled < buffer.len() {
+        match ready_now(reader.read(&mut buffer[filled..])) {
+            Some(Ok(0)) => return (&buffer[..filled], true),
+            Some(Ok(n)) => filled += n,
             // An error shows on the next read; nothing more is ready now.
             Some(Err(_)) | None => break,
         }
     }
-    (data, false)
+    (&buffer[..filled], false)
 }
 
 /// The output of a future that is ready at its first poll; a read is cancel-safe, so one that is

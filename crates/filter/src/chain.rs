@@ -621,13 +621,8 @@ impl VmPool {
     /// Delivers what came back from a call made outside any stream (a [`RootCall`]).
     pub fn call_answer(&self, vm: usize, root_context: u32, token: u32, answer: CallAnswer) {
         if let Some(vm) = self.vm_at(vm) {
-            self.run_root(&vm, |plugin_vm| match answer {
-                CallAnswer::Http(response) => {
-                    plugin_vm
-                        .vm
-                        .http_call_response(root_context, token, response)
-                }
-                CallAnswer::Grpc(event) => plugin_vm.vm.grpc_event(root_context, token, event),
+            self.run_root(&vm, |plugin_vm| {
+                plugin_vm.vm.call_answer(root_context, token, answer)
             });
         }
     }
@@ -740,6 +735,12 @@ impl Chain {
 
     pub fn pool(&self) -> &Rc<VmPool> {
         &self.pool
+    }
+
+    /// Plugin `index`'s root context (its configuration's, in its VM).
+    pub(crate) fn root_context(&self, index: usize) -> u32 {
+        let plugin = &self.plugins[index];
+        plugin.vm.borrow().root_context(plugin.root)
     }
 
     /// Calls into plugin `index`'s VM and takes the effects the call recorded, for a stream or a

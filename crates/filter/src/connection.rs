@@ -235,19 +235,8 @@ impl Connection {
         if !matches!(self.slots.get(plugin), Some(Slot::Live { .. })) {
             return;
         }
-        let (result, effects) = {
-            let mut vm = self.chain.plugins[plugin].vm.borrow_mut();
-            let root = vm.root_context(self.chain.plugins[plugin].root);
-            let result = match answer {
-                CallAnswer::Http(response) => vm.vm().http_call_response(root, token, response),
-                CallAnswer::Grpc(event) => vm.vm().grpc_event(root, token, event),
-            };
-            (result, vm.vm().take_effects())
-        };
-        match result {
-            Ok(()) => self.apply_effects(plugin, effects, true),
-            Err(failure) => self.plugin_failed(plugin, failure),
-        }
+        let root = self.chain.root_context(plugin);
+        self.call(plugin, |vm| vm.call_answer(root, token, answer));
     }
 
     /// Resolves when effects from outside the connection (a root context resuming it) are

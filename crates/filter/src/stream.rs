@@ -460,10 +460,7 @@ impl Stream {
 
     /// Delivers what came back from a call (`Step::Call`) to the plugin that made it.
     pub fn call_answer(&mut self, plugin: usize, token: u32, answer: CallAnswer) {
-        self.root_callback(plugin, |vm, root| match answer {
-            CallAnswer::Http(response) => vm.http_call_response(root, token, response),
-            CallAnswer::Grpc(event) => vm.grpc_event(root, token, event),
-        });
+        self.root_callback(plugin, |vm, root| vm.call_answer(root, token, answer));
     }
 
     /// Answers the client on the proxy's own behalf (upstream unreachable, upstream reset before
@@ -805,12 +802,8 @@ impl Stream {
         // Moved in and out whole: no copy unless the plugin changes them.
         self.set_body(true, held_request.into());
         self.set_body(false, held_response.into());
-        let (result, effects) = {
-            let mut vm = self.chain.plugins[index].vm.borrow_mut();
-            let root = vm.root_context(self.chain.plugins[index].root);
-            let result = f(vm.vm(), root);
-            (result, vm.vm().take_effects())
-        };
+        let root = self.chain.root_context(index);
+        let (result, effects) = self.chain.call_plugin(index, |vm| f(vm, root));
         self.request.buffers[request_at] = Vec::from(self.take_body(true));
         self.response.buffers[response_at] = Vec::from(self.take_body(false));
         match result {

@@ -247,12 +247,20 @@ impl HostState {
         }
     }
 
-    /// Whether the effective context is a network plugin's, on a TCP connection.
-    pub fn effective_is_connection(&self) -> bool {
-        matches!(
-            self.contexts.get(&self.effective_context),
-            Some(Context::Connection { .. })
-        )
+    /// The data of the effective HTTP stream: its header maps and bodies.
+    pub fn effective_http_stream(&self) -> Option<&SharedStream> {
+        match self.contexts.get(&self.effective_context) {
+            Some(Context::Stream { stream, .. }) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// The data of the effective TCP connection (a network plugin's context): its data buffers.
+    pub fn effective_connection(&self) -> Option<&SharedStream> {
+        match self.contexts.get(&self.effective_context) {
+            Some(Context::Connection { stream, .. }) => Some(stream),
+            _ => None,
+        }
     }
 
     pub fn root_id(&self, root: u32) -> &str {

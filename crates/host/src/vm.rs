@@ -13,7 +13,7 @@ use std::time::Duration;
 use sluice_abi::{AbiVersion, Action, Attribute, HeaderMap, LogLevel, Node, PeerType};
 use wasmtime::{Instance, Store, Trap, TypedFunc, Val, WasmBacktrace, WasmParams, WasmResults};
 
-use crate::effects::Effect;
+use crate::effects::{CallAnswer, Effect};
 use crate::engine::{EPOCH_TICK, Engine, PluginCode};
 use crate::error::{FailureKind, LoadError, PluginFailure};
 use crate::shared::QueueInbox;
@@ -944,6 +944,20 @@ impl Vm {
         self.run("proxy_on_queue_ready", root, deadline, |s| {
             f.call(s, (root, queue_id))
         })
+    }
+
+    /// Delivers what came back from call `token` (an HTTP callout's answer or a gRPC event) to
+    /// `root`, the root context that made it.
+    pub fn call_answer(
+        &mut self,
+        root: u32,
+        token: u32,
+        answer: CallAnswer,
+    ) -> Result<(), PluginFailure> {
+        match answer {
+            CallAnswer::Http(response) => self.http_call_response(root, token, response),
+            CallAnswer::Grpc(event) => self.grpc_event(root, token, event),
+        }
     }
 
     /// Delivers the answer (or, with `None`, the failure) of the callout `token` to `root`.

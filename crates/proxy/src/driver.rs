@@ -381,13 +381,7 @@ async fn drive(
     // An exchange still going (the client left, a plugin answered) ends here.
     driver.upstream = None;
     driver.stream.finish();
-    let new_failures = driver
-        .stream
-        .failures()
-        .iter()
-        .filter(|f| f.kind != sluice_host::FailureKind::AlreadyFailed)
-        .count();
-    stats.plugin_failures(new_failures);
+    stats.plugin_failures(driver.stream.failures());
     stats.request_finished(driver.status, started.elapsed());
     let route_traffic = &driver.generation.listeners[driver.connection.listener]
         .route(driver.route)

@@ -191,9 +191,14 @@ impl Stats {
         self.access_log_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn plugin_failures(&self, count: usize) {
+    /// Counts `failures`, but not calls into a VM that had failed already (no new failure).
+    pub fn plugin_failures(&self, failures: &[sluice_host::PluginFailure]) {
+        let new = failures
+            .iter()
+            .filter(|f| f.kind != sluice_host::FailureKind::AlreadyFailed)
+            .count();
         self.plugin_failures
-            .fetch_add(count as u64, Ordering::Relaxed);
+            .fetch_add(new as u64, Ordering::Relaxed);
     }
 
     /// The totals the admin page plots, now, as JSON: requests, error answers (5xx and resets),

@@ -263,12 +263,7 @@ pub(crate) async fn serve<I>(
         Ending::Local => PeerType::Local,
         Ending::Remote => PeerType::Remote,
     });
-    let failures = connection
-        .failures()
-        .iter()
-        .filter(|f| f.kind != sluice_host::FailureKind::AlreadyFailed)
-        .count();
-    state.stats.plugin_failures(failures);
+    state.stats.plugin_failures(connection.failures());
 }
 
 /// What one read event gives, as Envoy reads a socket until it would block: the `first` bytes

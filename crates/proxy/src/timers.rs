@@ -32,7 +32,7 @@ pub(crate) async fn timers(
         let pool = generation.pool.clone();
         pool.fire_due_ticks();
         pool.deliver_queue_events();
-        stats.plugin_failures(pool.take_failures().len());
+        stats.plugin_failures(&pool.take_failures());
         for call in pool.take_root_calls() {
             let key = (call.vm, call.token);
             if call.op.starts() {

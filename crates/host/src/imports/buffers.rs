@@ -60,10 +60,7 @@ fn with_body<R>(
     kind: BufferType,
     f: impl FnOnce(&mut bytes::Bytes) -> R,
 ) -> Result<R, Status> {
-    if state.effective_is_connection() {
-        return Err(Status::NotFound);
-    }
-    let stream = state.effective_stream().ok_or(Status::NotFound)?;
+    let stream = state.effective_http_stream().ok_or(Status::NotFound)?;
     // The embedder never holds the stream across a guest call; if it did, fail the call rather
     // than the process.
     let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
@@ -82,12 +79,8 @@ fn with_network_data<R>(
     kind: BufferType,
     f: impl FnOnce(&mut Option<Vec<u8>>) -> R,
 ) -> Result<R, Status> {
-    let mut none = None;
-    if !state.effective_is_connection() {
-        return Ok(f(&mut none));
-    }
-    let Some(stream) = state.effective_stream() else {
-        return Ok(f(&mut none));
+    let Some(stream) = state.effective_connection() else {
+        return Ok(f(&mut None));
     };
     let mut stream = stream.try_borrow_mut().map_err(|_| Status::NotFound)?;
     Ok(f(if kind == BufferType::DownstreamData {

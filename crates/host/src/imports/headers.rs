@@ -72,11 +72,9 @@ pub(crate) fn with_map<R>(
         | MapType::HttpRequestTrailers
         | MapType::HttpResponseHeaders
         | MapType::HttpResponseTrailers => {
-            // A TCP connection has no header maps (Envoy: "not currently available").
-            if state.effective_is_connection() {
-                return Err(Status::BadArgument);
-            }
-            let stream = state.effective_stream().ok_or(Status::BadArgument)?;
+            // Only an HTTP stream has them: on a TCP connection Envoy says "not currently
+            // available", as outside a stream.
+            let stream = state.effective_http_stream().ok_or(Status::BadArgument)?;
             // The embedder never holds the stream across a guest call; if it did, fail the call
             // rather than the process.
             let mut stream = stream.try_borrow_mut().map_err(|_| Status::BadArgument)?;
@@ -93,11 +91,15 @@ pub(crate) fn with_map<R>(
 }
 
 fn get_pairs(c: &mut Caller<'_>, map: u32, ptr: u32, len: u32) -> HostResult {
-    // Envoy lists a TCP connection's HTTP maps as empty, with no pairs at all (not a count of 0).
-    if map < 4 && c.data().effective_is_connection() {
-        return return_bytes(c, &[], ptr, len);
-    }
-    let encoded = with_map(c.data_mut(), map, |m| m.encode())?;
+    let encoded = match with_map(c.data_mut(), map, |m| m.encode()) {
+        Ok(encoded) => encoded,
+        // Envoy lists a TCP connection's HTTP maps as empty, with no pairs at all (not a count
+        // of 0).
+        Err(Status::BadArgument) if map < 4 && c.data().effective_connection().is_some() => {
+            Vec::new()
+        }
+        Err(status) => return Err(status.into()),
+    };
     return_bytes(c, &encoded, ptr, len)
 }
 

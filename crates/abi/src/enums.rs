@@ -147,6 +147,8 @@ pub enum BufferType {
     VmConfiguration = 6,
     PluginConfiguration = 7,
     ForeignFunctionArguments = 8,
+    /// Higress's: the reply of a `proxy_redis_call`, in `proxy_on_redis_call_response`.
+    RedisCallResponse = 9,
 }
 
 impl BufferType {
@@ -161,6 +163,7 @@ impl BufferType {
             6 => Self::VmConfiguration,
             7 => Self::PluginConfiguration,
             8 => Self::ForeignFunctionArguments,
+            9 => Self::RedisCallResponse,
             _ => return None,
         })
     }

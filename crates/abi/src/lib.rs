@@ -1,6 +1,7 @@
 //! The Proxy-Wasm ABI as plain data: status codes and enums, ABI version detection, the header-map
-//! wire format and property encodings. It must never do I/O or know about wasmtime: both the host
-//! and the tools (`sluice inspect`) read the ABI through this crate.
+//! wire format, property encodings and the RESP framing of Higress's Redis calls. It must never
+//! do I/O or know about wasmtime: both the host and the tools (`sluice inspect`) read the ABI
+//! through this crate.
 
 #![forbid(unsafe_code)]
 
@@ -8,6 +9,7 @@ mod attribute;
 mod enums;
 mod headers;
 mod properties;
+pub mod resp;
 mod version;
 
 pub use attribute::{Attribute, ENVOY_VERSION, Node};

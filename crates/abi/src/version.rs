@@ -11,6 +11,8 @@ pub enum AbiVersion {
     V0_1_0,
     V0_2_0,
     V0_2_1,
+    /// Higress's extension of 0.2.1 (Redis calls and Higress's foreign functions).
+    V0_2_100,
 }
 
 impl AbiVersion {
@@ -25,6 +27,7 @@ impl AbiVersion {
                 continue;
             };
             match version {
+                "0_2_100" => return Ok(Some(Self::V0_2_100)),
                 "0_2_1" => return Ok(Some(Self::V0_2_1)),
                 "0_2_0" => return Ok(Some(Self::V0_2_0)),
                 "0_1_0" => return Ok(Some(Self::V0_1_0)),
@@ -42,6 +45,7 @@ impl AbiVersion {
             Self::V0_1_0 => "0.1.0",
             Self::V0_2_0 => "0.2.0",
             Self::V0_2_1 => "0.2.1",
+            Self::V0_2_100 => "0.2.100",
         }
     }
 
@@ -62,7 +66,8 @@ impl fmt::Display for AbiVersion {
     }
 }
 
-/// Every `proxy_on_*` callback of spec v0.2.1, plus the ones proxy-wasm-cpp-host also binds.
+/// Every `proxy_on_*` callback of spec v0.2.1, plus the ones proxy-wasm-cpp-host also binds and
+/// Higress's `proxy_on_redis_call_response`.
 /// A module may export any subset; a missing one is simply never called.
 pub const CALLBACKS: &[&str] = &[
     "proxy_on_memory_allocate",
@@ -93,6 +98,7 @@ pub const CALLBACKS: &[&str] = &[
     "proxy_on_grpc_close",
     "proxy_on_queue_ready",
     "proxy_on_foreign_function",
+    "proxy_on_redis_call_response",
     "proxy_validate_configuration",
 ];
 

@@ -38,6 +38,25 @@ pub struct GrpcCallRequest {
     pub timeout: Duration,
 }
 
+/// How a root context reaches one Redis cluster, from its `proxy_redis_init` (Higress's ABI):
+/// the credentials to `AUTH` with, the database to `SELECT` and each call's timeout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RedisSettings {
+    pub username: String,
+    pub password: String,
+    pub database: u32,
+    pub timeout: Duration,
+}
+
+/// A Redis command (`proxy_redis_call`): the plugin's RESP-encoded query for the cluster, sent
+/// as it is; its answer is the one RESP reply Redis sends back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisCallRequest {
+    pub cluster: String,
+    pub settings: RedisSettings,
+    pub query: Vec<u8>,
+}
+
 /// What a plugin asks of an outbound call: start an HTTP callout or a gRPC call or stream, or
 /// act on a gRPC one it started. The one type a call is, from the host function to whatever
 /// carries it out (the proxy, the scenario runner), whoever made it (a stream's plugin or a root
@@ -46,6 +65,7 @@ pub struct GrpcCallRequest {
 pub enum CallOp {
     Http(HttpCallRequest),
     Grpc(GrpcCallRequest),
+    Redis(RedisCallRequest),
     GrpcSend {
         message: Vec<u8>,
         end_of_stream: bool,
@@ -57,17 +77,19 @@ pub enum CallOp {
 }
 
 /// What comes back from a call, for the plugin that made it: an HTTP callout's answer (`None`:
-/// it failed or timed out), or one event of a gRPC call or stream.
+/// it failed or timed out), one event of a gRPC call or stream, or a Redis call's reply (`None`:
+/// no reply, because the connection failed or the call timed out).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallAnswer {
     Http(Option<crate::CallResponse>),
     Grpc(crate::GrpcEvent),
+    Redis(Option<Vec<u8>>),
 }
 
 impl CallOp {
     /// Whether this starts a call (rather than acting on one).
     pub fn starts(&self) -> bool {
-        matches!(self, Self::Http(_) | Self::Grpc(_))
+        matches!(self, Self::Http(_) | Self::Grpc(_) | Self::Redis(_))
     }
 }
 

@@ -14,7 +14,9 @@ pub enum LoadError {
         "no Proxy-Wasm ABI version marker: the module exports no `proxy_abi_version_*` function"
     )]
     NoAbiMarker,
-    #[error("unsupported Proxy-Wasm ABI `{0}`: sluice implements 0.1.0, 0.2.0 and 0.2.1")]
+    #[error(
+        "unsupported Proxy-Wasm ABI `{0}`: sluice implements 0.1.0, 0.2.0, 0.2.1 and Higress's 0.2.100"
+    )]
     UnsupportedAbi(String),
     #[error("the module imports {}, which sluice does not provide", .0.join(", "))]
     MissingImports(Vec<String>),

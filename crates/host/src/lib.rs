@@ -16,7 +16,10 @@ mod stream;
 mod vm;
 mod wasi;
 
-pub use effects::{CallAnswer, CallOp, Effect, GrpcCallRequest, HttpCallRequest, LocalResponse};
+pub use effects::{
+    CallAnswer, CallOp, Effect, GrpcCallRequest, HttpCallRequest, LocalResponse, RedisCallRequest,
+    RedisSettings,
+};
 pub use engine::{Engine, EngineOptions, HostFunction, PluginCode, WasmType};
 pub use error::{FailureKind, LoadError, PluginFailure};
 pub use foreign::TCP_PROXY_CLUSTER;

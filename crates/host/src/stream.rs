@@ -136,6 +136,17 @@ impl HttpStream {
                 .get(":status")
                 .and_then(|s| std::str::from_utf8(s).ok()?.parse::<i64>().ok())
                 .map(Attribute::Int),
+            // Envoy's router sets `via_upstream` as the upstream's response head arrives; a
+            // local reply's details were set as a property when it was sent.
+            "code_details" => self
+                .properties
+                .get("response.code_details")
+                .map(Attribute::from)
+                .or_else(|| {
+                    self.response_headers
+                        .get(":status")
+                        .map(|_| Attribute::String("via_upstream".into()))
+                }),
             _ => None,
         }
     }
@@ -146,7 +157,7 @@ impl HttpStream {
     pub fn top_level(&self, name: &str) -> Option<Attribute> {
         let computed: &[&str] = match name {
             "request" => &REQUEST_KEYS,
-            "response" => &["headers", "trailers", "code"],
+            "response" => &["headers", "trailers", "code", "code_details"],
             "xds" => &XDS_KEYS,
             "source" | "destination" | "connection" | "upstream" => &[],
             // Envoy's dynamic metadata: sluice sets none, an empty message.

@@ -133,6 +133,9 @@ pub struct CallResponse {
     pub trailers: HeaderMap,
 }
 
+/// The status `proxy_on_redis_call_response` gets for a call that had no reply.
+pub const REDIS_CALL_FAILED: u32 = 1;
+
 /// What a gRPC call or stream delivers to the plugin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrpcEvent {
@@ -173,6 +176,7 @@ struct Callbacks {
     grpc_trailing_metadata: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
     grpc_close: Option<Rc<TypedFunc<(u32, u32, u32), ()>>>,
     queue_ready: Option<Rc<TypedFunc<(u32, u32), ()>>>,
+    redis_call_response: Option<Rc<TypedFunc<(u32, u32, u32, u32), ()>>>,
     new_connection: Option<Rc<TypedFunc<u32, u32>>>,
     downstream_data: Option<Rc<TypedFunc<(u32, u32, u32), u32>>>,
     upstream_data: Option<Rc<TypedFunc<(u32, u32, u32), u32>>>,
@@ -268,6 +272,7 @@ impl Callbacks {
             grpc_trailing_metadata: "proxy_on_grpc_receive_trailing_metadata",
             grpc_close: "proxy_on_grpc_close",
             queue_ready: "proxy_on_queue_ready",
+            redis_call_response: "proxy_on_redis_call_response",
             new_connection: "proxy_on_new_connection",
             downstream_data: "proxy_on_downstream_data",
             upstream_data: "proxy_on_upstream_data",
@@ -321,6 +326,12 @@ impl Callbacks {
             )?,
             grpc_close: typed(instance, store, "proxy_on_grpc_close", I3)?,
             queue_ready: typed(instance, store, "proxy_on_queue_ready", I2)?,
+            redis_call_response: typed(
+                instance,
+                store,
+                "proxy_on_redis_call_response",
+                "(func (param i32 i32 i32 i32))",
+            )?,
             new_connection: typed(
                 instance,
                 store,
@@ -423,6 +434,7 @@ pub(crate) fn host_state(engine: &Engine, abi: AbiVersion, config: VmConfig) -> 
         declared: HashMap::new(),
         expressions: HashMap::new(),
         next_token: 0,
+        redis: HashMap::new(),
         grpc_tokens: HashMap::new(),
         tick_periods: HashMap::new(),
         pending_done: HashSet::new(),
@@ -957,7 +969,29 @@ impl Vm {
         match answer {
             CallAnswer::Http(response) => self.http_call_response(root, token, response),
             CallAnswer::Grpc(event) => self.grpc_event(root, token, event),
+            CallAnswer::Redis(reply) => self.redis_call_response(root, token, reply),
         }
+    }
+
+    /// Delivers the reply (or, with `None`, the failure) of the Redis call `token` to `root`:
+    /// status 0 with the reply's RESP bytes in buffer 9, or a non-zero status and no bytes.
+    pub fn redis_call_response(
+        &mut self,
+        root: u32,
+        token: u32,
+        reply: Option<Vec<u8>>,
+    ) -> Result<(), PluginFailure> {
+        let Some(f) = self.callbacks.redis_call_response.clone() else {
+            return Ok(());
+        };
+        let deadline = self.limits.call_timeout;
+        let status = u32::from(reply.is_none()) * REDIS_CALL_FAILED;
+        let reply = reply.unwrap_or_default();
+        let size = reply.len() as u32;
+        self.run("proxy_on_redis_call_response", root, deadline, |s| {
+            s.data_mut().scope_mut().redis_reply = Some(reply);
+            f.call(s, (root, token, status, size))
+        })
     }
 
     /// Delivers the answer (or, with `None`, the failure) of the callout `token` to `root`.

@@ -1,4 +1,4 @@
-//! Every outbound call a plugin makes (HTTP callouts, gRPC calls and streams), whoever made it: a
+//! Every outbound call a plugin makes (HTTP callouts, gRPC calls and streams, Redis calls), whoever made it: a
 //! stream's plugin or a root context. One `Calls` per origin starts, feeds and cancels them, and
 //! hands their answers back through one path; a call never outlives its origin, because dropping
 //! the `Calls` (the stream's `Driver`, a generation's root loop) aborts whatever still runs.
@@ -66,6 +66,23 @@ impl<K: Copy + Eq + Hash + 'static> Calls<K> {
                 });
                 self.start(key, task, None);
             }
+            CallOp::Redis(request) => {
+                let answers = self.sender();
+                let (clusters, upstreams) = (clusters.clone(), upstreams.clone());
+                let task = tokio::task::spawn_local(async move {
+                    let cluster = request.cluster.clone();
+                    let reply = match crate::redis::call(&clusters, &upstreams.redis, request).await
+                    {
+                        Ok(reply) => Some(reply),
+                        Err(error) => {
+                            tracing::warn!(%cluster, "redis call failed: {error}");
+                            None
+                        }
+                    };
+                    let _ = answers.send((key, CallAnswer::Redis(reply)));
+                });
+                self.start(key, task, None);
+            }
             CallOp::Grpc(request) => {
                 let answers = self.sender();
                 let (commands, receiver) = mpsc::unbounded_channel();
@@ -114,7 +131,9 @@ impl<K: Copy + Eq + Hash + 'static> Calls<K> {
             }
             if matches!(
                 answer,
-                CallAnswer::Http(_) | CallAnswer::Grpc(GrpcEvent::Close { .. })
+                CallAnswer::Http(_)
+                    | CallAnswer::Redis(_)
+                    | CallAnswer::Grpc(GrpcEvent::Close { .. })
             ) {
                 self.running.remove(&key);
             }

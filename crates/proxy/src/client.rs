@@ -210,12 +210,13 @@ pub const MAX_IDLE_CONNECTIONS: usize = 128;
 
 type Http2Sender = hyper::client::conn::http2::SendRequest<ChannelBody>;
 
-/// A worker's upstream connections: idle HTTP/1.1 keep-alive connections, and one multiplexed
-/// HTTP/2 connection per HTTP/2 endpoint.
+/// A worker's upstream connections: idle HTTP/1.1 keep-alive connections, one multiplexed
+/// HTTP/2 connection per HTTP/2 endpoint, and the plugins' idle Redis connections.
 #[derive(Default)]
 pub struct Pool {
     idle: std::cell::RefCell<HashMap<SocketAddr, Vec<Sender>>>,
     http2: std::cell::RefCell<HashMap<SocketAddr, Http2Sender>>,
+    pub redis: crate::redis::RedisPool,
 }
 
 impl Pool {
@@ -482,7 +483,11 @@ pub async fn callout(
 }
 
 /// The first address `host` resolves to, within `timeout`.
-async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, ClientError> {
+pub(crate) async fn resolve(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<SocketAddr, ClientError> {
     let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
         .await
         .map_err(|_| ClientError::ConnectTimeout {

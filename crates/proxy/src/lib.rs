@@ -20,6 +20,7 @@ mod h2_guard;
 mod headers;
 mod load;
 mod logging;
+mod redis;
 mod reload;
 mod runtime;
 mod stats;

@@ -164,6 +164,33 @@ pub(super) fn check(
             }
         }
     }
+    if let Some(calls) = &expect.redis_calls {
+        if calls.len() != outcome.redis_calls.len() {
+            miss(
+                "expect.redisCalls".into(),
+                format!("{} call(s)", calls.len()),
+                format!("{} call(s)", outcome.redis_calls.len()),
+            );
+        }
+        for (i, (wanted, made)) in calls.iter().zip(&outcome.redis_calls).enumerate() {
+            let at = format!("expect.redisCalls[{i}]");
+            compare_text(
+                &format!("{at}.cluster"),
+                &wanted.cluster,
+                Some(made.cluster.clone()),
+                &mut miss,
+            );
+            if let Some(command) = &wanted.command
+                && command != &made.command
+            {
+                miss(
+                    format!("{at}.command"),
+                    format!("{command:?}"),
+                    format!("{:?}", made.command),
+                );
+            }
+        }
+    }
     if let Some(calls) = &expect.grpc_calls {
         if calls.len() != outcome.grpc_calls.len() {
             miss(

@@ -69,6 +69,9 @@ struct CalloutAnswer {
     grpc_status: Option<u32>,
     message: Option<String>,
     message_base64: Option<String>,
+    /// A Redis reply: an integer, a string (bulk), null, a list (array), `{ok: TEXT}` (a simple
+    /// string) or `{error: TEXT}`.
+    redis: Option<serde_json::Value>,
 }
 
 #[derive(Default, Deserialize)]
@@ -162,6 +165,7 @@ pub(super) struct Expect {
     pub(super) response: Option<ResponseExpect>,
     pub(super) http_calls: Option<Vec<CallExpect>>,
     pub(super) grpc_calls: Option<Vec<GrpcExpect>>,
+    pub(super) redis_calls: Option<Vec<RedisExpect>>,
     #[serde(default)]
     pub(super) logs: Vec<LogExpect>,
     pub(super) no_logs_at_or_above: Option<String>,
@@ -211,6 +215,14 @@ pub(super) struct GrpcExpect {
     pub(super) cluster: String,
     pub(super) service: Option<String>,
     pub(super) method: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedisExpect {
+    pub(super) cluster: String,
+    /// The command's arguments; any, when absent.
+    pub(super) command: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +282,8 @@ pub enum CannedAnswer {
     Http(CallResponse),
     /// A unary gRPC answer: the message with status 0, or the status alone.
     Grpc { status: u32, message: Vec<u8> },
+    /// A Redis reply, RESP-encoded.
+    Redis(Vec<u8>),
 }
 
 pub struct ScenarioStep {
@@ -426,6 +440,11 @@ impl CalloutAnswer {
         if self.timeout {
             return Ok(CannedAnswer::Timeout);
         }
+        if let Some(reply) = &self.redis {
+            let mut encoded = Vec::new();
+            encode_redis_reply(reply, &mut encoded).map_err(|e| format!("{field}.redis{e}"))?;
+            return Ok(CannedAnswer::Redis(encoded));
+        }
         if self.grpc_status.is_some() || self.message.is_some() || self.message_base64.is_some() {
             let message = match (&self.message, &self.message_base64) {
                 (_, Some(b64)) => decode_base64(b64)
@@ -449,6 +468,48 @@ impl CalloutAnswer {
             trailers: header_map(self.trailers.as_ref(), &format!("{field}.trailers"))?,
         }))
     }
+}
+
+/// A scenario's Redis reply in RESP; the error names the path below `redis` that is wrong.
+fn encode_redis_reply(value: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), String> {
+    use serde_json::Value;
+    match value {
+        Value::Null => out.extend_from_slice(b"$-1\r\n"),
+        Value::Number(n) => {
+            let n = n
+                .as_i64()
+                .ok_or_else(|| format!(": {n} is not a 64-bit integer"))?;
+            out.extend_from_slice(format!(":{n}\r\n").as_bytes());
+        }
+        Value::String(text) => {
+            out.extend_from_slice(format!("${}\r\n", text.len()).as_bytes());
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Value::Array(items) => {
+            out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+            for (i, item) in items.iter().enumerate() {
+                encode_redis_reply(item, out).map_err(|e| format!("[{i}]{e}"))?;
+            }
+        }
+        Value::Object(map) => match map.iter().next() {
+            Some((kind, Value::String(text)))
+                if map.len() == 1
+                    && (kind == "ok" || kind == "error")
+                    && !text.contains(['\r', '\n']) =>
+            {
+                let mark = if kind == "ok" { '+' } else { '-' };
+                out.extend_from_slice(format!("{mark}{text}\r\n").as_bytes());
+            }
+            _ => {
+                return Err(
+                    ": a map must be {ok: TEXT} or {error: TEXT}, one line of text".to_string(),
+                );
+            }
+        },
+        Value::Bool(_) => return Err(": true/false is not a Redis reply".to_string()),
+    }
+    Ok(())
 }
 
 impl StepSpec {

@@ -12,13 +12,13 @@ use sluice_abi::{LogLevel, PropertyValue};
 use sluice_config::plugin_configuration_bytes;
 use sluice_host::{
     CallAnswer, CallOp, CallResponse, Clock, Engine, EngineOptions, GrpcCallRequest, GrpcEvent,
-    HttpCallRequest, HttpStream, Limits, VmConfig,
+    HttpCallRequest, HttpStream, Limits, RedisCallRequest, VmConfig,
 };
 
 use crate::file::{CannedAnswer, ConnectionEvent, Exchange, Scenario, next_answer};
 use crate::{
     Backend, ClientSeen, ConnectionSeen, Observed, Observes, ScenarioError, SeenGrpcCall,
-    SeenHttpCall, Start, UpstreamSeen,
+    SeenHttpCall, SeenRedisCall, Start, UpstreamSeen,
 };
 use sluice_filter::{
     Chain, Connection, ConnectionStep, DEFAULT_BUFFER_LIMIT, PluginSpec, Step, Stream, VmPool,
@@ -33,6 +33,14 @@ pub struct InProcess {
     clock: Clock,
     file: String,
     running: Option<Running>,
+}
+
+/// The kind of call a canned answer must fit.
+#[derive(Clone, Copy)]
+enum CallKind {
+    Http,
+    Grpc,
+    Redis,
 }
 
 struct Running {
@@ -81,7 +89,7 @@ impl InProcess {
         &mut self,
         cluster: &str,
         timeout: Duration,
-        grpc: bool,
+        kind: CallKind,
     ) -> Result<CannedAnswer, ScenarioError> {
         let answer = self
             .running()?
@@ -92,14 +100,22 @@ impl InProcess {
         if matches!(answer, CannedAnswer::Timeout) {
             self.clock.advance(timeout.as_nanos() as u64);
         }
-        match (answer, grpc) {
-            (CannedAnswer::Grpc { .. }, false) => Err(self.invalid(format!(
+        match (answer, kind) {
+            (CannedAnswer::Grpc { .. }, CallKind::Http) => Err(self.invalid(format!(
                 "callouts.{cluster}: a gRPC answer (grpcStatus, message) to an HTTP call"
             ))),
-            (CannedAnswer::Http(response), true) => Ok(CannedAnswer::Grpc {
+            (CannedAnswer::Http(response), CallKind::Grpc) => Ok(CannedAnswer::Grpc {
                 status: 0,
                 message: response.body,
             }),
+            (CannedAnswer::Redis(_), CallKind::Http | CallKind::Grpc) => Err(self.invalid(
+                format!("callouts.{cluster}: a Redis answer (redis) to an HTTP or gRPC call"),
+            )),
+            (CannedAnswer::Http(_) | CannedAnswer::Grpc { .. }, CallKind::Redis) => {
+                Err(self.invalid(format!(
+                    "callouts.{cluster}: an HTTP or gRPC answer to a Redis call (answer with `redis`)"
+                )))
+            }
             (answer, _) => Ok(answer),
         }
     }
@@ -117,12 +133,12 @@ impl InProcess {
     ) -> Result<Vec<CallAnswer>, ScenarioError> {
         Ok(match op {
             CallOp::Http(request) => {
-                let answer = self.answer(&request.upstream, request.timeout, false)?;
+                let answer = self.answer(&request.upstream, request.timeout, CallKind::Http)?;
                 Self::record_http(observed, request);
                 vec![CallAnswer::Http(Self::http_response(answer))]
             }
             CallOp::Grpc(request) => {
-                let answer = self.answer(&request.upstream, request.timeout, true)?;
+                let answer = self.answer(&request.upstream, request.timeout, CallKind::Grpc)?;
                 Self::record_grpc(observed, request);
                 if request.message.is_some() {
                     Self::grpc_events(answer)
@@ -132,6 +148,16 @@ impl InProcess {
                 } else {
                     Vec::new()
                 }
+            }
+            CallOp::Redis(request) => {
+                let answer =
+                    self.answer(&request.cluster, request.settings.timeout, CallKind::Redis)?;
+                Self::record_redis(observed, request);
+                let reply = match answer {
+                    CannedAnswer::Redis(reply) => Some(reply),
+                    _ => None,
+                };
+                vec![CallAnswer::Redis(reply)]
             }
             CallOp::GrpcSend { .. } | CallOp::GrpcClose | CallOp::GrpcCancel => Vec::new(),
         })
@@ -156,10 +182,12 @@ impl InProcess {
                 status: 14,
                 message: sluice_host::GRPC_TIMEOUT_MESSAGE.as_bytes().to_vec(),
             },
-            CannedAnswer::Fail | CannedAnswer::Http(_) => GrpcEvent::Close {
-                status: 14,
-                message: Vec::new(),
-            },
+            CannedAnswer::Fail | CannedAnswer::Http(_) | CannedAnswer::Redis(_) => {
+                GrpcEvent::Close {
+                    status: 14,
+                    message: Vec::new(),
+                }
+            }
         }]
     }
 
@@ -244,6 +272,18 @@ impl InProcess {
             headers: request.headers.clone(),
             body: request.body.clone(),
             timeout: Some(request.timeout),
+        });
+    }
+
+    fn record_redis(observed: &mut Observed, request: &RedisCallRequest) {
+        let lossy = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let command = match sluice_abi::resp::command_args(&request.query) {
+            Some(args) => args.into_iter().map(lossy).collect(),
+            None => vec![lossy(&request.query)],
+        };
+        observed.redis_calls.push(SeenRedisCall {
+            cluster: request.cluster.clone(),
+            command,
         });
     }
 

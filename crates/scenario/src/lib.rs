@@ -167,6 +167,7 @@ pub struct Observed {
     pub client: Option<ClientSeen>,
     pub http_calls: Vec<SeenHttpCall>,
     pub grpc_calls: Vec<SeenGrpcCall>,
+    pub redis_calls: Vec<SeenRedisCall>,
     pub logs: Vec<LogRecord>,
     pub failures: Vec<String>,
     /// The stream never completed: a plugin paused and never resumed.
@@ -213,6 +214,12 @@ pub struct SeenHttpCall {
     pub body: Vec<u8>,
     /// The call's timeout, when the backend can see it.
     pub timeout: Option<Duration>,
+}
+
+pub struct SeenRedisCall {
+    pub cluster: String,
+    /// The command's arguments (`GET`, the key, ...), or the raw query when it is not a command.
+    pub command: Vec<String>,
 }
 
 pub struct SeenGrpcCall {

@@ -218,6 +218,97 @@ impl Drop for Registry {
     }
 }
 
+/// What the Redis tests need: Debian's Redis server (and its client, to look at what the plugins
+/// stored).
+pub const REDIS_TOOLS: &[(&str, &str)] = &[
+    ("redis-server", "apt-get install redis-server"),
+    ("redis-cli", "apt-get install redis-tools"),
+];
+
+/// A real Redis server (Debian's `redis-server`) on a free loopback port, without persistence,
+/// optionally with a password (`requirepass`, the `default` user's); stopped when dropped.
+pub struct Redis {
+    pub port: u16,
+    password: Option<String>,
+    child: Option<std::process::Child>,
+}
+
+impl Redis {
+    /// Starts a server, or panics saying how to install one.
+    pub fn start(password: Option<&str>) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Redis {
+            port,
+            password: password.map(str::to_string),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts the server again (after [`Redis::stop`]) on the same port, empty.
+    pub fn restart(&mut self) {
+        let mut command = Command::new("redis-server");
+        command.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it: apt-get install redis-server")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen on port {} within 10 s",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Runs one command with `redis-cli` and returns what it printed, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
+        if let Some(password) = &self.password {
+            command.args(["-a", password]);
+        }
+        let output = command.args(args).output().expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Registry {
     /// Builds an OCI image layout by hand with standard tools (tar, gzip, sha256sum), holding
     /// `wasm` as `plugin.wasm` in one tar+gzip layer (what `docker build` of `FROM scratch` and

@@ -45,6 +45,7 @@ fn with_buffer<R>(
         }
         BufferType::HttpCallResponseBody => &state.scope_mut().call_body,
         BufferType::GrpcCallMessage => &state.scope_mut().grpc_message,
+        BufferType::RedisCallResponse => &state.scope_mut().redis_reply,
         BufferType::VmConfiguration => &state.scope_mut().vm_configuration,
         BufferType::PluginConfiguration => &state.scope_mut().plugin_configuration,
         // Foreign functions get their arguments as parameters: nothing is ever in scope.

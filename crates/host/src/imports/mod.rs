@@ -11,6 +11,7 @@ mod headers;
 mod legacy;
 mod metrics;
 mod properties;
+mod redis;
 mod shared;
 
 pub(crate) use properties::top_level;
@@ -160,6 +161,7 @@ pub(crate) fn register(registrar: &mut Registrar<'_>) {
     buffers::register(registrar);
     properties::register(registrar);
     callouts::register(registrar);
+    redis::register(registrar);
     shared::register(registrar);
     metrics::register(registrar);
     legacy::register(registrar);

@@ -20,7 +20,7 @@ use sluice_host::{Engine, Limits};
 use sluice_proxy::{RunningProxy, Source};
 use sluice_scenario::{
     self as scenario, Backend, CannedAnswer, ClientSeen, Exchange, Observed, Observes, Scenario,
-    ScenarioError, SeenGrpcCall, SeenHttpCall, Start, UpstreamSeen,
+    ScenarioError, SeenGrpcCall, SeenHttpCall, SeenRedisCall, Start, UpstreamSeen,
 };
 
 /// A body that yields prepared frames: the scripted chunks, then the trailers.
@@ -116,6 +116,7 @@ struct Scripted {
     answers: BTreeMap<String, VecDeque<CannedAnswer>>,
     http_calls: Vec<SeenHttpCall>,
     grpc_calls: Vec<SeenGrpcCall>,
+    redis_calls: Vec<SeenRedisCall>,
 }
 
 type Shared = Arc<Mutex<Scripted>>;
@@ -165,13 +166,17 @@ fn respond(head: &HeaderMap, chunks: &[Vec<u8>], trailers: &HeaderMap) -> http::
     response
 }
 
-/// A callout cluster (HTTP/1.1 and HTTP/2, as the proxy calls HTTP and gRPC): records each call
-/// and answers with the cluster's next canned answer.
+/// A callout cluster (HTTP/1.1 and HTTP/2, as the proxy calls HTTP and gRPC, and RESP for Redis
+/// calls): records each call and answers with the cluster's next canned answer.
 fn cluster(name: String, shared: Shared) -> std::net::SocketAddr {
     crate::serve_on_thread(move |socket| {
         let shared = shared.clone();
         let name = name.clone();
         async move {
+            let mut first = [0u8; 1];
+            if socket.peek(&mut first).await.is_ok() && first[0] == b'*' {
+                return redis_cluster(socket, name, shared).await;
+            }
             let service = hyper::service::service_fn(move |request: http::Request<_>| {
                 let shared = shared.clone();
                 let name = name.clone();
@@ -232,7 +237,9 @@ fn cluster(name: String, shared: Shared) -> std::net::SocketAddr {
                         }
                         // A failed service call resets the stream (HTTP/2) or closes the
                         // connection without an answer (HTTP/1.1).
-                        Some(CannedAnswer::Fail) | None => Err("the call fails"),
+                        Some(CannedAnswer::Fail | CannedAnswer::Redis(_)) | None => {
+                            Err("the call fails")
+                        }
                     }
                 }
             });
@@ -242,6 +249,54 @@ fn cluster(name: String, shared: Shared) -> std::net::SocketAddr {
         }
     })
     .0
+}
+
+/// A Redis connection to a callout cluster: `AUTH` and `SELECT` succeed, and every other command
+/// is recorded and answered with the cluster's next canned answer; a failed call closes the
+/// connection.
+async fn redis_cluster(mut socket: tokio::net::TcpStream, name: String, shared: Shared) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    loop {
+        while let Ok(Some(len)) = sluice_abi::resp::frame_len(&buffer) {
+            let query: Vec<u8> = buffer.drain(..len).collect();
+            let args = sluice_abi::resp::command_args(&query).unwrap_or_default();
+            let command: Vec<String> = args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let setup = command.first().is_some_and(|c| {
+                c.eq_ignore_ascii_case("AUTH") || c.eq_ignore_ascii_case("SELECT")
+            });
+            let reply = if setup {
+                b"+OK\r\n".to_vec()
+            } else {
+                let answer = {
+                    let mut state = shared.lock().unwrap();
+                    state.redis_calls.push(SeenRedisCall {
+                        cluster: name.clone(),
+                        command,
+                    });
+                    state.answers.get_mut(&name).and_then(scenario::next_answer)
+                };
+                match answer {
+                    Some(CannedAnswer::Redis(reply)) => reply,
+                    // Longer than any call's timeout in the scenario files.
+                    Some(CannedAnswer::Timeout) => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    _ => return,
+                }
+            };
+            if socket.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+        if !matches!(socket.read_buf(&mut buffer).await, Ok(n) if n > 0) {
+            return;
+        }
+    }
 }
 
 struct Live {
@@ -444,6 +499,7 @@ impl Backend for Live {
             client,
             http_calls: std::mem::take(&mut state.http_calls),
             grpc_calls: std::mem::take(&mut state.grpc_calls),
+            redis_calls: std::mem::take(&mut state.redis_calls),
             ..Observed::default()
         };
         drop(state);

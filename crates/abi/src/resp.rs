@@ -1,0 +1,191 @@
+//! RESP (the Redis protocol, version 2) framing, as Higress's Redis calls carry it: a plugin's
+//! query is one RESP value and so is each reply. Only where a value ends is needed: the bytes
+//! themselves pass through untouched.
+//!
+//! The scan is iterative, so no nesting of arrays, however deep, can exhaust the stack.
+
+/// Why bytes are not a RESP value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RespError {
+    #[error("byte {offset}: `{found}` does not start a RESP value (one of + - : $ *)")]
+    UnknownType { offset: usize, found: char },
+    #[error("byte {offset}: a RESP length or integer that is not a number")]
+    BadNumber { offset: usize },
+    #[error("byte {offset}: a bulk string not followed by CRLF")]
+    MissingCrlf { offset: usize },
+}
+
+/// The length of the RESP value at the start of `bytes`: `Ok(None)` while it is incomplete.
+pub fn frame_len(bytes: &[u8]) -> Result<Option<usize>, RespError> {
+    let mut at = 0;
+    // Values still to read: the first, plus the elements of the arrays opened so far.
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        let Some(&kind) = bytes.get(at) else {
+            return Ok(None);
+        };
+        let Some(line_end) = find_crlf(&bytes[at + 1..]) else {
+            return Ok(None);
+        };
+        let line = &bytes[at + 1..at + 1 + line_end];
+        let after_line = at + 1 + line_end + 2;
+        pending -= 1;
+        match kind {
+            b'+' | b'-' => {}
+            b':' => {
+                number(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
+            }
+            b'$' => {
+                let len = length(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
+                if let Some(len) = len {
+                    let end = after_line
+                        .checked_add(len)
+                        .filter(|end| end.checked_add(2).is_some())
+                        .ok_or(RespError::BadNumber { offset: at + 1 })?;
+                    match bytes.get(end..end + 2) {
+                        None => return Ok(None),
+                        Some(b"\r\n") => {
+                            at = end + 2;
+                            continue;
+                        }
+                        Some(_) => return Err(RespError::MissingCrlf { offset: end }),
+                    }
+                }
+            }
+            b'*' => {
+                let count = length(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
+                pending = pending.saturating_add(count.unwrap_or(0) as u64);
+            }
+            other => {
+                return Err(RespError::UnknownType {
+                    offset: at,
+                    found: char::from(other),
+                });
+            }
+        }
+        at = after_line;
+    }
+    Ok(Some(at))
+}
+
+/// Whether `bytes` is exactly one complete RESP value.
+pub fn is_one_value(bytes: &[u8]) -> bool {
+    matches!(frame_len(bytes), Ok(Some(len)) if len == bytes.len())
+}
+
+/// A RESP array of bulk strings: a command as clients send it.
+pub fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The arguments of a command as clients send it (an array of bulk strings); `None` for anything
+/// else.
+pub fn command_args(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let line = |at: usize| -> Option<(&[u8], usize)> {
+        let end = at + find_crlf(bytes.get(at..)?)?;
+        Some((&bytes[at..end], end + 2))
+    };
+    let (count, mut at) = line(0)?;
+    let count = length(count.strip_prefix(b"*")?)??;
+    let mut args = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let (len, start) = line(at)?;
+        let len = length(len.strip_prefix(b"$")?)??;
+        let arg = bytes.get(start..start.checked_add(len)?)?;
+        args.push(arg);
+        at = start + len + 2;
+    }
+    (at == bytes.len()).then_some(args)
+}
+
+fn find_crlf(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|w| w == b"\r\n")
+}
+
+/// A RESP integer.
+fn number(line: &[u8]) -> Option<i64> {
+    std::str::from_utf8(line).ok()?.parse().ok()
+}
+
+/// A bulk string's or an array's length: `Some(None)` for `-1`, null.
+fn length(line: &[u8]) -> Option<Option<usize>> {
+    match number(line)? {
+        -1 => Some(None),
+        n => usize::try_from(n).ok().map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_where_each_kind_of_value_ends() {
+        assert_eq!(frame_len(b"+OK\r\nrest"), Ok(Some(5)));
+        assert_eq!(frame_len(b"-ERR no\r\n"), Ok(Some(9)));
+        assert_eq!(frame_len(b":-42\r\n"), Ok(Some(6)));
+        assert_eq!(frame_len(b"$3\r\na\r\n\r\n"), Ok(Some(9)));
+        assert_eq!(frame_len(b"$-1\r\n"), Ok(Some(5)));
+        assert_eq!(frame_len(b"*-1\r\n"), Ok(Some(5)));
+        assert_eq!(frame_len(b"*0\r\n"), Ok(Some(4)));
+        let set = command(&[b"SET", b"k", b"v"]);
+        assert_eq!(frame_len(&set), Ok(Some(set.len())));
+        let nested = b"*2\r\n*1\r\n:1\r\n$1\r\nx\r\n";
+        assert_eq!(frame_len(nested), Ok(Some(nested.len())));
+    }
+
+    #[test]
+    fn an_incomplete_value_asks_for_more() {
+        let set = command(&[b"SET", b"key", b"value"]);
+        for cut in 0..set.len() {
+            assert_eq!(frame_len(&set[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn names_what_is_wrong_and_where() {
+        assert_eq!(
+            frame_len(b"GET k\r\n"),
+            Err(RespError::UnknownType {
+                offset: 0,
+                found: 'G'
+            })
+        );
+        assert_eq!(
+            frame_len(b"*1\r\n$x\r\n"),
+            Err(RespError::BadNumber { offset: 5 })
+        );
+        assert_eq!(
+            frame_len(b"$1\r\nab\r\n"),
+            Err(RespError::MissingCrlf { offset: 5 })
+        );
+        assert!(!is_one_value(b"+OK\r\n+OK\r\n"));
+        assert!(is_one_value(b"+OK\r\n"));
+    }
+
+    #[test]
+    fn reads_a_commands_arguments() {
+        let set = command(&[b"SET", b"k", b"v\r\n"]);
+        assert_eq!(
+            command_args(&set),
+            Some(vec![&b"SET"[..], &b"k"[..], &b"v\r\n"[..]])
+        );
+        assert_eq!(command_args(b"+OK\r\n"), None);
+        assert_eq!(command_args(b"*1\r\n:1\r\n"), None);
+    }
+
+    #[test]
+    fn deep_nesting_does_not_recurse() {
+        let deep = b"*1\r\n".repeat(1_000_000);
+        assert_eq!(frame_len(&deep), Ok(None));
+        let mut closed = deep.clone();
+        closed.extend_from_slice(b":1\r\n");
+        assert_eq!(frame_len(&closed), Ok(Some(closed.len())));
+    }
+}

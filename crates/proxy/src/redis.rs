@@ -1,0 +1,241 @@
+//! Redis calls (Higress's `proxy_redis_call`): a plugin's RESP query goes to its cluster's next
+//! endpoint over one of the worker's pooled connections, authenticated and on the database its
+//! `proxy_redis_init` chose, and the one RESP reply comes back exactly as Redis sent it.
+//!
+//! A connection carries one query at a time; an idle one is reused only while Redis has not
+//! closed it (a Redis restart costs no call), and a worker keeps a bounded number idle.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sluice_abi::resp;
+use sluice_host::{RedisCallRequest, RedisSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::client::{self, ClientError};
+use crate::{Clusters, Target};
+
+/// Most idle connections a worker keeps to one Redis endpoint with one set of credentials.
+const MAX_IDLE_PER_ENDPOINT: usize = 16;
+
+/// The largest reply a call takes; a bigger one fails the call (and its connection is closed).
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    #[error("cluster `{0}` is sluice's echo upstream, not a Redis server")]
+    NotRedis(String),
+    #[error("talking to {target}: {source}")]
+    Io {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("{target} closed the connection before its reply was complete")]
+    Closed { target: String },
+    #[error("{target} sent a reply that is not RESP: {source}")]
+    Protocol {
+        target: String,
+        source: resp::RespError,
+    },
+    #[error("{target} sent a reply over {MAX_REPLY_BYTES} bytes")]
+    TooLarge { target: String },
+    #[error("{target} refused `{command}`: {reply}")]
+    Refused {
+        target: String,
+        command: &'static str,
+        reply: String,
+    },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Who a pooled connection was set up for: an endpoint, and how it was authenticated and which
+/// database it selected.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    address: SocketAddr,
+    username: String,
+    password: String,
+    database: u32,
+}
+
+struct Connection {
+    stream: TcpStream,
+    /// Bytes read past the last reply: none, as long as Redis answers one query with one reply.
+    buffer: Vec<u8>,
+    target: String,
+}
+
+/// A worker's idle Redis connections.
+#[derive(Default)]
+pub struct RedisPool {
+    idle: RefCell<HashMap<Key, Vec<Connection>>>,
+}
+
+impl RedisPool {
+    /// A pooled connection that Redis has not closed meanwhile.
+    fn take(&self, key: &Key) -> Option<Connection> {
+        let mut idle = self.idle.borrow_mut();
+        let connections = idle.get_mut(key)?;
+        while let Some(connection) = connections.pop() {
+            let mut probe = [0u8; 1];
+            // Nothing to read and no end of stream: still open. Anything else (the close Redis
+            // sends when it restarts or times an idle client out) discards it.
+            if matches!(connection.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, key: Key, connection: Connection) {
+        let mut idle = self.idle.borrow_mut();
+        let connections = idle.entry(key).or_default();
+        if connections.len() < MAX_IDLE_PER_ENDPOINT {
+            connections.push(connection);
+        }
+    }
+}
+
+/// Carries out one `proxy_redis_call`: the reply's RESP bytes, or why there is none. The call
+/// is bounded by the timeout its `proxy_redis_init` gave (the cluster's when that was 0).
+pub async fn call(
+    clusters: &Clusters,
+    pool: &RedisPool,
+    request: RedisCallRequest,
+) -> Result<Vec<u8>, RedisError> {
+    let (address, host, port, connect_timeout, cluster_timeout) =
+        match clusters.pick(&request.cluster) {
+            None => return Err(ClientError::UnknownCluster(request.cluster).into()),
+            Some(Target::Echo) => return Err(RedisError::NotRedis(request.cluster)),
+            Some(Target::Endpoint {
+                address,
+                host,
+                port,
+                connect_timeout,
+                timeout,
+                ..
+            }) => (address, host, port, connect_timeout, timeout),
+        };
+    let timeout = [request.settings.timeout, cluster_timeout]
+        .into_iter()
+        .find(|t| !t.is_zero())
+        .unwrap_or(sluice_config::DEFAULT_TIMEOUT);
+    let exchange = async {
+        let address = match address {
+            Some(address) => address,
+            // An Istio-style name: its host is looked up, within the connect timeout.
+            None => client::resolve(&host, port, connect_timeout).await?,
+        };
+        let key = Key {
+            address,
+            username: request.settings.username.clone(),
+            password: request.settings.password.clone(),
+            database: request.settings.database,
+        };
+        let mut connection = match pool.take(&key) {
+            Some(pooled) => pooled,
+            None => {
+                let stream = client::connect(Some(address), &host, port, connect_timeout).await?;
+                Connection::open(stream, &host, &request.settings).await?
+            }
+        };
+        let reply = connection.exchange(&request.query).await?;
+        pool.put_back(key, connection);
+        Ok(reply)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| RedisError::Timeout(timeout))?
+}
+
+impl Connection {
+    /// Sets a new connection up: `AUTH` when there is a password (with the username, when there
+    /// is one), then `SELECT` of a database other than 0.
+    async fn open(
+        stream: TcpStream,
+        host: &str,
+        settings: &RedisSettings,
+    ) -> Result<Self, RedisError> {
+        let mut connection = Connection {
+            stream,
+            buffer: Vec::new(),
+            target: host.to_string(),
+        };
+        if !settings.password.is_empty() {
+            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+            if !settings.username.is_empty() {
+                auth.push(settings.username.as_bytes());
+            }
+            auth.push(settings.password.as_bytes());
+            connection.setup("AUTH", &resp::command(&auth)).await?;
+        }
+        if settings.database != 0 {
+            let database = settings.database.to_string();
+            let select = resp::command(&[b"SELECT", database.as_bytes()]);
+            connection.setup("SELECT", &select).await?;
+        }
+        Ok(connection)
+    }
+
+    /// One setup command, which Redis must answer with a simple string (`+OK`).
+    async fn setup(&mut self, command: &'static str, query: &[u8]) -> Result<(), RedisError> {
+        let reply = self.exchange(query).await?;
+        if reply.first() == Some(&b'+') {
+            return Ok(());
+        }
+        Err(RedisError::Refused {
+            target: self.target.clone(),
+            command,
+            reply: String::from_utf8_lossy(reply.get(1..).unwrap_or_default())
+                .trim_end()
+                .to_string(),
+        })
+    }
+
+    /// Writes a query and reads its one reply.
+    async fn exchange(&mut self, query: &[u8]) -> Result<Vec<u8>, RedisError> {
+        let io = |target: &str| {
+            let target = target.to_string();
+            move |source| RedisError::Io { target, source }
+        };
+        self.stream
+            .write_all(query)
+            .await
+            .map_err(io(&self.target))?;
+        loop {
+            match resp::frame_len(&self.buffer) {
+                Ok(Some(len)) => return Ok(self.buffer.drain(..len).collect()),
+                Ok(None) if self.buffer.len() >= MAX_REPLY_BYTES => {
+                    return Err(RedisError::TooLarge {
+                        target: self.target.clone(),
+                    });
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(RedisError::Protocol {
+                        target: self.target.clone(),
+                        source,
+                    });
+                }
+            }
+            self.buffer.reserve(self.buffer.len().clamp(4096, 1 << 20));
+            let read = self
+                .stream
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(io(&self.target))?;
+            if read == 0 {
+                return Err(RedisError::Closed {
+                    target: self.target.clone(),
+                });
+            }
+        }
+    }
+}

@@ -30,6 +30,10 @@ pub(crate) enum Function {
     ExprDelete,
     VerifySignature,
     Sign,
+    /// Higress's: the plugin's log level, as `proxy_get_log_level` gives it.
+    GetLogLevel,
+    /// Higress's: how many requests Envoy reads per I/O cycle, across the process.
+    SetGlobalMaxRequestsPerIoCycle,
 }
 
 /// What `declare_property` said about a property: set once, and a string (else bytes) to CEL.
@@ -86,6 +90,8 @@ impl Function {
             b"expr_delete" => Function::ExprDelete,
             b"verify_signature" => Function::VerifySignature,
             b"sign" => Function::Sign,
+            b"get_log_level" => Function::GetLogLevel,
+            b"set_global_max_requests_per_io_cycle" => Function::SetGlobalMaxRequestsPerIoCycle,
             _ => return None,
         })
     }
@@ -105,6 +111,19 @@ impl Function {
             Function::ExprEvaluate => expr_evaluate(state, arguments),
             Function::VerifySignature => signature::verify_signature(arguments),
             Function::Sign => signature::sign(arguments),
+            // A 4-byte little-endian level (0 trace .. 5 critical), as Higress's host answers.
+            Function::GetLogLevel => Ok(state
+                .log_level
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes()
+                .to_vec()),
+            // An 8-byte little-endian count. It tunes how Envoy's HTTP/1 codec batches reads on
+            // one connection; sluice's server has no such knob, so a well-formed call is
+            // accepted and changes nothing.
+            Function::SetGlobalMaxRequestsPerIoCycle => match arguments.len() {
+                8 => Ok(Vec::new()),
+                _ => Err(Status::BadArgument),
+            },
             Function::ExprDelete => {
                 let token = token(arguments)?;
                 if let Some(expressions) = state.expressions.get_mut(&state.effective_root()) {

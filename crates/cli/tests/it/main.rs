@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod docs;
+mod replicas;
 
 use std::path::Path;
 use std::process::{Command, Output};

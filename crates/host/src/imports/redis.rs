@@ -1,6 +1,8 @@
 //! Higress's Redis calls (`proxy_redis_init`, `proxy_redis_call`): a root context sets up a
 //! cluster once, then sends it RESP queries whose replies come back in
-//! `proxy_on_redis_call_response`. Offered to modules of every ABI version.
+//! `proxy_on_redis_call_response`. Offered to modules of every ABI version, with the statuses of
+//! Higress's host (design/higress-abi.md): an unknown cluster or a query that is not one RESP
+//! value is `BAD_ARGUMENT`.
 
 use std::time::Duration;
 
@@ -53,7 +55,7 @@ fn init(
         }
     }
     if !(c.data().clusters)(cluster) {
-        return Err(Status::NotFound.into());
+        return Err(Status::BadArgument.into());
     }
     let settings = RedisSettings {
         username,
@@ -65,15 +67,23 @@ fn init(
     Ok(())
 }
 
+/// Higress's operation timeout of a cluster before (or without) `proxy_redis_init`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn call(c: &mut Caller<'_>, service: (u32, u32), query: (u32, u32), token_ptr: u32) -> HostResult {
     let cluster = read_string(c, service.0, service.1)?;
     let query = read(c, query.0, query.1)?;
     parts(c)?.0.check(token_ptr, 4)?;
-    let state = c.data_mut();
-    let settings = state.redis.get(&cluster).ok_or(Status::NotFound)?.clone();
-    if !sluice_abi::resp::is_one_value(&query) {
+    if !(c.data().clusters)(&cluster) || !sluice_abi::resp::is_one_value(&query) {
         return Err(Status::BadArgument.into());
     }
+    let state = c.data_mut();
+    // A cluster nobody set up is called as Higress's host does before any init: no AUTH,
+    // database 0, a 1 s timeout.
+    let settings = state.redis.get(&cluster).cloned().unwrap_or(RedisSettings {
+        timeout: DEFAULT_TIMEOUT,
+        ..RedisSettings::default()
+    });
     let token = state.next_token();
     let (context, root_context) = (state.effective_context, state.effective_root());
     state.effects.push(Effect::Call {

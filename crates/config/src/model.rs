@@ -340,6 +340,11 @@ pub struct Capabilities {
     pub allow: Option<std::collections::BTreeSet<String>>,
     /// The clusters it may call; `None`: any.
     pub clusters: Option<std::collections::BTreeSet<String>>,
+    /// Envoy's `allow_on_headers_stop_iteration`: a headers callback that returns Pause holds the
+    /// headers only, and the plugin is still called with the body (Envoy's `StopIteration`);
+    /// otherwise Pause stops everything (`StopAllIterationAndWatermark`). Higress's ABI
+    /// (`0_2_100`) modules always get the former.
+    pub headers_stop_iteration: bool,
     /// Where the allow-list was written (the Proxy document's field), for errors about it.
     pub place: String,
     pub location: Option<crate::Location>,

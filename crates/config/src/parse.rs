@@ -243,6 +243,8 @@ struct CapabilitiesSpec {
     allow: Option<std::collections::BTreeSet<String>>,
     #[serde(default)]
     clusters: Option<std::collections::BTreeSet<String>>,
+    #[serde(default)]
+    allow_on_headers_stop_iteration: bool,
 }
 
 #[derive(Deserialize)]
@@ -476,6 +478,7 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
                         let granted = crate::Capabilities {
                             allow: spec.allow,
                             clusters: spec.clusters,
+                            headers_stop_iteration: spec.allow_on_headers_stop_iteration,
                             place: place.clone(),
                             location: checker.locate(&field),
                         };

@@ -86,6 +86,7 @@ fn main() {
             br#"{"request": {"set": {"x-a": "1"}}, "response": {"set": {"x-b": "2"}}}"#.to_vec(),
         vm: VmConfig::new("add-header"),
         fail_strategy: sluice_config::FailStrategy::FailClose,
+        headers_stop_iteration: false,
     };
     let one = Rc::new(pool.chain(vec![spec], 1 << 20).expect("add-header starts"));
     let (none, plugin) = (measure(&empty), measure(&one));

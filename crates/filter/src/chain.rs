@@ -33,6 +33,9 @@ pub struct PluginSpec {
     pub plugin_configuration: Vec<u8>,
     pub vm: VmConfig,
     pub fail_strategy: FailStrategy,
+    /// Envoy's `allow_on_headers_stop_iteration` (always on for Higress's ABI): Pause from a
+    /// headers callback holds the headers only, and the body still reaches the plugin.
+    pub headers_stop_iteration: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +175,8 @@ pub(crate) struct ChainPlugin {
     pub vm: SharedVm,
     pub root: usize,
     pub fail_strategy: FailStrategy,
+    /// See [`PluginSpec::headers_stop_iteration`]; resolved with the module's ABI.
+    pub headers_stop_iteration: bool,
 }
 
 /// A callout made outside any stream (from `proxy_on_tick`, `proxy_on_queue_ready`, or a root
@@ -334,6 +339,8 @@ impl VmPool {
                 vm,
                 root,
                 fail_strategy: spec.fail_strategy,
+                headers_stop_iteration: spec.headers_stop_iteration
+                    || spec.code.info.abi == Ok(sluice_abi::AbiVersion::V0_2_100),
             });
         }
         Ok(Chain {

@@ -5,7 +5,9 @@
 //! Rules, as in Envoy:
 //! - Requests run through the plugins in order, responses in reverse order.
 //! - A paused headers callback stops everything: that plugin and the ones after it see no body or
-//!   trailers until it continues; data arriving meanwhile waits in front of it, bounded.
+//!   trailers until it continues; data arriving meanwhile waits in front of it, bounded. With
+//!   Envoy's `allow_on_headers_stop_iteration` (and for Higress's ABI) it holds the headers only:
+//!   the plugin still gets the body, and a body callback that returns Continue lets both go on.
 //! - A paused body callback buffers: the plugin is called again with the growing buffer for each
 //!   chunk, and nothing passes it until it continues (or returns Continue on a later chunk).
 //!   Over the buffer bound, requests get 413 and responses 500 (or a reset once the response began).
@@ -87,7 +89,19 @@ enum Event {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Blocked {
-    Headers { end_of_stream: bool },
+    /// Envoy's `StopAllIterationAndWatermark`: nothing reaches the plugin or passes it.
+    Headers {
+        end_of_stream: bool,
+    },
+    /// Envoy's `StopIteration` (a plugin with `headers_stop_iteration`): the headers wait at the
+    /// plugin, which is still called with the body and trailers. A body or trailers callback
+    /// that returns Continue lets the headers go on, then what it held; Pause holds that too
+    /// (`body_ended`: the whole body is held; `trailers`: the trailers are).
+    HeadersOnly {
+        end_of_stream: bool,
+        body_ended: bool,
+        trailers: bool,
+    },
     BodyEnd,
     Trailers,
 }
@@ -578,7 +592,8 @@ impl Stream {
                 if flow.queues[position].is_empty() {
                     continue;
                 }
-                if position < n && flow.blocked[position].is_some() {
+                let stopped = flow.blocked.get(position).copied().flatten();
+                if stopped.is_some_and(|b| !matches!(b, Blocked::HeadersOnly { .. })) {
                     // Data waits in front of a stopped plugin; the wait is bounded like a buffer.
                     overflow |= flow.waiting_bytes(position) > limit;
                     continue;
@@ -637,7 +652,15 @@ impl Stream {
                 match result {
                     Some(Action::Pause) => {
                         self.flow(direction).blocked[position] =
-                            Some(Blocked::Headers { end_of_stream });
+                            Some(if self.chain.plugins[index].headers_stop_iteration {
+                                Blocked::HeadersOnly {
+                                    end_of_stream,
+                                    body_ended: false,
+                                    trailers: false,
+                                }
+                            } else {
+                                Blocked::Headers { end_of_stream }
+                            });
                         self.park(index);
                     }
                     Some(Action::Continue) => self
@@ -672,22 +695,36 @@ impl Stream {
                 });
                 let buffer = self.take_body(request);
                 match result {
-                    Some(Action::Continue) => self.flow(direction).push(
-                        position + 1,
-                        Event::Data {
-                            data: buffer,
-                            end_of_stream,
-                        },
-                    ),
+                    Some(Action::Continue) => {
+                        let flow = self.flow(direction);
+                        if let Some(Blocked::HeadersOnly { end_of_stream, .. }) =
+                            flow.blocked[position]
+                        {
+                            flow.blocked[position] = None;
+                            flow.push(position + 1, Event::Headers { end_of_stream });
+                        }
+                        flow.push(
+                            position + 1,
+                            Event::Data {
+                                data: buffer,
+                                end_of_stream,
+                            },
+                        );
+                    }
                     Some(Action::Pause) => {
                         self.park(index);
                         let limit = self.chain.buffer_limit;
                         let flow = self.flow(direction);
                         // Held, it grows: copied out of the codec's buffer only now.
                         flow.buffers[position] = Vec::from(buffer);
-                        if end_of_stream {
+                        if let Some(Blocked::HeadersOnly { body_ended, .. }) =
+                            &mut flow.blocked[position]
+                        {
+                            *body_ended |= end_of_stream;
+                        } else if end_of_stream {
                             flow.blocked[position] = Some(Blocked::BodyEnd);
-                        } else if flow.buffers[position].len() > limit {
+                        }
+                        if !end_of_stream && flow.buffers[position].len() > limit {
                             self.buffer_overflow(direction);
                         }
                     }
@@ -717,12 +754,33 @@ impl Stream {
                         vm.response_trailers(context, count)
                     }
                 });
+                let flow = self.flow(direction);
+                let held_headers = match &mut flow.blocked[position] {
+                    Some(Blocked::HeadersOnly {
+                        end_of_stream,
+                        trailers,
+                        ..
+                    }) => {
+                        *trailers = matches!(result, Some(Action::Pause));
+                        Some(*end_of_stream)
+                    }
+                    _ => None,
+                };
                 match result {
                     Some(Action::Pause) => {
-                        self.flow(direction).blocked[position] = Some(Blocked::Trailers);
+                        if held_headers.is_none() {
+                            self.flow(direction).blocked[position] = Some(Blocked::Trailers);
+                        }
                         self.park(index);
                     }
-                    Some(Action::Continue) => self.pass_trailers(direction, position),
+                    Some(Action::Continue) => {
+                        if let Some(end_of_stream) = held_headers {
+                            let flow = self.flow(direction);
+                            flow.blocked[position] = None;
+                            flow.push(position + 1, Event::Headers { end_of_stream });
+                        }
+                        self.pass_trailers(direction, position);
+                    }
                     None => self.after_failure(direction, position, Event::Trailers),
                 }
             }
@@ -904,6 +962,26 @@ impl Stream {
                 );
             }
             Some(Blocked::Trailers) => self.pass_trailers(direction, position),
+            Some(Blocked::HeadersOnly {
+                end_of_stream,
+                body_ended,
+                trailers,
+            }) => {
+                flow.queues[position + 1].push_front(Event::Headers { end_of_stream });
+                let data = std::mem::take(&mut flow.buffers[position]);
+                if !data.is_empty() || body_ended {
+                    flow.push(
+                        position + 1,
+                        Event::Data {
+                            data: data.into(),
+                            end_of_stream: body_ended,
+                        },
+                    );
+                }
+                if trailers {
+                    flow.push(position + 1, Event::Trailers);
+                }
+            }
             None => {
                 let data = std::mem::take(&mut flow.buffers[position]);
                 if !data.is_empty() {

@@ -111,6 +111,7 @@ impl Generation {
                             ..VmConfig::new(plugin.name.clone())
                         },
                         fail_strategy: plugin.fail_strategy,
+                        headers_stop_iteration: plugin.capabilities.headers_stop_iteration,
                     }
                 })
                 .collect();

@@ -42,6 +42,8 @@ struct PluginEntry {
     vm_config: sluice_config::VmConfig,
     #[serde(default)]
     fail_strategy: FailStrategy,
+    #[serde(default)]
+    allow_on_headers_stop_iteration: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -261,6 +263,8 @@ pub struct ScenarioPlugin {
     pub plugin_config: Option<serde_json::Value>,
     pub vm_config: sluice_config::VmConfig,
     pub fail_strategy: FailStrategy,
+    /// Envoy's `allow_on_headers_stop_iteration` (see `sluice_config::Capabilities`).
+    pub headers_stop_iteration: bool,
 }
 
 /// The file's `limits`; `None` keeps the host's default.
@@ -370,6 +374,7 @@ impl Scenario {
                 plugin_config: entry.plugin_config,
                 vm_config: entry.vm_config,
                 fail_strategy: entry.fail_strategy,
+                headers_stop_iteration: entry.allow_on_headers_stop_iteration,
             })
             .collect();
         let mut properties = BTreeMap::new();

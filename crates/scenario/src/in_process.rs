@@ -378,6 +378,7 @@ impl Backend for InProcess {
                 plugin_configuration: plugin_configuration_bytes(plugin.plugin_config.as_ref()),
                 vm,
                 fail_strategy: plugin.fail_strategy,
+                headers_stop_iteration: plugin.headers_stop_iteration,
             });
         }
         let buffer_limit = scenario.limits.buffer_bytes.unwrap_or(DEFAULT_BUFFER_LIMIT);

@@ -59,6 +59,8 @@ pub struct Case {
     pub cluster: &'static str,
     pub plugins: Vec<(&'static str, &'static str)>,
     pub requests: Vec<Req>,
+    /// Envoy's `allow_on_headers_stop_iteration` for every plugin of the chain.
+    pub headers_stop_iteration: bool,
 }
 
 impl Case {
@@ -112,6 +114,7 @@ fn wasm_of(plugin: &str) -> PathBuf {
 fn cases() -> Vec<Case> {
     vec![
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "add_header",
             plugins: vec![(
@@ -124,6 +127,7 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "auth",
             plugins: vec![("auth", r#"{"tokens": {"secret": "alice"}}"#)],
@@ -144,6 +148,7 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "body_rewrite",
             plugins: vec![(
@@ -166,6 +171,7 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "http_callout",
             plugins: vec![(
@@ -178,6 +184,7 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "rate_limit",
             plugins: vec![(
@@ -191,6 +198,7 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "grpc_auth",
             plugins: vec![(
@@ -203,6 +211,7 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "closed",
             name: "unreachable",
             plugins: vec![(
@@ -212,6 +221,7 @@ fn cases() -> Vec<Case> {
             requests: vec![req("GET", "/", vec![], "")],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "chain",
             plugins: vec![
@@ -240,6 +250,7 @@ fn cases() -> Vec<Case> {
         // Envoy's order, and body callbacks as the codecs deliver them (an HTTP/1.1 body's end
         // in an empty callback of its own, an HTTP/2 one with its last data).
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_stream",
             plugins: vec![
@@ -258,10 +269,38 @@ fn cases() -> Vec<Case> {
                 req("POST", "/h2", vec![("x-first", "1")], "hello").h2(),
             ],
         },
+        // Envoy's allow_on_headers_stop_iteration (Higress's rule for its ABI): Pause from a
+        // headers callback holds the headers only; the plugin still gets the body, and a body
+        // callback that returns Continue lets the headers go on, then the body.
+        Case {
+            headers_stop_iteration: true,
+            cluster: "upstream",
+            name: "probe_stop_iteration",
+            plugins: vec![
+                (
+                    "probe",
+                    r#"{"name": "a", "pause": ["request_headers", "response_headers"]}"#,
+                ),
+                (
+                    "probe",
+                    r#"{"name": "b", "pause": ["request_headers", "request_body"]}"#,
+                ),
+            ],
+            requests: vec![
+                req(
+                    "POST",
+                    "/stop",
+                    vec![("content-type", "text/plain")],
+                    "hello",
+                ),
+                req("POST", "/h2", vec![("x-first", "1")], "hello").h2(),
+            ],
+        },
         // A plugin's local reply runs through the response callbacks of the plugins the request
         // reached, the replying one included, and what they add reaches the client; the plugin
         // the request never reached gets a context only to log.
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_local_reply",
             plugins: vec![
@@ -283,6 +322,7 @@ fn cases() -> Vec<Case> {
         // `:authority` is made; a metric name defined again with another type is a second
         // metric with its own id.
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_root",
             plugins: vec![
@@ -303,6 +343,7 @@ fn cases() -> Vec<Case> {
         // A plugin (in a VM of its own) traps: the stream gets Envoy's 503, without a body,
         // through the response callbacks of the plugins before it; the failed VM is left alone.
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_trap",
             plugins: vec![
@@ -319,6 +360,7 @@ fn cases() -> Vec<Case> {
         // an answer, a connection refused, an HTTP/1.1 cluster answering plain text, and one
         // answering 403.
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_grpc",
             plugins: vec![
@@ -346,6 +388,7 @@ fn cases() -> Vec<Case> {
         // `xds.`, and what neither has. (A map of several entries is left out: Envoy serializes
         // a protobuf map in its hash order, sluice in key order.)
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_properties",
             plugins: vec![(
@@ -360,6 +403,7 @@ fn cases() -> Vec<Case> {
         // (`expr_create`, `expr_evaluate`, `expr_delete`), every status and encoding included.
         // (Whole maps of several entries are left out: their order is Envoy's hash order.)
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_foreign",
             plugins: vec![
@@ -380,12 +424,14 @@ fn cases() -> Vec<Case> {
         // `verify_signature` and `sign` with RSA and ECDSA keys, DER and PEM, and each way they
         // fail. (An ECDSA signature is random, so only RSA signing is compared.)
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_crypto",
             plugins: vec![("probe", crypto_probe())],
             requests: vec![req("GET", "/crypto", vec![], "")],
         },
         Case {
+            headers_stop_iteration: false,
             cluster: "upstream",
             name: "probe_empty_reply",
             plugins: vec![
@@ -570,6 +616,7 @@ pub fn envoy_config(
               config:
                 name: {plugin}-{index}
                 root_id: {plugin}
+                allow_on_headers_stop_iteration: {stop}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {configuration}
@@ -579,6 +626,7 @@ pub fn envoy_config(
                   code: {{ local: {{ filename: {wasm} }} }}"#,
                 name = case.name,
                 wasm = wasm.display(),
+                stop = case.headers_stop_iteration,
             ));
         }
         listeners.push_str(&format!(
@@ -785,6 +833,7 @@ pub fn sluice_plugins(case: &Case) -> Vec<sluice_config::Plugin> {
             };
             built.name = format!("{}-{index}", plugin.trim_start_matches("wat:"));
             built.root_id = plugin.trim_start_matches("wat:").to_string();
+            built.capabilities.headers_stop_iteration = case.headers_stop_iteration;
             built
         })
         .collect()

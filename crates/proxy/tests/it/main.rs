@@ -8,6 +8,7 @@ mod config;
 mod differential;
 mod duplex;
 mod e2e;
+mod higress;
 mod hostile;
 mod oci;
 mod scenarios;

@@ -1,0 +1,132 @@
+//! Real Higress plugins (the prebuilt modules of the PyPI package `gpustack-higress-plugins`:
+//! Go 1.24 modules of Higress's ABI `0_2_100`, and one Rust module) through the live proxy.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use sluice_config::{FailStrategy, Plugin};
+
+/// The package's modules, by plugin name, with a configuration each accepts (the ones that take
+/// an empty one get `{}`).
+const MODULES: &[(&str, &str)] = &[
+    ("ai-data-masking", "{}"),
+    ("ai-statistics", "{}"),
+    ("gpustack-ai-proxy", "{}"),
+    ("gpustack-ext-auth", "{}"),
+    ("gpustack-generic-proxy-router", "{}"),
+    ("gpustack-ip-acl", "{}"),
+    ("gpustack-lb-decision-service", "{}"),
+    ("gpustack-lb-least-load", "{}"),
+    (
+        "gpustack-lb-session-affinity",
+        r#"{"sessionKeys": [{"header": "x-session"}]}"#,
+    ),
+    ("gpustack-lb", "{}"),
+    ("gpustack-rate-limit", "{}"),
+    (
+        "gpustack-set-header-pre-route",
+        r#"{"routeNameHeader": "x-route-name"}"#,
+    ),
+    ("gpustack-token-usage", "{}"),
+    (
+        "transformer",
+        r#"{"reqRules": [{"operate": "add", "headers": [{"key": "x-added", "value": "yes"}]}]}"#,
+    ),
+];
+
+/// The module of one plugin of the package (its only version).
+fn module(plugins: &std::path::Path, name: &str) -> PathBuf {
+    let dir = plugins.join(name);
+    let version = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .next()
+        .unwrap_or_else(|| panic!("{} has no version", dir.display()));
+    version.path().join("plugin.wasm")
+}
+
+fn plugin(plugins: &std::path::Path, name: &str, configuration: &str) -> Plugin {
+    Plugin::local(
+        name.into(),
+        module(plugins, name).display().to_string(),
+        Some(serde_json::from_str(configuration).unwrap()),
+        FailStrategy::FailClose,
+    )
+}
+
+#[test]
+fn every_module_of_the_package_loads_starts_and_serves() {
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&plugins)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut listed: Vec<&str> = MODULES.iter().map(|(name, _)| *name).collect();
+    listed.sort_unstable();
+    assert_eq!(names, listed, "the package's plugins");
+    let engine = crate::engine();
+    for (name, configuration) in MODULES {
+        let code = engine
+            .load_file(&module(&plugins, name))
+            .unwrap_or_else(|e| panic!("{name} loads: {e}"));
+        if *name != "ai-data-masking" {
+            assert_eq!(
+                code.info.abi,
+                Ok(sluice_abi::AbiVersion::V0_2_100),
+                "{name} is a Go module of Higress's ABI"
+            );
+        }
+        let proxy = crate::start(vec![plugin(&plugins, name, configuration)], None, &[], 1);
+        let answer = crate::get(proxy.address, "/v1/models", &[("x-session", "s1")]);
+        assert!(
+            answer.status < 500,
+            "{name} answers {}: {}",
+            answer.status,
+            answer.text()
+        );
+    }
+}
+
+#[test]
+fn transformer_maps_a_body_field_to_a_header_while_it_holds_the_headers() {
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    let transformer = plugin(
+        &plugins,
+        "transformer",
+        r#"{"reqRules": [
+            {"operate": "map", "mapSource": "body", "headers": [{"fromKey": "userId", "toKey": "x-user-id"}]},
+            {"operate": "add", "headers": [{"key": "x-added", "value": "yes"}]}
+        ]}"#,
+    );
+    let proxy = crate::start(vec![transformer], None, &[], 1);
+    for (content_type, body) in [
+        ("application/json", r#"{"userId": 12, "userName": "johnlanni"}"#),
+        ("application/x-www-form-urlencoded", "userId=12&userName=johnlanni"),
+    ] {
+        let request = http::Request::post("/users")
+            .header("host", "example.com")
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let answer = crate::request(proxy.address, request, false);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let echoed: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        let headers = echoed["headers"].as_array().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|pair| pair[0] == name)
+                .map(|pair| pair[1].as_str().unwrap().to_string())
+        };
+        assert_eq!(header("x-user-id").as_deref(), Some("12"), "{echoed}");
+        assert_eq!(header("x-added").as_deref(), Some("yes"), "{echoed}");
+        assert_eq!(echoed["body"], body, "the body goes on unchanged");
+    }
+}

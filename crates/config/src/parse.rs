@@ -16,6 +16,8 @@ use crate::model::{
 use crate::{FailStrategy, VmConfig};
 
 pub const WASM_PLUGIN_API: &str = "extensions.istio.io/v1alpha1";
+/// Higress's `WasmPlugin`: Istio's fields plus per-route, per-domain and per-service rules.
+pub const HIGRESS_WASM_PLUGIN_API: &str = "extensions.higress.io/v1alpha1";
 pub const PROXY_API: &str = "sluice.dev/v1alpha1";
 
 /// One thing wrong with a config, and where: `FILE:LINE:COLUMN: PLACE: MESSAGE` when all is known.
@@ -129,6 +131,31 @@ struct WasmPluginSpec {
     target_refs: Option<serde_json::Value>,
     #[serde(default)]
     verification_key: Option<serde_json::Value>,
+    /// Higress's: the configuration where no rule matches.
+    #[serde(default)]
+    default_config: Option<serde_json::Value>,
+    /// Higress's: no configuration where no rule matches (the plugin is off there).
+    #[serde(default)]
+    default_config_disable: Option<bool>,
+    /// Higress's: configurations by route (`ingress`), domain and service.
+    #[serde(default)]
+    match_rules: Option<Vec<MatchRuleSpec>>,
+}
+
+/// One of Higress's `matchRules`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MatchRuleSpec {
+    #[serde(default)]
+    ingress: Vec<String>,
+    #[serde(default)]
+    domain: Vec<String>,
+    #[serde(default)]
+    service: Vec<String>,
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+    #[serde(default)]
+    config_disable: bool,
 }
 
 #[derive(Deserialize)]
@@ -455,9 +482,10 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
         };
         let Some(document) = document else { break };
         match (api_version, kind) {
-            (WASM_PLUGIN_API, "WasmPlugin") => {
+            (api @ (WASM_PLUGIN_API | HIGRESS_WASM_PLUGIN_API), "WasmPlugin") => {
+                let higress = api == HIGRESS_WASM_PLUGIN_API;
                 if let Some(document) = typed::<WasmPluginSpec>(document, &value, &mut checker)
-                    && let Some(plugin) = wasm_plugin(document, &label, &mut checker)
+                    && let Some(plugin) = wasm_plugin(document, &label, higress, &mut checker)
                 {
                     plugins.push(plugin);
                 }
@@ -490,7 +518,7 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
             _ => checker.error(
                 "apiVersion/kind",
                 format!(
-                    "`{api_version}`/`{kind}` is not a document sluice reads; expected apiVersion {WASM_PLUGIN_API} with kind WasmPlugin, or apiVersion {PROXY_API} with kind Proxy"
+                    "`{api_version}`/`{kind}` is not a document sluice reads; expected apiVersion {WASM_PLUGIN_API} or {HIGRESS_WASM_PLUGIN_API} with kind WasmPlugin, or apiVersion {PROXY_API} with kind Proxy"
                 ),
             ),
         }
@@ -619,9 +647,39 @@ fn without_location(message: &str) -> &str {
 fn wasm_plugin(
     document: Document<WasmPluginSpec>,
     label: &str,
+    higress: bool,
     checker: &mut Checker<'_>,
 ) -> Option<Plugin> {
-    let spec = document.spec;
+    let mut spec = document.spec;
+    let configuration = if higress {
+        if spec.fail_strategy == Some(FailStrategy::FailReload) {
+            checker.error(
+                "spec.failStrategy",
+                "FAIL_RELOAD is Istio's; Higress's WasmPlugin has FAIL_CLOSE and FAIL_OPEN",
+            );
+        }
+        match higress_configuration(&mut spec, checker) {
+            HigressConfiguration::Applies(configuration) => configuration,
+            HigressConfiguration::Nowhere => return None,
+        }
+    } else {
+        for (field, present) in [
+            ("spec.defaultConfig", spec.default_config.is_some()),
+            (
+                "spec.defaultConfigDisable",
+                spec.default_config_disable.is_some(),
+            ),
+            ("spec.matchRules", spec.match_rules.is_some()),
+        ] {
+            if present {
+                checker.error(
+                    field,
+                    format!("a field of Higress's WasmPlugin: use apiVersion {HIGRESS_WASM_PLUGIN_API}, or pluginConfig"),
+                );
+            }
+        }
+        spec.plugin_config.take()
+    };
     let Some(name) = document.metadata.name.filter(|n| !n.is_empty()) else {
         checker.error("metadata.name", "missing: every WasmPlugin needs a name");
         return None;
@@ -755,7 +813,7 @@ fn wasm_plugin(
         name,
         url: spec.url,
         sha256,
-        configuration: spec.plugin_config,
+        configuration,
         phase,
         priority: spec.priority.unwrap_or(0),
         vm,
@@ -770,6 +828,91 @@ fn wasm_plugin(
             index: checker.index,
         },
     })
+}
+
+enum HigressConfiguration {
+    Applies(Option<serde_json::Value>),
+    /// Every rule is disabled and so is the default: Higress sends the plugin to no gateway.
+    Nowhere,
+}
+
+/// The configuration Higress's controller hands a plugin: `pluginConfig` as it is when given;
+/// otherwise `defaultConfig` (unless `defaultConfigDisable`) with the enabled `matchRules`, in
+/// order, under `_rules_`, each its `config` with `_match_route_` (its `ingress` list, which
+/// names sluice routes), `_match_domain_` and `_match_service_` added. The plugin's SDK
+/// matches a request against them, first rule first (design/higress-config.md).
+fn higress_configuration(
+    spec: &mut WasmPluginSpec,
+    checker: &mut Checker<'_>,
+) -> HigressConfiguration {
+    let rules = spec.match_rules.take().unwrap_or_default();
+    let default = spec.default_config.take();
+    let default_disabled = spec.default_config_disable.unwrap_or(false);
+    if let Some(configuration) = spec.plugin_config.take() {
+        if default.is_some() || !rules.is_empty() {
+            checker.notice(
+                "spec.pluginConfig",
+                "given, so defaultConfig and matchRules are ignored, as Higress does",
+            );
+        }
+        return HigressConfiguration::Applies(Some(configuration));
+    }
+    let mut object = match default {
+        Some(serde_json::Value::Object(map)) if !default_disabled => map,
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(_) if default_disabled => serde_json::Map::new(),
+        Some(_) => {
+            checker.error("spec.defaultConfig", "must be a mapping (a JSON object)");
+            serde_json::Map::new()
+        }
+    };
+    let mut compiled = Vec::new();
+    for (index, rule) in rules.into_iter().enumerate() {
+        let field = format!("spec.matchRules[{index}]");
+        if rule.ingress.is_empty() && rule.domain.is_empty() && rule.service.is_empty() {
+            checker.error(
+                &field,
+                "a rule needs at least one of ingress, domain or service",
+            );
+            continue;
+        }
+        if rule.config_disable {
+            // Dropped, not an "off" rule: its requests fall through to later rules or the default.
+            continue;
+        }
+        let mut config = match rule.config {
+            Some(serde_json::Value::Object(map)) => map,
+            None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(_) => {
+                checker.error(
+                    &format!("{field}.config"),
+                    "must be a mapping (a JSON object)",
+                );
+                continue;
+            }
+        };
+        for (key, names) in [
+            ("_match_route_", rule.ingress),
+            ("_match_domain_", rule.domain),
+            ("_match_service_", rule.service),
+        ] {
+            if !names.is_empty() {
+                config.insert(key.into(), names.into());
+            }
+        }
+        compiled.push(serde_json::Value::Object(config));
+    }
+    if compiled.is_empty() && default_disabled {
+        checker.notice(
+            "spec.defaultConfigDisable",
+            "with no enabled matchRules the plugin applies nowhere: it is not loaded",
+        );
+        return HigressConfiguration::Nowhere;
+    }
+    if !compiled.is_empty() {
+        object.insert("_rules_".into(), compiled.into());
+    }
+    HigressConfiguration::Applies((!object.is_empty()).then_some(object.into()))
 }
 
 fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut Config) {
@@ -1387,6 +1530,120 @@ spec: {url: audit.wasm, priority: 100}
         );
         assert!(notices.iter().any(|n| n.contains("metadata.namespace")));
         assert!(notices.iter().any(|n| n.contains("metadata.labels")));
+    }
+
+    #[test]
+    fn a_higress_wasm_plugin_becomes_the_configuration_higress_hands_its_plugins() {
+        let text = r#"
+apiVersion: extensions.higress.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: key-auth}
+spec:
+  url: ./key-auth.wasm
+  phase: AUTHN
+  priority: 300
+  failStrategy: FAIL_OPEN
+  defaultConfig: {consumers: [{name: c1, credential: k1}], global_auth: false}
+  matchRules:
+  - ingress: [default/foo]
+    config: {allow: [c1]}
+  - domain: ["*.example.com", www.test.com]
+    service: [api.default.svc.cluster.local:80]
+    config: {allow: [c2]}
+  - ingress: [default/bar]
+    configDisable: true
+    config: {allow: [c3]}
+  - service: [svc]
+"#;
+        let config = parse(text, base()).unwrap();
+        let plugin = &config.plugins[0];
+        assert_eq!(plugin.fail_strategy, FailStrategy::FailOpen);
+        assert_eq!(plugin.phase, Phase::Authn);
+        assert_eq!(
+            plugin.configuration,
+            Some(serde_json::json!({
+                "consumers": [{"name": "c1", "credential": "k1"}],
+                "global_auth": false,
+                "_rules_": [
+                    {"allow": ["c1"], "_match_route_": ["default/foo"]},
+                    {"allow": ["c2"], "_match_domain_": ["*.example.com", "www.test.com"],
+                     "_match_service_": ["api.default.svc.cluster.local:80"]},
+                    {"_match_service_": ["svc"]},
+                ],
+            }))
+        );
+        // pluginConfig wins over both; rules alone with the default disabled.
+        let with = |spec: &str| {
+            parse(
+                &format!(
+                    "apiVersion: extensions.higress.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: p}}\nspec:\n  url: ./p.wasm\n{spec}"
+                ),
+                base(),
+            )
+        };
+        let given = with("  pluginConfig: {a: 1}\n  defaultConfig: {b: 2}\n").unwrap();
+        assert_eq!(
+            given.plugins[0].configuration,
+            Some(serde_json::json!({"a": 1}))
+        );
+        let rules_only = with(
+            "  defaultConfig: {b: 2}\n  defaultConfigDisable: true\n  matchRules: [{domain: [a.com], config: {c: 3}}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rules_only.plugins[0].configuration,
+            Some(serde_json::json!({"_rules_": [{"c": 3, "_match_domain_": ["a.com"]}]}))
+        );
+        // Every rule disabled and the default too: applied nowhere, so not loaded.
+        let nowhere = with(
+            "  defaultConfigDisable: true\n  matchRules: [{domain: [a.com], configDisable: true}]\n",
+        )
+        .unwrap();
+        assert!(nowhere.plugins.is_empty());
+        assert!(
+            nowhere
+                .notices
+                .iter()
+                .any(|n| n.message.contains("applies nowhere")),
+            "{:?}",
+            nowhere.notices
+        );
+        let errors = with(
+            "  failStrategy: FAIL_RELOAD\n  matchRules: [{config: {a: 1}}, {domain: [x], config: [1]}]\n",
+        )
+        .unwrap_err();
+        let messages: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.place, e.message))
+            .collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("spec.failStrategy: FAIL_RELOAD is Istio's")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains(
+                "spec.matchRules[0]: a rule needs at least one of ingress, domain or service"
+            )),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("spec.matchRules[1].config: must be a mapping")),
+            "{messages:?}"
+        );
+        // Istio's WasmPlugin has no such fields.
+        let istio = parse(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: p}\nspec:\n  url: ./p.wasm\n  defaultConfig: {b: 2}\n",
+            base(),
+        )
+        .unwrap_err();
+        assert!(
+            istio[0].message.contains("a field of Higress's WasmPlugin"),
+            "{istio:?}"
+        );
     }
 
     #[test]

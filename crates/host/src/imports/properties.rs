@@ -64,6 +64,15 @@ pub(crate) fn top_level(state: &HostState, name: &str) -> Option<Attribute> {
         return Some(Attribute::String(value));
     }
     let stream = state.effective_stream()?.try_borrow().ok()?;
+    // Higress's host still answers the top-level `route_name` and `cluster_name` that Envoy 1.40
+    // dropped for `xds.*`; its SDK matches `_match_route_` and `_match_service_` rules on them.
+    if state.abi == sluice_abi::AbiVersion::V0_2_100
+        && let Some(xds) = ["route_name", "cluster_name"]
+            .into_iter()
+            .find(|n| *n == name)
+    {
+        return stream.attribute(&["xds".to_string(), xds.to_string()]);
+    }
     let value = stream.top_level(name);
     if name == "xds" {
         let Some(Attribute::Map(mut entries)) = value else {

@@ -107,8 +107,14 @@ fn transformer_maps_a_body_field_to_a_header_while_it_holds_the_headers() {
     );
     let proxy = crate::start(vec![transformer], None, &[], 1);
     for (content_type, body) in [
-        ("application/json", r#"{"userId": 12, "userName": "johnlanni"}"#),
-        ("application/x-www-form-urlencoded", "userId=12&userName=johnlanni"),
+        (
+            "application/json",
+            r#"{"userId": 12, "userName": "johnlanni"}"#,
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "userId=12&userName=johnlanni",
+        ),
     ] {
         let request = http::Request::post("/users")
             .header("host", "example.com")
@@ -129,4 +135,81 @@ fn transformer_maps_a_body_field_to_a_header_while_it_holds_the_headers() {
         assert_eq!(header("x-added").as_deref(), Some("yes"), "{echoed}");
         assert_eq!(echoed["body"], body, "the body goes on unchanged");
     }
+}
+
+#[test]
+fn a_higress_wasm_plugin_configures_the_real_transformer_by_route_domain_and_default() {
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    let add = |value: &str| {
+        format!(r#"{{reqRules: [{{operate: add, headers: [{{key: x-config, value: {value}}}]}}]}}"#)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::config_file(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: extensions.higress.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: transformer}}
+spec:
+  url: {wasm}
+  defaultConfig: {default}
+  matchRules:
+  - ingress: [shop]
+    config: {route}
+  - domain: ["*.example.com"]
+    config: {domain}
+  - domain: [off.test]
+    configDisable: true
+    config: {route}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Proxy
+spec:
+  admin: off
+  workers: 1
+  listeners:
+  - address: 127.0.0.1:0
+    routes:
+    - {{name: shop, match: {{prefix: /shop}}, cluster: echo}}
+    - {{name: rest, cluster: echo}}
+  clusters:
+  - {{name: echo, type: ECHO}}
+"#,
+            wasm = module(&plugins, "transformer").display(),
+            default = add("default"),
+            route = add("route"),
+            domain = add("domain"),
+        ),
+    );
+    let proxy = crate::start_source(Some(file), crate::flags(None, &[]));
+    let seen = |path: &str, host: &str| {
+        let request = http::Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = crate::request(proxy.address, request, false);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let echoed: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        echoed["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|pair| pair[0] == "x-config")
+            .map(|pair| pair[1].as_str().unwrap().to_string())
+    };
+    // The first matching rule wins: the route rule before the domain rule.
+    assert_eq!(
+        seen("/shop/cart", "a.example.com").as_deref(),
+        Some("route")
+    );
+    assert_eq!(
+        seen("/other", "a.example.com:8080").as_deref(),
+        Some("domain")
+    );
+    assert_eq!(seen("/other", "example.com").as_deref(), Some("default"));
+    // A disabled rule is dropped: its domain gets the default.
+    assert_eq!(seen("/other", "off.test").as_deref(), Some("default"));
 }

@@ -142,6 +142,127 @@ struct WasmPluginSpec {
     match_rules: Option<Vec<MatchRuleSpec>>,
 }
 
+/// Istio's `TrafficExtension` (it supersedes WasmPlugin): the module's fields under `wasm`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TrafficExtensionSpec {
+    #[serde(default)]
+    wasm: Option<WasmConfigSpec>,
+    #[serde(default)]
+    lua: Option<serde_json::Value>,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default, rename = "match")]
+    traffic: Vec<TrafficSelector>,
+    #[serde(default)]
+    selector: Option<serde_json::Value>,
+    #[serde(default)]
+    target_refs: Option<serde_json::Value>,
+}
+
+/// A `TrafficExtension`'s `wasm`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WasmConfigSpec {
+    url: String,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    image_pull_policy: Option<String>,
+    #[serde(default)]
+    image_pull_secret: Option<String>,
+    #[serde(default)]
+    verification_key: Option<serde_json::Value>,
+    #[serde(default)]
+    plugin_config: Option<serde_json::Value>,
+    #[serde(default)]
+    plugin_name: Option<String>,
+    #[serde(default)]
+    fail_strategy: Option<FailStrategy>,
+    #[serde(default)]
+    vm_config: Option<VmConfig>,
+    #[serde(default, rename = "type")]
+    plugin_type: Option<String>,
+}
+
+/// Which document a plugin comes from: where its fields are, and what it may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PluginKind {
+    Istio,
+    Higress,
+    TrafficExtension,
+}
+
+impl PluginKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Istio | Self::Higress => "WasmPlugin",
+            Self::TrafficExtension => "TrafficExtension",
+        }
+    }
+
+    /// Where a field about the module is: under `spec.wasm` in a TrafficExtension.
+    fn field(self, name: &str) -> String {
+        match self {
+            Self::TrafficExtension => format!("spec.wasm.{name}"),
+            Self::Istio | Self::Higress => format!("spec.{name}"),
+        }
+    }
+}
+
+/// A TrafficExtension as the WasmPlugin it amounts to: its `wasm`, with its phase, priority and
+/// traffic selectors. `lua` is Envoy's Lua filter, which sluice does not have.
+fn traffic_extension(
+    document: Document<TrafficExtensionSpec>,
+    checker: &mut Checker<'_>,
+) -> Option<Document<WasmPluginSpec>> {
+    let spec = document.spec;
+    if spec.lua.is_some() {
+        checker.error(
+            "spec.lua",
+            "Lua extensions are Envoy's Lua filter, which sluice does not run; sluice runs `wasm` ones",
+        );
+    }
+    let Some(wasm) = spec.wasm else {
+        if spec.lua.is_none() {
+            checker.error(
+                "spec.wasm",
+                "missing: a TrafficExtension needs `wasm` (or `lua`)",
+            );
+        }
+        return None;
+    };
+    Some(Document {
+        api_version: document.api_version,
+        kind: document.kind,
+        metadata: document.metadata,
+        spec: WasmPluginSpec {
+            url: wasm.url,
+            sha256: wasm.sha256,
+            image_pull_policy: wasm.image_pull_policy,
+            image_pull_secret: wasm.image_pull_secret,
+            plugin_config: wasm.plugin_config,
+            plugin_name: wasm.plugin_name,
+            phase: spec.phase,
+            priority: spec.priority,
+            vm_config: wasm.vm_config,
+            traffic: spec.traffic,
+            fail_strategy: wasm.fail_strategy,
+            plugin_type: wasm.plugin_type,
+            selector: spec.selector,
+            target_ref: None,
+            target_refs: spec.target_refs,
+            verification_key: wasm.verification_key,
+            default_config: None,
+            default_config_disable: None,
+            match_rules: None,
+        },
+        status: document.status,
+    })
+}
+
 /// One of Higress's `matchRules`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -483,9 +604,23 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
         let Some(document) = document else { break };
         match (api_version, kind) {
             (api @ (WASM_PLUGIN_API | HIGRESS_WASM_PLUGIN_API), "WasmPlugin") => {
-                let higress = api == HIGRESS_WASM_PLUGIN_API;
+                let kind = if api == HIGRESS_WASM_PLUGIN_API {
+                    PluginKind::Higress
+                } else {
+                    PluginKind::Istio
+                };
                 if let Some(document) = typed::<WasmPluginSpec>(document, &value, &mut checker)
-                    && let Some(plugin) = wasm_plugin(document, &label, higress, &mut checker)
+                    && let Some(plugin) = wasm_plugin(document, &label, kind, &mut checker)
+                {
+                    plugins.push(plugin);
+                }
+            }
+            (WASM_PLUGIN_API, "TrafficExtension") => {
+                if let Some(document) =
+                    typed::<TrafficExtensionSpec>(document, &value, &mut checker)
+                    && let Some(document) = traffic_extension(document, &mut checker)
+                    && let Some(plugin) =
+                        wasm_plugin(document, &label, PluginKind::TrafficExtension, &mut checker)
                 {
                     plugins.push(plugin);
                 }
@@ -518,7 +653,7 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
             _ => checker.error(
                 "apiVersion/kind",
                 format!(
-                    "`{api_version}`/`{kind}` is not a document sluice reads; expected apiVersion {WASM_PLUGIN_API} or {HIGRESS_WASM_PLUGIN_API} with kind WasmPlugin, or apiVersion {PROXY_API} with kind Proxy"
+                    "`{api_version}`/`{kind}` is not a document sluice reads; expected apiVersion {WASM_PLUGIN_API} with kind WasmPlugin or TrafficExtension, {HIGRESS_WASM_PLUGIN_API} with kind WasmPlugin, or {PROXY_API} with kind Proxy"
                 ),
             ),
         }
@@ -647,14 +782,14 @@ fn without_location(message: &str) -> &str {
 fn wasm_plugin(
     document: Document<WasmPluginSpec>,
     label: &str,
-    higress: bool,
+    kind: PluginKind,
     checker: &mut Checker<'_>,
 ) -> Option<Plugin> {
     let mut spec = document.spec;
-    let configuration = if higress {
+    let configuration = if kind == PluginKind::Higress {
         if spec.fail_strategy == Some(FailStrategy::FailReload) {
             checker.error(
-                "spec.failStrategy",
+                &kind.field("failStrategy"),
                 "FAIL_RELOAD is Istio's; Higress's WasmPlugin has FAIL_CLOSE and FAIL_OPEN",
             );
         }
@@ -681,7 +816,10 @@ fn wasm_plugin(
         spec.plugin_config.take()
     };
     let Some(name) = document.metadata.name.filter(|n| !n.is_empty()) else {
-        checker.error("metadata.name", "missing: every WasmPlugin needs a name");
+        checker.error(
+            "metadata.name",
+            format!("missing: every {} needs a name", kind.name()),
+        );
         return None;
     };
     let oci = spec.url.starts_with("oci://");
@@ -690,12 +828,12 @@ fn wasm_plugin(
         .any(|scheme| spec.url.starts_with(scheme));
     if spec.url.is_empty() {
         checker.error(
-            "spec.url",
+            &kind.field("url"),
             "missing: where the .wasm module is (a path, file://, http(s):// or oci:// URL)",
         );
     } else if spec.url.contains("://") && !known_scheme {
         checker.error(
-            "spec.url",
+            &kind.field("url"),
             format!(
                 "`{}`: unknown scheme; expected a path, file://, http://, https:// or oci://",
                 spec.url
@@ -707,7 +845,7 @@ fn wasm_plugin(
         && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         checker.error(
-            "spec.sha256",
+            &kind.field("sha256"),
             format!("`{digest}` is not a sha256 digest (64 hex digits)"),
         );
     }
@@ -717,7 +855,7 @@ fn wasm_plugin(
         Some("Always") => Some(crate::PullPolicy::Always),
         Some(policy) => {
             checker.error(
-                "spec.imagePullPolicy",
+                &kind.field("imagePullPolicy"),
                 format!("`{policy}`: expected IfNotPresent or Always"),
             );
             None
@@ -725,13 +863,13 @@ fn wasm_plugin(
     };
     if pull_policy.is_some() && !oci {
         checker.notice(
-            "spec.imagePullPolicy",
+            &kind.field("imagePullPolicy"),
             "ignored: it applies to oci:// URLs only",
         );
     }
     if spec.image_pull_secret.is_some() && !oci {
         checker.notice(
-            "spec.imagePullSecret",
+            &kind.field("imagePullSecret"),
             "ignored: it applies to oci:// URLs only",
         );
     }
@@ -753,7 +891,7 @@ fn wasm_plugin(
         Some("NETWORK") => true,
         Some(other) => {
             checker.error(
-                "spec.type",
+                &kind.field("type"),
                 format!("`{other}`: expected HTTP, NETWORK or UNSPECIFIED_PLUGIN_TYPE"),
             );
             false
@@ -802,11 +940,14 @@ fn wasm_plugin(
         }
     }
     if spec.verification_key.is_some() {
-        checker.notice("spec.verificationKey", "ignored: deprecated in Istio");
+        checker.notice(
+            &kind.field("verificationKey"),
+            "ignored: deprecated in Istio",
+        );
     }
     let vm = spec.vm_config.unwrap_or_default();
     if let Err(error) = vm.environment(|_| None) {
-        checker.error("spec", error.to_string());
+        checker.error(&kind.field("vmConfig"), error.to_string());
     }
     Some(Plugin {
         root_id: spec.plugin_name.unwrap_or_default(),
@@ -1647,6 +1788,66 @@ spec:
     }
 
     #[test]
+    fn a_traffic_extension_is_read_as_the_wasm_plugin_it_amounts_to() {
+        let text = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: TrafficExtension
+metadata: {name: auth}
+spec:
+  phase: AUTHZ
+  priority: 10
+  match: [{ports: [{number: 8080}]}]
+  wasm:
+    url: ./auth.wasm
+    pluginName: auth_root
+    pluginConfig: {tokens: {t: alice}}
+    failStrategy: FAIL_OPEN
+"#;
+        let config = parse(text, base()).unwrap();
+        let plugin = &config.plugins[0];
+        assert_eq!(
+            (
+                plugin.name.as_str(),
+                plugin.root_id.as_str(),
+                plugin.url.as_str()
+            ),
+            ("auth", "auth_root", "./auth.wasm")
+        );
+        assert_eq!((plugin.phase, plugin.priority), (Phase::Authz, 10));
+        assert_eq!(plugin.ports, [8080]);
+        assert_eq!(plugin.fail_strategy, FailStrategy::FailOpen);
+        assert_eq!(
+            plugin.configuration,
+            Some(serde_json::json!({"tokens": {"t": "alice"}}))
+        );
+        let errors = parse(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\nmetadata: {name: x}\nspec:\n  lua: {inlineCode: 'function envoy_on_request(h) end'}\n---\napiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\nmetadata: {name: y}\nspec:\n  wasm: {url: 'ftp://x', sha256: nope}\n",
+            base(),
+        )
+        .unwrap_err();
+        let messages: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.place, e.message))
+            .collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("(TrafficExtension x) spec.lua: Lua extensions")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(
+                |m| m.contains("(TrafficExtension y) spec.wasm.url: `ftp://x`: unknown scheme")
+            ),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("spec.wasm.sha256")),
+            "{messages:?}"
+        );
+    }
+
+    #[test]
     fn every_error_is_reported_with_its_place() {
         let text = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -1831,7 +2032,7 @@ kind: VirtualService
             errors,
             [
                 "line 6 column 13: document 1 (WasmPlugin a) spec.priority: invalid type: string \"high\", expected an integer",
-                "line 7 column 11: document 1 (WasmPlugin a) spec.colour: unknown field `colour`, expected one of `url`, `sha256`, `imagePullPolicy`, `imagePullSecret`, `pluginConfig`, `pluginName`, `phase`, `priority`, `vmConfig`, `match`, `failStrategy`, `type`, `selector`, `targetRef`, `targetRefs`, `verificationKey`",
+                "line 7 column 11: document 1 (WasmPlugin a) spec.colour: unknown field `colour`, expected one of `url`, `sha256`, `imagePullPolicy`, `imagePullSecret`, `pluginConfig`, `pluginName`, `phase`, `priority`, `vmConfig`, `match`, `failStrategy`, `type`, `selector`, `targetRef`, `targetRefs`, `verificationKey`, `defaultConfig`, `defaultConfigDisable`, `matchRules`",
                 "line 8 column 17: document 1 (WasmPlugin a) spec.failStrategy: unknown variant `SOMETIMES`, expected one of `FAIL_CLOSE`, `FAIL_OPEN`, `FAIL_RELOAD`",
                 "line 9 column 29: document 1 (WasmPlugin a) spec.match[0].ports[0].number: invalid value: integer `-1`, expected an integer from 0 to 4294967295",
             ]

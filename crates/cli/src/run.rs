@@ -398,11 +398,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reloads when one of `files` changes, waiting for writes to settle (200 ms) first.
+///
+/// Each file is watched as given and as it resolves: a Kubernetes ConfigMap volume updates by
+/// pointing a symlink (`..data`) at a new directory and removing the old one, so the file's
+/// resolved path moves with every update, and a change of where it resolves is a change too.
 fn watch(files: Vec<PathBuf>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
     use notify::{RecursiveMode, Watcher};
-    let files: Vec<PathBuf> = files
+    struct Watched {
+        given: PathBuf,
+        resolved: PathBuf,
+    }
+    let resolve =
+        |given: &Path| std::fs::canonicalize(given).unwrap_or_else(|_| given.to_path_buf());
+    let mut watched: Vec<Watched> = files
         .into_iter()
-        .map(|f| std::fs::canonicalize(&f).unwrap_or(f))
+        .map(|f| {
+            let given = std::path::absolute(&f).unwrap_or(f);
+            let resolved = resolve(&given);
+            Watched { given, resolved }
+        })
         .collect();
     let (events, changes) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -413,38 +427,55 @@ fn watch(files: Vec<PathBuf>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
         }
     })
     .context("--watch: cannot watch files")?;
-    let mut dirs: Vec<PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in &dirs {
-        watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .with_context(|| format!("--watch: cannot watch {}", dir.display()))?;
-    }
+    let mut dirs = std::collections::HashSet::new();
+    let mut watch_dirs = move |watcher: &mut notify::RecommendedWatcher,
+                               watched: &[Watched]|
+          -> anyhow::Result<()> {
+        for file in watched {
+            for dir in [file.given.parent(), file.resolved.parent()]
+                .into_iter()
+                .flatten()
+            {
+                if dirs.insert(dir.to_path_buf()) {
+                    watcher
+                        .watch(dir, RecursiveMode::NonRecursive)
+                        .with_context(|| format!("--watch: cannot watch {}", dir.display()))?;
+                }
+            }
+        }
+        Ok(())
+    };
+    watch_dirs(&mut watcher, &watched)?;
     tracing::info!(
         "watching {} for changes",
-        files
+        watched
             .iter()
-            .map(|f| f.display().to_string())
+            .map(|f| f.given.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
     std::thread::Builder::new()
         .name("sluice-watch".into())
         .spawn(move || {
-            let _watcher = watcher;
             while let Ok(paths) = changes.recv() {
-                if !paths.iter().any(|p| files.contains(p)) {
+                let touched = paths
+                    .iter()
+                    .any(|p| watched.iter().any(|f| *p == f.given || *p == f.resolved));
+                let moved = watched.iter().any(|f| resolve(&f.given) != f.resolved);
+                if !touched && !moved {
                     continue;
                 }
-                // Editors and compilers write in several steps; take the last one.
+                // Editors, compilers and the kubelet write in several steps; take the last one.
                 while changes.recv_timeout(Duration::from_millis(200)).is_ok() {}
                 tracing::info!("a watched file changed: reloading the config");
                 // The reloader logs the outcome.
                 let _outcome = reloader.reload();
+                for file in &mut watched {
+                    file.resolved = resolve(&file.given);
+                }
+                if let Err(error) = watch_dirs(&mut watcher, &watched) {
+                    tracing::warn!("{error:#}");
+                }
             }
         })?;
     Ok(())

@@ -96,3 +96,75 @@ fn two_replicas_hold_one_redis_limit_and_ride_out_a_redis_restart() {
         "a failed Redis call is logged with its cause:\n{logs}"
     );
 }
+
+/// Writes a ConfigMap volume's next version as the kubelet does: the files in a new directory,
+/// a `..data_tmp` symlink to it renamed over `..data` (atomically), the old directory removed.
+/// The first version also makes the top-level symlink `sluice.yaml -> ..data/sluice.yaml`.
+fn configmap_update(volume: &std::path::Path, version: u32, text: &str) {
+    use std::os::unix::fs::symlink;
+    let dir = format!("..2026_12_05_v{version}");
+    std::fs::create_dir(volume.join(&dir)).unwrap();
+    std::fs::write(volume.join(&dir).join("sluice.yaml"), text).unwrap();
+    symlink(&dir, volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    if version == 1 {
+        symlink("..data/sluice.yaml", volume.join("sluice.yaml")).unwrap();
+    } else {
+        std::fs::remove_dir_all(volume.join(format!("..2026_12_05_v{}", version - 1))).unwrap();
+    }
+}
+
+#[test]
+fn a_watched_config_follows_each_configmap_update() {
+    let volume = tempfile::tempdir().unwrap();
+    let wasm = plugin_wasm("add_header");
+    let text = |version: u32| {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: headers}}\nspec:\n  url: {}\n  pluginConfig: {{response: {{set: {{x-version: \"{version}\"}}}}}}\n",
+            wasm.display()
+        )
+    };
+    configmap_update(volume.path(), 1, &text(1));
+    let file = volume.path().join("sluice.yaml");
+    let (mut child, address, stderr_log) = crate::spawn_run(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--watch",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--workers",
+        "1",
+    ]);
+    let version = || {
+        let mut socket = std::net::TcpStream::connect(&address).unwrap();
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-version: ").map(str::to_string))
+    };
+    assert_eq!(version().as_deref(), Some("1"));
+    // Twice: after the first update the file resolves into another directory.
+    for next in [2, 3] {
+        configmap_update(volume.path(), next, &text(next));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while version() != Some(next.to_string()) {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no reload after ConfigMap update {next}:\n{}",
+                    stderr_log.all()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

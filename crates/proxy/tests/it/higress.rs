@@ -213,3 +213,55 @@ spec:
     // A disabled rule is dropped: its domain gets the default.
     assert_eq!(seen("/other", "off.test").as_deref(), Some("default"));
 }
+
+#[test]
+fn ai_statistics_counts_the_tokens_a_model_server_reports() {
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    // An OpenAI-compatible model server: one chat completion with its usage.
+    let model = crate::origin(|parts, body| {
+        assert_eq!(parts.uri.path(), "/v1/chat/completions");
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let answer = serde_json::json!({
+            "id": "c1", "object": "chat.completion", "model": request["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi there"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        });
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(answer.to_string())))
+            .unwrap()
+    });
+    let statistics = plugin(&plugins, "ai-statistics", "{}");
+    let proxy = crate::start(vec![statistics], Some(model), &[], 1);
+    for _ in 0..2 {
+        let request = http::Request::post("/v1/chat/completions")
+            .header("host", "example.com")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                r#"{"model": "qwen", "messages": [{"role": "user", "content": "hello?"}]}"#,
+            )))
+            .unwrap();
+        let answer = crate::request(proxy.address, request, false);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert!(answer.text().contains("hi there"), "{}", answer.text());
+    }
+    let stats = crate::get(proxy.admin_address.unwrap(), "/stats", &[]).text();
+    // Higress's metric names: route, upstream cluster, model and consumer, then the metric.
+    let metric = |name: &str| {
+        let full =
+            format!("route.default.upstream.upstream.model.qwen.consumer.none.metric.{name}");
+        stats
+            .lines()
+            .find(|line| line.contains(&format!("name=\"{full}\"")))
+            .and_then(|line| line.rsplit(' ').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no metric {full} in:\n{stats}"))
+    };
+    assert_eq!(metric("input_token"), "22");
+    assert_eq!(metric("output_token"), "14");
+    assert_eq!(metric("total_token"), "36");
+    assert_eq!(metric("llm_duration_count"), "2");
+}

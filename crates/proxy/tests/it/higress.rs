@@ -265,3 +265,164 @@ fn ai_statistics_counts_the_tokens_a_model_server_reports() {
     assert_eq!(metric("total_token"), "36");
     assert_eq!(metric("llm_duration_count"), "2");
 }
+
+/// A request with the given headers; the status and body.
+fn send(address: std::net::SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut builder = http::Request::get("/v1/models").header("host", "example.com");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let answer = crate::request(
+        address,
+        builder.body(Full::new(Bytes::new())).unwrap(),
+        false,
+    );
+    (answer.status, answer.text())
+}
+
+#[test]
+fn gpustack_rate_limit_holds_one_limit_per_user_across_two_replicas_in_a_real_redis() {
+    if !sluice_test_support::has_tools(sluice_test_support::REDIS_TOOLS) {
+        return;
+    }
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    let mut redis = sluice_test_support::Redis::start(Some("s3cret"));
+    let config = format!(
+        r#"{{"rule_name": "r1", "enable_on_path_suffix": ["*"], "show_limit_quota_header": true,
+            "limit_combinations": [{{"name": "per-user",
+                "match": [{{"source": "header", "name": "x-user", "value": "*"}}],
+                "query_limits": {{"per_minute": 3}}}}],
+            "redis": {{"service_name": "127.0.0.1", "service_port": {}, "password": "s3cret",
+                       "timeout": 1000, "database": 2}}}}"#,
+        redis.port
+    );
+    let replica = || {
+        crate::start(
+            vec![plugin(&plugins, "gpustack-rate-limit", &config)],
+            None,
+            &[],
+            2,
+        )
+    };
+    let (first, second) = (replica(), replica());
+    // Alice's 3 requests a minute, whichever replica takes them; Bob has his own 3.
+    let alice: Vec<u16> = (0..5)
+        .map(|i| {
+            let replica = if i % 2 == 0 { &first } else { &second };
+            send(replica.address, &[("x-user", "alice")]).0
+        })
+        .collect();
+    assert_eq!(alice, [200, 200, 200, 429, 429]);
+    let (status, body) = send(second.address, &[("x-user", "alice")]);
+    assert_eq!(status, 429);
+    assert!(body.contains("rate_limit_exceeded"), "{body}");
+    assert_eq!(send(first.address, &[("x-user", "bob")]).0, 200);
+    let keys = redis.cli(&["-n", "2", "KEYS", "r1|per-user|*"]);
+    assert!(
+        keys.contains("header:x-user=alice") && keys.contains("header:x-user=bob"),
+        "{keys}"
+    );
+    // Redis down: the plugin fails open; back (empty): counting starts again, no restart.
+    redis.stop();
+    assert_eq!(send(first.address, &[("x-user", "alice")]).0, 200);
+    redis.restart();
+    let again: Vec<u16> = (0..4)
+        .map(|_| send(second.address, &[("x-user", "alice")]).0)
+        .collect();
+    assert_eq!(again, [200, 200, 200, 429]);
+}
+
+#[test]
+fn gpustack_ip_acl_denies_a_consumer_from_a_denied_network() {
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    let acl = plugin(
+        &plugins,
+        "gpustack-ip-acl",
+        r#"{"realIPHeader": "x-real-ip",
+            "consumers": {"*": {"deniedCidrs": ["203.0.113.0/24"]},
+                          "vip": {"allowedCidrs": ["10.0.0.0/8"]}}}"#,
+    );
+    let proxy = crate::start(vec![acl], None, &[], 1);
+    let denied = send(
+        proxy.address,
+        &[("x-mse-consumer", "anyone"), ("x-real-ip", "203.0.113.9")],
+    );
+    assert_eq!(denied.0, 403);
+    assert!(denied.1.contains("Client IP denied"), "{}", denied.1);
+    let outside = send(
+        proxy.address,
+        &[("x-mse-consumer", "vip"), ("x-real-ip", "192.0.2.1")],
+    );
+    assert_eq!(outside.0, 403);
+    assert!(
+        outside.1.contains("not in API key whitelist"),
+        "{}",
+        outside.1
+    );
+    let inside = [("x-mse-consumer", "vip"), ("x-real-ip", "10.1.2.3")];
+    assert_eq!(send(proxy.address, &inside).0, 200);
+    // No consumer: the ACL does not apply.
+    assert_eq!(send(proxy.address, &[("x-real-ip", "203.0.113.9")]).0, 200);
+}
+
+#[test]
+fn gpustack_ext_auth_asks_an_auth_server_and_passes_its_consumer_on() {
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    let auth = crate::origin(|parts, _| {
+        assert_eq!(parts.uri.path(), "/token-auth");
+        let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let gateway = parts
+            .headers
+            .get("x-gpustack-auth-token")
+            .and_then(|v| v.to_str().ok());
+        let builder = http::Response::builder();
+        match (key, gateway) {
+            (Some("good"), Some("gw-secret")) => builder.header("x-mse-consumer", "alice"),
+            _ => builder.status(401).header("www-authenticate", "ApiKey"),
+        }
+        .body(Full::new(Bytes::from("auth says")))
+        .unwrap()
+    });
+    let ext_auth = plugin(
+        &plugins,
+        "gpustack-ext-auth",
+        &format!(
+            r#"{{"route_match_regexes": [".*"],
+                "authz": {{"endpoint": {{"service_name": "127.0.0.1", "service_port": {},
+                                        "path": "/token-auth", "request_method": "GET"}},
+                          "timeout": 2000,
+                          "authorization_request": {{"allowed_headers": [{{"exact": "x-api-key"}}],
+                                                    "headers_to_add": {{"X-GPUStack-Auth-Token": "gw-secret"}}}}}},
+                "upstream_request": {{"headers_to_remove": ["x-api-key"]}}}}"#,
+            auth.port()
+        ),
+    );
+    let proxy = crate::start(vec![ext_auth], None, &[], 1);
+    let (status, body) = send(
+        proxy.address,
+        &[("x-api-key", "good"), ("x-mse-consumer", "forged")],
+    );
+    assert_eq!(status, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let headers = echoed["headers"].as_array().unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|pair| pair[0] == name)
+            .map(|pair| pair[1].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        header("x-mse-consumer").as_deref(),
+        Some("alice"),
+        "{echoed}"
+    );
+    assert_eq!(header("x-api-key"), None, "{echoed}");
+    let (status, body) = send(proxy.address, &[("x-api-key", "bad")]);
+    assert_eq!((status, body.as_str()), (401, "auth says"));
+}

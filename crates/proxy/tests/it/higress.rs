@@ -426,3 +426,77 @@ fn gpustack_ext_auth_asks_an_auth_server_and_passes_its_consumer_on() {
     let (status, body) = send(proxy.address, &[("x-api-key", "bad")]);
     assert_eq!((status, body.as_str()), (401, "auth says"));
 }
+
+/// Runs a scenario file's text, with `{PLUGIN}` standing for a module's path, as `sluice test`
+/// runs it (in process), and returns its mismatches.
+fn scenario(plugins: &std::path::Path, text: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = text.to_string();
+    for (name, _) in MODULES {
+        text = text.replace(
+            &format!("{{{name}}}"),
+            &module(plugins, name).display().to_string(),
+        );
+    }
+    let file = dir.path().join("scenario.yaml");
+    std::fs::write(&file, text).unwrap();
+    let report = sluice_scenario::run_file(&file, Some(sluice_test_support::cache_dir()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    report.mismatches.iter().map(|m| format!("{m:?}")).collect()
+}
+
+#[test]
+fn the_real_modules_pass_their_scenarios_in_process() {
+    let Some(plugins) = sluice_test_support::higress_plugins() else {
+        return;
+    };
+    let transformer = scenario(
+        &plugins,
+        r#"
+plugins:
+  - name: transformer
+    wasm: "{transformer}"
+    pluginConfig:
+      reqRules:
+        - {operate: map, mapSource: body, headers: [{fromKey: model, toKey: x-model}, {fromKey: meta.user, toKey: x-user}]}
+steps:
+  - request:
+      method: POST
+      path: /v1/chat/completions
+      headers: {content-type: application/json}
+      body: '{"model": "qwen3", "meta": {"user": 42}}'
+    expect:
+      upstream: {headers: {x-model: qwen3, x-user: "42"}, body: '{"model": "qwen3", "meta": {"user": 42}}'}
+      response: {status: 200}
+"#,
+    );
+    assert!(transformer.is_empty(), "{transformer:#?}");
+    // The Lua script's answers, as Redis gives them: SUCCESS, then LIMITED with the key.
+    let rate_limit = scenario(
+        &plugins,
+        r#"
+plugins:
+  - name: rate-limit
+    wasm: "{gpustack-rate-limit}"
+    pluginConfig:
+      rule_name: r1
+      enable_on_path_suffix: ["*"]
+      limit_combinations: [{name: per-user, match: [{source: header, name: x-user, value: "*"}], query_limits: {per_minute: 1}}]
+      redis: {service_name: redis.local, service_port: 6379, timeout: 500}
+callouts:
+  "outbound|6379||redis.local":
+    - {redis: [SUCCESS, ""]}
+    - {redis: [LIMITED, "r1|per-user|header:x-user=alice|q:60s"]}
+steps:
+  - request: {path: /a, headers: {x-user: alice}}
+    expect:
+      response: {status: 200}
+      redisCalls: [{cluster: "outbound|6379||redis.local"}]
+  - request: {path: /b, headers: {x-user: alice}}
+    expect:
+      upstream: none
+      response: {status: 429, bodyContains: rate_limit_exceeded}
+"#,
+    );
+    assert!(rate_limit.is_empty(), "{rate_limit:#?}");
+}

@@ -426,14 +426,10 @@ pub async fn callout(
                 timeout,
             }) => (address, host, port, http2, connect_timeout, timeout),
         };
-    let timeout = [request.timeout, cluster_timeout]
-        .into_iter()
-        .find(|t| !t.is_zero())
-        .unwrap_or(sluice_config::DEFAULT_TIMEOUT);
+    let timeout = call_timeout(request.timeout, cluster_timeout);
     let exchange = async {
         let address = match address {
             Some(address) => address,
-            // An Istio-style name: its host is looked up, within the connect timeout.
             None => resolve(&host, port, connect_timeout).await?,
         };
         let target = Endpoint {
@@ -482,7 +478,17 @@ pub async fn callout(
         .map_err(|_| ClientError::Timeout(timeout))?
 }
 
-/// The first address `host` resolves to, within `timeout`.
+/// How long a plugin's call may take: its own timeout, else its cluster's, else the default, so
+/// that no call waits for ever.
+pub(crate) fn call_timeout(own: Duration, cluster: Duration) -> Duration {
+    [own, cluster]
+        .into_iter()
+        .find(|t| !t.is_zero())
+        .unwrap_or(sluice_config::DEFAULT_TIMEOUT)
+}
+
+/// The first address `host` resolves to, within `timeout`: an Istio-style cluster name's host,
+/// looked up when a call is made.
 pub(crate) async fn resolve(
     host: &str,
     port: u16,

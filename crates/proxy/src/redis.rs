@@ -123,14 +123,10 @@ pub async fn call(
                 ..
             }) => (address, host, port, connect_timeout, timeout),
         };
-    let timeout = [request.settings.timeout, cluster_timeout]
-        .into_iter()
-        .find(|t| !t.is_zero())
-        .unwrap_or(sluice_config::DEFAULT_TIMEOUT);
+    let timeout = client::call_timeout(request.settings.timeout, cluster_timeout);
     let exchange = async {
         let address = match address {
             Some(address) => address,
-            // An Istio-style name: its host is looked up, within the connect timeout.
             None => client::resolve(&host, port, connect_timeout).await?,
         };
         let key = Key {

@@ -311,10 +311,23 @@ fn check_accepts_the_example_and_names_every_error_with_its_place() {
     );
 }
 
+/// One `GET /` to a running `sluice run`: the value of a response header.
+fn response_header(address: &str, name: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    let prefix = format!("{name}: ");
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+}
+
 #[test]
 fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
-    use std::io::Read;
-
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.yaml");
     let wasm = sluice_test_support::plugin_wasm("add_header");
@@ -340,18 +353,7 @@ fn run_with_a_config_file_reloads_when_it_changes_and_on_sighup() {
         "--workers",
         "1",
     ]);
-    let version = || {
-        use std::io::Write;
-        let mut socket = std::net::TcpStream::connect(&address).unwrap();
-        socket
-            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        socket.read_to_string(&mut answer).unwrap();
-        answer
-            .lines()
-            .find_map(|l| l.strip_prefix("x-version: ").map(str::to_string))
-    };
+    let version = || response_header(&address, "x-version");
     assert_eq!(version().as_deref(), Some("1"));
     write(2);
     // The watcher settles for 200 ms before reloading; bounded wait for the new chain.

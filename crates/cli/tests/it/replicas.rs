@@ -137,17 +137,7 @@ fn a_watched_config_follows_each_configmap_update() {
         "--workers",
         "1",
     ]);
-    let version = || {
-        let mut socket = std::net::TcpStream::connect(&address).unwrap();
-        socket
-            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        socket.read_to_string(&mut answer).unwrap();
-        answer
-            .lines()
-            .find_map(|l| l.strip_prefix("x-version: ").map(str::to_string))
-    };
+    let version = || crate::response_header(&address, "x-version");
     assert_eq!(version().as_deref(), Some("1"));
     // Twice: after the first update the file resolves into another directory.
     for next in [2, 3] {

@@ -46,6 +46,15 @@ fn module(plugins: &std::path::Path, name: &str) -> PathBuf {
     version.path().join("plugin.wasm")
 }
 
+/// A request header the echo upstream says it received.
+fn echoed_header(echoed: &serde_json::Value, name: &str) -> Option<String> {
+    echoed["headers"]
+        .as_array()?
+        .iter()
+        .find(|pair| pair[0] == name)
+        .map(|pair| pair[1].as_str().unwrap_or_default().to_string())
+}
+
 fn plugin(plugins: &std::path::Path, name: &str, configuration: &str) -> Plugin {
     Plugin::local(
         name.into(),
@@ -124,13 +133,7 @@ fn transformer_maps_a_body_field_to_a_header_while_it_holds_the_headers() {
         let answer = crate::request(proxy.address, request, false);
         assert_eq!(answer.status, 200, "{}", answer.text());
         let echoed: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
-        let headers = echoed["headers"].as_array().unwrap();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|pair| pair[0] == name)
-                .map(|pair| pair[1].as_str().unwrap().to_string())
-        };
+        let header = |name: &str| echoed_header(&echoed, name);
         assert_eq!(header("x-user-id").as_deref(), Some("12"), "{echoed}");
         assert_eq!(header("x-added").as_deref(), Some("yes"), "{echoed}");
         assert_eq!(echoed["body"], body, "the body goes on unchanged");
@@ -193,12 +196,7 @@ spec:
         let answer = crate::request(proxy.address, request, false);
         assert_eq!(answer.status, 200, "{}", answer.text());
         let echoed: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
-        echoed["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|pair| pair[0] == "x-config")
-            .map(|pair| pair[1].as_str().unwrap().to_string())
+        echoed_header(&echoed, "x-config")
     };
     // The first matching rule wins: the route rule before the domain rule.
     assert_eq!(
@@ -410,13 +408,7 @@ fn gpustack_ext_auth_asks_an_auth_server_and_passes_its_consumer_on() {
     );
     assert_eq!(status, 200, "{body}");
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let headers = echoed["headers"].as_array().unwrap();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|pair| pair[0] == name)
-            .map(|pair| pair[1].as_str().unwrap().to_string())
-    };
+    let header = |name: &str| echoed_header(&echoed, name);
     assert_eq!(
         header("x-mse-consumer").as_deref(),
         Some("alice"),

@@ -17,55 +17,86 @@ pub enum RespError {
 
 /// The length of the RESP value at the start of `bytes`: `Ok(None)` while it is incomplete.
 pub fn frame_len(bytes: &[u8]) -> Result<Option<usize>, RespError> {
-    let mut at = 0;
-    // Values still to read: the first, plus the elements of the arrays opened so far.
-    let mut pending: u64 = 1;
-    while pending > 0 {
-        let Some(&kind) = bytes.get(at) else {
-            return Ok(None);
-        };
-        let Some(line_end) = find_crlf(&bytes[at + 1..]) else {
-            return Ok(None);
-        };
-        let line = &bytes[at + 1..at + 1 + line_end];
-        let after_line = at + 1 + line_end + 2;
-        pending -= 1;
-        match kind {
-            b'+' | b'-' => {}
-            b':' => {
-                number(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
-            }
-            b'$' => {
-                let len = length(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
-                if let Some(len) = len {
-                    let end = after_line
-                        .checked_add(len)
-                        .filter(|end| end.checked_add(2).is_some())
-                        .ok_or(RespError::BadNumber { offset: at + 1 })?;
-                    match bytes.get(end..end + 2) {
-                        None => return Ok(None),
-                        Some(b"\r\n") => {
-                            at = end + 2;
-                            continue;
+    Scanner::default().scan(bytes)
+}
+
+/// Finds where a RESP value ends in bytes that arrive piece by piece, resuming where the last
+/// scan stopped, so that reading a large reply costs time in proportion to its size.
+#[derive(Clone, Debug)]
+pub struct Scanner {
+    /// Where the next element starts.
+    at: usize,
+    /// Values still to read: the first, plus the elements of the arrays opened so far.
+    pending: u64,
+    /// How far the current element's line is known to hold no CRLF.
+    searched: usize,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            at: 0,
+            pending: 1,
+            searched: 0,
+        }
+    }
+}
+
+impl Scanner {
+    /// The value's length once `bytes` (everything so far, from the value's start) holds all of
+    /// it. After `Ok(Some(_))` or an error, start a new scanner for the next value.
+    pub fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, RespError> {
+        while self.pending > 0 {
+            let at = self.at;
+            let Some(&kind) = bytes.get(at) else {
+                return Ok(None);
+            };
+            let from = self.searched.max(at + 1);
+            let Some(line_end) = find_crlf(bytes.get(from..).unwrap_or_default()).map(|i| from + i)
+            else {
+                // The last byte may be the CR of a CRLF still to come.
+                self.searched = bytes.len().saturating_sub(1).max(at + 1);
+                return Ok(None);
+            };
+            let line = &bytes[at + 1..line_end];
+            let mut next = line_end + 2;
+            let mut opened = 0;
+            match kind {
+                b'+' | b'-' => {}
+                b':' => {
+                    number(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
+                }
+                b'$' => {
+                    let len = length(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
+                    if let Some(len) = len {
+                        let end = next
+                            .checked_add(len)
+                            .filter(|end| end.checked_add(2).is_some())
+                            .ok_or(RespError::BadNumber { offset: at + 1 })?;
+                        match bytes.get(end..end + 2) {
+                            None => return Ok(None),
+                            Some(b"\r\n") => next = end + 2,
+                            Some(_) => return Err(RespError::MissingCrlf { offset: end }),
                         }
-                        Some(_) => return Err(RespError::MissingCrlf { offset: end }),
                     }
                 }
+                b'*' => {
+                    let count = length(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
+                    opened = count.unwrap_or(0) as u64;
+                }
+                other => {
+                    return Err(RespError::UnknownType {
+                        offset: at,
+                        found: char::from(other),
+                    });
+                }
             }
-            b'*' => {
-                let count = length(line).ok_or(RespError::BadNumber { offset: at + 1 })?;
-                pending = pending.saturating_add(count.unwrap_or(0) as u64);
-            }
-            other => {
-                return Err(RespError::UnknownType {
-                    offset: at,
-                    found: char::from(other),
-                });
-            }
+            self.pending = (self.pending - 1).saturating_add(opened);
+            self.at = next;
+            self.searched = 0;
         }
-        at = after_line;
+        Ok(Some(self.at))
     }
-    Ok(Some(at))
 }
 
 /// Whether `bytes` is exactly one complete RESP value.
@@ -178,6 +209,22 @@ mod tests {
         );
         assert_eq!(command_args(b"+OK\r\n"), None);
         assert_eq!(command_args(b"*1\r\n:1\r\n"), None);
+    }
+
+    #[test]
+    fn a_scanner_resumes_where_it_stopped() {
+        let reply = b"*3\r\n$5\r\nhello\r\n:42\r\n+OK\r\n";
+        for step in 1..reply.len() {
+            let mut scanner = Scanner::default();
+            let mut found = None;
+            for end in (step..=reply.len()).step_by(step).chain([reply.len()]) {
+                found = scanner.scan(&reply[..end]).unwrap();
+                if found.is_some() {
+                    break;
+                }
+            }
+            assert_eq!(found, Some(reply.len()), "step {step}");
+        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ struct Key {
 
 struct Connection {
     stream: TcpStream,
-    /// Bytes read past the last reply: none, as long as Redis answers one query with one reply.
+    /// What Redis sent and the current reply has not taken yet.
     buffer: Vec<u8>,
     target: String,
 }
@@ -143,7 +143,10 @@ pub async fn call(
             }
         };
         let reply = connection.exchange(&request.query).await?;
-        pool.put_back(key, connection);
+        // Bytes past the one reply would answer the next query: such a connection is not reused.
+        if connection.buffer.is_empty() {
+            pool.put_back(key, connection);
+        }
         Ok(reply)
     };
     tokio::time::timeout(timeout, exchange)
@@ -205,8 +208,9 @@ impl Connection {
             .write_all(query)
             .await
             .map_err(io(&self.target))?;
+        let mut scanner = resp::Scanner::default();
         loop {
-            match resp::frame_len(&self.buffer) {
+            match scanner.scan(&self.buffer) {
                 Ok(Some(len)) => return Ok(self.buffer.drain(..len).collect()),
                 Ok(None) if self.buffer.len() >= MAX_REPLY_BYTES => {
                     return Err(RedisError::TooLarge {

@@ -628,6 +628,8 @@ impl Stream {
             Direction::Response => self.live_context(index),
         };
         let Some(context) = context else {
+            // Out of the stream (failed under FAIL_OPEN, say): it holds nothing back any more.
+            self.release(direction, position);
             self.flow(direction).push(position + 1, event);
             return;
         };
@@ -943,10 +945,17 @@ impl Stream {
     /// `proxy_continue_stream` from `plugin`: whatever it held moves on.
     fn resume(&mut self, direction: Direction, plugin: usize) {
         let position = self.position_of(direction, plugin);
-        let flow = self.flow(direction);
-        if flow.closed {
+        if self.flow(direction).closed {
             return;
         }
+        self.release(direction, position);
+        self.pump(direction);
+    }
+
+    /// Lets go on what the plugin at `position` holds, in order: held headers, the body it
+    /// buffered (with the end of stream, when it came), held trailers.
+    fn release(&mut self, direction: Direction, position: usize) {
+        let flow = self.flow(direction);
         match flow.blocked[position].take() {
             Some(Blocked::Headers { end_of_stream }) => {
                 flow.queues[position + 1].push_front(Event::Headers { end_of_stream });
@@ -995,7 +1004,6 @@ impl Stream {
                 }
             }
         }
-        self.pump(direction);
     }
 
     /// What leaves the chain becomes a step.
@@ -1197,9 +1205,11 @@ impl Stream {
         }
     }
 
-    /// After a failed callback: a FAIL_OPEN plugin is skipped, so its event moves on.
+    /// After a failed callback: a FAIL_OPEN plugin is skipped, so what it held moves on (headers it
+    /// held while its body callback failed go first), then its event.
     fn after_failure(&mut self, direction: Direction, position: usize, event: Event) {
         if !self.flow(direction).closed {
+            self.release(direction, position);
             self.flow(direction).push(position + 1, event);
         }
     }

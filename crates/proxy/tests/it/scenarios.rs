@@ -379,6 +379,7 @@ impl Backend for Live {
                 );
                 plugin.root_id = p.root_id.clone();
                 plugin.vm = p.vm_config.clone();
+                plugin.capabilities.headers_stop_iteration = p.headers_stop_iteration;
                 plugin
             })
             .collect();

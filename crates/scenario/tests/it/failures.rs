@@ -68,3 +68,28 @@ fn fail_reload_replaces_the_instance_and_backs_off_when_it_keeps_failing() {
     ));
     assert_passes(&report);
 }
+
+#[test]
+fn a_fail_open_plugin_that_fails_while_holding_the_headers_lets_them_go_first() {
+    let scratch = Scratch::new("open-stop-iteration");
+    let report = scratch.run(
+        r#"
+plugins:
+  - name: holder
+    wasm: "{plugins}/probe.wasm"
+    pluginConfig: {name: holder, pause: [request_headers], trap: request_body}
+    allowOnHeadersStopIteration: true
+    failStrategy: FAIL_OPEN
+  - name: after
+    wasm: "{plugins}/add_header.wasm"
+    pluginConfig: {request: {set: {x-after: ran}}}
+steps:
+  - request: {method: POST, path: /, body: hello}
+    expect:
+      upstream: {headers: {x-after: ran}, body: hello}
+      response: {status: 200}
+      pluginFailure: true
+"#,
+    );
+    assert_passes(&report);
+}

@@ -233,6 +233,14 @@ impl Harness {
                     };
                     let _ = vm.grpc_event(root_context, token, close);
                 }
+                Effect::Call {
+                    root_context,
+                    token,
+                    op: CallOp::Redis(_),
+                    ..
+                } => {
+                    let _ = vm.redis_call_response(root_context, token, None);
+                }
                 _ => {}
             }
         }

@@ -15,6 +15,9 @@ pub enum RespError {
     MissingCrlf { offset: usize },
 }
 
+/// The longest line a RESP length or integer takes: `-9223372036854775808`.
+const MAX_NUMBER_LINE: usize = 20;
+
 /// The length of the RESP value at the start of `bytes`: `Ok(None)` while it is incomplete.
 pub fn frame_len(bytes: &[u8]) -> Result<Option<usize>, RespError> {
     Scanner::default().scan(bytes)
@@ -51,14 +54,23 @@ impl Scanner {
             let Some(&kind) = bytes.get(at) else {
                 return Ok(None);
             };
+            let numeric = matches!(kind, b'$' | b'*' | b':');
             let from = self.searched.max(at + 1);
             let Some(line_end) = find_crlf(bytes.get(from..).unwrap_or_default()).map(|i| from + i)
             else {
+                // A length or an integer has at most 20 characters: a longer line is not one,
+                // and scanning it again on every read would cost time without bound.
+                if numeric && bytes.len() - at > MAX_NUMBER_LINE + 2 {
+                    return Err(RespError::BadNumber { offset: at + 1 });
+                }
                 // The last byte may be the CR of a CRLF still to come.
                 self.searched = bytes.len().saturating_sub(1).max(at + 1);
                 return Ok(None);
             };
             let line = &bytes[at + 1..line_end];
+            if numeric && line.len() > MAX_NUMBER_LINE {
+                return Err(RespError::BadNumber { offset: at + 1 });
+            }
             let mut next = line_end + 2;
             let mut opened = 0;
             match kind {
@@ -99,9 +111,10 @@ impl Scanner {
     }
 }
 
-/// Whether `bytes` is exactly one complete RESP value.
-pub fn is_one_value(bytes: &[u8]) -> bool {
-    matches!(frame_len(bytes), Ok(Some(len)) if len == bytes.len())
+/// Whether `bytes` is exactly one command as clients send it: a non-empty array of bulk
+/// strings. (A simple string may hold a bare LF, which Redis reads as two inline commands.)
+pub fn is_one_command(bytes: &[u8]) -> bool {
+    command_args(bytes).is_some_and(|args| !args.is_empty())
 }
 
 /// A RESP array of bulk strings: a command as clients send it.
@@ -128,9 +141,13 @@ pub fn command_args(bytes: &[u8]) -> Option<Vec<&[u8]>> {
     for _ in 0..count {
         let (len, start) = line(at)?;
         let len = length(len.strip_prefix(b"$")?)??;
-        let arg = bytes.get(start..start.checked_add(len)?)?;
+        let end = start.checked_add(len)?;
+        let arg = bytes.get(start..end)?;
+        if bytes.get(end..end.checked_add(2)?)? != b"\r\n" {
+            return None;
+        }
         args.push(arg);
-        at = start + len + 2;
+        at = end + 2;
     }
     (at == bytes.len()).then_some(args)
 }
@@ -196,8 +213,30 @@ mod tests {
             frame_len(b"$1\r\nab\r\n"),
             Err(RespError::MissingCrlf { offset: 5 })
         );
-        assert!(!is_one_value(b"+OK\r\n+OK\r\n"));
-        assert!(is_one_value(b"+OK\r\n"));
+        assert!(!is_one_command(b"+OK\r\n"));
+        assert!(
+            !is_one_command(b"-x\nBLPOP q 0.5\r\n"),
+            "a bare LF is two inline commands"
+        );
+        assert!(!is_one_command(b"*0\r\n"));
+        assert!(
+            !is_one_command(b"*1\r\n$1\r\nxyz\r\n"),
+            "bytes past a bulk string"
+        );
+        assert!(is_one_command(&command(&[b"GET", b"k"])));
+        assert_eq!(
+            frame_len(format!("${}1\r\n", "0".repeat(30)).as_bytes()),
+            Err(RespError::BadNumber { offset: 1 })
+        );
+        assert_eq!(
+            frame_len(format!("*{}\r\n", "0".repeat(40)).as_bytes()),
+            Err(RespError::BadNumber { offset: 1 })
+        );
+        assert_eq!(
+            frame_len(format!(":{}", "1".repeat(40)).as_bytes()),
+            Err(RespError::BadNumber { offset: 1 }),
+            "a number line that never ends is refused early"
+        );
     }
 
     #[test]

@@ -467,12 +467,13 @@ fn watch(files: Vec<PathBuf>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
                 }
                 // Editors, compilers and the kubelet write in several steps; take the last one.
                 while changes.recv_timeout(Duration::from_millis(200)).is_ok() {}
-                tracing::info!("a watched file changed: reloading the config");
-                // The reloader logs the outcome.
-                let _outcome = reloader.reload();
+                // Before the reload reads them: a swap during a long reload is seen next time.
                 for file in &mut watched {
                     file.resolved = resolve(&file.given);
                 }
+                tracing::info!("a watched file changed: reloading the config");
+                // The reloader logs the outcome.
+                let _outcome = reloader.reload();
                 if let Err(error) = watch_dirs(&mut watcher, &watched) {
                     tracing::warn!("{error:#}");
                 }

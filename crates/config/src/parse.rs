@@ -277,6 +277,9 @@ struct MatchRuleSpec {
     config: Option<serde_json::Value>,
     #[serde(default)]
     config_disable: bool,
+    /// `HTTP` (the default) or `GRPC`.
+    #[serde(default)]
+    route_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1010,6 +1013,11 @@ fn higress_configuration(
     let mut compiled = Vec::new();
     for (index, rule) in rules.into_iter().enumerate() {
         let field = format!("spec.matchRules[{index}]");
+        if rule.config_disable {
+            // Dropped (before any other check, as Higress does), not an "off" rule: its requests
+            // fall through to later rules or the default.
+            continue;
+        }
         if rule.ingress.is_empty() && rule.domain.is_empty() && rule.service.is_empty() {
             checker.error(
                 &field,
@@ -1017,9 +1025,16 @@ fn higress_configuration(
             );
             continue;
         }
-        if rule.config_disable {
-            // Dropped, not an "off" rule: its requests fall through to later rules or the default.
-            continue;
+        match rule.route_type.as_deref() {
+            None | Some("HTTP") => {}
+            Some("GRPC") => checker.notice(
+                &format!("{field}.routeType"),
+                "ignored: sluice matches gRPC routes by name as it does HTTP ones (Higress writes their ingress names as `GRPC`)",
+            ),
+            Some(other) => checker.error(
+                &format!("{field}.routeType"),
+                format!("`{other}`: expected HTTP or GRPC"),
+            ),
         }
         let mut config = match rule.config {
             Some(serde_json::Value::Object(map)) => map,
@@ -1737,7 +1752,7 @@ spec:
         );
         // Every rule disabled and the default too: applied nowhere, so not loaded.
         let nowhere = with(
-            "  defaultConfigDisable: true\n  matchRules: [{domain: [a.com], configDisable: true}]\n",
+            "  defaultConfigDisable: true\n  matchRules: [{domain: [a.com], configDisable: true}, {configDisable: true, routeType: GRPC}]\n",
         )
         .unwrap();
         assert!(nowhere.plugins.is_empty());

@@ -3,7 +3,8 @@
 //! `proxy_redis_init` chose, and the one RESP reply comes back exactly as Redis sent it.
 //!
 //! A connection carries one query at a time; an idle one is reused only while Redis has not
-//! closed it (a Redis restart costs no call), and a worker keeps a bounded number idle.
+//! closed it, and a worker keeps a bounded number idle. A connection whose state a command
+//! changed (`SELECT`, `MULTI`, `SUBSCRIBE`, ...) is closed after its call.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,6 +21,29 @@ use crate::{Clusters, Target};
 
 /// Most idle connections a worker keeps to one Redis endpoint with one set of credentials.
 const MAX_IDLE_PER_ENDPOINT: usize = 16;
+
+/// The read buffer an idle connection may keep.
+const KEPT_BUFFER_BYTES: usize = 64 << 10;
+
+/// Commands after which a connection is not the one its key describes any more (another
+/// database or user, a transaction or a subscription under way, replies switched off): it
+/// serves the call that sent one, then is closed rather than pooled.
+const STATEFUL_COMMANDS: &[&str] = &[
+    "SELECT",
+    "AUTH",
+    "HELLO",
+    "MULTI",
+    "WATCH",
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "SSUBSCRIBE",
+    "MONITOR",
+    "CLIENT",
+    "READONLY",
+    "READWRITE",
+    "RESET",
+    "QUIT",
+];
 
 /// The largest reply a call takes; a bigger one fails the call (and its connection is closed).
 pub const MAX_REPLY_BYTES: usize = 64 << 20;
@@ -83,18 +107,24 @@ impl RedisPool {
         let mut idle = self.idle.borrow_mut();
         let connections = idle.get_mut(key)?;
         while let Some(connection) = connections.pop() {
-            let mut probe = [0u8; 1];
-            // Nothing to read and no end of stream: still open. Anything else (the close Redis
-            // sends when it restarts or times an idle client out) discards it.
-            if matches!(connection.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            {
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            // Asked of the socket itself (a peek, the socket being non-blocking), not of the
+            // runtime's cached readiness, which may not have seen Redis's FIN yet. Nothing to
+            // read and no end of stream: still open. Anything else (the close Redis sends when
+            // it restarts or times an idle client out) discards it.
+            let peeked = socket2::SockRef::from(&connection.stream).peek(&mut probe);
+            if matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
                 return Some(connection);
             }
         }
         None
     }
 
-    fn put_back(&self, key: Key, connection: Connection) {
+    fn put_back(&self, key: Key, mut connection: Connection) {
+        // An idle connection keeps no memory of a large reply.
+        if connection.buffer.capacity() > KEPT_BUFFER_BYTES {
+            connection.buffer = Vec::new();
+        }
         let mut idle = self.idle.borrow_mut();
         let connections = idle.entry(key).or_default();
         if connections.len() < MAX_IDLE_PER_ENDPOINT {
@@ -143,8 +173,15 @@ pub async fn call(
             }
         };
         let reply = connection.exchange(&request.query).await?;
-        // Bytes past the one reply would answer the next query: such a connection is not reused.
-        if connection.buffer.is_empty() {
+        // Bytes past the one reply would answer the next query: such a connection is not reused,
+        // nor one whose state the command changed.
+        let command = resp::command_args(&request.query)
+            .and_then(|args| args.first().copied())
+            .unwrap_or_default();
+        let stateful = STATEFUL_COMMANDS
+            .iter()
+            .any(|name| name.as_bytes().eq_ignore_ascii_case(command));
+        if connection.buffer.is_empty() && !stateful {
             pool.put_back(key, connection);
         }
         Ok(reply)
@@ -211,6 +248,9 @@ impl Connection {
         let mut scanner = resp::Scanner::default();
         loop {
             match scanner.scan(&self.buffer) {
+                Ok(Some(len)) if len == self.buffer.len() => {
+                    return Ok(std::mem::take(&mut self.buffer));
+                }
                 Ok(Some(len)) => return Ok(self.buffer.drain(..len).collect()),
                 Ok(None) if self.buffer.len() >= MAX_REPLY_BYTES => {
                     return Err(RedisError::TooLarge {

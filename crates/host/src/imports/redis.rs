@@ -74,7 +74,7 @@ fn call(c: &mut Caller<'_>, service: (u32, u32), query: (u32, u32), token_ptr: u
     let cluster = read_string(c, service.0, service.1)?;
     let query = read(c, query.0, query.1)?;
     parts(c)?.0.check(token_ptr, 4)?;
-    if !(c.data().clusters)(&cluster) || !sluice_abi::resp::is_one_value(&query) {
+    if !(c.data().clusters)(&cluster) || !sluice_abi::resp::is_one_command(&query) {
         return Err(Status::BadArgument.into());
     }
     let state = c.data_mut();

@@ -214,9 +214,9 @@ pub(crate) struct HostState {
     /// CEL expressions of `expr_create`, per root context, as Envoy keeps them.
     pub expressions: HashMap<u32, crate::foreign::Expressions>,
     pub next_token: u32,
-    /// How to reach each Redis cluster a root context set up with `proxy_redis_init`, by
-    /// cluster name.
-    pub redis: HashMap<String, crate::effects::RedisSettings>,
+    /// How to reach each Redis cluster a root context set up with `proxy_redis_init`, by root
+    /// context and cluster name (as Envoy keeps them per root context).
+    pub redis: HashMap<(u32, String), crate::effects::RedisSettings>,
     /// Open gRPC calls and streams, and whether each is a unary call (ended by its message).
     pub grpc_tokens: HashMap<u32, bool>,
     /// Tick period (ms) per root context, and the monotonic time it was set: ticks fall due at

@@ -63,9 +63,19 @@ fn init(
         database,
         timeout: Duration::from_millis(timeout_ms.into()),
     };
-    c.data_mut().redis.insert(cluster.to_string(), settings);
+    let state = c.data_mut();
+    let key = (state.effective_root(), cluster.to_string());
+    // Envoy has no bound; `outbound|PORT||HOST` names are endless, and a plugin setting up a
+    // new one per request would grow its VM for good.
+    if !state.redis.contains_key(&key) && state.redis.len() >= MAX_REDIS_CLUSTERS {
+        return Err(Status::InternalFailure.into());
+    }
+    state.redis.insert(key, settings);
     Ok(())
 }
+
+/// The Redis clusters one VM's root contexts may set up.
+const MAX_REDIS_CLUSTERS: usize = 1024;
 
 /// Higress's operation timeout of a cluster before (or without) `proxy_redis_init`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -80,7 +90,8 @@ fn call(c: &mut Caller<'_>, service: (u32, u32), query: (u32, u32), token_ptr: u
     let state = c.data_mut();
     // A cluster nobody set up is called as Higress's host does before any init: no AUTH,
     // database 0, a 1 s timeout.
-    let settings = state.redis.get(&cluster).cloned().unwrap_or(RedisSettings {
+    let key = (state.effective_root(), cluster);
+    let settings = state.redis.get(&key).cloned().unwrap_or(RedisSettings {
         timeout: DEFAULT_TIMEOUT,
         ..RedisSettings::default()
     });
@@ -91,7 +102,7 @@ fn call(c: &mut Caller<'_>, service: (u32, u32), query: (u32, u32), token_ptr: u
         root_context,
         token,
         op: CallOp::Redis(RedisCallRequest {
-            cluster,
+            cluster: key.1,
             settings,
             query,
         }),

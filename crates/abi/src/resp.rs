@@ -121,11 +121,16 @@ pub fn is_one_command(bytes: &[u8]) -> bool {
 pub fn command(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
+        push_bulk(&mut out, arg);
     }
     out
+}
+
+/// Appends `bytes` as a RESP bulk string.
+pub fn push_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The arguments of a command as clients send it (an array of bulk strings); `None` for anything

@@ -629,8 +629,7 @@ impl Stream {
         };
         let Some(context) = context else {
             // Out of the stream (failed under FAIL_OPEN, say): it holds nothing back any more.
-            self.release(direction, position);
-            self.flow(direction).push(position + 1, event);
+            self.let_through(direction, position, event);
             return;
         };
         let request = direction == Direction::Request;
@@ -697,22 +696,14 @@ impl Stream {
                 });
                 let buffer = self.take_body(request);
                 match result {
-                    Some(Action::Continue) => {
-                        let flow = self.flow(direction);
-                        if let Some(Blocked::HeadersOnly { end_of_stream, .. }) =
-                            flow.blocked[position]
-                        {
-                            flow.blocked[position] = None;
-                            flow.push(position + 1, Event::Headers { end_of_stream });
-                        }
-                        flow.push(
-                            position + 1,
-                            Event::Data {
-                                data: buffer,
-                                end_of_stream,
-                            },
-                        );
-                    }
+                    Some(Action::Continue) => self.let_through(
+                        direction,
+                        position,
+                        Event::Data {
+                            data: buffer,
+                            end_of_stream,
+                        },
+                    ),
                     Some(Action::Pause) => {
                         self.park(index);
                         let limit = self.chain.buffer_limit;
@@ -756,32 +747,17 @@ impl Stream {
                         vm.response_trailers(context, count)
                     }
                 });
-                let flow = self.flow(direction);
-                let held_headers = match &mut flow.blocked[position] {
-                    Some(Blocked::HeadersOnly {
-                        end_of_stream,
-                        trailers,
-                        ..
-                    }) => {
-                        *trailers = matches!(result, Some(Action::Pause));
-                        Some(*end_of_stream)
-                    }
-                    _ => None,
-                };
                 match result {
                     Some(Action::Pause) => {
-                        if held_headers.is_none() {
-                            self.flow(direction).blocked[position] = Some(Blocked::Trailers);
+                        let blocked = &mut self.flow(direction).blocked[position];
+                        match blocked {
+                            Some(Blocked::HeadersOnly { trailers, .. }) => *trailers = true,
+                            _ => *blocked = Some(Blocked::Trailers),
                         }
                         self.park(index);
                     }
                     Some(Action::Continue) => {
-                        if let Some(end_of_stream) = held_headers {
-                            let flow = self.flow(direction);
-                            flow.blocked[position] = None;
-                            flow.push(position + 1, Event::Headers { end_of_stream });
-                        }
-                        self.pass_trailers(direction, position);
+                        self.let_through(direction, position, Event::Trailers);
                     }
                     None => self.after_failure(direction, position, Event::Trailers),
                 }
@@ -1209,9 +1185,15 @@ impl Stream {
     /// held while its body callback failed go first), then its event.
     fn after_failure(&mut self, direction: Direction, position: usize, event: Event) {
         if !self.flow(direction).closed {
-            self.release(direction, position);
-            self.flow(direction).push(position + 1, event);
+            self.let_through(direction, position, event);
         }
+    }
+
+    /// The plugin at `position` lets `event` go on, after whatever it still held (headers held
+    /// under `StopIteration` first): a callback returned Continue, or the plugin is out.
+    fn let_through(&mut self, direction: Direction, position: usize, event: Event) {
+        self.release(direction, position);
+        self.flow(direction).push(position + 1, event);
     }
 
     /// 503 for the client (Envoy's `wasm_fail_stream`, with no body unless the chain describes

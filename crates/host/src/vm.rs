@@ -958,8 +958,8 @@ impl Vm {
         })
     }
 
-    /// Delivers what came back from call `token` (an HTTP callout's answer or a gRPC event) to
-    /// `root`, the root context that made it.
+    /// Delivers what came back from call `token` (an HTTP callout's answer, a gRPC event or a
+    /// Redis reply) to `root`, the root context that made it.
     pub fn call_answer(
         &mut self,
         root: u32,

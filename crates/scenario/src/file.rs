@@ -486,11 +486,7 @@ fn encode_redis_reply(value: &serde_json::Value, out: &mut Vec<u8>) -> Result<()
                 .ok_or_else(|| format!(": {n} is not a 64-bit integer"))?;
             out.extend_from_slice(format!(":{n}\r\n").as_bytes());
         }
-        Value::String(text) => {
-            out.extend_from_slice(format!("${}\r\n", text.len()).as_bytes());
-            out.extend_from_slice(text.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        Value::String(text) => sluice_abi::resp::push_bulk(out, text.as_bytes()),
         Value::Array(items) => {
             out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
             for (i, item) in items.iter().enumerate() {

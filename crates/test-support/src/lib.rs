@@ -60,10 +60,18 @@ pub fn wat_fixture_file(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("creating target/test-fixtures");
     let path = dir.join(format!("{name}.wasm"));
     // Written under a unique name and renamed, so parallel tests never read a partial file.
-    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    let partial = dir.join(format!("{name}.{}.partial", unique_suffix()));
     std::fs::write(&partial, wat_fixture(name)).expect("writing a fixture");
     std::fs::rename(&partial, &path).expect("renaming a fixture");
     path
+}
+
+/// A name part no other writer uses at the same time: the process and a counter within it, as
+/// test binaries run in parallel and so do the tests inside one.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 /// Assembles WAT text written inline in a test.
@@ -85,13 +93,18 @@ pub const HIGRESS_PLUGINS_PACKAGE: &str = "gpustack-higress-plugins==0.5.1";
 /// fetched from PyPI with pip on first use and kept under `target/`. `None`, with the reason
 /// printed, when it cannot be had here; under `CI=true` that fails the test instead.
 pub fn higress_plugins() -> Option<PathBuf> {
+    // Tests of one process wait for the first one's download rather than racing it.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = repo_root().join("target/test-packages/gpustack-higress-plugins-0.5.1");
     let plugins = dir.join("gpustack_higress_plugins/plugins");
     if plugins.is_dir() {
         return Some(plugins);
     }
     let fetch = || -> Result<(), String> {
-        let download = dir.with_extension(format!("{}.partial", std::process::id()));
+        let download = dir.with_extension(format!("{}.partial", unique_suffix()));
         std::fs::create_dir_all(&download).map_err(|e| e.to_string())?;
         let run = |program: &str, args: &[&str]| -> Result<(), String> {
             let output = Command::new(program)

@@ -1,14 +1,19 @@
 //! The example plugins' own scenario files (plugins/*/tests), replayed through the live proxy:
 //! the client, the upstream and every callout cluster are real sockets on 127.0.0.1, and the
-//! expectations are the same ones `sluice test` checks in process. What a live proxy cannot show
-//! is left out and said: plugin logs, and the steps after an `advance` (its clock is real).
+//! expectations are the same ones `sluice test` checks in process. A scenario of `connection`
+//! steps runs its plugins as network filters on a TCP listener in front of a scripted origin.
+//! What a live proxy cannot show is left out and said: plugin logs, and the steps after an
+//! `advance` (its clock is real).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -19,8 +24,9 @@ use sluice_config::Plugin;
 use sluice_host::{Engine, Limits};
 use sluice_proxy::{RunningProxy, Source};
 use sluice_scenario::{
-    self as scenario, Backend, CannedAnswer, ClientSeen, Exchange, Observed, Observes, Scenario,
-    ScenarioError, SeenGrpcCall, SeenHttpCall, SeenRedisCall, Start, UpstreamSeen,
+    self as scenario, Action, Backend, CannedAnswer, ClientSeen, ConnectionEvent, ConnectionSeen,
+    Exchange, Observed, Observes, Scenario, ScenarioError, SeenGrpcCall, SeenHttpCall,
+    SeenRedisCall, Start, UpstreamSeen,
 };
 
 /// A body that yields prepared frames: the scripted chunks, then the trailers.
@@ -303,6 +309,137 @@ struct Live {
     engine: Engine,
     shared: Shared,
     proxy: Option<RunningProxy>,
+    /// For a scenario of connection steps: the TCP listener's address and the origin's accepted
+    /// connections.
+    tcp: Option<(SocketAddr, mpsc::Receiver<TcpStream>)>,
+}
+
+/// An origin for connection steps: every connection the proxy makes to it is handed to the step
+/// that runs, which writes the scenario's upstream bytes on it.
+fn tcp_origin() -> (SocketAddr, mpsc::Receiver<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if sender.send(stream).is_err() {
+                return;
+            }
+        }
+    });
+    (address, receiver)
+}
+
+/// How long nothing must move on either socket before a connection event counts as carried out.
+/// Live sockets give no signal that a proxy is done with some bytes, so quiet is the signal.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// One side of a live connection as the test sees it: what it read, and how its reading ended.
+#[derive(Default)]
+struct Side {
+    stream: Option<TcpStream>,
+    read: Vec<u8>,
+    /// The peer ended (a FIN, or a reset).
+    ended: bool,
+    /// This side ended its writing.
+    sent_end: bool,
+}
+
+impl Side {
+    fn of(stream: TcpStream) -> Side {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        Side {
+            stream: Some(stream),
+            ..Side::default()
+        }
+    }
+
+    /// Reads what has arrived; whether anything changed.
+    fn poll(&mut self) -> bool {
+        let Some(stream) = self.stream.as_mut().filter(|_| !self.ended) else {
+            return false;
+        };
+        let mut buffer = [0u8; 65536];
+        match stream.read(&mut buffer) {
+            Ok(0) => {
+                self.ended = true;
+                true
+            }
+            Ok(n) => {
+                self.read.extend_from_slice(&buffer[..n]);
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                false
+            }
+            Err(_) => {
+                self.ended = true;
+                true
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.write_all(bytes);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(stream) = self.stream.as_ref() {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+        self.sent_end = true;
+    }
+}
+
+/// A connection step through the live TCP listener.
+struct LiveConnection<'a> {
+    client: Side,
+    upstream: Side,
+    origins: &'a mpsc::Receiver<TcpStream>,
+}
+
+impl LiveConnection<'_> {
+    /// Reads both sides (and takes the proxy's connection to the origin when it comes) until
+    /// nothing moved for [`QUIET`], within 10 s.
+    fn settle(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < QUIET && Instant::now() < deadline {
+            let mut moved = self.client.poll() | self.upstream.poll();
+            if self.upstream.stream.is_none() {
+                if let Ok(stream) = self.origins.try_recv() {
+                    self.upstream = Side::of(stream);
+                    moved = true;
+                }
+            }
+            if moved {
+                quiet_since = Instant::now();
+            }
+        }
+    }
+
+    /// Who ended the connection, as the in-process runner names it.
+    fn closed_by(&self) -> &'static str {
+        let upstream_gone = self.upstream.stream.is_some() && self.upstream.ended;
+        if self.client.sent_end && self.upstream.sent_end && self.client.ended && upstream_gone {
+            "ends"
+        } else if (self.client.ended && !self.upstream.sent_end)
+            || (upstream_gone && !self.client.sent_end)
+        {
+            "proxy"
+        } else {
+            "open"
+        }
+    }
 }
 
 impl Live {
@@ -311,6 +448,7 @@ impl Live {
             engine: crate::engine(),
             shared: Shared::default(),
             proxy: None,
+            tcp: None,
         }
     }
 
@@ -347,7 +485,7 @@ impl Drop for Live {
 impl Backend for Live {
     fn observes(&self) -> Observes {
         Observes {
-            connections: false,
+            connections: true,
             logs: false,
             shared_data: true,
             time: false,
@@ -365,8 +503,38 @@ impl Backend for Live {
                 .answers
                 .insert(name.clone(), answers.iter().cloned().collect());
         }
+        let connections = scenario
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::Connection(_)))
+            .count();
+        let network = connections > 0;
+        if network && connections < scenario.steps.len() {
+            return Err(ScenarioError::Invalid {
+                file: scenario.file.clone(),
+                message: "a live proxy runs a scenario's plugins as HTTP or as network filters, \
+                          not both: keep connection steps in files of their own"
+                    .into(),
+            });
+        }
+        let origin = network.then(tcp_origin);
+        if let Some((address, _)) = &origin {
+            clusters.push(("tcp-origin", *address));
+        }
         let mut config = crate::flags(Some(upstream), &clusters);
         config.workers = Some(1);
+        if network {
+            config.listeners.push(sluice_config::Listener {
+                name: "tcp".into(),
+                address: "127.0.0.1:0".parse().unwrap(),
+                tls: None,
+                routes: Vec::new(),
+                tcp: Some(sluice_config::TcpProxy {
+                    cluster: "tcp-origin".into(),
+                    idle_timeout: Some(sluice_config::DEFAULT_IDLE_TIMEOUT),
+                }),
+            });
+        }
         config.plugins = scenario
             .plugins
             .iter()
@@ -380,6 +548,7 @@ impl Backend for Live {
                 plugin.root_id = p.root_id.clone();
                 plugin.vm = p.vm_config.clone();
                 plugin.capabilities.headers_stop_iteration = p.headers_stop_iteration;
+                plugin.network = network;
                 plugin
             })
             .collect();
@@ -407,6 +576,7 @@ impl Backend for Live {
         };
         match sluice_proxy::start(source, self.engine.clone()) {
             Ok(proxy) => {
+                self.tcp = origin.map(|(_, accepted)| (proxy.addresses[1], accepted));
                 self.proxy = Some(proxy);
                 Ok(Start::Running { logs: Vec::new() })
             }
@@ -504,6 +674,65 @@ impl Backend for Live {
             ..Observed::default()
         };
         drop(state);
+        let failed = self.failures() - failures_before;
+        if failed > 0 {
+            observed.failures.push(format!(
+                "{failed} plugin failure(s) in sluice_plugin_failures_total"
+            ));
+        }
+        Ok(observed)
+    }
+
+    /// Plays the events on a real client connection and on the proxy's real connection to the
+    /// origin; each event counts as carried out once both sockets are quiet.
+    fn connection(&mut self, events: &[ConnectionEvent]) -> Result<Observed, ScenarioError> {
+        let failures_before = self.failures();
+        let (address, origins) = self.tcp.as_ref().expect("started with a TCP listener");
+        // A connection the proxy made for an earlier step is not this step's.
+        while origins.try_recv().is_ok() {}
+        let mut live = LiveConnection {
+            client: Side::of(TcpStream::connect(address).unwrap()),
+            upstream: Side::default(),
+            origins,
+        };
+        live.settle();
+        let mut reset = false;
+        for event in events {
+            match event {
+                ConnectionEvent::Client(bytes) => live.client.write(bytes),
+                ConnectionEvent::ClientEnd => live.client.end(),
+                ConnectionEvent::Upstream(bytes) => live.upstream.write(bytes),
+                ConnectionEvent::UpstreamEnd => live.upstream.end(),
+                ConnectionEvent::ClientReset => {
+                    if let Some(stream) = live.client.stream.take() {
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    }
+                    reset = true;
+                }
+                // Real time: the proxy's ticks fire as it passes.
+                ConnectionEvent::Advance(by) => std::thread::sleep(*by),
+            }
+            live.settle();
+            if reset {
+                break;
+            }
+        }
+        let seen = ConnectionSeen {
+            upstream: live
+                .upstream
+                .stream
+                .is_some()
+                .then(|| std::mem::take(&mut live.upstream.read)),
+            upstream_ended: live.upstream.ended,
+            client: std::mem::take(&mut live.client.read),
+            client_ended: live.client.ended,
+            closed_by: if reset { "client" } else { live.closed_by() }.to_string(),
+        };
+        drop(live);
+        let mut observed = Observed {
+            connection: Some(seen),
+            ..Observed::default()
+        };
         let failed = self.failures() - failures_before;
         if failed > 0 {
             observed.failures.push(format!(

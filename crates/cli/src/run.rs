@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// A network (L4) plugin for the --tcp listeners, given as --plugin is; repeat for a chain
     #[arg(long = "network-plugin")]
     network_plugins: Vec<String>,
+    /// Configuration of the --network-plugin at the same position (JSON, or any text)
+    #[arg(long = "network-plugin-config")]
+    network_plugin_configs: Vec<String>,
     /// Where the admin API listens (the admin page at /, /ready, /stats, /plugins, /config_dump,
     /// /history, /logging, POST /reload);
     /// `off` disables it [default: 127.0.0.1:9901]
@@ -151,12 +154,21 @@ fn endpoint_url(flag: &str, url: &str) -> anyhow::Result<(String, bool)> {
 /// The config the flags describe: one listener whose one route goes to `--upstream` (or the echo
 /// upstream), the `--cluster`s, and the `--plugin`s in the order given.
 fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
-    if args.plugin_configs.len() > args.plugins.len() {
-        bail!(
-            "{} --plugin-config given for {} --plugin: each --plugin-config belongs to the --plugin at the same position",
-            args.plugin_configs.len(),
-            args.plugins.len()
-        );
+    for (configs, plugins, flag) in [
+        (&args.plugin_configs, &args.plugins, "plugin"),
+        (
+            &args.network_plugin_configs,
+            &args.network_plugins,
+            "network-plugin",
+        ),
+    ] {
+        if configs.len() > plugins.len() {
+            bail!(
+                "{} --{flag}-config given for {} --{flag}: each --{flag}-config belongs to the --{flag} at the same position",
+                configs.len(),
+                plugins.len()
+            );
+        }
     }
     let upstream = args
         .upstream
@@ -221,9 +233,17 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
             }),
         });
     }
-    let plugins = args.plugins.iter().map(|given| (given, false));
-    let network_plugins = args.network_plugins.iter().map(|given| (given, true));
-    for (index, (given, network)) in plugins.chain(network_plugins).enumerate() {
+    let plugins = args
+        .plugins
+        .iter()
+        .enumerate()
+        .map(|(at, given)| (given, false, args.plugin_configs.get(at)));
+    let network_plugins = args
+        .network_plugins
+        .iter()
+        .enumerate()
+        .map(|(at, given)| (given, true, args.network_plugin_configs.get(at)));
+    for (index, (given, network, configuration)) in plugins.chain(network_plugins).enumerate() {
         let path = Path::new(given.strip_prefix("file://").unwrap_or(given));
         let wasm = if path.is_dir() {
             crate::build::build(path, false)?
@@ -239,14 +259,10 @@ fn flags_config(args: &RunArgs) -> anyhow::Result<Config> {
         } else {
             stem
         };
-        let configuration = if network {
-            None
-        } else {
-            args.plugin_configs.get(index).map(|text| {
-                serde_json::from_str::<serde_json::Value>(text)
-                    .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
-            })
-        };
+        let configuration = configuration.map(|text| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+        });
         let mut plugin = Plugin::local(
             name,
             wasm.display().to_string(),

@@ -31,15 +31,55 @@ pub fn plugins_dir() -> &'static Path {
             .status()
             .expect("running cargo to build plugins/");
         assert!(status.success(), "building plugins/ failed: is the wasm32-wasip1 target installed (rustup target add wasm32-wasip1)?");
+        if has_tools(CPP_TOOLS) {
+            for project in cpp_plugin_projects() {
+                let output = Command::new("make")
+                    .arg("--quiet")
+                    .current_dir(&project)
+                    .output()
+                    .expect("running make");
+                assert!(
+                    output.status.success(),
+                    "building {} failed:\n{}",
+                    project.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
         plugins.join("target/wasm32-wasip1/release")
     })
 }
 
-/// Path of a built plugin, by crate name (`add_header`).
+/// What the C++ plugin projects need: Debian's clang, lld, wasi-libc and the wasm32 C++ runtime.
+pub const CPP_TOOLS: &[(&str, &str)] = &[
+    (
+        "clang++-14",
+        "apt-get install clang-14 lld-14 wasi-libc libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 libclang-rt-14-dev-wasm32",
+    ),
+    ("make", "apt-get install make"),
+];
+
+/// Where the C++ plugin projects' Makefiles put their modules (`NAME.wasm`, as a crate's).
+fn cpp_plugins_dir() -> PathBuf {
+    repo_root().join("plugins/target/cpp")
+}
+
+/// Path of a built plugin, by crate name (`add_header`), or a C++ project's module by the same
+/// convention (`tcp-quota` builds `tcp_quota.wasm`).
 pub fn plugin_wasm(crate_name: &str) -> PathBuf {
-    let path = plugins_dir().join(format!("{crate_name}.wasm"));
-    assert!(path.is_file(), "{} was not built", path.display());
-    path
+    let file = format!("{crate_name}.wasm");
+    let rust = plugins_dir().join(&file);
+    if rust.is_file() {
+        return rust;
+    }
+    let cpp = cpp_plugins_dir().join(&file);
+    assert!(
+        cpp.is_file(),
+        "neither {} nor {} was built",
+        rust.display(),
+        cpp.display()
+    );
+    cpp
 }
 
 /// Bytes of a built plugin.
@@ -179,6 +219,18 @@ pub fn plugin_projects() -> Vec<PathBuf> {
     projects
 }
 
+/// The C++ plugin projects under `plugins/` (directories with a Makefile), sorted.
+pub fn cpp_plugin_projects() -> Vec<PathBuf> {
+    let mut projects: Vec<PathBuf> = std::fs::read_dir(repo_root().join("plugins"))
+        .expect("plugins/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("Makefile").is_file() && !p.join("Cargo.toml").is_file())
+        .collect();
+    projects.sort();
+    projects
+}
+
 /// The crate name of a plugin project (`add-header` builds `add_header.wasm`).
 pub fn plugin_crate_name(project: &Path) -> String {
     project
@@ -188,9 +240,16 @@ pub fn plugin_crate_name(project: &Path) -> String {
         .replace('-', "_")
 }
 
-/// Every scenario file the example plugins ship (`plugins/*/tests/*.yaml`), sorted.
+/// Every scenario file the example plugins ship (`plugins/*/tests/*.yaml`), sorted; the C++
+/// projects' only when their modules were built (see [`CPP_TOOLS`]).
 pub fn plugin_scenarios() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = plugin_projects()
+    let mut projects = plugin_projects();
+    projects.extend(cpp_plugin_projects().into_iter().filter(|p| {
+        cpp_plugins_dir()
+            .join(format!("{}.wasm", plugin_crate_name(p)))
+            .is_file()
+    }));
+    let mut files: Vec<PathBuf> = projects
         .iter()
         .filter_map(|p| std::fs::read_dir(p.join("tests")).ok())
         .flat_map(|dir| dir.flatten().map(|e| e.path()))

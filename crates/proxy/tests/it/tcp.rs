@@ -142,6 +142,18 @@ fn cases() -> Vec<TcpCase> {
             ],
             script: vec![Act::Send("abc", 9), Act::Finish],
         },
+        // A C++ plugin (raw ABI, clang + wasi-libc) that cuts a read, then closes the connection
+        // on the next one.
+        TcpCase {
+            name: "tcp-quota-cuts",
+            plugins: vec![("tcp_quota", json!(10)), probe(json!({"name": "b"}))],
+            script: vec![
+                Act::Send("12345", 5),
+                Act::Send("67890AB", 5),
+                Act::Send("more", 0),
+                Act::ReadToEnd,
+            ],
+        },
     ]
 }
 

@@ -528,7 +528,9 @@ impl VmPool {
         }
     }
 
-    /// `proxy_on_log` for a stream context that is finishing. A failed VM is not called.
+    /// `proxy_on_log` for a stream context that is finishing. A failed VM is not called. A
+    /// failure here, as in [`VmPool::end`] and [`VmPool::end_connection`], is the caller's to
+    /// count: the pool's own list is for failures outside streams.
     pub(crate) fn log(&self, vm: &SharedVm, context: u32) -> Result<(), PluginFailure> {
         let mut plugin_vm = vm.borrow_mut();
         if plugin_vm.vm.failure().is_some() {
@@ -538,7 +540,7 @@ impl VmPool {
         // A finishing context can no longer act on its stream.
         drop(plugin_vm.vm.take_effects());
         drop(plugin_vm);
-        result.inspect_err(|failure| self.record_failure(failure.clone()))
+        result
     }
 
     /// `proxy_on_done` then `proxy_on_delete` for a finished stream context, as Envoy ends a
@@ -553,7 +555,6 @@ impl VmPool {
         drop(plugin_vm.vm.take_effects());
         drop(plugin_vm);
         done.and(deleted)
-            .inspect_err(|failure| self.record_failure(failure.clone()))
     }
 
     /// Ends a network plugin's context on a closed connection, as Envoy's `onCloseTCP`:
@@ -577,9 +578,7 @@ impl VmPool {
         let deleted = vm_.delete(context);
         drop(vm_.take_effects());
         drop(plugin_vm);
-        result
-            .and(deleted)
-            .inspect_err(|failure| self.record_failure(failure.clone()))
+        result.and(deleted)
     }
 
     /// `proxy_on_delete` for a root context that answered `proxy_on_done` with false and has

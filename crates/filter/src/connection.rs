@@ -538,8 +538,9 @@ impl Connection {
     /// A failing plugin is out of the connection; unless FAIL_OPEN, the connection closes.
     fn plugin_failed(&mut self, index: usize, failure: PluginFailure) {
         tracing::warn!(plugin = %failure.plugin, "{failure}");
-        self.failures.push(failure.clone());
-        self.chain.pool.record_failure(failure);
+        // Counted once, by whoever serves the stream (its `failures()`); the pool's own list is
+        // for failures outside any stream (ticks, root callbacks).
+        self.failures.push(failure);
         self.unpark(index);
         self.slots[index] = Slot::Out;
         if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {

@@ -1172,8 +1172,9 @@ impl Stream {
     /// The stream's reaction to a plugin failure, by its failStrategy.
     fn plugin_failed(&mut self, index: usize, failure: PluginFailure) {
         tracing::warn!(plugin = %failure.plugin, "{failure}");
-        self.failures.push(failure.clone());
-        self.chain.pool.record_failure(failure);
+        // Counted once, by whoever serves the stream (its `failures()`); the pool's own list is
+        // for failures outside any stream (ticks, root callbacks).
+        self.failures.push(failure);
         self.contexts[index] = Slot::Gone;
         if self.chain.plugins[index].fail_strategy != FailStrategy::FailOpen {
             let name = self.chain.plugins[index].name.clone();

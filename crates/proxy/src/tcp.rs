@@ -258,7 +258,12 @@ pub(crate) async fn serve<I>(
         }
     };
     drop(upstream);
-    let _ = client_write.shutdown().await;
+    // Envoy closes the socket without a half-close first, so a client whose bytes were never
+    // read gets a reset, as from Envoy. TLS still ends with its close_notify, as Envoy's does.
+    if tls.is_some() {
+        let _ = client_write.shutdown().await;
+    }
+    drop((client_read, client_write));
     connection.downstream_closed(match ending {
         Ending::Local => PeerType::Local,
         Ending::Remote => PeerType::Remote,

@@ -1,12 +1,18 @@
-//! tcp-guard: an L4 (network filter) plugin on the SDK's `StreamContext`: refuses connections
-//! whose first bytes start with a deny prefix, prepends a banner to what the upstream sends
-//! first, counts connections and bytes, and logs each connection.
+//! tcp-guard: an L4 (network filter) plugin on the SDK's `StreamContext`: asks an authorization
+//! service before it lets a connection through, refuses connections whose first bytes start with
+//! a deny prefix, prepends a banner to what the upstream sends first, counts connections and
+//! bytes, and logs each connection.
 //!
 //! ```json
-//! {"deny_prefix": "EVIL", "banner": "hello from tcp-guard\r\n", "metric_prefix": "tcp_guard"}
+//! {"deny_prefix": "EVIL", "banner": "hello from tcp-guard\r\n", "metric_prefix": "tcp_guard",
+//!  "authorize": {"cluster": "authz", "path": "/tcp", "timeout_ms": 1000}}
 //! ```
 //!
-//! * `on_new_connection`: counts the connection, logs its `source.address`.
+//! * `on_new_connection`: counts the connection, logs its `source.address`. With `authorize`, it
+//!   sends `GET path` to `cluster` (`x-client-address: <source.address>`) and returns `Pause`:
+//!   the connection waits, its upstream not yet connected, until `on_http_call_response`
+//!   resumes it on a 200 (`resume_downstream`) or closes it on any other answer, a failure or
+//!   the timeout (`close_downstream`, counted as denied).
 //! * `on_downstream_data`: while the first bytes could still be the deny prefix but are fewer
 //!   than it, returns `Pause` (the host keeps reading and calls again with the grown buffer)
 //!   unless it is the end of the stream; if they start with it, counts the connection as denied,
@@ -42,6 +48,27 @@ struct Config {
     banner: Option<String>,
     #[serde(default = "default_metric_prefix")]
     metric_prefix: String,
+    #[serde(default)]
+    authorize: Option<Authorize>,
+}
+
+/// The service asked about each new connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Authorize {
+    cluster: String,
+    #[serde(default = "default_authorize_path")]
+    path: String,
+    #[serde(default = "default_authorize_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_authorize_path() -> String {
+    "/".to_string()
+}
+
+fn default_authorize_timeout_ms() -> u64 {
+    1000
 }
 
 impl Default for Config {
@@ -50,6 +77,7 @@ impl Default for Config {
             deny_prefix: None,
             banner: None,
             metric_prefix: default_metric_prefix(),
+            authorize: None,
         }
     }
 }
@@ -62,6 +90,17 @@ impl Config {
     fn validate(mut self) -> Result<Self, String> {
         if self.metric_prefix.is_empty() {
             return Err("metric_prefix must not be empty".to_string());
+        }
+        if let Some(authorize) = &self.authorize {
+            if authorize.cluster.is_empty() {
+                return Err("authorize.cluster must not be empty".to_string());
+            }
+            if !authorize.path.starts_with('/') {
+                return Err(format!(
+                    "authorize.path must start with '/', not {:?}",
+                    authorize.path
+                ));
+            }
         }
         // An empty prefix would deny every connection and an empty banner does nothing: both
         // mean "not set".
@@ -214,9 +253,72 @@ struct Guard {
     upstream_bytes: u64,
 }
 
-impl Context for Guard {}
+impl Context for Guard {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let status = if headers == 0 {
+            None
+        } else {
+            self.get_http_call_response_header(":status")
+        };
+        if status.as_deref() == Some("200") {
+            log::info!(
+                "tcp-guard: connection {} from {} authorized",
+                self.id,
+                self.source
+            );
+            self.resume_downstream();
+            return;
+        }
+        let why = status.map_or_else(
+            || "the call failed or timed out".to_string(),
+            |status| format!("the service answered {status}"),
+        );
+        self.refuse(&format!("not authorized: {why}"));
+    }
+}
 
 impl Guard {
+    /// Counts the connection as denied and closes it.
+    fn refuse(&mut self, why: &str) {
+        self.denied = true;
+        self.state.increment(|m| m.denied, 1);
+        log::info!(
+            "tcp-guard: connection {} from {} denied: {why}",
+            self.id,
+            self.source
+        );
+        self.close_downstream();
+    }
+
+    /// Asks the authorization service about this connection; whether the call went out.
+    fn ask(&mut self, authorize: &Authorize) -> bool {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", authorize.path.as_str()),
+            (":authority", authorize.cluster.as_str()),
+            ("x-client-address", self.source.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &authorize.cluster,
+            headers,
+            None,
+            vec![],
+            std::time::Duration::from_millis(authorize.timeout_ms),
+        ) {
+            Ok(_) => true,
+            Err(status) => {
+                log::warn!("tcp-guard: cannot call {}: {status:?}", authorize.cluster);
+                false
+            }
+        }
+    }
+
     /// Checks the first bytes of the connection (the whole buffer so far, `size` bytes) against
     /// the deny prefix.
     fn check(&mut self, size: usize, end_of_stream: bool) -> Verdict {
@@ -242,7 +344,14 @@ impl StreamContext for Guard {
             Ok(None) | Err(_) => "unknown".to_string(),
         };
         log::info!("tcp-guard: connection {} from {}", self.id, self.source);
-        Action::Continue
+        let state = Rc::clone(&self.state);
+        let Some(authorize) = &state.config.authorize else {
+            return Action::Continue;
+        };
+        if !self.ask(authorize) {
+            self.refuse("the authorization service cannot be called");
+        }
+        Action::Pause
     }
 
     fn on_downstream_data(&mut self, data_size: usize, end_of_stream: bool) -> Action {
@@ -261,14 +370,7 @@ impl StreamContext for Guard {
                 }
                 Verdict::Deny => {
                     self.checked = true;
-                    self.denied = true;
-                    self.state.increment(|m| m.denied, 1);
-                    log::info!(
-                        "tcp-guard: connection {} from {} denied: its data starts with the deny prefix",
-                        self.id,
-                        self.source
-                    );
-                    self.close_downstream();
+                    self.refuse("its data starts with the deny prefix");
                     return Action::Pause;
                 }
                 Verdict::Allow => self.checked = true,

@@ -729,10 +729,15 @@ impl Backend for Live {
             closed_by: if reset { "client" } else { live.closed_by() }.to_string(),
         };
         drop(live);
+        let mut state = self.shared.lock().unwrap();
         let mut observed = Observed {
             connection: Some(seen),
+            http_calls: std::mem::take(&mut state.http_calls),
+            grpc_calls: std::mem::take(&mut state.grpc_calls),
+            redis_calls: std::mem::take(&mut state.redis_calls),
             ..Observed::default()
         };
+        drop(state);
         let failed = self.failures() - failures_before;
         if failed > 0 {
             observed.failures.push(format!(

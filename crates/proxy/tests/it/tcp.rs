@@ -142,6 +142,29 @@ fn cases() -> Vec<TcpCase> {
             ],
             script: vec![Act::Send("abc", 9), Act::Finish],
         },
+        // A connection held at accept until an HTTP callout from its own context answers.
+        TcpCase {
+            name: "tcp-guard-authorized",
+            plugins: vec![
+                probe(json!({"name": "a"})),
+                (
+                    "tcp_guard",
+                    json!({"authorize": {"cluster": "authz", "path": "/allow"}}),
+                ),
+            ],
+            script: vec![Act::Send("hello", 5), Act::Finish],
+        },
+        TcpCase {
+            name: "tcp-guard-unauthorized",
+            plugins: vec![
+                probe(json!({"name": "a"})),
+                (
+                    "tcp_guard",
+                    json!({"authorize": {"cluster": "authz", "path": "/deny"}}),
+                ),
+            ],
+            script: vec![Act::Send("hello", 0), Act::ReadToEnd],
+        },
         // A C++ plugin (raw ABI, clang + wasi-libc) that cuts a read, then closes the connection
         // on the next one.
         TcpCase {
@@ -170,11 +193,30 @@ fn wasm(plugin: &str) -> String {
 }
 
 /// The origins the cases' connections go to: `origin` by default, `origin2` when a plugin
-/// chooses it.
-type Origins = [(&'static str, SocketAddr); 2];
+/// chooses it; and `authz`, an HTTP service plugins call, answering 200 to `/allow` and 403 to
+/// anything else.
+type Origins = [(&'static str, SocketAddr); 3];
 
 fn origins() -> Origins {
-    [("origin", tcp_origin(b"")), ("origin2", tcp_origin(b"2:"))]
+    let authz = crate::origin(|parts, _| {
+        let status = if parts.uri.path() == "/allow" {
+            200
+        } else {
+            // Late enough that the client's first bytes are waiting, unread, when the connection
+            // is closed: both proxies then reset it, not a timing-dependent FIN or reset.
+            std::thread::sleep(Duration::from_millis(100));
+            403
+        };
+        http::Response::builder()
+            .status(status)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    });
+    [
+        ("origin", tcp_origin(b"")),
+        ("origin2", tcp_origin(b"2:")),
+        ("authz", authz),
+    ]
 }
 
 fn envoy_tcp_config(cases: &[TcpCase], origins: &Origins) -> String {

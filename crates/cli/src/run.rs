@@ -64,7 +64,8 @@ pub struct RunArgs {
     /// What happens to requests when a --plugin fails: FAIL_CLOSE, FAIL_OPEN or FAIL_RELOAD
     #[arg(long, default_value = "FAIL_CLOSE", value_parser = parse_fail_strategy)]
     fail_strategy: FailStrategy,
-    /// Write one JSON line per request (with what the plugins did) to this file, or `-` for stdout
+    /// Write one JSON line per request or TCP connection (with what the plugins did) to this
+    /// file, or `-` for stdout
     #[arg(long)]
     access_log: Option<String>,
     /// The body of the 503 a request gets when a plugin fails: `empty` (Envoy's) or

@@ -462,8 +462,9 @@ impl Connection {
                     None => {}
                 },
                 Effect::CloseStream { context, .. } => {
-                    if owner(self, context).is_some() {
-                        self.close("a plugin closed the connection".to_string());
+                    if let Some(plugin) = owner(self, context) {
+                        let name = self.chain.plugins[plugin].name.clone();
+                        self.close(format!("plugin '{name}' closed the connection"));
                     } else if forward {
                         self.chain.pool.absorb(&vm, vec![effect]);
                     }

@@ -1,6 +1,6 @@
-//! The access log: one JSON line per finished request, with what the plugins did to it, written
-//! by its own thread so that a slow disk never holds a worker. When the writer falls behind,
-//! lines are dropped and counted rather than queued without bound.
+//! The access log: one JSON line per finished request (or closed TCP connection), with what the
+//! plugins did to it, written by its own thread so that a slow disk never holds a worker. When
+//! the writer falls behind, lines are dropped and counted rather than queued without bound.
 
 use std::io::Write;
 use std::sync::{Arc, mpsc};

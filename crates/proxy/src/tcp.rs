@@ -88,6 +88,17 @@ enum Ending {
     Remote,
 }
 
+/// What the access log says of a connection as it goes.
+struct Logged {
+    began: std::time::SystemTime,
+    started: Instant,
+    upstream: Option<SocketAddr>,
+    bytes_received: u64,
+    bytes_sent: u64,
+    /// Why the connection ended, in the access log's `details`.
+    details: String,
+}
+
 /// Serves one connection of TCP listener `listener` until it closes.
 pub(crate) async fn serve<I>(
     io: I,
@@ -105,9 +116,22 @@ pub(crate) async fn serve<I>(
     };
     let traffic = generation.listeners[listener].tcp.clone();
     traffic.connected();
+    let mut logged = Logged {
+        began: std::time::SystemTime::now(),
+        started: Instant::now(),
+        upstream: None,
+        bytes_received: 0,
+        bytes_sent: 0,
+        details: String::new(),
+    };
+    let listener_name = &generation.config.config.listeners[listener].name;
     let plan = generation.listeners[listener].route(None);
     if let Some(plugin) = &plan.blocked_by {
         tracing::debug!(%peer, "connection closed: plugin '{plugin}' is unavailable");
+        if let Some(log) = &state.access_log {
+            logged.details = format!("plugin '{plugin}' is unavailable");
+            log.write(&logged.record(listener_name, peer, tls.is_some(), &plan.chain, &[]));
+        }
         return;
     }
     let info = HttpStream {
@@ -149,6 +173,7 @@ pub(crate) async fn serve<I>(
                 } => to_client.push(data, end_of_stream),
                 ConnectionStep::Close { reason } => {
                     tracing::debug!(%peer, "closing the connection: {reason}");
+                    logged.details = reason;
                 }
                 ConnectionStep::Call { plugin, token, op } => {
                     calls.act((plugin, token), op, &generation.clusters, &state.upstreams);
@@ -160,7 +185,10 @@ pub(crate) async fn serve<I>(
             let flush = async {
                 while !to_client.queue.is_empty() {
                     match to_client.flush_some(&mut client_write).await {
-                        Ok(bytes) => traffic.sent(bytes),
+                        Ok(bytes) => {
+                            traffic.sent(bytes);
+                            logged.bytes_sent += bytes as u64;
+                        }
                         Err(_) => break,
                     }
                 }
@@ -199,12 +227,14 @@ pub(crate) async fn serve<I>(
                 connecting = None;
                 match connected {
                     Ok(stream) => {
+                        logged.upstream = stream.peer_addr().ok();
                         upstream = Some(stream.into_split());
                         connection.upstream_connected();
                     }
                     Err(error) => {
                         traffic.connect_failed();
                         tracing::debug!(%peer, cluster = %tcp.cluster, "upstream connection failed: {error}");
+                        logged.details = format!("upstream connection failed: {error}");
                         break Ending::Local;
                     }
                 }
@@ -213,13 +243,17 @@ pub(crate) async fn serve<I>(
                 Ok(n) => {
                     let (data, end) = gather(&mut client_read, &mut client_buffer, n);
                     traffic.received(data.len());
+                    logged.bytes_received += data.len() as u64;
                     last_was_client_fin = end;
                     if n > 0 {
                         idle_deadline = idle_timeout.map(|t| Instant::now() + t);
                     }
                     connection.downstream_data(data, end);
                 }
-                Err(_) => break Ending::Remote,
+                Err(_) => {
+                    logged.details = "the client reset the connection".into();
+                    break Ending::Remote;
+                }
             },
             read = read_from(upstream_read, &mut upstream_buffer[..READ_CHUNK]), if read_upstream => match read {
                 Ok(n) => {
@@ -239,8 +273,14 @@ pub(crate) async fn serve<I>(
             },
             written = to_client.flush_some(&mut client_write), if to_client.has_work() => {
                 match written {
-                    Ok(bytes) => traffic.sent(bytes),
-                    Err(_) => break Ending::Remote,
+                    Ok(bytes) => {
+                        traffic.sent(bytes);
+                        logged.bytes_sent += bytes as u64;
+                    }
+                    Err(_) => {
+                        logged.details = "writing to the client failed".into();
+                        break Ending::Remote;
+                    }
                 }
                 last_was_client_fin = false;
             }
@@ -253,6 +293,7 @@ pub(crate) async fn serve<I>(
             () = connection.root_effects() => connection.apply_root_effects(),
             () = idle => {
                 tracing::debug!(%peer, "closing a TCP connection idle for {idle_timeout:?}");
+                logged.details = "idle_timeout".into();
                 break Ending::Local;
             }
         }
@@ -269,6 +310,55 @@ pub(crate) async fn serve<I>(
         Ending::Remote => PeerType::Remote,
     });
     state.stats.plugin_failures(connection.failures());
+    if let Some(log) = &state.access_log {
+        if logged.details.is_empty() {
+            logged.details = "ended".into();
+        }
+        let record = logged.record(
+            listener_name,
+            peer,
+            tls.is_some(),
+            connection.chain(),
+            connection.failures(),
+        );
+        log.write(&record);
+    }
+}
+
+impl Logged {
+    fn record<'a>(
+        &'a self,
+        listener: &'a str,
+        peer: SocketAddr,
+        tls: bool,
+        chain: &'a sluice_filter::Chain,
+        failures: &[sluice_host::PluginFailure],
+    ) -> crate::access_log::Record<'a> {
+        let mut failed: Vec<String> = failures.iter().map(|f| f.plugin.clone()).collect();
+        failed.dedup();
+        crate::access_log::Record {
+            time: crate::access_log::timestamp(self.began),
+            listener,
+            peer: peer.to_string(),
+            protocol: if tls { "TLS" } else { "TCP" },
+            method: None,
+            authority: None,
+            path: None,
+            request_id: None,
+            status: None,
+            details: self.details.clone(),
+            route: None,
+            upstream: self.upstream.map(|address| address.to_string()),
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            duration_ms: self.started.elapsed().as_micros() as f64 / 1000.0,
+            plugins: crate::access_log::PluginsRecord {
+                chain: (0..chain.len()).map(|i| chain.plugin_name(i)).collect(),
+                local_reply_by: None,
+                failed,
+            },
+        }
+    }
 }
 
 /// What one read event gives, as Envoy reads a socket until it would block: the `first` bytes

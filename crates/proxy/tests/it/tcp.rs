@@ -324,7 +324,16 @@ fn start_sluice(
     strategy: sluice_config::FailStrategy,
     dump: bool,
 ) -> sluice_proxy::RunningProxy {
-    let mut config = crate::flags(None, origins);
+    start_sluice_with(crate::flags(None, origins), case, strategy, dump)
+}
+
+/// [`start_sluice`] on a config of the caller's (its clusters included).
+fn start_sluice_with(
+    mut config: sluice_config::Config,
+    case: &TcpCase,
+    strategy: sluice_config::FailStrategy,
+    dump: bool,
+) -> sluice_proxy::RunningProxy {
     config.workers = Some(1);
     config.listeners.push(sluice_config::Listener {
         name: case.name.to_string(),
@@ -534,4 +543,64 @@ fn a_trapping_network_plugin_affects_only_its_connections() {
         );
         sluice.stop();
     }
+}
+
+/// A TCP listener writes one access-log line per connection: how it ended, the bytes each way,
+/// the upstream it reached and the plugins it ran through.
+#[test]
+fn a_tcp_listener_writes_an_access_log_line_per_connection() {
+    let origins = origins();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.jsonl");
+    let case = TcpCase {
+        name: "logged",
+        plugins: vec![("tcp_guard", serde_json::json!({"deny_prefix": "EVIL"}))],
+        script: Vec::new(),
+    };
+    let mut config = crate::flags(None, &origins);
+    config.access_log = Some(log.display().to_string());
+    let sluice = start_sluice_with(config, &case, sluice_config::FailStrategy::FailClose, false);
+    let address = sluice.addresses[1];
+    assert_eq!(
+        run_script(address, &[Act::Send("hello", 5), Act::Finish]),
+        "\"hello\" (closed)"
+    );
+    assert_eq!(
+        run_script(address, &[Act::Send("EVIL", 0), Act::ReadToEnd]),
+        "\"\" (closed)"
+    );
+    // The writer flushes when it runs out of lines; bounded wait for both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    sluice.stop();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let (passed, denied) = (&lines[0], &lines[1]);
+    assert_eq!(passed["listener"], "logged");
+    assert_eq!(passed["protocol"], "TCP");
+    assert_eq!(passed["details"], "ended");
+    assert_eq!(passed["bytesReceived"], 5);
+    assert_eq!(passed["bytesSent"], 5);
+    assert_eq!(passed["upstream"], origins[0].1.to_string());
+    assert_eq!(passed["status"], serde_json::Value::Null);
+    assert_eq!(
+        passed["plugins"]["chain"],
+        serde_json::json!(["tcp-guard-0"])
+    );
+    assert_eq!(
+        denied["details"],
+        "plugin 'tcp-guard-0' closed the connection"
+    );
+    assert_eq!(denied["bytesReceived"], 4);
+    assert_eq!(denied["bytesSent"], 0);
+    assert_eq!(denied["plugins"]["failed"], serde_json::json!([]));
 }

@@ -5,10 +5,14 @@
 //!
 //! ```json
 //! {"deny_prefix": "EVIL", "banner": "hello from tcp-guard\r\n", "metric_prefix": "tcp_guard",
-//!  "authorize": {"cluster": "authz", "path": "/tcp", "timeout_ms": 1000}}
+//!  "authorize": {"cluster": "authz", "path": "/tcp", "timeout_ms": 1000},
+//!  "route_by_source": {"10.0.0.7": "canary"}}
 //! ```
 //!
-//! * `on_new_connection`: counts the connection, logs its `source.address`. With `authorize`, it
+//! * `on_new_connection`: counts the connection, logs its `source.address`. A client whose IP is
+//!   in `route_by_source` goes to that cluster instead of the listener's: the plugin sets Envoy's
+//!   filter state `envoy.tcp_proxy.cluster` (foreign function `set_envoy_filter_state`), which
+//!   tcp_proxy reads when it connects. With `authorize`, it
 //!   sends `GET path` to `cluster` (`x-client-address: <source.address>`) and returns `Pause`:
 //!   the connection waits, its upstream not yet connected, until `on_http_call_response`
 //!   resumes it on a 200 (`resume_downstream`) or closes it on any other answer, a failure or
@@ -50,6 +54,9 @@ struct Config {
     metric_prefix: String,
     #[serde(default)]
     authorize: Option<Authorize>,
+    /// Client IP → the cluster its connections go to.
+    #[serde(default)]
+    route_by_source: std::collections::BTreeMap<String, String>,
 }
 
 /// The service asked about each new connection.
@@ -78,6 +85,7 @@ impl Default for Config {
             banner: None,
             metric_prefix: default_metric_prefix(),
             authorize: None,
+            route_by_source: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -90,6 +98,15 @@ impl Config {
     fn validate(mut self) -> Result<Self, String> {
         if self.metric_prefix.is_empty() {
             return Err("metric_prefix must not be empty".to_string());
+        }
+        if let Some((ip, _)) = self
+            .route_by_source
+            .iter()
+            .find(|(ip, cluster)| ip.parse::<std::net::IpAddr>().is_err() || cluster.is_empty())
+        {
+            return Err(format!(
+                "route_by_source: {ip:?} must be an IP address with a non-empty cluster"
+            ));
         }
         if let Some(authorize) = &self.authorize {
             if authorize.cluster.is_empty() {
@@ -213,6 +230,32 @@ impl RootContext for Root {
     }
 }
 
+/// The IP of an `ip:port` (or `[ip6]:port`) address.
+fn client_ip(address: &str) -> Option<std::net::IpAddr> {
+    address
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| address.parse())
+        .ok()
+}
+
+/// Envoy's `SetEnvoyFilterStateArguments` message (path = 1, value = 2; the span, 3, left at its
+/// default, the filter chain), encoded by hand: two length-delimited strings.
+fn set_envoy_filter_state(path: &str, value: &str) -> Vec<u8> {
+    let mut message = Vec::new();
+    for (field, text) in [(1u8, path), (2, value)] {
+        message.push(field << 3 | 2);
+        let mut length = text.len();
+        while length >= 0x80 {
+            message.push((length as u8 & 0x7f) | 0x80);
+            length >>= 7;
+        }
+        message.push(length as u8);
+        message.extend_from_slice(text.as_bytes());
+    }
+    message
+}
+
 /// How the first bytes of a connection compare with the deny prefix.
 #[derive(Debug, PartialEq)]
 enum Verdict {
@@ -296,6 +339,30 @@ impl Guard {
         self.close_downstream();
     }
 
+    /// Sends the connection to the cluster `route_by_source` names for its client, through
+    /// Envoy's filter state `envoy.tcp_proxy.cluster`.
+    fn route(&self) {
+        let ip = client_ip(&self.source);
+        let Some(cluster) = ip.and_then(|ip| {
+            self.state
+                .config
+                .route_by_source
+                .iter()
+                .find(|(listed, _)| listed.parse().ok() == Some(ip))
+                .map(|(_, cluster)| cluster)
+        }) else {
+            return;
+        };
+        let arguments = set_envoy_filter_state("envoy.tcp_proxy.cluster", cluster);
+        match self.call_foreign_function("set_envoy_filter_state", Some(&arguments)) {
+            Ok(_) => log::info!("tcp-guard: connection {} routed to {cluster}", self.id),
+            Err(status) => log::warn!(
+                "tcp-guard: connection {}: set_envoy_filter_state failed: {status:?}",
+                self.id
+            ),
+        }
+    }
+
     /// Asks the authorization service about this connection; whether the call went out.
     fn ask(&mut self, authorize: &Authorize) -> bool {
         let headers = vec![
@@ -344,6 +411,7 @@ impl StreamContext for Guard {
             Ok(None) | Err(_) => "unknown".to_string(),
         };
         log::info!("tcp-guard: connection {} from {}", self.id, self.source);
+        self.route();
         let state = Rc::clone(&self.state);
         let Some(authorize) = &state.config.authorize else {
             return Action::Continue;

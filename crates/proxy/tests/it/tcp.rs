@@ -165,6 +165,15 @@ fn cases() -> Vec<TcpCase> {
             ],
             script: vec![Act::Send("hello", 0), Act::ReadToEnd],
         },
+        // The Rust SDK's `call_foreign_function`: the client's IP picks the cluster.
+        TcpCase {
+            name: "tcp-guard-routes",
+            plugins: vec![
+                probe(json!({"name": "a"})),
+                ("tcp_guard", json!({"route_by_source": {"127.0.0.1": "origin2"}})),
+            ],
+            script: vec![Act::Send("where", 7), Act::Finish],
+        },
         // A C++ plugin (raw ABI, clang + wasi-libc) that cuts a read, then closes the connection
         // on the next one.
         TcpCase {

@@ -13,13 +13,12 @@ use crate::body::ChannelBody;
 use crate::headers::{fields_map, response_map, to_fields};
 use crate::{Clusters, Target};
 
-/// Where one request goes: an address when known, else a host name and port to resolve.
+/// Where one request goes (see [`crate::Upstream::endpoint`] for how a cluster gives one).
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
-    /// For messages.
+    /// For messages, and the `Host` of a request that has none.
     pub host: std::rc::Rc<str>,
-    pub port: u16,
     /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     pub http2: bool,
 }
@@ -131,8 +130,23 @@ fn closed_unanswered(error: &hyper::Error) -> bool {
 }
 
 impl Endpoint {
-    async fn connect(&self, timeout: Duration) -> Result<tokio::net::TcpStream, ClientError> {
-        connect(Some(self.address), &self.host, self.port, timeout).await
+    /// A TCP connection to the endpoint, within `timeout`, with Nagle off.
+    pub(crate) async fn connect(
+        &self,
+        timeout: Duration,
+    ) -> Result<tokio::net::TcpStream, ClientError> {
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.address))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                target: self.host.to_string(),
+                after: timeout,
+            })?
+            .map_err(|source| ClientError::Connect {
+                target: self.host.to_string(),
+                source,
+            })?;
+        stream.set_nodelay(true).ok();
+        Ok(stream)
     }
 }
 
@@ -148,32 +162,6 @@ impl ClientError {
             Self::Timeout(_) | Self::UnknownCluster(_) | Self::Request { .. } => "local reset",
         }
     }
-}
-
-pub(crate) async fn connect(
-    address: Option<SocketAddr>,
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<tokio::net::TcpStream, ClientError> {
-    let connect = async {
-        match address {
-            Some(address) => tokio::net::TcpStream::connect(address).await,
-            None => tokio::net::TcpStream::connect((host, port)).await,
-        }
-    };
-    let stream = tokio::time::timeout(timeout, connect)
-        .await
-        .map_err(|_| ClientError::ConnectTimeout {
-            target: host.to_string(),
-            after: timeout,
-        })?
-        .map_err(|source| ClientError::Connect {
-            target: host.to_string(),
-            source,
-        })?;
-    stream.set_nodelay(true).ok();
-    Ok(stream)
 }
 
 /// Opens an HTTP/1.1 connection; the connection itself is driven by a local task.
@@ -405,58 +393,41 @@ pub async fn callout(
     pool: &Pool,
     request: HttpCallRequest,
 ) -> Result<CallResponse, ClientError> {
-    let (address, host, port, http2, connect_timeout, cluster_timeout) =
-        match clusters.pick(&request.upstream) {
-            None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
-            Some(Target::Echo) => {
-                let (headers, body) =
-                    crate::echo::answer(&request.headers, &request.body, &request.trailers);
-                return Ok(CallResponse {
-                    headers,
-                    body,
-                    trailers: sluice_abi::HeaderMap::new(),
-                });
-            }
-            Some(Target::Endpoint {
-                address,
-                host,
-                port,
-                http2,
-                connect_timeout,
-                timeout,
-            }) => (address, host, port, http2, connect_timeout, timeout),
-        };
-    let timeout = call_timeout(request.timeout, cluster_timeout);
+    let upstream = match clusters.pick(&request.upstream) {
+        None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
+        Some(Target::Echo) => {
+            let (headers, body) =
+                crate::echo::answer(&request.headers, &request.body, &request.trailers);
+            return Ok(CallResponse {
+                headers,
+                body,
+                trailers: sluice_abi::HeaderMap::new(),
+            });
+        }
+        Some(Target::Endpoint(upstream)) => upstream,
+    };
+    let timeout = call_timeout(request.timeout, upstream.timeout);
     let exchange = async {
-        let address = match address {
-            Some(address) => address,
-            None => resolve(&host, port, connect_timeout).await?,
-        };
-        let target = Endpoint {
-            address,
-            host: host.clone(),
-            port,
-            http2,
-        };
+        let target = upstream.endpoint().await?;
         let length = request.body.len();
         let body = if length == 0 {
             crate::body::empty()
         } else {
             crate::body::full(Bytes::from(request.body))
         };
-        let mut http =
-            upstream_request(&request.headers, &host, body, http2).map_err(|message| {
-                ClientError::Request {
-                    target: host.to_string(),
-                    message,
-                }
+        let mut http = upstream_request(&request.headers, &target.host, body, target.http2)
+            .map_err(|message| ClientError::Request {
+                target: target.host.to_string(),
+                message,
             })?;
         http.headers_mut()
             .insert(http::header::CONTENT_LENGTH, length.into());
         // Never sent twice: as Envoy's async client has no retry policy, a connection closed
         // on the call fails it (a request the connection never began to send still goes on a
         // new one).
-        let (response, connection) = pool.send(&target, http, connect_timeout, || None).await?;
+        let (response, connection) = pool
+            .send(&target, http, upstream.connect_timeout, || None)
+            .await?;
         let http_error = |source| ClientError::Http {
             target: target.host.to_string(),
             source,
@@ -464,7 +435,7 @@ pub async fn callout(
         let (parts, body) = response.into_parts();
         let collected = body.collect().await.map_err(http_error)?;
         if let Some(connection) = connection {
-            pool.put_back(address, connection);
+            pool.put_back(target.address, connection);
         }
         let trailers = collected.trailers().map(fields_map).unwrap_or_default();
         Ok(CallResponse {

@@ -743,24 +743,11 @@ impl Driver {
                 }
                 return;
             }
-            Some(Target::Endpoint {
-                host,
-                port,
-                address: Some(address),
-                http2,
-                connect_timeout,
-                timeout,
-            }) => {
-                self.upstream_address = Some(address);
-                let endpoint = client::Endpoint {
-                    address,
-                    host,
-                    port,
-                    http2,
-                };
-                (endpoint, connect_timeout, timeout)
+            Some(Target::Endpoint(upstream)) if let Some(endpoint) = upstream.declared() => {
+                self.upstream_address = Some(endpoint.address);
+                (endpoint, upstream.connect_timeout, upstream.timeout)
             }
-            Some(Target::Endpoint { address: None, .. }) | None => {
+            Some(Target::Endpoint(_)) | None => {
                 self.stream.local_reply_from_proxy(
                     503,
                     "no_healthy_upstream",

@@ -134,16 +134,47 @@ pub enum StartError {
 pub(crate) enum Target {
     /// The built-in echo upstream.
     Echo,
-    /// An endpoint: `host` is used for error messages and, for Istio-style names, to connect.
-    /// The timeouts are the cluster's (Envoy's defaults for undeclared names).
-    Endpoint {
-        host: Rc<str>,
-        port: u16,
-        address: Option<SocketAddr>,
-        http2: bool,
-        connect_timeout: Duration,
-        timeout: Duration,
-    },
+    Endpoint(Upstream),
+}
+
+/// One endpoint of a cluster, picked for a request or a call, with the cluster's protocol and
+/// timeouts (Envoy's defaults for undeclared names). Every kind of call (HTTP, gRPC, Redis, TCP)
+/// turns it into an address the same way, through [`Upstream::endpoint`].
+#[derive(Clone, Debug)]
+pub(crate) struct Upstream {
+    /// For error messages and, for Istio-style names, to look up.
+    pub host: Rc<str>,
+    pub port: u16,
+    /// Known for a declared cluster; an `outbound|PORT||HOST` name is looked up per call.
+    pub address: Option<SocketAddr>,
+    pub http2: bool,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl Upstream {
+    /// The endpoint of a declared cluster, whose address is known without a lookup.
+    pub fn declared(&self) -> Option<client::Endpoint> {
+        self.address.map(|address| self.at(address))
+    }
+
+    /// Where to connect: the declared address, or the name looked up now, within the cluster's
+    /// connect timeout.
+    pub async fn endpoint(&self) -> Result<client::Endpoint, client::ClientError> {
+        let address = match self.address {
+            Some(address) => address,
+            None => client::resolve(&self.host, self.port, self.connect_timeout).await?,
+        };
+        Ok(self.at(address))
+    }
+
+    fn at(&self, address: SocketAddr) -> client::Endpoint {
+        client::Endpoint {
+            address,
+            host: self.host.clone(),
+            http2: self.http2,
+        }
+    }
 }
 
 /// One cluster as a worker uses it: its endpoints (with their names, formatted once) and the
@@ -203,22 +234,24 @@ impl Clusters {
             let (address, host) = cluster
                 .endpoints
                 .get(position % cluster.endpoints.len().max(1))?;
-            return Some(Target::Endpoint {
+            return Some(Target::Endpoint(Upstream {
                 host: host.clone(),
                 port: address.port(),
                 address: Some(*address),
                 http2: cluster.http2,
                 connect_timeout: cluster.timeouts.0,
                 timeout: cluster.timeouts.1,
-            });
+            }));
         }
-        outbound(name).map(|(host, port)| Target::Endpoint {
-            host: Rc::from(host),
-            port,
-            address: None,
-            http2: false,
-            connect_timeout: sluice_config::DEFAULT_CONNECT_TIMEOUT,
-            timeout: sluice_config::DEFAULT_TIMEOUT,
+        outbound(name).map(|(host, port)| {
+            Target::Endpoint(Upstream {
+                host: Rc::from(host),
+                port,
+                address: None,
+                http2: false,
+                connect_timeout: sluice_config::DEFAULT_CONNECT_TIMEOUT,
+                timeout: sluice_config::DEFAULT_TIMEOUT,
+            })
         })
     }
 }

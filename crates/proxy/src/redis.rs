@@ -140,27 +140,16 @@ pub async fn call(
     pool: &RedisPool,
     request: RedisCallRequest,
 ) -> Result<Vec<u8>, RedisError> {
-    let (address, host, port, connect_timeout, cluster_timeout) =
-        match clusters.pick(&request.cluster) {
-            None => return Err(ClientError::UnknownCluster(request.cluster).into()),
-            Some(Target::Echo) => return Err(RedisError::NotRedis(request.cluster)),
-            Some(Target::Endpoint {
-                address,
-                host,
-                port,
-                connect_timeout,
-                timeout,
-                ..
-            }) => (address, host, port, connect_timeout, timeout),
-        };
-    let timeout = client::call_timeout(request.settings.timeout, cluster_timeout);
+    let upstream = match clusters.pick(&request.cluster) {
+        None => return Err(ClientError::UnknownCluster(request.cluster).into()),
+        Some(Target::Echo) => return Err(RedisError::NotRedis(request.cluster)),
+        Some(Target::Endpoint(upstream)) => upstream,
+    };
+    let timeout = client::call_timeout(request.settings.timeout, upstream.timeout);
     let exchange = async {
-        let address = match address {
-            Some(address) => address,
-            None => client::resolve(&host, port, connect_timeout).await?,
-        };
+        let endpoint = upstream.endpoint().await?;
         let key = Key {
-            address,
+            address: endpoint.address,
             username: request.settings.username.clone(),
             password: request.settings.password.clone(),
             database: request.settings.database,
@@ -168,8 +157,8 @@ pub async fn call(
         let mut connection = match pool.take(&key) {
             Some(pooled) => pooled,
             None => {
-                let stream = client::connect(Some(address), &host, port, connect_timeout).await?;
-                Connection::open(stream, &host, &request.settings).await?
+                let stream = endpoint.connect(upstream.connect_timeout).await?;
+                Connection::open(stream, &endpoint.host, &request.settings).await?
             }
         };
         let reply = connection.exchange(&request.query).await?;

@@ -419,15 +419,11 @@ async fn flush_to(
 /// Connects to the cluster's next endpoint within its connect timeout.
 async fn connect(target: Option<Target>, cluster: String) -> Result<tokio::net::TcpStream, String> {
     match target {
-        Some(Target::Endpoint {
-            host,
-            port,
-            address,
-            connect_timeout,
-            ..
-        }) => crate::client::connect(address, &host, port, connect_timeout)
-            .await
-            .map_err(|error| error.to_string()),
+        Some(Target::Endpoint(upstream)) => match upstream.endpoint().await {
+            Ok(endpoint) => endpoint.connect(upstream.connect_timeout).await,
+            Err(error) => Err(error),
+        }
+        .map_err(|error| error.to_string()),
         _ => Err(format!("cluster `{cluster}` has no endpoint")),
     }
 }

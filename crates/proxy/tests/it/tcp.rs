@@ -170,7 +170,10 @@ fn cases() -> Vec<TcpCase> {
             name: "tcp-guard-routes",
             plugins: vec![
                 probe(json!({"name": "a"})),
-                ("tcp_guard", json!({"route_by_source": {"127.0.0.1": "origin2"}})),
+                (
+                    "tcp_guard",
+                    json!({"route_by_source": {"127.0.0.1": "origin2"}}),
+                ),
             ],
             script: vec![Act::Send("where", 7), Act::Finish],
         },

@@ -27,6 +27,8 @@
 //! - `trap`: a callback in which the probe traps (`unreachable`), an HTTP one or a network one
 //!   (`new_connection`, `downstream_data`, `upstream_data`, `downstream_close`,
 //!   `upstream_close`);
+//! - `spin`, `grow`: a network callback in which the probe loops for ever, or allocates until
+//!   memory runs out (so the host's CPU deadline, or its memory cap, has to stop it);
 //! - `grpc`: `{"cluster": "...", "timeout_ms": 1000, "method": "Check"}`: a unary gRPC call
 //!   (`probe.Probe/<method>`)
 //!   from `request_headers`, which pauses until the call ends and records how it ended (status
@@ -250,6 +252,8 @@ struct Config {
     callout: Option<Callout>,
     metric: Option<String>,
     trap: Option<String>,
+    spin: Option<String>,
+    grow: Option<String>,
     tick_metric: Option<String>,
     grpc: Option<Grpc>,
     properties: Vec<String>,
@@ -1165,6 +1169,18 @@ fn net_callback(context: u32, callback: &str, line: String) -> u32 {
     });
     if config.trap.as_deref() == Some(callback) {
         core::arch::wasm32::unreachable();
+    }
+    if config.spin.as_deref() == Some(callback) {
+        let mut turns = 0u64;
+        loop {
+            turns = core::hint::black_box(turns.wrapping_add(1));
+        }
+    }
+    if config.grow.as_deref() == Some(callback) {
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        loop {
+            kept.push(core::hint::black_box(vec![1u8; 1 << 20]));
+        }
     }
     let pausable = matches!(
         callback,

@@ -498,62 +498,66 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
-/// A network plugin that traps affects only its own connections: under FAIL_CLOSE its connection
-/// and later ones are closed without reaching the upstream, under FAIL_OPEN the bytes pass by it;
-/// the HTTP listener beside it answers throughout.
+/// A network plugin that traps, loops or runs out of memory affects only its own connections:
+/// under FAIL_CLOSE its connection and later ones are closed without reaching the upstream, under
+/// FAIL_OPEN the bytes pass by it; the HTTP listener beside it answers throughout, and the
+/// failure is counted once.
 #[test]
-fn a_trapping_network_plugin_affects_only_its_connections() {
+fn a_failing_network_plugin_affects_only_its_connections() {
     let origins = origins();
-    for (strategy, expected, counted) in [
-        (
-            sluice_config::FailStrategy::FailClose,
-            "\"\" (closed)",
-            [2, 4, 0, 1],
-        ),
-        (
-            sluice_config::FailStrategy::FailOpen,
-            "\"ping\" (closed)",
-            [2, 8, 8, 1],
-        ),
-    ] {
-        let case = TcpCase {
-            name: "trap",
-            plugins: vec![(
-                "probe",
-                serde_json::json!({"name": "a", "trap": "downstream_data"}),
-            )],
-            script: vec![Act::Send("ping", 4), Act::Finish],
-        };
-        let sluice = start_sluice(&case, &origins, strategy, false);
-        // Only the network plugin: the HTTP listener runs none.
-        assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
-        for connection in ["trapped", "later"] {
+    for failure in ["trap", "spin", "grow"] {
+        for (strategy, expected, counted) in [
+            (
+                sluice_config::FailStrategy::FailClose,
+                "\"\" (closed)",
+                [2, 4, 0, 1],
+            ),
+            (
+                sluice_config::FailStrategy::FailOpen,
+                "\"ping\" (closed)",
+                [2, 8, 8, 1],
+            ),
+        ] {
+            let case = TcpCase {
+                name: "failing",
+                plugins: vec![(
+                    "probe",
+                    serde_json::json!({"name": "a", failure: "downstream_data"}),
+                )],
+                script: vec![Act::Send("ping", 4), Act::Finish],
+            };
+            let context = format!("{failure}, {strategy:?}");
+            let sluice = start_sluice(&case, &origins, strategy, false);
+            // Only the network plugin: the HTTP listener runs none.
+            assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
+            for connection in ["failing", "later"] {
+                assert_eq!(
+                    run_script(sluice.addresses[1], &case.script),
+                    expected,
+                    "{context}, {connection} connection"
+                );
+            }
+            assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
+            let stats = crate::get(sluice.admin_address.unwrap(), "/stats", &[]).text();
+            let value = |series: &str| {
+                stats
+                    .lines()
+                    .find_map(|line| line.strip_prefix(series))
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("no {series} in /stats:\n{stats}"))
+            };
             assert_eq!(
-                run_script(sluice.addresses[1], &case.script),
-                expected,
-                "{strategy:?}, {connection} connection"
+                [
+                    value("sluice_tcp_connections_total{listener=\"failing\"}"),
+                    value("sluice_tcp_received_bytes_total{listener=\"failing\"}"),
+                    value("sluice_tcp_sent_bytes_total{listener=\"failing\"}"),
+                    value("sluice_plugin_failures_total"),
+                ],
+                counted,
+                "{context}: connections, bytes received and sent, plugin failures"
             );
+            sluice.stop();
         }
-        assert_eq!(crate::get(sluice.address, "/", &[]).status, 200);
-        let stats = crate::get(sluice.admin_address.unwrap(), "/stats", &[]).text();
-        let value = |series: &str| {
-            stats
-                .lines()
-                .find_map(|line| line.strip_prefix(series))
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("no {series} in /stats:\n{stats}"))
-        };
-        assert_eq!(
-            [
-                value("sluice_tcp_connections_total{listener=\"trap\"}"),
-                value("sluice_tcp_received_bytes_total{listener=\"trap\"}"),
-                value("sluice_tcp_sent_bytes_total{listener=\"trap\"}"),
-                value("sluice_plugin_failures_total"),
-            ],
-            counted,
-            "{strategy:?}: connections, bytes received and sent, plugin failures"
-        );
-        sluice.stop();
     }
 }
 

@@ -86,6 +86,14 @@ pub struct PluginLimits {
     /// The most entries, and bytes, of a header map the plugin changed.
     pub header_map_entries: Option<u64>,
     pub header_map_bytes: Option<u64>,
+    /// Bytes the shared data of one vm_id may hold.
+    pub shared_data_bytes: Option<u64>,
+    /// Queues one vm_id may register, items one queue holds, bytes the queues of one vm_id hold.
+    pub shared_queues: Option<u64>,
+    pub shared_queue_items: Option<u64>,
+    pub shared_queue_bytes: Option<u64>,
+    /// Distinct metrics of the process.
+    pub metrics: Option<u64>,
 }
 
 /// Envoy's bootstrap `node`: what plugins read under `xds.node` (Istio's metadata exchange and

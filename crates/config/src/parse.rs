@@ -313,6 +313,16 @@ struct PluginLimitsSpec {
     header_map_entries: Option<u64>,
     #[serde(default)]
     header_map_bytes: Option<u64>,
+    #[serde(default)]
+    shared_data_bytes: Option<u64>,
+    #[serde(default)]
+    shared_queues: Option<u64>,
+    #[serde(default)]
+    shared_queue_items: Option<u64>,
+    #[serde(default)]
+    shared_queue_bytes: Option<u64>,
+    #[serde(default)]
+    metrics: Option<u64>,
 }
 
 impl PluginLimitsSpec {
@@ -331,6 +341,11 @@ impl PluginLimitsSpec {
         let log_line_bytes = positive("logLineBytes", self.log_line_bytes);
         let header_map_entries = positive("headerMapEntries", self.header_map_entries);
         let header_map_bytes = positive("headerMapBytes", self.header_map_bytes);
+        let shared_data_bytes = positive("sharedDataBytes", self.shared_data_bytes);
+        let shared_queues = positive("sharedQueues", self.shared_queues);
+        let shared_queue_items = positive("sharedQueueItems", self.shared_queue_items);
+        let shared_queue_bytes = positive("sharedQueueBytes", self.shared_queue_bytes);
+        let metrics = positive("metrics", self.metrics);
         crate::PluginLimits {
             memory_bytes,
             call_timeout: checker.positive_duration(
@@ -346,6 +361,11 @@ impl PluginLimitsSpec {
             log_line_bytes,
             header_map_entries,
             header_map_bytes,
+            shared_data_bytes,
+            shared_queues,
+            shared_queue_items,
+            shared_queue_bytes,
+            metrics,
         }
     }
 }
@@ -1873,7 +1893,7 @@ spec:
   maxConnectionDuration: 0s
   bufferLimitBytes: 0
   maxRequestHeadersKb: 9000
-  pluginLimits: {memoryBytes: 0, callTimeout: 1 minute}
+  pluginLimits: {memoryBytes: 0, callTimeout: 1 minute, sharedQueues: 0}
   listeners:
   - address: 127.0.0.1:8080
     routes:
@@ -1918,6 +1938,7 @@ kind: VirtualService
             "document 1 (Proxy) spec.bufferLimitBytes: `0`: must be more than zero",
             "document 1 (Proxy) spec.maxRequestHeadersKb: `9000`: must be from 1 to 8192",
             "document 1 (Proxy) spec.pluginLimits.memoryBytes: `0`: must be more than zero",
+            "document 1 (Proxy) spec.pluginLimits.sharedQueues: `0`: must be more than zero",
             "document 1 (Proxy) spec.pluginLimits.callTimeout: `1 minute`:",
             "document 2 (WasmPlugin p) spec.url: `ftp://ghcr.io/x/y:1`: unknown scheme",
             "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",

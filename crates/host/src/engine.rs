@@ -47,6 +47,33 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
+impl Shared {
+    fn set_limits(&self, limits: crate::SharedLimits) {
+        self.data.set_limit(limits.shared_data_bytes);
+        self.queues
+            .set_limits(limits.queues, limits.queue_items, limits.queue_bytes);
+        self.metrics.set_limit(limits.metrics);
+    }
+
+    fn limits(&self) -> crate::SharedLimits {
+        let (queues, queue_items, queue_bytes) = self.queues.limits();
+        crate::SharedLimits {
+            shared_data_bytes: self.data.limit(),
+            queues,
+            queue_items,
+            queue_bytes,
+            metrics: self.metrics.limit(),
+        }
+    }
+
+    /// Empty, under the same bounds: what an isolated VM (the reload canary) shares with no one.
+    pub(crate) fn empty_like(&self) -> Self {
+        let empty = Self::default();
+        empty.set_limits(self.limits());
+        empty
+    }
+}
+
 /// A compiled plugin, shareable across threads; [`crate::Vm::new`] instantiates it.
 #[derive(Clone)]
 pub struct PluginCode {
@@ -203,6 +230,11 @@ impl Engine {
         spawn_epoch_ticker(Arc::downgrade(&inner))
             .map_err(|e| LoadError::Compile(format!("starting the CPU-deadline clock: {e}")))?;
         Ok(Self { inner })
+    }
+
+    /// Applies a config's bounds on shared data, queues and metrics, from now on.
+    pub fn set_shared_limits(&self, limits: crate::SharedLimits) {
+        self.inner.shared.set_limits(limits);
     }
 
     pub fn shared_data(&self) -> &SharedData {

@@ -27,7 +27,7 @@ pub use inspect::{ImportInfo, ModuleInfo};
 pub use metrics::{HISTOGRAM_BOUNDS, Metric, Metrics};
 pub use shared::{
     MAX_QUEUE_BYTES, MAX_QUEUE_ITEMS, MAX_QUEUES, MAX_SHARED_DATA_BYTES, QueueInbox, SharedData,
-    SharedQueues,
+    SharedLimits, SharedQueues,
 };
 pub use state::{Clock, ClusterCheck, LogRecord};
 pub use stream::{HttpStream, SharedStream};

@@ -49,16 +49,28 @@ pub struct Metrics {
 
 /// Metrics by name and type: one name may be defined as a counter and as a gauge, two metrics,
 /// as in Envoy's stats store.
-#[derive(Default)]
 struct MetricsInner {
     by_key: HashMap<(String, MetricType), Arc<Metric>>,
     /// In order of definition.
     metrics: Vec<Arc<Metric>>,
     name_bytes: usize,
+    /// [`crate::SharedLimits::metrics`].
+    limit: usize,
 }
 
-/// Bound on the distinct metrics (name and type) of a process. Envoy has none: a plugin that
-/// names a metric after each request would grow the proxy, and its stats page, without end.
+impl Default for MetricsInner {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            metrics: Vec::new(),
+            name_bytes: 0,
+            limit: MAX_METRICS,
+        }
+    }
+}
+
+/// Default bound on the distinct metrics (name and type) of a process. Envoy has none: a plugin
+/// that names a metric after each request would grow the proxy, and its stats page, without end.
 pub const MAX_METRICS: usize = 16384;
 /// Bound on the bytes of those metrics' names together.
 pub const MAX_METRIC_NAME_BYTES: usize = 16 << 20;
@@ -67,8 +79,24 @@ pub const MAX_METRIC_NAME_BYTES: usize = 16 << 20;
 const MAX_METRIC_IDS: usize = 65536;
 
 impl Metrics {
-    /// The metric of this name and type, defined now if it is new; `None` past [`MAX_METRICS`]
-    /// or [`MAX_METRIC_NAME_BYTES`].
+    /// The bound on distinct metrics, from now on (those defined already stay).
+    pub fn set_limit(&self, metrics: usize) {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .limit = metrics;
+    }
+
+    /// The bound on distinct metrics.
+    pub fn limit(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .limit
+    }
+
+    /// The metric of this name and type, defined now if it is new; `None` past the bound on
+    /// metrics or [`MAX_METRIC_NAME_BYTES`].
     pub fn define(&self, kind: MetricType, name: &str) -> Option<Arc<Metric>> {
         let mut inner = self
             .inner
@@ -77,7 +105,7 @@ impl Metrics {
         if let Some(metric) = inner.by_key.get(&(name.to_string(), kind)) {
             return Some(metric.clone());
         }
-        if inner.metrics.len() >= MAX_METRICS
+        if inner.metrics.len() >= inner.limit
             || inner.name_bytes + name.len() > MAX_METRIC_NAME_BYTES
         {
             return None;
@@ -132,7 +160,7 @@ const TYPE_MASK: u32 = 0x3;
 const ID_STEP: u32 = 0x4;
 
 impl MetricIds {
-    /// A new id for the metric, or INTERNAL_FAILURE past the process's [`MAX_METRICS`].
+    /// A new id for the metric, or INTERNAL_FAILURE past the process's bound on metrics.
     pub(crate) fn define(
         &mut self,
         metrics: &Metrics,
@@ -244,5 +272,18 @@ mod tests {
         assert_eq!(ids.by_id.len(), MAX_METRIC_IDS);
         ids.increment(last, 1).unwrap();
         assert_eq!(ids.read(last), Ok(1));
+    }
+
+    #[test]
+    fn a_configured_bound_on_metrics_applies_to_new_names_only() {
+        let metrics = Metrics::default();
+        assert!(metrics.define(MetricType::Counter, "a").is_some());
+        metrics.set_limit(1);
+        assert!(metrics.define(MetricType::Counter, "b").is_none());
+        assert!(
+            metrics.define(MetricType::Counter, "a").is_some(),
+            "defined already"
+        );
+        assert_eq!(metrics.limit(), 1);
     }
 }

@@ -14,25 +14,77 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Bounds on the state plugins share through an engine. Envoy has none: a plugin that writes a
+/// new key, registers a queue or names a metric per request would grow the proxy without end.
+/// The defaults are [`MAX_SHARED_DATA_BYTES`], [`MAX_QUEUES`], [`MAX_QUEUE_ITEMS`],
+/// [`MAX_QUEUE_BYTES`] and [`crate::metrics::MAX_METRICS`]; a config may set others, which apply
+/// from then on (what is held already stays).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedLimits {
+    /// Bytes (keys and values) the shared data of one vm_id may hold.
+    pub shared_data_bytes: usize,
+    /// Queues one vm_id may register.
+    pub queues: usize,
+    /// Items one queue holds; an enqueue beyond it drops the oldest.
+    pub queue_items: usize,
+    /// Bytes the queues of one vm_id hold together, their names included.
+    pub queue_bytes: usize,
+    /// Distinct metrics (name and type) of the process.
+    pub metrics: usize,
+}
+
+impl Default for SharedLimits {
+    fn default() -> Self {
+        Self {
+            shared_data_bytes: MAX_SHARED_DATA_BYTES,
+            queues: MAX_QUEUES,
+            queue_items: MAX_QUEUE_ITEMS,
+            queue_bytes: MAX_QUEUE_BYTES,
+            metrics: crate::metrics::MAX_METRICS,
+        }
+    }
+}
+
 /// Key-value store with optimistic concurrency: every write gets a fresh CAS token.
 #[derive(Default)]
 pub struct SharedData {
     inner: Mutex<SharedDataInner>,
 }
 
-#[derive(Default)]
 struct SharedDataInner {
     next_cas: u32,
     entries: HashMap<(String, Vec<u8>), (Vec<u8>, u32)>,
     /// Bytes of keys and values held per vm_id.
     bytes: HashMap<String, usize>,
+    /// [`SharedLimits::shared_data_bytes`].
+    limit: usize,
 }
 
-/// The most bytes (keys and values) the shared data of one vm_id may hold. Envoy has no bound; a
-/// plugin that writes a new key per request would grow the proxy without end.
+impl Default for SharedDataInner {
+    fn default() -> Self {
+        Self {
+            next_cas: 0,
+            entries: HashMap::new(),
+            bytes: HashMap::new(),
+            limit: MAX_SHARED_DATA_BYTES,
+        }
+    }
+}
+
+/// The most bytes (keys and values) the shared data of one vm_id may hold by default.
 pub const MAX_SHARED_DATA_BYTES: usize = 64 << 20;
 
 impl SharedData {
+    /// The bound on one vm_id's bytes, from now on.
+    pub fn set_limit(&self, bytes: usize) {
+        lock(&self.inner).limit = bytes;
+    }
+
+    /// The bound on one vm_id's bytes.
+    pub fn limit(&self) -> usize {
+        lock(&self.inner).limit
+    }
+
     pub fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
         lock(&self.inner)
             .entries
@@ -58,7 +110,7 @@ impl SharedData {
             .unwrap_or(0)
             .saturating_sub(old);
         let new = key.len() + value.len();
-        if held + new > MAX_SHARED_DATA_BYTES {
+        if held + new > inner.limit {
             return Err(Status::InternalFailure);
         }
         inner.bytes.insert(vm_id.to_string(), held + new);
@@ -116,28 +168,49 @@ pub struct SharedQueues {
     queues: Mutex<Queues>,
 }
 
-#[derive(Default)]
 struct Queues {
     /// A queue's id is its index plus one.
     list: Vec<Queue>,
     by_name: HashMap<(String, Vec<u8>), usize>,
     /// Queues registered, and bytes their items hold, per vm_id.
     per_vm: HashMap<String, (usize, usize)>,
+    /// Queues per vm_id, items per queue, bytes per vm_id (see [`SharedLimits`]).
+    limits: (usize, usize, usize),
 }
 
-/// Bound on the items one queue holds: an enqueue beyond it drops the oldest item, so a plugin that
-/// never dequeues cannot grow the process without limit.
+impl Default for Queues {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            by_name: HashMap::new(),
+            per_vm: HashMap::new(),
+            limits: (MAX_QUEUES, MAX_QUEUE_ITEMS, MAX_QUEUE_BYTES),
+        }
+    }
+}
+
+/// Default bound on the items one queue holds: an enqueue beyond it drops the oldest item, so a
+/// plugin that never dequeues cannot grow the process without limit.
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
-/// Bound on the bytes the queues of one vm_id hold together, their names included: an enqueue
-/// beyond it drops the oldest items of its queue, or is refused when that queue has none left to
-/// drop; a new queue whose name does not fit is refused.
+/// Default bound on the bytes the queues of one vm_id hold together, their names included: an
+/// enqueue beyond it drops the oldest items of its queue, or is refused when that queue has none
+/// left to drop; a new queue whose name does not fit is refused.
 pub const MAX_QUEUE_BYTES: usize = 64 << 20;
-/// Bound on the queues of one vm_id (Envoy has none: a plugin registering a queue per request
-/// would grow the proxy without end).
+/// Default bound on the queues of one vm_id.
 pub const MAX_QUEUES: usize = 1024;
 
 impl SharedQueues {
-    /// The queue's id, or INTERNAL_FAILURE when the vm_id has [`MAX_QUEUES`] already.
+    /// The bounds of [`SharedLimits`] on queues, from now on.
+    pub fn set_limits(&self, queues: usize, items: usize, bytes: usize) {
+        lock(&self.queues).limits = (queues, items, bytes);
+    }
+
+    /// Queues per vm_id, items per queue, bytes per vm_id.
+    pub fn limits(&self) -> (usize, usize, usize) {
+        lock(&self.queues).limits
+    }
+
+    /// The queue's id, or INTERNAL_FAILURE when the vm_id has as many queues as it may.
     pub fn register(
         &self,
         vm_id: &str,
@@ -153,8 +226,9 @@ impl SharedQueues {
             queue.owner_root = owner_root;
             return Ok(index as u32 + 1);
         }
+        let (max_queues, _, max_bytes) = queues.limits;
         let (count, held) = queues.per_vm.entry(key.0.clone()).or_default();
-        if *count >= MAX_QUEUES || *held + name.len() > MAX_QUEUE_BYTES {
+        if *count >= max_queues || *held + name.len() > max_bytes {
             return Err(Status::InternalFailure);
         }
         *count += 1;
@@ -179,12 +253,17 @@ impl SharedQueues {
 
     pub fn enqueue(&self, id: u32, value: &[u8]) -> Result<(), Status> {
         let mut queues = lock(&self.queues);
-        let Queues { list, per_vm, .. } = &mut *queues;
+        let Queues {
+            list,
+            per_vm,
+            limits: (_, max_items, max_bytes),
+            ..
+        } = &mut *queues;
         let queue = list
             .get_mut((id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
         let (_, held) = per_vm.entry(queue.vm_id.clone()).or_default();
-        while queue.items.len() >= MAX_QUEUE_ITEMS || *held + value.len() > MAX_QUEUE_BYTES {
+        while queue.items.len() >= *max_items || *held + value.len() > *max_bytes {
             let Some(oldest) = queue.items.pop_front() else {
                 return Err(Status::InternalFailure);
             };
@@ -282,5 +361,45 @@ mod tests {
         }
         let held = (0..).take_while(|_| queues.dequeue(2).is_ok()).count();
         assert_eq!(held, MAX_QUEUE_ITEMS);
+    }
+
+    #[test]
+    fn bounds_set_by_a_config_apply_from_then_on() {
+        let data = SharedData::default();
+        data.set("vm", b"key", b"0123456789", 0).unwrap();
+        data.set_limit(8);
+        assert_eq!(
+            data.set("vm", b"k", b"123456789", 0),
+            Err(Status::InternalFailure)
+        );
+        assert_eq!(
+            data.get("vm", b"key").map(|(v, _)| v),
+            Some(b"0123456789".to_vec())
+        );
+        data.set_limit(64);
+        data.set("vm", b"k", b"123456789", 0).unwrap();
+
+        let queues = SharedQueues::default();
+        let inbox = QueueInbox::default();
+        queues.set_limits(2, 3, 1024);
+        assert_eq!(queues.register("vm", b"a", &inbox, 1), Ok(1));
+        assert_eq!(queues.register("vm", b"b", &inbox, 1), Ok(2));
+        assert_eq!(
+            queues.register("vm", b"c", &inbox, 1),
+            Err(Status::InternalFailure)
+        );
+        for item in [b"1", b"2", b"3", b"4"] {
+            queues.enqueue(1, item).unwrap();
+        }
+        assert_eq!(
+            queues.dequeue(1),
+            Ok(b"2".to_vec()),
+            "three kept, the oldest dropped"
+        );
+        assert_eq!(
+            queues.enqueue(2, &[0u8; 1024]),
+            Err(Status::InternalFailure),
+            "past the vm_id's bytes"
+        );
     }
 }

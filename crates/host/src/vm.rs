@@ -408,7 +408,7 @@ pub(crate) fn host_state(engine: &Engine, abi: AbiVersion, config: VmConfig) -> 
         vm_id: config.vm_id,
         abi,
         shared: if config.isolated {
-            Arc::default()
+            Arc::new(engine.inner.shared.empty_like())
         } else {
             engine.inner.shared.clone()
         },

@@ -234,6 +234,11 @@ impl Admin {
                 "logLineBytes": limits.log_line_bytes,
                 "headerMapEntries": limits.header_map_entries,
                 "headerMapBytes": limits.header_map_bytes,
+                "sharedDataBytes": current.shared_limits.shared_data_bytes,
+                "sharedQueues": current.shared_limits.queues,
+                "sharedQueueItems": current.shared_limits.queue_items,
+                "sharedQueueBytes": current.shared_limits.queue_bytes,
+                "metrics": current.shared_limits.metrics,
             },
             "node": config.node,
             "listeners": config.listeners.iter().map(|listener| json!({

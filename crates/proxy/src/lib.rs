@@ -101,6 +101,9 @@ pub struct ProxyConfig {
     pub buffer_limit: usize,
     /// Every plugin's limits: the embedder's, with what `spec.pluginLimits` sets.
     pub plugin_limits: sluice_host::Limits,
+    /// The bounds on what plugins share (`spec.pluginLimits`), applied to the engine when this
+    /// config starts serving.
+    pub shared_limits: sluice_host::SharedLimits,
     pub engine: Engine,
 }
 

@@ -157,6 +157,7 @@ fn load(
     let base_dir = &source.base_dir();
     let source_file = source.file.as_deref();
     let limits = plugin_limits(&source.limits, &config.plugin_limits);
+    let shared = shared_limits(&config.plugin_limits);
     let mut errors = Vec::new();
     let mut plugins = Vec::new();
     let mut unavailable = Vec::new();
@@ -302,15 +303,30 @@ fn load(
         tls,
         buffer_limit,
         plugin_limits: limits,
+        shared_limits: shared,
         engine: engine.clone(),
     })
 }
 
+/// A size from the config, or the default.
+fn size(value: Option<u64>, default: usize) -> usize {
+    value.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+}
+
+/// The host's bounds on shared state with what the config's `pluginLimits` sets.
+fn shared_limits(set: &sluice_config::PluginLimits) -> sluice_host::SharedLimits {
+    let base = sluice_host::SharedLimits::default();
+    sluice_host::SharedLimits {
+        shared_data_bytes: size(set.shared_data_bytes, base.shared_data_bytes),
+        queues: size(set.shared_queues, base.queues),
+        queue_items: size(set.shared_queue_items, base.queue_items),
+        queue_bytes: size(set.shared_queue_bytes, base.queue_bytes),
+        metrics: size(set.metrics, base.metrics),
+    }
+}
+
 /// The embedder's limits with what the config's `pluginLimits` sets.
 fn plugin_limits(base: &Limits, set: &sluice_config::PluginLimits) -> Limits {
-    let size = |value: Option<u64>, default: usize| {
-        value.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
-    };
     Limits {
         memory_bytes: size(set.memory_bytes, base.memory_bytes),
         call_timeout: set.call_timeout.unwrap_or(base.call_timeout),

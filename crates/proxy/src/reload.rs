@@ -161,15 +161,21 @@ impl Reloader {
                 error: lost.error.clone(),
             });
         }
-        canary(&new).map_err(ReloadError::Canary)?;
+        // A refused config gives back the bounds on shared state its canary set.
+        if let Err(error) = canary(&new) {
+            self.engine.set_shared_limits(current.shared_limits);
+            return Err(ReloadError::Canary(error));
+        }
         self.updates.send_replace(Arc::new(new));
         Ok(())
     }
 }
 
 /// Starts every plugin of a config, with every route's configuration, on throwaway instances:
-/// what `proxy_on_vm_start` and `proxy_on_configure` say before any worker sees the config.
+/// what `proxy_on_vm_start` and `proxy_on_configure` say before any worker sees the config. The
+/// config's bounds on shared state hold from here on, as they will once workers serve it.
 pub fn canary(config: &ProxyConfig) -> Result<(), String> {
+    config.engine.set_shared_limits(config.shared_limits);
     let everything = crate::logging::PluginLogLevels::new(sluice_abi::LogLevel::Trace);
     Generation::build(
         Arc::new(config.clone()),

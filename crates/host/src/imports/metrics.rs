@@ -48,7 +48,7 @@ fn define(c: &mut Caller<'_>, kind: u32, name: (u32, u32), id_ptr: u32) -> HostR
                     "proxy_define_metric({:?}...): the process holds {} metrics (or {} bytes of \
                      names) already",
                     name.chars().take(64).collect::<String>(),
-                    crate::metrics::MAX_METRICS,
+                    state.shared.metrics.limit(),
                     crate::metrics::MAX_METRIC_NAME_BYTES
                 ),
             );

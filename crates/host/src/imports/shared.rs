@@ -74,7 +74,7 @@ fn set_shared_data(c: &mut Caller<'_>, key: (u32, u32), value: (u32, u32), cas: 
         let message = format!(
             "proxy_set_shared_data refused: the shared data of vm_id `{}` would pass {} bytes",
             state.vm_id,
-            crate::MAX_SHARED_DATA_BYTES
+            state.shared.data.limit()
         );
         state.warn_once("shared data full", format_args!("{message}"));
     }

@@ -564,6 +564,58 @@ fn the_documents_limits_bound_heads_and_held_bodies() {
     proxy.stop();
 }
 
+/// The bounds on shared state in `pluginLimits` reach the engine and `/config_dump`: rate-limit,
+/// which defines four metrics as it starts, is refused when the process may hold one.
+#[test]
+fn shared_state_bounds_from_the_document_apply() {
+    for metrics in [None, Some(1)] {
+        let mut config = crate::flags(None, &[]);
+        config.workers = Some(1);
+        config.plugin_limits.metrics = metrics;
+        config.plugin_limits.shared_data_bytes = Some(4096);
+        config.plugins = vec![crate::built("rate_limit", r#"{"requestsPerWindow": 100}"#)];
+        let started = sluice_proxy::start(
+            sluice_proxy::Source {
+                file: None,
+                base: config,
+                limits: crate::limits(),
+                buffer_limit: sluice_filter::DEFAULT_BUFFER_LIMIT,
+                plugin_log_level: sluice_abi::LogLevel::Warn,
+                fetch: crate::fetch_options(),
+            },
+            crate::engine(),
+        );
+        match (metrics, started) {
+            (None, Ok(proxy)) => {
+                assert_eq!(get(proxy.address, "/", &[]).status, 200);
+                let dump: serde_json::Value = serde_json::from_slice(
+                    &get(proxy.admin_address.unwrap(), "/config_dump", &[]).body,
+                )
+                .unwrap();
+                let limits = &dump["pluginLimits"];
+                assert_eq!(limits["sharedDataBytes"], 4096, "{limits}");
+                assert_eq!(
+                    limits["metrics"],
+                    sluice_host::SharedLimits::default().metrics
+                );
+                proxy.stop();
+            }
+            (Some(1), Err(error)) => {
+                let message = error.to_string();
+                // Refused by the canary, which runs under the same bounds, not by a worker. The
+                // SDK panics on the second `proxy_define_metric` (INTERNAL_FAILURE, 10).
+                assert!(
+                    message.starts_with("plugin 'rate-limit'")
+                        && message.contains("unexpected status: 10"),
+                    "{message}"
+                );
+            }
+            (_, Ok(_)) => panic!("rate-limit started with room for one metric"),
+            (_, Err(error)) => panic!("rate-limit did not start: {error}"),
+        }
+    }
+}
+
 /// `pluginLimits` in the `Proxy` document reaches the plugins: a header map bound small enough
 /// for one added header to pass it fails the plugin (503), the default does not.
 #[test]

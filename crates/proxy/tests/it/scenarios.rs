@@ -415,11 +415,11 @@ impl LiveConnection<'_> {
         let mut quiet_since = Instant::now();
         while quiet_since.elapsed() < QUIET && Instant::now() < deadline {
             let mut moved = self.client.poll() | self.upstream.poll();
-            if self.upstream.stream.is_none() {
-                if let Ok(stream) = self.origins.try_recv() {
-                    self.upstream = Side::of(stream);
-                    moved = true;
-                }
+            if self.upstream.stream.is_none()
+                && let Ok(stream) = self.origins.try_recv()
+            {
+                self.upstream = Side::of(stream);
+                moved = true;
             }
             if moved {
                 quiet_since = Instant::now();

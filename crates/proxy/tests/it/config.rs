@@ -444,20 +444,7 @@ spec:
     let proxy = start_source(Some(file), flags(None, &[]));
     assert_eq!(get(proxy.address, "/denied", &[]).status, 401);
     assert_eq!(get(proxy.address, "/allowed?x=1", &[TOKEN]).status, 200);
-    // The writer flushes when it runs out of lines; bounded wait for both.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let lines = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if lines.len() >= 2 || Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let lines = crate::access_log_lines(&log, 2);
     let (denied, allowed) = (&lines[0], &lines[1]);
     assert_eq!(denied["status"], 401);
     assert_eq!(denied["path"], "/denied");

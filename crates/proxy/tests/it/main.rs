@@ -93,6 +93,25 @@ pub fn start_source(file: Option<std::path::PathBuf>, base: Config) -> RunningPr
     .unwrap_or_else(|error| panic!("proxy starts: {error}"))
 }
 
+/// The access log's lines once it holds `count` (the writer flushes when it runs out of lines),
+/// within 5 s; exactly `count` of them.
+pub fn access_log_lines(log: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= count || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), count, "{lines:#?}");
+    lines
+}
+
 /// The plugins in order in front of `upstream` (or the echo upstream), with `clusters`.
 pub fn start(
     plugins: Vec<Plugin>,

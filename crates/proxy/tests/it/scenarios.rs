@@ -472,6 +472,26 @@ impl Live {
     fn failures(&self) -> i64 {
         self.stat("sluice_plugin_failures_total").unwrap_or(0)
     }
+
+    /// What a step observed besides its client and upstream: the calls the clusters answered, and
+    /// the plugin failures counted since `failures_before`.
+    fn calls_and_failures(&self, failures_before: i64) -> Observed {
+        let mut state = self.shared.lock().unwrap();
+        let mut observed = Observed {
+            http_calls: std::mem::take(&mut state.http_calls),
+            grpc_calls: std::mem::take(&mut state.grpc_calls),
+            redis_calls: std::mem::take(&mut state.redis_calls),
+            ..Observed::default()
+        };
+        drop(state);
+        let failed = self.failures() - failures_before;
+        if failed > 0 {
+            observed.failures.push(format!(
+                "{failed} plugin failure(s) in sluice_plugin_failures_total"
+            ));
+        }
+        observed
+    }
 }
 
 impl Drop for Live {
@@ -663,24 +683,13 @@ impl Backend for Live {
                 .ok()
         });
         drop(runtime);
-        let mut state = self.shared.lock().unwrap();
-        let mut observed = Observed {
-            upstream: state.upstream.take(),
+        let upstream = self.shared.lock().unwrap().upstream.take();
+        Ok(Observed {
+            upstream,
             stalled: client.is_none(),
             client,
-            http_calls: std::mem::take(&mut state.http_calls),
-            grpc_calls: std::mem::take(&mut state.grpc_calls),
-            redis_calls: std::mem::take(&mut state.redis_calls),
-            ..Observed::default()
-        };
-        drop(state);
-        let failed = self.failures() - failures_before;
-        if failed > 0 {
-            observed.failures.push(format!(
-                "{failed} plugin failure(s) in sluice_plugin_failures_total"
-            ));
-        }
-        Ok(observed)
+            ..self.calls_and_failures(failures_before)
+        })
     }
 
     /// Plays the events on a real client connection and on the proxy's real connection to the
@@ -729,22 +738,10 @@ impl Backend for Live {
             closed_by: if reset { "client" } else { live.closed_by() }.to_string(),
         };
         drop(live);
-        let mut state = self.shared.lock().unwrap();
-        let mut observed = Observed {
+        Ok(Observed {
             connection: Some(seen),
-            http_calls: std::mem::take(&mut state.http_calls),
-            grpc_calls: std::mem::take(&mut state.grpc_calls),
-            redis_calls: std::mem::take(&mut state.redis_calls),
-            ..Observed::default()
-        };
-        drop(state);
-        let failed = self.failures() - failures_before;
-        if failed > 0 {
-            observed.failures.push(format!(
-                "{failed} plugin failure(s) in sluice_plugin_failures_total"
-            ));
-        }
-        Ok(observed)
+            ..self.calls_and_failures(failures_before)
+        })
     }
 
     /// Only a zero advance comes here (time is real): nothing happens.

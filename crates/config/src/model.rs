@@ -353,6 +353,9 @@ pub struct Capabilities {
     /// otherwise Pause stops everything (`StopAllIterationAndWatermark`). Higress's ABI
     /// (`0_2_100`) modules always get the former.
     pub headers_stop_iteration: bool,
+    /// This plugin's own bounds on its instances, over `spec.pluginLimits` (the shared-state
+    /// fields are never set here: they bound the process).
+    pub limits: PluginLimits,
     /// Where the allow-list was written (the Proxy document's field), for errors about it.
     pub place: String,
     pub location: Option<crate::Location>,

@@ -326,12 +326,19 @@ struct PluginLimitsSpec {
 }
 
 impl PluginLimitsSpec {
-    fn check(self, checker: &mut Checker<'_>) -> crate::PluginLimits {
+    /// The limits at `at` (`spec.pluginLimits`, or a plugin's `spec.pluginCapabilities.NAME.limits`,
+    /// where the bounds on shared state, which are the process's, are refused).
+    fn check(self, at: &str, checker: &mut Checker<'_>) -> crate::PluginLimits {
+        let per_plugin = at != "spec.pluginLimits";
         let mut positive = |field: &str, value: Option<u64>| match value {
             Some(0) => {
+                checker.error(&format!("{at}.{field}"), "`0`: must be more than zero");
+                None
+            }
+            Some(_) if per_plugin && (field.starts_with("shared") || field == "metrics") => {
                 checker.error(
-                    &format!("spec.pluginLimits.{field}"),
-                    "`0`: must be more than zero",
+                    &format!("{at}.{field}"),
+                    "bounds the state every plugin shares: set it in spec.pluginLimits",
                 );
                 None
             }
@@ -349,12 +356,12 @@ impl PluginLimitsSpec {
         crate::PluginLimits {
             memory_bytes,
             call_timeout: checker.positive_duration(
-                "spec.pluginLimits.callTimeout",
+                &format!("{at}.callTimeout"),
                 self.call_timeout,
                 "",
             ),
             start_timeout: checker.positive_duration(
-                "spec.pluginLimits.startTimeout",
+                &format!("{at}.startTimeout"),
                 self.start_timeout,
                 "",
             ),
@@ -416,6 +423,8 @@ struct CapabilitiesSpec {
     clusters: Option<std::collections::BTreeSet<String>>,
     #[serde(default)]
     allow_on_headers_stop_iteration: bool,
+    #[serde(default)]
+    limits: Option<PluginLimitsSpec>,
 }
 
 #[derive(Deserialize)]
@@ -661,10 +670,15 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
                     for (plugin, spec) in std::mem::take(&mut document.spec.plugin_capabilities) {
                         let field = format!("spec.pluginCapabilities.{plugin}");
                         let place = format!("{label} {field}");
+                        let limits = spec
+                            .limits
+                            .map(|limits| limits.check(&format!("{field}.limits"), &mut checker))
+                            .unwrap_or_default();
                         let granted = crate::Capabilities {
                             allow: spec.allow,
                             clusters: spec.clusters,
                             headers_stop_iteration: spec.allow_on_headers_stop_iteration,
+                            limits,
                             place: place.clone(),
                             location: checker.locate(&field),
                         };
@@ -1145,7 +1159,7 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
         }
     }
     if let Some(limits) = spec.plugin_limits {
-        config.plugin_limits = limits.check(checker);
+        config.plugin_limits = limits.check("spec.pluginLimits", checker);
     }
     if let Some(kb) = spec.max_request_headers_kb {
         if (1..=crate::MAX_REQUEST_HEADERS_KB).contains(&kb) {
@@ -1894,6 +1908,7 @@ spec:
   bufferLimitBytes: 0
   maxRequestHeadersKb: 9000
   pluginLimits: {memoryBytes: 0, callTimeout: 1 minute, sharedQueues: 0}
+  pluginCapabilities: {q: {limits: {metrics: 5, logLineBytes: 0}}}
   listeners:
   - address: 127.0.0.1:8080
     routes:
@@ -1924,9 +1939,9 @@ kind: VirtualService
             let error = found.iter().find(|e| e.place.ends_with(place)).unwrap();
             error.location.map(|l| (l.line, l.column))
         };
-        assert_eq!(at("spec.clusters[0].endpoints[0]"), Some((16, 27)));
-        assert_eq!(at("spec.pluginConfg"), Some((26, 21)));
-        assert_eq!(at("spec.phase"), Some((21, 43)));
+        assert_eq!(at("spec.clusters[0].endpoints[0]"), Some((17, 27)));
+        assert_eq!(at("spec.pluginConfg"), Some((27, 21)));
+        assert_eq!(at("spec.phase"), Some((22, 43)));
         assert_eq!(at("route route-0"), None, "a check across documents");
         let expect = [
             "document 1 (Proxy) spec.clusters[0].endpoints[0]: `no-port` is not HOST:PORT",
@@ -1940,6 +1955,8 @@ kind: VirtualService
             "document 1 (Proxy) spec.pluginLimits.memoryBytes: `0`: must be more than zero",
             "document 1 (Proxy) spec.pluginLimits.sharedQueues: `0`: must be more than zero",
             "document 1 (Proxy) spec.pluginLimits.callTimeout: `1 minute`:",
+            "document 1 (Proxy) spec.pluginCapabilities.q.limits.logLineBytes: `0`: must be more than zero",
+            "document 1 (Proxy) spec.pluginCapabilities.q.limits.metrics: bounds the state every plugin shares: set it in spec.pluginLimits",
             "document 2 (WasmPlugin p) spec.url: `ftp://ghcr.io/x/y:1`: unknown scheme",
             "document 2 (WasmPlugin p) spec.sha256: `abc` is not a sha256 digest",
             "document 2 (WasmPlugin p) spec.phase: `LATE`: expected AUTHN",
@@ -1947,6 +1964,8 @@ kind: VirtualService
             "document 4 (VirtualService) apiVersion/kind: `networking.istio.io/v1`/`VirtualService` is not a document sluice reads",
             "listener listener-0 route route-0: cluster `nowhere` is not declared (clusters: b)",
             "listener listener-0 route route-0 plugins.ghost: no WasmPlugin is named `ghost`",
+            // q's own document failed, so it is not there to take its capabilities.
+            "document 1 (Proxy) spec.pluginCapabilities.q: no WasmPlugin is named `q`",
         ];
         for expected in expect {
             assert!(

@@ -364,6 +364,8 @@ impl VmPool {
                     && vm.config.vm_id == spec.vm.vm_id
                     && vm.config.vm_configuration == spec.vm.vm_configuration
                     && vm.config.env == spec.vm.env
+                    // Plugins with their own limits get instances of their own.
+                    && vm.config.limits == spec.vm.limits
             })
             .cloned();
         if let Some(vm) = existing {

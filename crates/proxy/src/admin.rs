@@ -208,7 +208,17 @@ impl Admin {
     fn config_dump(&self) -> Value {
         let current = self.reloader.current();
         let config = &current.config;
-        let limits = &current.plugin_limits;
+        let shared = &current.shared_limits;
+        let mut plugin_limits = instance_limits(&current.plugin_limits);
+        for (name, value) in [
+            ("sharedDataBytes", shared.shared_data_bytes),
+            ("sharedQueues", shared.queues),
+            ("sharedQueueItems", shared.queue_items),
+            ("sharedQueueBytes", shared.queue_bytes),
+            ("metrics", shared.metrics),
+        ] {
+            plugin_limits.insert(name.to_string(), json!(value));
+        }
         let last = self.reloader.last().map(|last| {
             json!({
                 "at": crate::access_log::timestamp(last.at),
@@ -227,19 +237,7 @@ impl Admin {
             "maxConnectionDurationMs": config.max_connection_duration.map(|d| d.as_millis() as u64),
             "bufferLimitBytes": current.buffer_limit,
             "maxRequestHeadersKb": config.max_request_headers_kb,
-            "pluginLimits": {
-                "memoryBytes": limits.memory_bytes,
-                "callTimeoutMs": limits.call_timeout.as_millis() as u64,
-                "startTimeoutMs": limits.start_timeout.as_millis() as u64,
-                "logLineBytes": limits.log_line_bytes,
-                "headerMapEntries": limits.header_map_entries,
-                "headerMapBytes": limits.header_map_bytes,
-                "sharedDataBytes": current.shared_limits.shared_data_bytes,
-                "sharedQueues": current.shared_limits.queues,
-                "sharedQueueItems": current.shared_limits.queue_items,
-                "sharedQueueBytes": current.shared_limits.queue_bytes,
-                "metrics": current.shared_limits.metrics,
-            },
+            "pluginLimits": plugin_limits,
             "node": config.node,
             "listeners": config.listeners.iter().map(|listener| json!({
                 "name": listener.name,
@@ -316,6 +314,7 @@ fn plugins(current: &ProxyConfig, stats: &Stats) -> Value {
                 "type": if plugin.network { "NETWORK" } else { "HTTP" },
                 "ports": plugin.ports,
                 "pluginConfig": plugin.configuration,
+                "limits": instance_limits(&loaded.limits),
                 "instances": reports.iter().flat_map(|(worker, instances)| {
                     instances.iter().filter(|i| i.plugin == plugin.name).map(move |i| json!({
                         "worker": worker,
@@ -328,6 +327,27 @@ fn plugins(current: &ProxyConfig, stats: &Stats) -> Value {
         })
         .chain(unavailable)
         .collect()
+}
+
+/// The bounds on one plugin instance, as `/config_dump` shows them.
+fn instance_limits(limits: &sluice_host::Limits) -> serde_json::Map<String, Value> {
+    [
+        ("memoryBytes", json!(limits.memory_bytes)),
+        (
+            "callTimeoutMs",
+            json!(limits.call_timeout.as_millis() as u64),
+        ),
+        (
+            "startTimeoutMs",
+            json!(limits.start_timeout.as_millis() as u64),
+        ),
+        ("logLineBytes", json!(limits.log_line_bytes)),
+        ("headerMapEntries", json!(limits.header_map_entries)),
+        ("headerMapBytes", json!(limits.header_map_bytes)),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect()
 }
 
 /// Binds the admin listener and serves it on a thread until `stop` fires.

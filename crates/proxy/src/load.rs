@@ -240,7 +240,7 @@ fn load(
                 plugins.push(LoadedPlugin {
                     code,
                     env,
-                    limits: limits.clone(),
+                    limits: plugin_limits(&limits, &plugin.capabilities.limits),
                 });
             }
             Err(error) => errors.push(

@@ -617,7 +617,9 @@ fn shared_state_bounds_from_the_document_apply() {
 }
 
 /// `pluginLimits` in the `Proxy` document reaches the plugins: a header map bound small enough
-/// for one added header to pass it fails the plugin (503), the default does not.
+/// for one added header to pass it fails the plugin (503), the default does not. A plugin's own
+/// limits (`pluginCapabilities.NAME.limits`) apply to it alone, on instances of its own, and
+/// `/config_dump` shows each plugin's.
 #[test]
 fn plugin_limits_from_the_document_apply() {
     for (entries, status) in [(None, 200), (Some(3), 503)] {
@@ -627,6 +629,48 @@ fn plugin_limits_from_the_document_apply() {
         config.plugins = vec![crate::built("probe", r#"{"stamp": true}"#)];
         let proxy = crate::start_source(None, config);
         assert_eq!(get(proxy.address, "/", &[]).status, status, "{entries:?}");
+        proxy.stop();
+    }
+    // Two probes of one module and VM id, the second adding a header: bounding it fails it
+    // (503), though the first, unbounded, started the VM they would otherwise share; bounding
+    // only the first leaves the second unbounded (200).
+    for bounded in [0, 1, 2] {
+        let mut config = crate::flags(None, &[]);
+        config.workers = Some(1);
+        let mut probes = [
+            crate::built("probe", r#"{"name": "a"}"#),
+            crate::built("probe", r#"{"stamp": true}"#),
+        ];
+        probes[1].name = "probe-b".into();
+        if let Some(probe) = probes.get_mut(bounded) {
+            probe.capabilities.limits.header_map_entries = Some(3);
+        }
+        config.plugins = probes.to_vec();
+        let proxy = crate::start_source(None, config);
+        let status = if bounded == 1 { 503 } else { 200 };
+        assert_eq!(
+            get(proxy.address, "/", &[]).status,
+            status,
+            "bounded: {bounded}"
+        );
+        let dump: serde_json::Value =
+            serde_json::from_slice(&get(proxy.admin_address.unwrap(), "/config_dump", &[]).body)
+                .unwrap();
+        let entries: Vec<&serde_json::Value> = dump["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["limits"]["headerMapEntries"])
+            .collect();
+        let expected: Vec<serde_json::Value> = (0..2)
+            .map(|i| serde_json::json!(if i == bounded { 3 } else { 16384 }))
+            .collect();
+        assert_eq!(
+            entries,
+            expected.iter().collect::<Vec<_>>(),
+            "bounded: {bounded}"
+        );
+        assert_eq!(dump["pluginLimits"]["headerMapEntries"], 16384);
         proxy.stop();
     }
 }

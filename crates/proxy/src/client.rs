@@ -13,7 +13,7 @@ use crate::body::ChannelBody;
 use crate::headers::{fields_map, response_map, to_fields};
 use crate::{Clusters, Target};
 
-/// Where one request goes (see [`crate::Upstream::endpoint`] for how a cluster gives one).
+/// Where one request goes (see [`crate::PickedEndpoint::endpoint`] for how a cluster gives one).
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
@@ -393,7 +393,7 @@ pub async fn callout(
     pool: &Pool,
     request: HttpCallRequest,
 ) -> Result<CallResponse, ClientError> {
-    let upstream = match clusters.pick(&request.upstream) {
+    let picked = match clusters.pick(&request.upstream) {
         None => return Err(ClientError::UnknownCluster(request.upstream.clone())),
         Some(Target::Echo) => {
             let (headers, body) =
@@ -404,11 +404,11 @@ pub async fn callout(
                 trailers: sluice_abi::HeaderMap::new(),
             });
         }
-        Some(Target::Endpoint(upstream)) => upstream,
+        Some(Target::Endpoint(picked)) => picked,
     };
-    let timeout = call_timeout(request.timeout, upstream.timeout);
+    let timeout = call_timeout(request.timeout, picked.timeout);
     let exchange = async {
-        let target = upstream.endpoint().await?;
+        let target = picked.endpoint().await?;
         let length = request.body.len();
         let body = if length == 0 {
             crate::body::empty()
@@ -426,7 +426,7 @@ pub async fn callout(
         // on the call fails it (a request the connection never began to send still goes on a
         // new one).
         let (response, connection) = pool
-            .send(&target, http, upstream.connect_timeout, || None)
+            .send(&target, http, picked.connect_timeout, || None)
             .await?;
         let http_error = |source| ClientError::Http {
             target: target.host.to_string(),

@@ -743,9 +743,9 @@ impl Driver {
                 }
                 return;
             }
-            Some(Target::Endpoint(upstream)) if let Some(endpoint) = upstream.declared() => {
+            Some(Target::Endpoint(picked)) if let Some(endpoint) = picked.declared() => {
                 self.upstream_address = Some(endpoint.address);
-                (endpoint, upstream.connect_timeout, upstream.timeout)
+                (endpoint, picked.connect_timeout, picked.timeout)
             }
             Some(Target::Endpoint(_)) | None => {
                 self.stream.local_reply_from_proxy(

@@ -157,8 +157,8 @@ async fn exchange(
     deliver: &mut impl FnMut(GrpcEvent),
 ) -> Result<(u32, String), Ended> {
     let unavailable = |message: String| Ended::Failed((UNAVAILABLE, message));
-    let upstream = match clusters.pick(&request.upstream) {
-        Some(Target::Endpoint(upstream)) => upstream,
+    let picked = match clusters.pick(&request.upstream) {
+        Some(Target::Endpoint(picked)) => picked,
         Some(Target::Echo) => {
             return Err(unavailable(format!(
                 "cluster `{}` is the echo upstream, which does not speak gRPC",
@@ -206,12 +206,12 @@ async fn exchange(
         Ended::Failed((UNAVAILABLE, format!("{}{{{}}}", reply.body, reply.details)))
     };
     let send = async {
-        match upstream.declared() {
+        match picked.declared() {
             // A declared cluster, in the protocol it is declared with (Envoy's gRPC client
             // speaks HTTP/1.1 to a cluster that is not HTTP/2): the worker's pool.
             Some(endpoint) => {
                 // A gRPC call has a body: never sent twice.
-                pool.send(&endpoint, http, upstream.connect_timeout, || None)
+                pool.send(&endpoint, http, picked.connect_timeout, || None)
                     .await
                     .map(|(response, _)| response)
                     .map_err(failed)
@@ -219,12 +219,12 @@ async fn exchange(
             // An `outbound|PORT||HOST` name, resolved per call: an HTTP/2 connection of its own.
             None => {
                 let http_error = |source| crate::client::ClientError::Http {
-                    target: upstream.host.to_string(),
+                    target: picked.host.to_string(),
                     source,
                 };
-                let endpoint = upstream.endpoint().await.map_err(failed)?;
+                let endpoint = picked.endpoint().await.map_err(failed)?;
                 let stream = endpoint
-                    .connect(upstream.connect_timeout)
+                    .connect(picked.connect_timeout)
                     .await
                     .map_err(failed)?;
                 let (mut sender, connection) = hyper::client::conn::http2::handshake(
@@ -281,7 +281,7 @@ async fn exchange(
                         buffer.extend_from_slice(&data);
                         // Bad framing is Envoy's INTERNAL.
                         let framed = messages(&mut buffer).map_err(|e| {
-                            tracing::debug!("gRPC answer from {}: {e}", upstream.host);
+                            tracing::debug!("gRPC answer from {}: {e}", picked.host);
                             (INTERNAL, VIA_UPSTREAM.to_string())
                         })?;
                         for message in framed {

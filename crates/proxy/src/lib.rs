@@ -137,14 +137,14 @@ pub enum StartError {
 pub(crate) enum Target {
     /// The built-in echo upstream.
     Echo,
-    Endpoint(Upstream),
+    Endpoint(PickedEndpoint),
 }
 
 /// One endpoint of a cluster, picked for a request or a call, with the cluster's protocol and
 /// timeouts (Envoy's defaults for undeclared names). Every kind of call (HTTP, gRPC, Redis, TCP)
-/// turns it into an address the same way, through [`Upstream::endpoint`].
+/// turns it into an address the same way, through [`PickedEndpoint::endpoint`].
 #[derive(Clone, Debug)]
-pub(crate) struct Upstream {
+pub(crate) struct PickedEndpoint {
     /// For error messages and, for Istio-style names, to look up.
     pub host: Rc<str>,
     pub port: u16,
@@ -155,7 +155,7 @@ pub(crate) struct Upstream {
     pub timeout: Duration,
 }
 
-impl Upstream {
+impl PickedEndpoint {
     /// The endpoint of a declared cluster, whose address is known without a lookup.
     pub fn declared(&self) -> Option<client::Endpoint> {
         self.address.map(|address| self.at(address))
@@ -237,7 +237,7 @@ impl Clusters {
             let (address, host) = cluster
                 .endpoints
                 .get(position % cluster.endpoints.len().max(1))?;
-            return Some(Target::Endpoint(Upstream {
+            return Some(Target::Endpoint(PickedEndpoint {
                 host: host.clone(),
                 port: address.port(),
                 address: Some(*address),
@@ -247,7 +247,7 @@ impl Clusters {
             }));
         }
         outbound(name).map(|(host, port)| {
-            Target::Endpoint(Upstream {
+            Target::Endpoint(PickedEndpoint {
                 host: Rc::from(host),
                 port,
                 address: None,

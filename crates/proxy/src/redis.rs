@@ -140,14 +140,14 @@ pub async fn call(
     pool: &RedisPool,
     request: RedisCallRequest,
 ) -> Result<Vec<u8>, RedisError> {
-    let upstream = match clusters.pick(&request.cluster) {
+    let picked = match clusters.pick(&request.cluster) {
         None => return Err(ClientError::UnknownCluster(request.cluster).into()),
         Some(Target::Echo) => return Err(RedisError::NotRedis(request.cluster)),
-        Some(Target::Endpoint(upstream)) => upstream,
+        Some(Target::Endpoint(picked)) => picked,
     };
-    let timeout = client::call_timeout(request.settings.timeout, upstream.timeout);
+    let timeout = client::call_timeout(request.settings.timeout, picked.timeout);
     let exchange = async {
-        let endpoint = upstream.endpoint().await?;
+        let endpoint = picked.endpoint().await?;
         let key = Key {
             address: endpoint.address,
             username: request.settings.username.clone(),
@@ -157,7 +157,7 @@ pub async fn call(
         let mut connection = match pool.take(&key) {
             Some(pooled) => pooled,
             None => {
-                let stream = endpoint.connect(upstream.connect_timeout).await?;
+                let stream = endpoint.connect(picked.connect_timeout).await?;
                 Connection::open(stream, &endpoint.host, &request.settings).await?
             }
         };

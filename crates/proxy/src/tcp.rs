@@ -419,8 +419,8 @@ async fn flush_to(
 /// Connects to the cluster's next endpoint within its connect timeout.
 async fn connect(target: Option<Target>, cluster: String) -> Result<tokio::net::TcpStream, String> {
     match target {
-        Some(Target::Endpoint(upstream)) => match upstream.endpoint().await {
-            Ok(endpoint) => endpoint.connect(upstream.connect_timeout).await,
+        Some(Target::Endpoint(picked)) => match picked.endpoint().await {
+            Ok(endpoint) => endpoint.connect(picked.connect_timeout).await,
             Err(error) => Err(error),
         }
         .map_err(|error| error.to_string()),

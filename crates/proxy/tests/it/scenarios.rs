@@ -332,7 +332,7 @@ fn tcp_origin() -> (SocketAddr, mpsc::Receiver<TcpStream>) {
 
 /// How long nothing must move on either socket before a connection event counts as carried out.
 /// Live sockets give no signal that a proxy is done with some bytes, so quiet is the signal.
-const QUIET: Duration = Duration::from_millis(100);
+const QUIET: Duration = Duration::from_millis(200);
 
 /// One side of a live connection as the test sees it: what it read, and how its reading ended.
 #[derive(Default)]
@@ -424,6 +424,15 @@ impl LiveConnection<'_> {
             if moved {
                 quiet_since = Instant::now();
             }
+        }
+    }
+
+    /// Waits (within 5 s) for the proxy's connection to the origin, unless the client's side
+    /// ended first: upstream bytes are written only once it exists, as in process.
+    fn await_upstream(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.upstream.stream.is_none() && !self.client.ended && Instant::now() < deadline {
+            self.settle();
         }
     }
 
@@ -710,8 +719,14 @@ impl Backend for Live {
             match event {
                 ConnectionEvent::Client(bytes) => live.client.write(bytes),
                 ConnectionEvent::ClientEnd => live.client.end(),
-                ConnectionEvent::Upstream(bytes) => live.upstream.write(bytes),
-                ConnectionEvent::UpstreamEnd => live.upstream.end(),
+                ConnectionEvent::Upstream(bytes) => {
+                    live.await_upstream();
+                    live.upstream.write(bytes);
+                }
+                ConnectionEvent::UpstreamEnd => {
+                    live.await_upstream();
+                    live.upstream.end();
+                }
                 ConnectionEvent::ClientReset => {
                     if let Some(stream) = live.client.stream.take() {
                         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));

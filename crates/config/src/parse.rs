@@ -578,6 +578,9 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
     let mut config = base;
     let mut proxy_seen: Option<usize> = None;
     let mut capabilities: Vec<(String, String, crate::Capabilities)> = Vec::new();
+    // Names of the WasmPlugin documents, parsed or not: a capability for one that failed is not
+    // "no such plugin" (its document says what is wrong).
+    let mut plugin_documents: Vec<String> = Vec::new();
     let mut plugins = std::mem::take(&mut config.plugins);
     let mut values = Vec::new();
     for document in yaml_serde::Deserializer::from_str(text) {
@@ -634,6 +637,11 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
             notices: &mut notices,
         };
         let Some(document) = document else { break };
+        if matches!(kind, "WasmPlugin" | "TrafficExtension")
+            && let Some(name) = &name
+        {
+            plugin_documents.push(name.clone());
+        }
         match (api_version, kind) {
             (api @ (WASM_PLUGIN_API | HIGRESS_WASM_PLUGIN_API), "WasmPlugin") => {
                 let kind = if api == HIGRESS_WASM_PLUGIN_API {
@@ -698,6 +706,8 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
     for (place, name, granted) in capabilities {
         match plugins.iter_mut().find(|p| p.name == name) {
             Some(plugin) => plugin.capabilities = granted,
+            // Its own document failed, and says why.
+            None if plugin_documents.contains(&name) => {}
             None => errors.push(ConfigError::new(
                 place,
                 format!("no WasmPlugin is named `{name}`"),
@@ -1908,7 +1918,7 @@ spec:
   bufferLimitBytes: 0
   maxRequestHeadersKb: 9000
   pluginLimits: {memoryBytes: 0, callTimeout: 1 minute, sharedQueues: 0}
-  pluginCapabilities: {q: {limits: {metrics: 5, logLineBytes: 0}}}
+  pluginCapabilities: {q: {limits: {metrics: 5, logLineBytes: 0}}, ghost: {}}
   listeners:
   - address: 127.0.0.1:8080
     routes:
@@ -1964,8 +1974,8 @@ kind: VirtualService
             "document 4 (VirtualService) apiVersion/kind: `networking.istio.io/v1`/`VirtualService` is not a document sluice reads",
             "listener listener-0 route route-0: cluster `nowhere` is not declared (clusters: b)",
             "listener listener-0 route route-0 plugins.ghost: no WasmPlugin is named `ghost`",
-            // q's own document failed, so it is not there to take its capabilities.
-            "document 1 (Proxy) spec.pluginCapabilities.q: no WasmPlugin is named `q`",
+            // q's own document failed and says so; ghost has none.
+            "document 1 (Proxy) spec.pluginCapabilities.ghost: no WasmPlugin is named `ghost`",
         ];
         for expected in expect {
             assert!(

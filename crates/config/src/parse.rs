@@ -326,16 +326,17 @@ struct PluginLimitsSpec {
 }
 
 impl PluginLimitsSpec {
-    /// The limits at `at` (`spec.pluginLimits`, or a plugin's `spec.pluginCapabilities.NAME.limits`,
-    /// where the bounds on shared state, which are the process's, are refused).
-    fn check(self, at: &str, checker: &mut Checker<'_>) -> crate::PluginLimits {
-        let per_plugin = at != "spec.pluginLimits";
-        let mut positive = |field: &str, value: Option<u64>| match value {
+    /// The limits written at `at`: `spec.pluginLimits`, or a plugin's
+    /// `spec.pluginCapabilities.NAME.limits` (`per_plugin`), where the bounds on shared state,
+    /// which are the process's, are refused.
+    fn check(self, at: &str, per_plugin: bool, checker: &mut Checker<'_>) -> crate::PluginLimits {
+        // `shared`: a bound on the state every plugin shares.
+        let mut positive = |field: &str, value: Option<u64>, shared: bool| match value {
             Some(0) => {
                 checker.error(&format!("{at}.{field}"), "`0`: must be more than zero");
                 None
             }
-            Some(_) if per_plugin && (field.starts_with("shared") || field == "metrics") => {
+            Some(_) if per_plugin && shared => {
                 checker.error(
                     &format!("{at}.{field}"),
                     "bounds the state every plugin shares: set it in spec.pluginLimits",
@@ -344,15 +345,15 @@ impl PluginLimitsSpec {
             }
             other => other,
         };
-        let memory_bytes = positive("memoryBytes", self.memory_bytes);
-        let log_line_bytes = positive("logLineBytes", self.log_line_bytes);
-        let header_map_entries = positive("headerMapEntries", self.header_map_entries);
-        let header_map_bytes = positive("headerMapBytes", self.header_map_bytes);
-        let shared_data_bytes = positive("sharedDataBytes", self.shared_data_bytes);
-        let shared_queues = positive("sharedQueues", self.shared_queues);
-        let shared_queue_items = positive("sharedQueueItems", self.shared_queue_items);
-        let shared_queue_bytes = positive("sharedQueueBytes", self.shared_queue_bytes);
-        let metrics = positive("metrics", self.metrics);
+        let memory_bytes = positive("memoryBytes", self.memory_bytes, false);
+        let log_line_bytes = positive("logLineBytes", self.log_line_bytes, false);
+        let header_map_entries = positive("headerMapEntries", self.header_map_entries, false);
+        let header_map_bytes = positive("headerMapBytes", self.header_map_bytes, false);
+        let shared_data_bytes = positive("sharedDataBytes", self.shared_data_bytes, true);
+        let shared_queues = positive("sharedQueues", self.shared_queues, true);
+        let shared_queue_items = positive("sharedQueueItems", self.shared_queue_items, true);
+        let shared_queue_bytes = positive("sharedQueueBytes", self.shared_queue_bytes, true);
+        let metrics = positive("metrics", self.metrics, true);
         crate::PluginLimits {
             memory_bytes,
             call_timeout: checker.positive_duration(
@@ -680,7 +681,9 @@ pub fn parse(text: &str, base: Config) -> Result<Config, Vec<ConfigError>> {
                         let place = format!("{label} {field}");
                         let limits = spec
                             .limits
-                            .map(|limits| limits.check(&format!("{field}.limits"), &mut checker))
+                            .map(|limits| {
+                                limits.check(&format!("{field}.limits"), true, &mut checker)
+                            })
                             .unwrap_or_default();
                         let granted = crate::Capabilities {
                             allow: spec.allow,
@@ -1169,7 +1172,7 @@ fn proxy(document: Document<ProxySpec>, checker: &mut Checker<'_>, config: &mut 
         }
     }
     if let Some(limits) = spec.plugin_limits {
-        config.plugin_limits = limits.check("spec.pluginLimits", checker);
+        config.plugin_limits = limits.check("spec.pluginLimits", false, checker);
     }
     if let Some(kb) = spec.max_request_headers_kb {
         if (1..=crate::MAX_REQUEST_HEADERS_KB).contains(&kb) {

@@ -16,4 +16,4 @@ pub use chain::{
 };
 pub use connection::{Connection, ConnectionStep};
 pub use node::node_attribute;
-pub use stream::{Outcome, Step, Stream};
+pub use stream::{Outcome, Step, Stream, failed_plugins};

@@ -264,6 +264,14 @@ pub struct Outcome {
     pub failed: Vec<String>,
 }
 
+/// The plugins these failures came from, in order, each once in a row (what an access-log line
+/// reports of a request or a connection).
+pub fn failed_plugins(failures: &[PluginFailure]) -> Vec<String> {
+    let mut failed: Vec<String> = failures.iter().map(|f| f.plugin.clone()).collect();
+    failed.dedup();
+    failed
+}
+
 impl Stream {
     /// Starts a stream. `info` carries the properties the embedder knows (addresses, route, ...).
     /// A FAIL_RELOAD plugin whose instance failed gets a fresh one now if its backoff allows; a
@@ -410,14 +418,12 @@ impl Stream {
             Some(sluice_abi::PropertyValue::String(details)) => details.clone(),
             _ => "via_upstream".to_string(),
         };
-        let mut failed: Vec<String> = self.failures.iter().map(|f| f.plugin.clone()).collect();
-        failed.dedup();
         Outcome {
             details,
             local_reply_by: self
                 .local_reply_by
                 .map(|index| self.chain.plugin_name(index).to_string()),
-            failed,
+            failed: failed_plugins(&self.failures),
         }
     }
 

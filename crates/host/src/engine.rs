@@ -50,18 +50,17 @@ pub struct Shared {
 impl Shared {
     fn set_limits(&self, limits: crate::SharedLimits) {
         self.data.set_limit(limits.shared_data_bytes);
-        self.queues
-            .set_limits(limits.queues, limits.queue_items, limits.queue_bytes);
+        self.queues.set_limits(&limits);
         self.metrics.set_limit(limits.metrics);
     }
 
     fn limits(&self) -> crate::SharedLimits {
-        let (queues, queue_items, queue_bytes) = self.queues.limits();
+        let queues = self.queues.limits();
         crate::SharedLimits {
             shared_data_bytes: self.data.limit(),
-            queues,
-            queue_items,
-            queue_bytes,
+            queues: queues.queues,
+            queue_items: queues.items,
+            queue_bytes: queues.bytes,
             metrics: self.metrics.limit(),
         }
     }

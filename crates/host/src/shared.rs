@@ -174,8 +174,18 @@ struct Queues {
     by_name: HashMap<(String, Vec<u8>), usize>,
     /// Queues registered, and bytes their items hold, per vm_id.
     per_vm: HashMap<String, (usize, usize)>,
-    /// Queues per vm_id, items per queue, bytes per vm_id (see [`SharedLimits`]).
-    limits: (usize, usize, usize),
+    limits: QueueLimits,
+}
+
+/// The bounds of [`SharedLimits`] on queues.
+#[derive(Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Queues per vm_id.
+    pub queues: usize,
+    /// Items per queue.
+    pub items: usize,
+    /// Bytes per vm_id.
+    pub bytes: usize,
 }
 
 impl Default for Queues {
@@ -184,7 +194,11 @@ impl Default for Queues {
             list: Vec::new(),
             by_name: HashMap::new(),
             per_vm: HashMap::new(),
-            limits: (MAX_QUEUES, MAX_QUEUE_ITEMS, MAX_QUEUE_BYTES),
+            limits: QueueLimits {
+                queues: MAX_QUEUES,
+                items: MAX_QUEUE_ITEMS,
+                bytes: MAX_QUEUE_BYTES,
+            },
         }
     }
 }
@@ -200,13 +214,17 @@ pub const MAX_QUEUE_BYTES: usize = 64 << 20;
 pub const MAX_QUEUES: usize = 1024;
 
 impl SharedQueues {
-    /// The bounds of [`SharedLimits`] on queues, from now on.
-    pub fn set_limits(&self, queues: usize, items: usize, bytes: usize) {
-        lock(&self.queues).limits = (queues, items, bytes);
+    /// The bounds of `limits` on queues, from now on.
+    pub fn set_limits(&self, limits: &SharedLimits) {
+        lock(&self.queues).limits = QueueLimits {
+            queues: limits.queues,
+            items: limits.queue_items,
+            bytes: limits.queue_bytes,
+        };
     }
 
-    /// Queues per vm_id, items per queue, bytes per vm_id.
-    pub fn limits(&self) -> (usize, usize, usize) {
+    /// The bounds on queues in force.
+    pub(crate) fn limits(&self) -> QueueLimits {
         lock(&self.queues).limits
     }
 
@@ -226,9 +244,9 @@ impl SharedQueues {
             queue.owner_root = owner_root;
             return Ok(index as u32 + 1);
         }
-        let (max_queues, _, max_bytes) = queues.limits;
+        let limits = queues.limits;
         let (count, held) = queues.per_vm.entry(key.0.clone()).or_default();
-        if *count >= max_queues || *held + name.len() > max_bytes {
+        if *count >= limits.queues || *held + name.len() > limits.bytes {
             return Err(Status::InternalFailure);
         }
         *count += 1;
@@ -256,14 +274,14 @@ impl SharedQueues {
         let Queues {
             list,
             per_vm,
-            limits: (_, max_items, max_bytes),
+            limits,
             ..
         } = &mut *queues;
         let queue = list
             .get_mut((id as usize).wrapping_sub(1))
             .ok_or(Status::NotFound)?;
         let (_, held) = per_vm.entry(queue.vm_id.clone()).or_default();
-        while queue.items.len() >= *max_items || *held + value.len() > *max_bytes {
+        while queue.items.len() >= limits.items || *held + value.len() > limits.bytes {
             let Some(oldest) = queue.items.pop_front() else {
                 return Err(Status::InternalFailure);
             };
@@ -381,7 +399,12 @@ mod tests {
 
         let queues = SharedQueues::default();
         let inbox = QueueInbox::default();
-        queues.set_limits(2, 3, 1024);
+        queues.set_limits(&SharedLimits {
+            queues: 2,
+            queue_items: 3,
+            queue_bytes: 1024,
+            ..SharedLimits::default()
+        });
         assert_eq!(queues.register("vm", b"a", &inbox, 1), Ok(1));
         assert_eq!(queues.register("vm", b"b", &inbox, 1), Ok(2));
         assert_eq!(

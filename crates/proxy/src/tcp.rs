@@ -334,8 +334,6 @@ impl Logged {
         chain: &'a sluice_filter::Chain,
         failures: &[sluice_host::PluginFailure],
     ) -> crate::access_log::Record<'a> {
-        let mut failed: Vec<String> = failures.iter().map(|f| f.plugin.clone()).collect();
-        failed.dedup();
         crate::access_log::Record {
             time: crate::access_log::timestamp(self.began),
             listener,
@@ -355,7 +353,7 @@ impl Logged {
             plugins: crate::access_log::PluginsRecord {
                 chain: (0..chain.len()).map(|i| chain.plugin_name(i)).collect(),
                 local_reply_by: None,
-                failed,
+                failed: sluice_filter::failed_plugins(failures),
             },
         }
     }

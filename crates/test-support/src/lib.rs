@@ -207,28 +207,26 @@ pub fn higress_plugins() -> Option<PathBuf> {
     }
 }
 
-/// The example plugin projects under `plugins/` (directories with a Cargo.toml), sorted.
-pub fn plugin_projects() -> Vec<PathBuf> {
+/// The directories under `plugins/` that `is_project`, sorted.
+fn projects(is_project: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut projects: Vec<PathBuf> = std::fs::read_dir(repo_root().join("plugins"))
         .expect("plugins/")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.join("Cargo.toml").is_file())
+        .filter(|p| is_project(p))
         .collect();
     projects.sort();
     projects
 }
 
+/// The example plugin projects under `plugins/` (directories with a Cargo.toml), sorted.
+pub fn plugin_projects() -> Vec<PathBuf> {
+    projects(|p| p.join("Cargo.toml").is_file())
+}
+
 /// The C++ plugin projects under `plugins/` (directories with a Makefile), sorted.
 pub fn cpp_plugin_projects() -> Vec<PathBuf> {
-    let mut projects: Vec<PathBuf> = std::fs::read_dir(repo_root().join("plugins"))
-        .expect("plugins/")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("Makefile").is_file() && !p.join("Cargo.toml").is_file())
-        .collect();
-    projects.sort();
-    projects
+    projects(|p| p.join("Makefile").is_file() && !p.join("Cargo.toml").is_file())
 }
 
 /// The crate name of a plugin project (`add-header` builds `add_header.wasm`).
